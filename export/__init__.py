@@ -1,0 +1,1 @@
+"""Export side: ONNX graphs, fp16 conversion, TensorRT plans, bundles (needs the ``export`` extra)."""

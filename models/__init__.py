@@ -1,0 +1,1 @@
+"""PyTorch models of the Re-AudioLDM family and their configurations."""

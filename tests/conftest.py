@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def realistic_audio(sample_rate: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A linear sweep, a noise burst with decay, and a quiet noise floor: (samples,) float32."""
+    n = int(sample_rate * seconds)
+    t = np.arange(n) / sample_rate
+    f0, f1 = 60.0, 0.45 * sample_rate
+    sweep = 0.3 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) / (2 * seconds) * t**2))
+    burst = np.zeros(n)
+    start, length = n // 3, n // 4
+    burst[start : start + length] = rng.normal(0, 0.4, length) * np.exp(-np.linspace(0, 6, length))
+    floor = rng.normal(0, 1e-4, n)
+    return (sweep + burst + floor).astype(np.float32)

@@ -1,0 +1,60 @@
+"""The distribution installs everything under ``reaudio.*`` and exposes one console script."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0 and "No module named" in proc.stderr and "setuptools" in proc.stderr:
+        pytest.skip("setuptools is not installed in this environment")
+    assert proc.returncode == 0, proc.stderr
+    (path,) = out.glob("reaudio-*.whl")
+    return path
+
+
+def test_wheel_installs_only_under_reaudio(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.startswith("reaudio-")}
+    assert top == {"reaudio"}
+    for package in ("engine", "models", "training", "export"):
+        assert f"reaudio/{package}/__init__.py" in names
+    assert not any(n.startswith("reaudio/tests") for n in names)
+
+
+def test_wheel_declares_the_console_script_and_runtime_only_base(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        meta = zf.read(next(n for n in zf.namelist() if n.endswith("METADATA"))).decode()
+        entry = zf.read(next(n for n in zf.namelist() if n.endswith("entry_points.txt"))).decode()
+    assert "reaudio = reaudio.engine.cli:main" in entry
+    base = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert base and not any("torch" in line or "transformers" in line for line in base)
+    assert any("torch" in line and 'extra == "train"' in line for line in meta.splitlines())
+
+
+def test_cli_lists_configs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "reaudio.engine.cli", "configs", "tiny", "audioldm-s"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "audioldm-s" in proc.stdout and "tiny" in proc.stdout
+
+
+def test_cli_reports_unknown_config_with_exit_code_2():
+    proc = subprocess.run(
+        [sys.executable, "-m", "reaudio.engine.cli", "configs", "huge"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "unknown config 'huge'" in proc.stderr and "sfx-small" in proc.stderr

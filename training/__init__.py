@@ -1,0 +1,1 @@
+"""Training side: datasets, loops, evaluation (needs the ``train`` extra)."""
