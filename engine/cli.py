@@ -1,7 +1,8 @@
 """The ``reaudio`` command line.
 
-Subcommands that need the training side (torch) import it lazily, so the base
-install's commands run without torch.
+Each subcommand parses arguments, builds a config dataclass and calls one
+library function. Subcommands that need the training side (torch) import it
+lazily, so ``reaudio generate`` and ``reaudio db`` run on the base install.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 log = logging.getLogger("reaudio")
 
@@ -19,13 +21,12 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _need_training_side() -> None:
+def _need_training_side(extra: str = "train") -> None:
     try:
         import torch  # noqa: F401
     except ImportError as exc:
         raise SystemExit(
-            "this command needs the training extra: pip install 'reaudio[train]' "
-            "(on CPU first: pip install torch==2.13.0)"
+            f"this command needs torch: pip install 'reaudio[{extra}]' (on CPU first: pip install torch==2.13.0)"
         ) from exc
 
 
@@ -33,9 +34,114 @@ def _cmd_configs(args: argparse.Namespace) -> int:
     _need_training_side()
     from reaudio.training.inspect import describe_configs
 
-    names = args.names or None
-    print(describe_configs(names, json_output=args.json))
+    print(describe_configs(args.names or None, json_output=args.json))
     return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .bulk import GenerateJob, run_job
+    from .postprocess import PostProcess
+
+    job = GenerateJob(
+        prompts=args.prompts,
+        out=args.out,
+        bundle=args.bundle,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        guidance=args.guidance,
+        sampler=args.sampler,
+        k=args.k,
+        duration=args.duration,
+        seed=args.seed,
+        variations=args.variations,
+        audio_format=args.format,
+        backend=args.backend,
+        device_id=args.device_id,
+        threads=args.threads,
+        name_template=args.name_template,
+        postprocess=PostProcess(trim_db=args.trim_db, loudness_db=args.loudness_db, peak_db=args.peak_db),
+        dry_run=args.dry_run,
+    )
+    echo = (lambda *a, **k: None) if args.quiet and not args.dry_run else print
+    summary = run_job(job, progress=not args.quiet, echo=echo)
+    if not job.dry_run:
+        echo(summary.describe())
+    return 1 if summary.failed else 0
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from . import database_ops
+
+    if args.db_command == "add":
+        db = database_ops.add_clips(args.bundle, database_ops.read_clip_list(args.clips), backend=args.backend)
+        print(f"{args.bundle}: database now holds {len(db)} clip(s)")
+    elif args.db_command == "remove":
+        db = database_ops.remove_clips(args.bundle, args.ids)
+        print(f"{args.bundle}: removed {len(args.ids)}; {len(db)} clip(s) left")
+    else:
+        for item in database_ops.list_clips(args.bundle):
+            print(f"{item['id']}\t{item.get('label', '')}\t{item.get('caption', '')}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    _need_training_side("train,export")
+    from reaudio.export.bundle import export_bundle
+    from reaudio.models.system import load_system
+
+    cfg, models = load_system(args.checkpoints, args.config)
+    manifest = export_bundle(
+        cfg, models, args.out, fp16=args.fp16, database=args.database, opset=args.opset, overwrite=args.overwrite
+    )
+    print(f"bundle {args.out}: {len(manifest.files)} files, stages {', '.join(manifest.stages)}")
+    if args.trt:
+        return _build_plans(args.out)
+    return 0
+
+
+def _build_plans(bundle: Path) -> int:
+    _need_training_side("train,export,gpu")
+    from reaudio.export.tensorrt import TensorRTUnavailable, build_bundle_plans
+    from reaudio.models.configs import load_config
+
+    try:
+        plans = build_bundle_plans(bundle, load_config(Path(bundle) / "family.json"))
+    except TensorRTUnavailable as exc:
+        print(f"reaudio: skipped TensorRT plans: {exc}", file=sys.stderr)
+        return 3
+    for plan in plans:
+        print(plan)
+    return 0
+
+
+def _cmd_plans(args: argparse.Namespace) -> int:
+    return _build_plans(args.bundle)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="turn a prompt file into a folder of sound files (resumable)")
+    p.add_argument("prompts", type=Path, help="prompt file: .txt (one per line), .csv or .jsonl")
+    p.add_argument("--out", type=Path, required=True, help="output library folder")
+    p.add_argument("--bundle", type=Path, help="model bundle folder (default: the embedded default model)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the bundle's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
+    p.add_argument("--sampler", choices=("ddim", "dpmpp-2m"), help="sampler (default: the bundle's)")
+    p.add_argument("--k", type=int, help="retrieved neighbours per prompt, 0 for none (default: the bundle's)")
+    p.add_argument("--duration", type=float, help="seconds per clip (default: the bundle's)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--variations", type=int, default=1, help="clips per prompt (default 1)")
+    p.add_argument("--format", choices=("wav", "flac"), default="wav", help="audio format (16-bit)")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
+    p.add_argument("--device-id", type=int, default=0, help="GPU index")
+    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--name-template", default="{id}-v{variation}",
+                   help="file name without extension; fields {id} {slug} {seed} {variation}")  # fmt: skip
+    p.add_argument("--trim-db", type=float, help="trim edges quieter than this many dB below the peak")
+    p.add_argument("--loudness-db", type=float, help="RMS loudness target in dBFS (e.g. -20)")
+    p.add_argument("--peak-db", type=float, help="peak ceiling in dBFS (e.g. -1)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.set_defaults(func=_cmd_generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +149,43 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reaudio", description="Retrieval-augmented text-to-audio: train, export, generate."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar; warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    _add_generate(sub)
+
+    p = sub.add_parser("db", help="the bundle's retrieval database: add your own clips, remove, list")
+    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
+    dbsub.required = True
+    a = dbsub.add_parser("add", help="add (audio, caption) clips: CSV/JSONL or a folder with .txt sidecars")
+    a.add_argument("clips", type=Path)
+    a.add_argument("--bundle", type=Path, required=True)
+    a.add_argument("--backend", default="cpu", choices=("auto", "cpu", "cuda"))
+    r = dbsub.add_parser("remove", help="remove clips by id")
+    r.add_argument("ids", nargs="+")
+    r.add_argument("--bundle", type=Path, required=True)
+    l_ = dbsub.add_parser("list", help="list the database's clips")
+    l_.add_argument("--bundle", type=Path, required=True)
+    p.set_defaults(func=_cmd_db)
+
+    p = sub.add_parser("export", help="export checkpoints to a bundle (ONNX graphs, tokenizer, database)")
+    p.add_argument("checkpoints", nargs="+", type=Path, help="system folder(s) and/or component checkpoint folders")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--config", help="family config name or JSON (default: the system folder's family.json)")
+    p.add_argument("--database", type=Path, help="retrieval database folder to include")
+    p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends")
+    p.add_argument("--trt", action="store_true", help="then build TensorRT plans (needs a GPU and tensorrt)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("plans", help="TensorRT plans for a bundle")
+    psub = p.add_subparsers(dest="plans_command", metavar="ACTION")
+    psub.required = True
+    b = psub.add_parser("build", help="build fp16 plans for this machine's GPU and TensorRT version")
+    b.add_argument("bundle", type=Path)
+    p.set_defaults(func=_cmd_plans)
 
     p = sub.add_parser("configs", help="list the named model configs with their sizes (needs torch)")
     p.add_argument("names", nargs="*", help="configs to show (default: all)")
@@ -60,9 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet)
     try:
         return args.func(args)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"reaudio {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("reaudio: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -55,11 +55,22 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, got {value!r}")
+        return {k: _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def umask_mode(base: int) -> int:
+    """``base`` permissions less the process umask (temp files are created 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
@@ -73,6 +84,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

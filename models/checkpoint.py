@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reaudio.engine.dataclass_io import from_dict, to_dict, write_json_atomic
+from reaudio.engine.dataclass_io import from_dict, to_dict, umask_mode, write_json_atomic
 
 from .clap import CLAP, CLAPConfig
 from .hifigan import HiFiGANConfig, HiFiGANGenerator
@@ -51,6 +51,7 @@ def save_checkpoint(folder: str | Path, model: nn.Module, extra: dict[str, Any] 
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"type": model_type_of(model)})
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, folder / WEIGHTS)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

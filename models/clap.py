@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
-from .layers import group_norm
+from .layers import group_norm, pool_tokens
 from .text_tower import TextTowerConfig, build_text_tower, token_features
 
 
@@ -137,8 +137,7 @@ class CLAP(nn.Module):
 
     def audio_tokens(self, mel: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """Audio token features pooled over time to ``num_tokens`` (B, M, width)."""
-        tokens = self.audio_encoder(mel)
-        return F.adaptive_avg_pool1d(tokens.transpose(1, 2), num_tokens).transpose(1, 2)
+        return pool_tokens(self.audio_encoder(mel), num_tokens)
 
     def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Unit-norm audio embeddings (B, embed_dim)."""

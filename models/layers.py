@@ -50,3 +50,19 @@ class Upsample(nn.Module):
         else:
             x = F.interpolate(x, size=size, mode="nearest")
         return self.conv(x)
+
+
+def pool_tokens(tokens: torch.Tensor, num: int) -> torch.Tensor:
+    """Average (B, T, D) tokens into ``num`` time bins (B, num, D), as adaptive average pooling.
+
+    Written as a masked matrix product so that it exports to ONNX for any T
+    (ONNX has no adaptive pooling for sizes that do not divide).
+    """
+    length = tokens.shape[1]
+    idx = torch.arange(num, device=tokens.device)
+    start = torch.div(idx * length, num, rounding_mode="floor")
+    end = torch.div((idx + 1) * length + num - 1, num, rounding_mode="floor")
+    pos = torch.arange(length, device=tokens.device)
+    weights = ((pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])).to(tokens.dtype)
+    weights = weights / weights.sum(dim=1, keepdim=True)  # (num, T)
+    return torch.matmul(weights, tokens)

@@ -1,0 +1,124 @@
+"""Execution backends: onnxruntime (CPU, CUDA, TensorRT EP) and native TensorRT plans.
+
+A backend turns a bundle's stage graphs into runners with one method,
+``run(feeds) -> outputs`` (NumPy in, NumPy out), plus a denoising loop that keeps
+latents on the device where the backend allows.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import Manifest, StageSpec
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "trt-native")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says why and what to install."""
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def resolve_backend(name: str, bundle: Path) -> str:
+    """Pick a concrete backend for ``name`` ("auto" → the best available) and check it can run."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r}; valid: {', '.join(BACKENDS)}")
+    providers = available_providers()
+    if name == "auto":
+        if "TensorrtExecutionProvider" in providers:
+            choice = "tensorrt"
+        elif "CUDAExecutionProvider" in providers:
+            choice = "cuda"
+        else:
+            choice = "cpu"
+        log.info("backend auto → %s (onnxruntime providers: %s)", choice, ", ".join(providers))
+        return choice
+    if name == "cuda" and "CUDAExecutionProvider" not in providers:
+        raise BackendUnavailable(
+            "backend 'cuda' needs onnxruntime-gpu with a CUDA GPU (pip install 'reaudio[gpu]'); "
+            f"available providers: {', '.join(providers)}"
+        )
+    if name == "tensorrt" and "TensorrtExecutionProvider" not in providers:
+        raise BackendUnavailable(
+            "backend 'tensorrt' needs onnxruntime-gpu built with TensorRT and the TensorRT libraries; "
+            f"available providers: {', '.join(providers)}"
+        )
+    if name == "trt-native":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailable("backend 'trt-native' needs the tensorrt and cuda-python packages") from exc
+    return name
+
+
+class OrtRunner:
+    """One stage as an onnxruntime session."""
+
+    def __init__(self, path: Path, spec: StageSpec, providers: list, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.spec = spec
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.output_names = [o.name for o in spec.outputs]
+        self.input_dtypes = {i.name: np.dtype("bool" if i.dtype == "bool" else i.dtype) for i in spec.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}
+        return self.session.run(self.output_names, feeds)
+
+
+def ort_providers(backend: str, device_id: int, bundle: Path) -> list:
+    if backend == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+    if backend == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    if backend == "tensorrt":
+        cache = bundle / "plans" / "ort-trt"
+        cache.mkdir(parents=True, exist_ok=True)
+        trt = (
+            "TensorrtExecutionProvider",
+            {
+                "device_id": device_id,
+                "trt_fp16_enable": True,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+            },
+        )
+        return [trt, cuda, "CPUExecutionProvider"]
+    raise ValueError(f"no onnxruntime providers for backend {backend!r}")
+
+
+def make_runners(
+    bundle: Path, manifest: Manifest, backend: str, device_id: int = 0, threads: int | None = None,
+    precision: str = "auto",
+) -> dict[str, OrtRunner]:  # fmt: skip
+    """A runner per stage. ``precision`` "auto" uses fp16 graphs on GPU backends when exported."""
+    if backend == "trt-native":
+        from .trt_native import make_trt_runners
+
+        return make_trt_runners(bundle, manifest, device_id)
+    providers = ort_providers(backend, device_id, bundle)
+    use_fp16 = precision == "fp16" or (precision == "auto" and backend in ("cuda", "tensorrt"))
+    runners = {}
+    for name, spec in manifest.stages.items():
+        file = spec.fp16_file if use_fp16 and spec.fp16_file else spec.file
+        runners[name] = OrtRunner(bundle / file, spec, providers, threads)
+        log.debug("stage %s: %s on %s", name, file, backend)
+    return runners

@@ -1,0 +1,229 @@
+"""The bulk job behind ``reaudio generate``: prompt file in, sound library out, resumable."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine import Engine, Request, Result
+from .library import Library, check_template
+from .manifest import MANIFEST, sha256_file
+from .postprocess import PostProcess
+from .prompts import PromptRow, read_prompt_file, slugify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """Everything ``reaudio generate`` does. A prompt row's own values win over these.
+
+    Attributes:
+        prompts: the prompt file (.txt, .csv, .jsonl).
+        out: the output library folder.
+        bundle: the model bundle (None: the embedded default model).
+        batch_size: clips per batch.
+        steps, guidance, sampler, k, duration: defaults for rows that do not set them
+            (None: the bundle's defaults).
+        seed: base seed; a row without a seed uses seed + crc32(id), variation v adds v.
+        variations: clips per prompt, for rows that do not set it.
+        audio_format: "wav" or "flac" (16-bit).
+        backend, device_id, threads: where to run.
+        name_template: file name without extension; fields {id} {slug} {seed} {variation}.
+        postprocess: optional trimming/loudness/peak handling.
+        dry_run: print the plan and stop.
+    """
+
+    prompts: Path
+    out: Path
+    bundle: Path | None = None
+    batch_size: int = 8
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    k: int | None = None
+    duration: float | None = None
+    seed: int = 0
+    variations: int = 1
+    audio_format: str = "wav"
+    backend: str = "auto"
+    device_id: int = 0
+    threads: int | None = None
+    name_template: str = "{id}-v{variation}"
+    postprocess: PostProcess = field(default_factory=PostProcess)
+    dry_run: bool = False
+
+
+@dataclass
+class Clip:
+    row: PromptRow
+    variation: int
+    seed: int
+    key: str
+    file_name: str
+
+
+@dataclass
+class JobSummary:
+    planned: int = 0
+    skipped: int = 0
+    written: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds else 0.0
+
+    @property
+    def real_time_factor(self) -> float:
+        """Audio seconds produced per wall-clock second."""
+        return self.audio_seconds / self.seconds if self.seconds else 0.0
+
+    def describe(self) -> str:
+        text = (
+            f"{self.written} clip(s) written, {self.skipped} already done, {len(self.failed)} failed "
+            f"in {self.seconds:.1f} s ({self.clips_per_second:.2f} clips/s, {self.real_time_factor:.2f}× real time)"
+        )
+        if self.failed:
+            text += "\nfailed: " + ", ".join(self.failed)
+        return text
+
+
+def default_bundle() -> Path:
+    raise ValueError(
+        "no default model is embedded in this version of reaudio yet; pass --bundle PATH "
+        "(a folder written by `reaudio export`)"
+    )
+
+
+def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
+    check_template(job.name_template)
+    ext = job.audio_format
+    clips, names = [], {}
+    for row in rows:
+        base = row.seed if row.seed is not None else job.seed + zlib.crc32(row.id.encode()) % 2**31
+        for v in range(row.variations or job.variations):
+            seed = base + v
+            name = job.name_template.format(id=row.id, slug=slugify(row.prompt), seed=seed, variation=v) + f".{ext}"
+            key = Library.key(row.id, v)
+            if name in names:
+                raise ValueError(
+                    f"--name-template {job.name_template!r} gives the same file {name!r} to {names[name]} and {key}; "
+                    f"include {{id}} and {{variation}}"
+                )
+            names[name] = key
+            clips.append(Clip(row, v, seed, key, name))
+    return clips
+
+
+def _request(job: GenerateJob, clip: Clip) -> Request:
+    row = clip.row
+    return Request(
+        prompt=row.prompt,
+        duration=row.duration if row.duration is not None else job.duration,
+        seed=clip.seed,
+        steps=row.steps if row.steps is not None else job.steps,
+        guidance=row.guidance if row.guidance is not None else job.guidance,
+        sampler=row.sampler or job.sampler,
+        k=row.k if row.k is not None else job.k,
+        id=clip.key,
+        variation=clip.variation,
+    )
+
+
+def run_job(job: GenerateJob, progress: bool = True, echo=print) -> JobSummary:
+    """Run (or with ``dry_run`` describe) a bulk job; finished clips of earlier runs are skipped."""
+    rows = read_prompt_file(job.prompts)
+    clips = plan_clips(job, rows)
+    bundle = Path(job.bundle) if job.bundle else default_bundle()
+    library = Library(job.out, job.audio_format)
+    removed = library.clean_partials()
+    if removed:
+        log.info("removed %d partial file(s) of an interrupted run", removed)
+    todo = [c for c in clips if not library.is_finished(c.key)]
+    summary = JobSummary(planned=len(clips), skipped=len(clips) - len(todo))
+    if job.dry_run:
+        echo(f"plan: {len(rows)} prompt(s) → {len(clips)} clip(s); {summary.skipped} already in {job.out}, "
+             f"{len(todo)} to generate with bundle {bundle}, batch size {job.batch_size}")  # fmt: skip
+        for clip in todo[:50]:
+            echo(f"  {clip.file_name}  seed={clip.seed}  {clip.row.prompt!r}")
+        if len(todo) > 50:
+            echo(f"  … and {len(todo) - 50} more")
+        return summary
+    if not todo:
+        return summary
+
+    engine = Engine.from_bundle(bundle, backend=job.backend, device_id=job.device_id, threads=job.threads)
+    bundle_hash = sha256_file(bundle / MANIFEST)
+    by_key = {c.key: c for c in todo}
+    requests = [_request(job, c) for c in todo]
+    for i, r in enumerate(requests):
+        engine.resolve(r, i)  # every settings error before any work
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="clip", disable=not progress, dynamic_ncols=True)
+    writes: queue.Queue = queue.Queue(maxsize=2 * job.batch_size)
+    failure: list[BaseException] = []
+
+    def writer() -> None:
+        # File encoding and writing overlap the next batch's generation.
+        while (item := writes.get()) is not None:
+            try:
+                clip, result = item
+                _write(job, library, clip, result, bundle_hash, engine, summary)
+            except BaseException as exc:  # surfaced in the main thread
+                failure.append(exc)
+            finally:
+                bar.update(1)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(clips_s=f"{bar.n / elapsed:.2f}", rtf=f"{summary.audio_seconds / elapsed:.2f}")
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=writer, name="reaudio-writer", daemon=True)
+    thread.start()
+    try:
+        for result in engine.stream(requests, batch_size=job.batch_size):
+            if failure:
+                raise failure[0]
+            writes.put((by_key[result.request.id], result))
+    finally:
+        writes.put(None)
+        thread.join()
+        bar.close()
+    if failure:
+        raise failure[0]
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, engine: Engine, summary: JobSummary):
+    rate = engine.sample_rate
+    if not result.ok:
+        summary.failed.append(f"{clip.key} ({result.error})")
+        return
+    audio = job.postprocess(result.waveform, rate) if job.postprocess.active else result.waveform
+    entry = {
+        "key": clip.key,
+        "id": clip.row.id,
+        "variation": clip.variation,
+        "prompt": clip.row.prompt,
+        "seed": clip.seed,
+        "settings": {"steps": result.steps, "guidance": result.guidance, "sampler": result.sampler, "k": result.k,
+                     "backend": engine.backend, "format": job.audio_format},  # fmt: skip
+        "neighbours": result.neighbours,
+        "bundle_sha256": bundle_hash,
+        "duration_s": len(audio) / rate,
+        "sample_rate": rate,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+    library.write(clip.file_name, audio, rate, entry)
+    summary.written += 1
+    summary.audio_seconds += len(audio) / rate

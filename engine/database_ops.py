@@ -1,0 +1,151 @@
+"""Bring your own sounds: add (audio, caption) clips to a bundle's retrieval database."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from .audio_io import AudioLoadError, load_audio
+from .engine import Engine
+from .manifest import read_manifest, write_manifest
+from .prompts import ID_PATTERN, slugify
+from .retrieval_db import Items, RetrievalDB
+
+log = logging.getLogger(__name__)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    audio: Path
+    caption: str
+    id: str
+    label: str = ""
+    where: str = ""
+
+
+class ClipListError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s) with the clips:\n" + "\n".join("  " + p for p in problems))
+        self.problems = problems
+
+
+def read_clip_list(source: str | Path) -> list[ClipSpec]:
+    """Clips from a CSV/JSONL (audio, caption[, id, label]) or a folder of audio with ``.txt`` sidecars."""
+    source = Path(source)
+    problems: list[str] = []
+    clips: list[ClipSpec] = []
+    if source.is_dir():
+        for audio in sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+            sidecar = audio.with_suffix(".txt")
+            if not sidecar.is_file():
+                problems.append(f"{audio}: no caption file {sidecar.name} beside it")
+                continue
+            caption = " ".join(sidecar.read_text(encoding="utf-8").split())
+            clips.append(ClipSpec(audio, caption, slugify(audio.relative_to(source).with_suffix("").as_posix()),
+                                  where=str(sidecar)))  # fmt: skip
+    elif source.suffix.lower() in (".csv", ".jsonl") and source.is_file():
+        records = _records(source, problems)
+        for line, rec in records:
+            where = f"{source}:{line}"
+            audio = Path(str(rec.get("audio", "")).strip())
+            if not str(audio) or str(audio) == ".":
+                problems.append(f"{where}: missing 'audio' path")
+                continue
+            if not audio.is_absolute():
+                audio = source.parent / audio
+            clip_id = str(rec.get("id") or slugify(audio.stem))
+            if not ID_PATTERN.match(clip_id):
+                problems.append(f"{where}: id {clip_id!r} must use letters, digits, '.', '_', '-'")
+                continue
+            clips.append(ClipSpec(audio, " ".join(str(rec.get("caption", "")).split()), clip_id,
+                                  str(rec.get("label", "")), where))  # fmt: skip
+    else:
+        raise ClipListError([f"{source}: give a .csv or .jsonl file or a folder of audio with .txt captions"])
+    seen: dict[str, str] = {}
+    for clip in clips:
+        if not clip.caption:
+            problems.append(f"{clip.where}: empty caption")
+        if not clip.audio.is_file():
+            problems.append(f"{clip.where}: audio file {clip.audio} not found")
+        if clip.id in seen:
+            problems.append(f"{clip.where}: duplicate id {clip.id!r} (also {seen[clip.id]})")
+        seen.setdefault(clip.id, clip.where)
+    if not clips and not problems:
+        problems.append(f"{source}: no clips found")
+    if problems:
+        raise ClipListError(problems)
+    return clips
+
+
+def _records(path: Path, problems: list[str]) -> list[tuple[int, dict]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".jsonl":
+        out = []
+        for line, raw in enumerate(text.splitlines(), start=1):
+            if raw.strip():
+                try:
+                    out.append((line, json.loads(raw)))
+                except json.JSONDecodeError as exc:
+                    problems.append(f"{path}:{line}: invalid JSON ({exc.msg})")
+        return out
+    reader = csv.DictReader(text.splitlines())
+    missing = {"audio", "caption"} - set(reader.fieldnames or [])
+    if missing:
+        problems.append(f"{path}:1: header lacks column(s) {sorted(missing)}")
+        return []
+    return [(i, row) for i, row in enumerate(reader, start=2)]
+
+
+def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -> RetrievalDB:
+    """Encode ``clips`` with the bundle's own encoders and add them to its database."""
+    bundle = Path(bundle)
+    engine = Engine.from_bundle(bundle, backend=backend)
+    spec = engine.manifest.retrieval
+    if spec is None or engine.db is None:
+        raise ValueError(f"{bundle}: this bundle's model uses no retrieval; there is no database to add to")
+    problems, waves = [], []
+    for clip in clips:
+        try:
+            waves.append(load_audio(clip.audio, engine.sample_rate))
+        except AudioLoadError as exc:
+            problems.append(f"{clip.where}: {exc}")
+    if problems:
+        raise ClipListError(problems)
+    audio_emb, audio_tokens = engine.encode_audio(waves)
+    text_emb, cap_tokens, cap_mask = engine.embed_text([c.caption for c in clips], length=spec.caption_tokens)
+    keys = audio_emb if spec.key == "audio" else text_emb
+    records = [{"id": c.id, "caption": c.caption, "label": c.label, "source": str(c.audio)} for c in clips]
+    cap_tokens = cap_tokens * cap_mask[..., None]
+    db = engine.db.add(Items(records, keys, audio_tokens, cap_tokens, cap_mask))
+    _rehash(bundle)
+    return db
+
+
+def remove_clips(bundle: str | Path, ids: list[str]) -> RetrievalDB:
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    if manifest.retrieval is None:
+        raise ValueError(f"{bundle}: this bundle's model uses no retrieval")
+    db = RetrievalDB(bundle / manifest.retrieval.folder).remove(ids)
+    _rehash(bundle)
+    return db
+
+
+def _rehash(bundle: Path) -> None:
+    manifest = read_manifest(bundle, verify=False)
+    write_manifest(bundle, manifest)
+
+
+def list_clips(bundle: str | Path) -> list[dict]:
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle, verify=False)
+    if manifest.retrieval is None:
+        return []
+    return RetrievalDB(bundle / manifest.retrieval.folder).items
+
+

@@ -1,0 +1,311 @@
+"""The Python API: ``Engine.from_bundle(...).generate(requests)``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import make_runners, resolve_backend
+from .frontend import log_mel
+from .loop import denoise_device, denoise_host
+from .manifest import Manifest, read_manifest
+from .prompts import LIMITS
+from .retrieval_db import RetrievalDB
+from .sampler import SAMPLERS, initial_noise, make_plan
+from .tokenize import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Request:
+    """One clip to generate; None fields take the bundle's defaults.
+
+    Attributes:
+        prompt: the text prompt.
+        duration: seconds of audio.
+        seed: seeds the initial noise (``numpy.random.PCG64(seed)``).
+        steps: denoising steps.
+        guidance: classifier-free guidance scale (1.0: conditional only).
+        sampler: "ddim" or "dpmpp-2m".
+        k: neighbours retrieved (0: none); ignored by bundles without retrieval.
+        initial_latent: explicit initial noise (C, T, F) instead of the seeded one, to
+            compare with other implementations; fixes the duration to its frames.
+        negative_prompt: not supported by this model family (its null condition is learned
+            as "no condition"); setting it raises ``ValueError``.
+        id, variation: labels carried into the result.
+    """
+
+    prompt: str
+    duration: float | None = None
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    k: int | None = None
+    initial_latent: np.ndarray | None = None
+    negative_prompt: str | None = None
+    id: str | None = None
+    variation: int = 0
+
+
+@dataclass
+class Result:
+    """A generated clip (``waveform`` None and ``error`` set when it failed)."""
+
+    request: Request
+    waveform: np.ndarray | None
+    sample_rate: int
+    seed: int
+    steps: int
+    guidance: float
+    sampler: str
+    k: int
+    neighbours: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Resolved:
+    index: int
+    request: Request
+    samples: int
+    frames: int
+    steps: int
+    guidance: float
+    sampler: str
+    k: int
+
+
+class Engine:
+    """A loaded bundle on one backend.
+
+    Safe to share between threads for generation: onnxruntime sessions are
+    thread-safe and a call keeps its state on its own stack. Changing the
+    retrieval database (``reaudio db add``) is not seen by a running engine;
+    load it again afterwards.
+    """
+
+    def __init__(self, bundle: Path, manifest: Manifest, backend: str, device_id: int, runners: dict) -> None:
+        self.bundle = bundle
+        self.manifest = manifest
+        self.backend = backend
+        self.device_id = device_id
+        self.runners = runners
+        self.tokenizer = TextTokenizer.from_file(bundle / manifest.tokenizer.file, manifest.tokenizer.max_length)
+        self.db = RetrievalDB(bundle / manifest.retrieval.folder) if manifest.retrieval else None
+        self._fp32_runners: dict | None = None
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        backend: str = "auto",
+        device_id: int = 0,
+        threads: int | None = None,
+        precision: str = "auto",
+        verify: bool = True,
+    ) -> Engine:
+        """Load a bundle folder; ``backend`` is "auto", "cpu", "cuda", "tensorrt" or "trt-native"."""
+        bundle = Path(path)
+        manifest = read_manifest(bundle, verify=verify)
+        chosen = resolve_backend(backend, bundle)
+        runners = make_runners(bundle, manifest, chosen, device_id, threads, precision)
+        log.info("loaded %s (%s, %s) on %s", bundle, manifest.name, manifest.family, chosen)
+        return cls(bundle, manifest, chosen, device_id, runners)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.manifest.sample_rate
+
+    # -- encoders ---------------------------------------------------------------------
+
+    def embed_text(self, texts: list[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CLAP text embeddings (N, E), token features (N, L, H) and mask (N, L)."""
+        ids, mask = self.tokenizer(texts, length=length)
+        emb, tokens = self.runners["text_encoder"].run({"input_ids": ids, "attention_mask": mask})
+        return emb, tokens, mask.astype(bool)
+
+    def encode_audio(self, waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """CLAP audio embeddings (N, E) and pooled audio tokens (N, M, D) of mono clips at the bundle's rate."""
+        embs, tokens = [], []
+        for wav in waveforms:
+            mel = log_mel(wav, self.manifest.mel)[None]
+            e, t = self.runners["audio_encoder"].run({"mel": mel})
+            embs.append(e[0])
+            tokens.append(t[0])
+        return np.stack(embs), np.stack(tokens)
+
+    # -- generation -------------------------------------------------------------------
+
+    def generate(self, requests: Iterable[Request], batch_size: int = 8) -> list[Result]:
+        """Generate every request; results in request order."""
+        requests = list(requests)
+        results: list[Result | None] = [None] * len(requests)
+        for index, result in self._stream(requests, batch_size):
+            results[index] = result
+        return results  # type: ignore[return-value]
+
+    def stream(self, requests: Iterable[Request], batch_size: int = 8) -> Iterator[Result]:
+        """Yield results as their batches finish (grouped by shape, so not in request order)."""
+        for _, result in self._stream(list(requests), batch_size):
+            yield result
+
+    def resolve(self, request: Request, index: int = 0) -> _Resolved:
+        """Fill defaults and validate one request (``ValueError`` names the field)."""
+        d = self.manifest.defaults
+        if request.negative_prompt:
+            raise ValueError("negative_prompt is not supported by this model family")
+        if not isinstance(request.prompt, str) or not request.prompt.strip():
+            raise ValueError(f"request {index}: prompt must be a non-empty string")
+        steps = d.steps if request.steps is None else int(request.steps)
+        guidance = d.guidance if request.guidance is None else float(request.guidance)
+        sampler = request.sampler or d.sampler
+        k = 0
+        if self.manifest.retrieval:
+            k = self.manifest.retrieval.k if request.k is None else int(request.k)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"request {index}: sampler={sampler!r}; valid: {', '.join(SAMPLERS)}")
+        for name, value in (("steps", steps), ("guidance", guidance), ("k", k)):
+            lo, hi = LIMITS[name]
+            if not lo <= value <= hi:
+                raise ValueError(f"request {index}: {name}={value} out of range {lo}..{hi}")
+        if not 0 <= request.seed < 2**63:
+            raise ValueError(f"request {index}: seed={request.seed} must be in 0..2**63-1")
+        mel, latent = self.manifest.mel, self.manifest.latent
+        if request.initial_latent is not None:
+            shape = request.initial_latent.shape
+            if len(shape) != 3 or shape[0] != latent.channels or shape[2] != latent.freq:
+                raise ValueError(
+                    f"request {index}: initial_latent shape {shape}; expected ({latent.channels}, T, {latent.freq})"
+                )
+            frames = shape[1]
+            samples = frames * latent.downsample * mel.hop_length
+        else:
+            duration = d.duration if request.duration is None else float(request.duration)
+            lo, hi = LIMITS["duration"]
+            if not lo <= duration <= hi:
+                raise ValueError(f"request {index}: duration={duration} out of range {lo}..{hi} s")
+            samples = round(duration * mel.sample_rate)
+            # Enough latent frames that the decoded waveform covers every requested sample.
+            frames = -(-samples // (latent.downsample * mel.hop_length))
+        return _Resolved(index, request, samples, frames, steps, guidance, sampler, k)
+
+    def _batches(self, resolved: list[_Resolved], batch_size: int) -> list[list[_Resolved]]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        groups: dict[tuple, list[_Resolved]] = {}
+        for r in resolved:
+            groups.setdefault((r.frames, r.steps, r.sampler), []).append(r)
+        return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+
+    def _stream(self, requests: list[Request], batch_size: int) -> Iterator[tuple[int, Result]]:
+        resolved = [self.resolve(r, i) for i, r in enumerate(requests)]  # all errors before any work
+        batches = self._batches(resolved, batch_size)
+        if not batches:
+            return
+        # Conditioning (tokenise, text encoder, retrieval) of batch n+1 overlaps the
+        # denoising of batch n; onnxruntime releases the GIL while it runs.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reaudio-prep") as pool:
+            pending = pool.submit(self._conditions, batches[0])
+            for n, batch in enumerate(batches):
+                conditions, neighbours, prep_s = pending.result()
+                if n + 1 < len(batches):
+                    pending = pool.submit(self._conditions, batches[n + 1])
+                yield from self._run_batch(batch, conditions, neighbours, prep_s)
+
+    def _conditions(self, batch: list[_Resolved]) -> tuple[dict[str, np.ndarray], list[list[dict]], float]:
+        start = time.perf_counter()
+        film, _, _ = self.embed_text([r.request.prompt for r in batch])
+        conditions = {"film": film, "guidance": np.array([r.guidance for r in batch], np.float32)}
+        neighbours: list[list[dict]] = [[] for _ in batch]
+        spec = self.manifest.retrieval
+        if spec:
+            k_max = max(1, max(r.k for r in batch))  # one masked slot keeps shapes valid at k = 0
+            rows = self.db.search(film, k_max) if len(self.db) else np.full((len(batch), k_max), -1)
+            for i, r in enumerate(batch):
+                rows[i, r.k :] = -1
+            gathered = self.db.gather(rows)
+            for i, row in enumerate(rows):
+                neighbours[i] = [
+                    {"id": self.db.items[j]["id"], "caption": self.db.items[j].get("caption", "")} for j in row if j >= 0
+                ]
+            if "retrieved_text" in spec.contexts:
+                conditions["retrieved_text"] = gathered.caption_tokens
+                conditions["retrieved_text_mask"] = gathered.caption_mask
+            if "retrieved_audio" in spec.contexts:
+                conditions["retrieved_audio"] = gathered.audio_tokens
+                conditions["retrieved_audio_mask"] = gathered.audio_mask
+        return conditions, neighbours, time.perf_counter() - start
+
+    def _initial_latents(self, batch: list[_Resolved]) -> np.ndarray:
+        c, f = self.manifest.latent.channels, self.manifest.latent.freq
+        out = []
+        for r in batch:
+            if r.request.initial_latent is not None:
+                out.append(np.asarray(r.request.initial_latent, dtype=np.float32))
+            else:
+                out.append(initial_noise(r.request.seed, (c, r.frames, f)))
+        return np.stack(out)
+
+    def _denoise(self, runners: dict, batch: list[_Resolved], conditions: dict) -> np.ndarray:
+        plan = make_plan(self.manifest.schedule, batch[0].sampler, batch[0].steps)
+        latent = self._initial_latents(batch)
+        if self.backend in ("cuda", "tensorrt") and runners is self.runners:
+            return denoise_device(runners["denoiser"], plan, latent, conditions, self.device_id)
+        return denoise_host(runners["denoiser"], plan, latent, conditions)
+
+    def _run_batch(self, batch, conditions, neighbours, prep_s) -> Iterator[tuple[int, Result]]:
+        t0 = time.perf_counter()
+        latent = self._denoise(self.runners, batch, conditions)
+        t1 = time.perf_counter()
+        (audio,) = self.runners["decoder"].run({"latent": latent})
+        t2 = time.perf_counter()
+        for i, r in enumerate(batch):
+            wav = audio[i, : r.samples]
+            error = None
+            if not np.isfinite(wav).all():
+                wav, error = self._retry_fp32(r, conditions, i)
+            timings = {"prepare_s": prep_s / len(batch), "denoise_s": (t1 - t0) / len(batch),
+                       "decode_s": (t2 - t1) / len(batch)}  # fmt: skip
+            yield r.index, Result(
+                request=r.request,
+                waveform=None if error else np.ascontiguousarray(wav, dtype=np.float32),
+                sample_rate=self.sample_rate,
+                seed=r.request.seed,
+                steps=r.steps,
+                guidance=r.guidance,
+                sampler=r.sampler,
+                k=r.k,
+                neighbours=neighbours[i],
+                timings=timings,
+                error=error,
+            )
+
+    def _retry_fp32(self, r: _Resolved, conditions: dict, i: int) -> tuple[np.ndarray | None, str | None]:
+        """One retry of a non-finite clip with the fp32 graphs on CPU; else a reported failure."""
+        uses_fp16 = any(s.fp16_file for s in self.manifest.stages.values()) and self.backend != "cpu"
+        if not uses_fp16:
+            log.warning("clip %s came out non-finite; not written", r.request.id or r.index)
+            return None, "non-finite audio (NaN/inf) from the model"
+        if self._fp32_runners is None:
+            self._fp32_runners = make_runners(self.bundle, self.manifest, "cpu", precision="fp32")
+        single = {k: v[i : i + 1] for k, v in conditions.items()}
+        latent = self._denoise(self._fp32_runners, [r], single)
+        (audio,) = self._fp32_runners["decoder"].run({"latent": latent})
+        wav = audio[0, : r.samples]
+        if np.isfinite(wav).all():
+            log.warning("clip %s was non-finite in fp16; regenerated in fp32", r.request.id or r.index)
+            return wav, None
+        return None, "non-finite audio (NaN/inf), also after an fp32 retry"

@@ -1,0 +1,218 @@
+"""The bundle manifest: the one schema shared by ``export`` (writer) and the engine (reader).
+
+Everything model-specific that the engine needs lives here; the engine holds no
+magic constants of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .dataclass_io import from_dict, to_dict, write_json_atomic
+from .frontend import MelConfig
+from .schedule import NoiseScheduleConfig
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: Bundle paths that are not checksummed: per-machine caches.
+UNHASHED_PREFIXES = ("plans/",)
+DTYPES = ("float32", "float16", "int64", "bool")
+
+
+class BundleError(ValueError):
+    """A bundle is missing, malformed or corrupted; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype and shape (ints, or names of dynamic axes)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TensorSpec {self.name}: dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One exported graph.
+
+    Attributes:
+        file: fp32 ONNX graph, relative to the bundle.
+        inputs, outputs: the graph's I/O contract.
+        fp16_file: the fp16 variant for GPU backends, if exported.
+    """
+
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    fp16_file: str | None = None
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """How latents relate to audio.
+
+    Attributes:
+        channels: latent channels.
+        downsample: mel frames (and bands) per latent frame (band).
+        freq: latent frequency bins.
+        scaling_factor: the denoiser works on latents × this.
+    """
+
+    channels: int
+    downsample: int
+    freq: int
+    scaling_factor: float
+
+    def frames_for(self, mel_frames: int) -> int:
+        return -(-mel_frames // self.downsample)
+
+
+@dataclass(frozen=True)
+class RetrievalSpec:
+    """Retrieval settings the engine applies at run time.
+
+    Attributes:
+        k: default neighbours per prompt; 0 means the model uses no retrieval.
+        key: "audio" or "text": which database embeddings prompts are matched against.
+        contexts: the denoiser's context inputs fed from neighbours.
+        caption_tokens, audio_tokens: L and M, tokens per neighbour.
+        caption_dim, audio_dim: token widths.
+        folder: the database folder inside the bundle.
+    """
+
+    k: int
+    key: str
+    contexts: tuple[str, ...]
+    caption_tokens: int
+    audio_tokens: int
+    caption_dim: int
+    audio_dim: int
+    folder: str = "retrieval"
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    file: str
+    max_length: int
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Generation defaults a request may override."""
+
+    steps: int = 25
+    guidance: float = 2.5
+    sampler: str = "ddim"
+    duration: float = 5.0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    family: str
+    name: str
+    mel: MelConfig
+    latent: LatentSpec
+    schedule: NoiseScheduleConfig
+    film_dim: int
+    embed_dim: int
+    tokenizer: TokenizerSpec
+    stages: dict[str, StageSpec]
+    retrieval: RetrievalSpec | None = None
+    defaults: Defaults = field(default_factory=Defaults)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.sample_rate
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Manifest:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"manifest format_version {version!r} is not supported by this engine (expects {FORMAT_VERSION})"
+            )
+        return from_dict(cls, data, where="manifest")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hashed_files(bundle: Path) -> dict[str, str]:
+    """sha256 of every file in ``bundle`` except the manifest and per-machine caches."""
+    out = {}
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle).as_posix()
+        if rel == MANIFEST or rel.startswith(UNHASHED_PREFIXES) or "/." in f"/{rel}":
+            continue
+        out[rel] = sha256_file(path)
+    return out
+
+
+def write_manifest(bundle: str | Path, manifest: Manifest) -> Manifest:
+    """Hash the bundle's files into ``manifest.files`` and write ``manifest.json`` atomically."""
+    from dataclasses import replace
+
+    bundle = Path(bundle)
+    manifest = replace(manifest, files=hashed_files(bundle))
+    write_json_atomic(bundle / MANIFEST, manifest.to_dict())
+    return manifest
+
+
+def read_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
+    """Load ``manifest.json``; with ``verify``, refuse files that do not match their checksums."""
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle}: not a bundle ({MANIFEST} missing)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    try:
+        manifest = Manifest.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    if verify:
+        verify_files(bundle, manifest)
+    return manifest
+
+
+def verify_files(bundle: Path, manifest: Manifest) -> None:
+    for rel, expected in manifest.files.items():
+        file = bundle / rel
+        if not file.is_file():
+            raise BundleError(f"{file}: listed in the manifest but missing from the bundle")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise BundleError(
+                f"{file}: checksum mismatch (manifest {expected[:12]}…, file {actual[:12]}…); "
+                f"the bundle is corrupted or was edited; re-export it"
+            )
+    for stage, spec in manifest.stages.items():
+        for rel in (spec.file, spec.fp16_file):
+            if rel and rel not in manifest.files:
+                raise BundleError(f"{bundle / rel}: stage {stage!r} file is not in the manifest's checksums")

@@ -1,0 +1,203 @@
+"""Prompt files (.txt, .csv, .jsonl): parsed and validated whole before any work starts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FIELDS = ("prompt", "id", "seed", "duration", "steps", "guidance", "k", "variations", "sampler")
+MAX_PROMPT_CHARS = 1000
+LIMITS = {
+    "duration": (0.1, 120.0),
+    "steps": (1, 1000),
+    "guidance": (0.0, 50.0),
+    "k": (0, 64),
+    "variations": (1, 1000),
+    "seed": (0, 2**63 - 1),
+}
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One validated row; None means "use the job's default"."""
+
+    prompt: str
+    id: str
+    line: int
+    seed: int | None = None
+    duration: float | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    k: int | None = None
+    variations: int | None = None
+    sampler: str | None = None
+
+
+@dataclass
+class PromptFileError(ValueError):
+    """Every problem found in a prompt file, each as ``file:line: message``."""
+
+    problems: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        head = f"{len(self.problems)} problem(s) in the prompt file:"
+        return "\n".join([head, *("  " + p for p in self.problems)])
+
+
+def slugify(text: str, max_len: int = 48) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "prompt"
+
+
+def read_prompt_file(path: str | Path, samplers: tuple[str, ...] = ("ddim", "dpmpp-2m")) -> list[PromptRow]:
+    """Parse ``path``; raise ``PromptFileError`` listing every bad row, or return the rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError([f"{path}: no such prompt file"])
+    suffix = path.suffix.lower()
+    if suffix not in (".txt", ".csv", ".jsonl"):
+        raise PromptFileError([f"{path}: unsupported extension {suffix!r}; use .txt, .csv or .jsonl"])
+    problems: list[str] = []
+    raw_lines = path.read_bytes().splitlines()
+    lines: list[tuple[int, str]] = []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append((number, raw.decode("utf-8-sig" if number == 1 else "utf-8")))
+        except UnicodeDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid UTF-8 (byte {exc.start}); save the file as UTF-8")
+    records = {".txt": _txt_records, ".csv": _csv_records, ".jsonl": _jsonl_records}[suffix](path, lines, problems)
+    rows = [r for r in (_validate(path, line, rec, problems, samplers) for line, rec in records) if r is not None]
+    seen: dict[str, int] = {}
+    for row in rows:
+        if row.id in seen:
+            problems.append(f"{path}:{row.line}: duplicate id {row.id!r} (first on line {seen[row.id]})")
+        seen.setdefault(row.id, row.line)
+    if not rows and not problems:
+        problems.append(f"{path}: no prompts found")
+    if problems:
+        raise PromptFileError(problems)
+    return rows
+
+
+def _txt_records(path: Path, lines, problems) -> list[tuple[int, dict]]:
+    out = []
+    for number, text in lines:
+        text = text.strip()
+        if text and not text.startswith("#"):
+            out.append((number, {"prompt": text}))
+    return out
+
+
+def _csv_records(path: Path, lines, problems) -> list[tuple[int, dict]]:
+    if not lines:
+        return []
+    text = "\n".join(t for _, t in lines)
+    reader = csv.reader(io.StringIO(text))
+    numbers = [n for n, _ in lines]
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        problems.append(f"{path}:{reader.line_num}: malformed CSV ({exc})")
+        return []
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    unknown = [h for h in header if h not in FIELDS]
+    if unknown:
+        problems.append(f"{path}:{numbers[0]}: unknown column(s) {unknown}; valid: {', '.join(FIELDS)}")
+        return []
+    if "prompt" not in header:
+        problems.append(f"{path}:{numbers[0]}: the header has no 'prompt' column (valid: {', '.join(FIELDS)})")
+        return []
+    out = []
+    # csv rows can span lines inside quotes; count lines to report the row's first line.
+    line_index = 1
+    for row in rows[1:]:
+        number = numbers[min(line_index, len(numbers) - 1)]
+        line_index += 1 + sum(cell.count("\n") for cell in row)
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            problems.append(f"{path}:{number}: {len(row)} cells, the header has {len(header)}")
+            continue
+        out.append((number, {h: v for h, v in zip(header, row) if v.strip() != "" or h == "prompt"}))
+    return out
+
+
+def _jsonl_records(path: Path, lines, problems) -> list[tuple[int, dict]]:
+    out = []
+    for number, text in lines:
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(record, dict):
+            problems.append(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            continue
+        unknown = sorted(set(record) - set(FIELDS))
+        if unknown:
+            problems.append(f"{path}:{number}: unknown field(s) {unknown}; valid: {', '.join(FIELDS)}")
+            continue
+        out.append((number, record))
+    return out
+
+
+def _number(path, line, name, value, kind, problems):
+    where = f"{path}:{line}"
+    if isinstance(value, bool):
+        problems.append(f"{where}: {name}={value!r} must be a number")
+        return None
+    try:
+        if kind is int:
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise ValueError
+            number = int(as_float)
+        else:
+            number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        problems.append(f"{where}: {name}={value!r} must be {'an integer' if kind is int else 'a number'}")
+        return None
+    lo, hi = LIMITS[name]
+    if not (lo <= number <= hi) or (name == "duration" and number != number):
+        problems.append(f"{where}: {name}={value!r} is out of range; valid: {lo} to {hi}")
+        return None
+    return number
+
+
+def _validate(path, line, record, problems, samplers) -> PromptRow | None:
+    before = len(problems)
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        problems.append(f"{path}:{line}: missing or empty prompt")
+        return None
+    prompt = " ".join(prompt.split())
+    if len(prompt) > MAX_PROMPT_CHARS:
+        problems.append(f"{path}:{line}: prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+    values = {}
+    for name, kind in (("seed", int), ("duration", float), ("steps", int), ("guidance", float), ("k", int),
+                       ("variations", int)):  # fmt: skip
+        if record.get(name) is not None:
+            values[name] = _number(path, line, name, record[name], kind, problems)
+    sampler = record.get("sampler")
+    if sampler is not None and sampler not in samplers:
+        problems.append(f"{path}:{line}: sampler={sampler!r}; valid: {', '.join(samplers)}")
+    raw_id = record.get("id")
+    if raw_id is None or str(raw_id).strip() == "":
+        row_id = f"{line:05d}-{slugify(prompt)}"
+    else:
+        row_id = str(raw_id).strip()
+        if not ID_PATTERN.match(row_id):
+            problems.append(
+                f"{path}:{line}: id {row_id!r} is not usable in file names; use letters, digits, '.', '_', '-' "
+                f"(at most 128, not starting with '.', '_' or '-')"
+            )
+    if len(problems) > before:
+        return None
+    return PromptRow(prompt=prompt, id=row_id, line=line, sampler=sampler, **values)

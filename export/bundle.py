@@ -1,0 +1,146 @@
+"""Write a bundle (DESIGN.md §3): stage graphs, tokenizer, retrieval database, manifest."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import nn
+
+from reaudio.engine.dataclass_io import umask_mode, write_json_atomic
+from reaudio.engine.manifest import (
+    FORMAT_VERSION,
+    Defaults,
+    LatentSpec,
+    Manifest,
+    RetrievalSpec,
+    TokenizerSpec,
+    write_manifest,
+)
+from reaudio.engine.retrieval_db import DatabaseInfo, RetrievalDB
+from reaudio.models.configs import FamilyConfig
+
+from .contracts import STAGES
+from .fp16 import convert_to_fp16
+from .onnx_export import DEFAULT_OPSET, check_parity, export_stage, ort_session
+
+log = logging.getLogger(__name__)
+
+#: fp32 parity budget (relative to the output's peak) below which an export is accepted.
+PARITY_TOLERANCE = 1e-4
+#: Module-path scopes converted to fp16 per stage (None: the whole graph minus fragile ops).
+FP16_SCOPES: dict[str, tuple[str, ...] | None] = {"denoiser": ("/unet/",)}
+
+
+class ExportParityError(RuntimeError):
+    """An exported graph disagrees with its torch module beyond tolerance."""
+
+
+def database_info(cfg: FamilyConfig, provenance: dict | None = None) -> DatabaseInfo:
+    return DatabaseInfo(
+        key=cfg.retrieval.key,
+        embed_dim=cfg.clap.embed_dim,
+        audio_tokens=cfg.retrieval.audio_tokens,
+        audio_dim=cfg.clap.audio.width,
+        caption_tokens=cfg.retrieval.caption_tokens,
+        caption_dim=cfg.clap.text.hidden_size,
+        provenance=provenance or {},
+    )
+
+
+def build_manifest(cfg: FamilyConfig, stages: dict, defaults: Defaults) -> Manifest:
+    r = cfg.vae.downsample_factor
+    retrieval = None
+    if cfg.retrieval.k > 0:
+        retrieval = RetrievalSpec(
+            k=cfg.retrieval.k,
+            key=cfg.retrieval.key,
+            contexts=tuple(c.name for c in cfg.unet.contexts),
+            caption_tokens=cfg.retrieval.caption_tokens,
+            audio_tokens=cfg.retrieval.audio_tokens,
+            caption_dim=cfg.clap.text.hidden_size,
+            audio_dim=cfg.clap.audio.width,
+        )
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        family="re-audioldm" if retrieval else "audioldm",
+        name=cfg.name,
+        mel=cfg.mel,
+        latent=LatentSpec(cfg.vae.embed_dim, r, -(-cfg.mel.n_mels // r), cfg.vae.scaling_factor),
+        schedule=cfg.schedule,
+        film_dim=cfg.unet.film_dim,
+        embed_dim=cfg.clap.embed_dim,
+        tokenizer=TokenizerSpec("tokenizer/tokenizer.json", cfg.clap.text.max_length),
+        stages=stages,
+        retrieval=retrieval,
+        defaults=defaults,
+    )
+
+
+def export_bundle(
+    cfg: FamilyConfig,
+    models: dict[str, nn.Module],
+    out: str | Path,
+    *,
+    fp16: bool = False,
+    database: str | Path | None = None,
+    defaults: Defaults | None = None,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+) -> Manifest:
+    """Export every stage of ``models`` into the bundle folder ``out`` (written whole, then renamed)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    models = {name: copy.deepcopy(m).eval() for name, m in models.items()}
+    models["vocoder"].remove_weight_norm()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(umask_mode(0o777))
+    try:
+        stages, report = {}, {"parity_fp32": [], "parity_fp16": []}
+        for stage in STAGES:
+            rel = f"{stage}/model.onnx"
+            spec = export_stage(stage, cfg, models, tmp / rel, opset=opset)
+            results = check_parity(stage, cfg, models, tmp / rel, session=ort_session(tmp / rel))
+            report["parity_fp32"] += [asdict(r) for r in results]
+            worst = max(results, key=lambda r: r.rel)
+            if worst.rel > PARITY_TOLERANCE:
+                raise ExportParityError(
+                    f"{stage}/{worst.output} ({worst.case}): ONNX differs from torch by {worst.rel:.2e} of peak "
+                    f"(tolerance {PARITY_TOLERANCE:.0e})"
+                )
+            fp16_rel = None
+            if fp16:
+                fp16_rel = f"{stage}/model.fp16.onnx"
+                convert_to_fp16(tmp / rel, tmp / fp16_rel, fp16_scopes=FP16_SCOPES.get(stage))
+                half = check_parity(stage, cfg, models, tmp / fp16_rel, session=ort_session(tmp / fp16_rel))
+                report["parity_fp16"] += [asdict(r) for r in half]
+                log.info("%s fp16 parity: worst %.2e of peak", stage, max(r.rel for r in half))
+            stages[stage] = spec.spec(rel, fp16_rel)
+        (tmp / "tokenizer").mkdir()
+        (tmp / "tokenizer" / "tokenizer.json").write_text(models["clap"].tokenizer.to_str(), encoding="utf-8")
+        if cfg.retrieval.k > 0:
+            if database is not None:
+                db = RetrievalDB(database)  # validates before copying
+                if db.info.embed_dim != cfg.clap.embed_dim:
+                    raise ValueError(f"{database}: embed_dim {db.info.embed_dim} != model's {cfg.clap.embed_dim}")
+                shutil.copytree(db.generation, tmp / "retrieval" / db.generation.name)
+                (tmp / "retrieval" / "CURRENT").write_text(db.generation.name + "\n", encoding="utf-8")
+            else:
+                RetrievalDB.create(tmp / "retrieval", database_info(cfg, {"created_by": "reaudio export"}))
+        write_json_atomic(tmp / "export_report.json", report)
+        cfg.save(tmp / "family.json")  # lets `reaudio plans build` derive profiles from the bundle alone
+        manifest = write_manifest(tmp, build_manifest(cfg, stages, defaults or Defaults(duration=cfg.clip_seconds)))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("bundle written: %s (%d files)", out, len(manifest.files))
+    return manifest

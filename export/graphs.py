@@ -1,0 +1,86 @@
+"""torch modules whose forward is exactly one exported graph (one per stage)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reaudio.models.clap import CLAP
+from reaudio.models.hifigan import HiFiGANGenerator
+from reaudio.models.unet import UNet
+from reaudio.models.vae import AutoencoderKL
+
+
+class TextEncoderGraph(nn.Module):
+    """(input_ids, attention_mask) → unit-norm CLAP text embedding and token features."""
+
+    def __init__(self, clap: CLAP) -> None:
+        super().__init__()
+        self.clap = clap
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.clap.text_tokens(input_ids, attention_mask)
+        weights = attention_mask.to(tokens.dtype).unsqueeze(-1)
+        pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return F.normalize(self.clap.text_proj(pooled), dim=-1), tokens
+
+
+class AudioEncoderGraph(nn.Module):
+    """Log-mel (B, T, n_mels) → unit-norm CLAP audio embedding and M pooled audio tokens."""
+
+    def __init__(self, clap: CLAP, num_tokens: int) -> None:
+        super().__init__()
+        self.clap = clap
+        self.num_tokens = num_tokens
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from reaudio.models.layers import pool_tokens
+
+        tokens = self.clap.audio_encoder(mel)
+        emb = F.normalize(self.clap.audio_proj(tokens.mean(1)), dim=-1)
+        return emb, pool_tokens(tokens, self.num_tokens)
+
+
+class DenoiserStepGraph(nn.Module):
+    """One denoising step: UNet on conditional and null halves, guidance, sampler update.
+
+    Inputs: latent (B, C, T, F), timestep (B,), film (B, D), guidance (B,), coefs
+    (B, 5) from ``reaudio.engine.sampler``, prev_x0 (B, C, T, F), then per context
+    its tokens (B, N, D) and mask (B, N). The null condition is a zero FiLM vector
+    and all-false context masks, as in training's condition dropout.
+    Outputs: next latent and this step's data prediction x0 (the next step's prev_x0).
+    """
+
+    def __init__(self, unet: UNet) -> None:
+        super().__init__()
+        self.unet = unet
+        self.context_names = [c.name for c in unet.cfg.contexts]
+
+    def forward(self, latent, timestep, film, guidance, coefs, prev_x0, *context_inputs):
+        contexts = {}
+        for i, name in enumerate(self.context_names):
+            tokens, mask = context_inputs[2 * i], context_inputs[2 * i + 1]
+            contexts[name] = (torch.cat([tokens, tokens]), torch.cat([mask, torch.zeros_like(mask)]))
+        x2 = torch.cat([latent, latent])
+        film2 = torch.cat([film, torch.zeros_like(film)]) if film is not None else None
+        eps_c, eps_u = self.unet(x2, torch.cat([timestep, timestep]), film2, contexts).chunk(2)
+        eps = eps_u + guidance.view(-1, 1, 1, 1) * (eps_c - eps_u)
+        c = coefs.to(latent.dtype).view(-1, 5, 1, 1, 1)
+        x0 = (latent - c[:, 1] * eps) / c[:, 0]
+        return c[:, 2] * latent + c[:, 3] * x0 + c[:, 4] * prev_x0, x0
+
+
+class DecoderGraph(nn.Module):
+    """Scaled latent (B, C, T, F) → waveform (B, T · r · hop): VAE decoder, then vocoder."""
+
+    def __init__(self, vae: AutoencoderKL, vocoder: HiFiGANGenerator, n_mels: int) -> None:
+        super().__init__()
+        self.vae = vae
+        self.vocoder = vocoder
+        self.n_mels = n_mels
+        self.scaling_factor = vae.cfg.scaling_factor
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        mel = self.vae.decode(latent / self.scaling_factor)[..., : self.n_mels]
+        return self.vocoder(mel)

@@ -1,0 +1,67 @@
+"""Build a retrieval database from (audio, caption) items with a torch CLAP."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reaudio.engine.retrieval_db import DatabaseInfo, Items, RetrievalDB
+from reaudio.models.clap import CLAP
+from reaudio.models.mel import LogMel
+from reaudio.models.retrieval_features import RetrievalConfig, RetrievalFeatureEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioItem:
+    id: str
+    audio: np.ndarray  # mono float32 at the front end's sample rate
+    caption: str
+    label: str = ""
+    source: str = ""
+
+
+@torch.no_grad()
+def encode_items(clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: list[AudioItem], batch: int = 16) -> Items:
+    """CLAP keys and neighbour features for ``items`` (audio of any lengths)."""
+    clap.eval()
+    enc = RetrievalFeatureEncoder(clap, retrieval)
+    keys, audio_tokens, cap_tokens, cap_masks = [], [], [], []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        for item in chunk:  # per item: clips differ in length
+            m = mel(torch.from_numpy(item.audio)).unsqueeze(0)
+            audio_tokens.append(enc.audio_features(m)[0].numpy())
+            if retrieval.key == "audio":
+                keys.append(clap.embed_audio(m)[0].numpy())
+        tokens, mask = enc.caption_features([i.caption for i in chunk])
+        cap_tokens.append(tokens.numpy())
+        cap_masks.append(mask.numpy())
+        if retrieval.key == "text":
+            ids, am = clap.tokenizer([i.caption for i in chunk])
+            keys.extend(clap.embed_text(torch.from_numpy(ids), torch.from_numpy(am)).numpy())
+    records = [{"id": i.id, "caption": i.caption, "label": i.label, "source": i.source} for i in items]
+    return Items(records, np.stack(keys), np.stack(audio_tokens), np.concatenate(cap_tokens), np.concatenate(cap_masks))
+
+
+def build_database(
+    folder: str | Path, clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: list[AudioItem], provenance: dict
+) -> RetrievalDB:
+    info = DatabaseInfo(
+        key=retrieval.key,
+        embed_dim=clap.cfg.embed_dim,
+        audio_tokens=retrieval.audio_tokens,
+        audio_dim=clap.cfg.audio.width,
+        caption_tokens=retrieval.caption_tokens,
+        caption_dim=clap.cfg.text.hidden_size,
+        provenance=provenance,
+    )
+    db = RetrievalDB.create(folder, info)
+    db = db.add(encode_items(clap, mel, retrieval, items))
+    log.info("database %s: %d items", folder, len(db))
+    return db
