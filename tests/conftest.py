@@ -27,3 +27,24 @@ def realistic_audio(sample_rate: int, seconds: float, rng: np.random.Generator) 
     burst[start : start + length] = rng.normal(0, 0.4, length) * np.exp(-np.linspace(0, 6, length))
     floor = rng.normal(0, 1e-4, n)
     return (sweep + burst + floor).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory):
+    """A random `tiny` system, its database and its bundle (fp32 + fp16), made once per run."""
+    pytest.importorskip("torch")
+    from tests.make_tiny_bundle import make
+
+    out = tmp_path_factory.mktemp("tiny")
+    make(out, fp16=True)
+    return out
+
+
+@pytest.fixture
+def tiny_bundle(tiny_artifacts, tmp_path):
+    """A private copy of the tiny bundle (tests may change its database)."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_artifacts / "bundle", dst)
+    return dst

@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from reaudio.engine.database_ops import ClipListError, add_clips, read_clip_list, remove_clips
+from reaudio.engine.engine import Engine, Request
+from reaudio.engine.manifest import read_manifest
+
+pytest.importorskip("torch")
+CLI = [sys.executable, "-m", "reaudio.engine.cli"]
+
+
+def _clip(folder, name, freq, caption):
+    t = np.arange(8000) / 8000
+    sf.write(folder / f"{name}.wav", (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 8000)
+    (folder / f"{name}.txt").write_text(caption)
+
+
+@pytest.fixture
+def empty_bundle(tiny_artifacts, tmp_path):
+    out = tmp_path / "empty"
+    proc = subprocess.run([*CLI, "-q", "export", str(tiny_artifacts / "system"), "--out", str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_added_clip_is_retrieved_immediately(empty_bundle, tmp_path):
+    clips = tmp_path / "mine"
+    clips.mkdir()
+    _clip(clips, "whistle", 1200, "my kettle whistling")
+    proc = subprocess.run([*CLI, "db", "add", str(clips), "--bundle", str(empty_bundle)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "holds 1 clip" in proc.stdout
+    read_manifest(empty_bundle)  # checksums were updated with the database
+    engine = Engine.from_bundle(empty_bundle, backend="cpu")
+    (result,) = engine.generate([Request("a kettle", k=1, seed=0)])
+    assert result.neighbours == [{"id": "whistle", "caption": "my kettle whistling"}]
+
+
+def test_added_clip_is_its_own_nearest_neighbour(tiny_bundle, tmp_path):
+    clips = tmp_path / "mine"
+    clips.mkdir()
+    _clip(clips, "a", 300, "a low tone")
+    _clip(clips, "b", 3000, "a high tone")
+    db = add_clips(tiny_bundle, read_clip_list(clips))
+    assert len(db) == 18 + 2
+    engine = Engine.from_bundle(tiny_bundle, backend="cpu")
+    wave, _ = sf.read(clips / "b.wav", dtype="float32")
+    emb, _ = engine.encode_audio([wave])
+    rows = engine.db.search(emb, 1)
+    assert engine.db.item_ids(rows) == [["b"]]
+    db = remove_clips(tiny_bundle, ["a"])
+    assert len(db) == 19 and "a" not in {i["id"] for i in db.items}
+    listed = subprocess.run([*CLI, "db", "list", "--bundle", str(tiny_bundle)], capture_output=True, text=True)
+    assert "b\t\ta high tone" in listed.stdout and "\ta low tone" not in listed.stdout
+
+
+def test_clip_list_errors_name_file_and_line(tmp_path):
+    (tmp_path / "x.wav").write_bytes(b"junk")
+    (tmp_path / "clips.csv").write_text("audio,caption\nx.wav,\nmissing.wav,a sound\n")
+    with pytest.raises(ClipListError) as err:
+        read_clip_list(tmp_path / "clips.csv")
+    text = str(err.value)
+    assert "clips.csv:2: empty caption" in text and "clips.csv:3: audio file" in text
+
+
+def test_unreadable_audio_is_reported_before_the_database_changes(tiny_bundle, tmp_path):
+    (tmp_path / "bad.wav").write_bytes(b"junk")
+    (tmp_path / "clips.jsonl").write_text('{"audio": "bad.wav", "caption": "broken"}\n')
+    before = read_manifest(tiny_bundle).files
+    with pytest.raises(ClipListError, match="clips.jsonl:1: .*unreadable audio"):
+        add_clips(tiny_bundle, read_clip_list(tmp_path / "clips.jsonl"))
+    assert read_manifest(tiny_bundle).files == before

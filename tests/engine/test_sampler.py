@@ -1,0 +1,75 @@
+"""The engine's NumPy sampler coefficients agree with textbook torch implementations."""
+
+import numpy as np
+import pytest
+import torch
+
+from reaudio.engine.sampler import initial_noise, leading_timesteps, make_plan, step
+from reaudio.engine.schedule import NoiseScheduleConfig
+from reaudio.training.diffusion import ddim_step_reference, dpmpp_2m_step_reference
+
+SCHEDULE = NoiseScheduleConfig()
+
+
+def test_schedule_matches_audioldm_endpoints():
+    betas = SCHEDULE.betas()
+    assert betas[0] == pytest.approx(0.0015) and betas[-1] == pytest.approx(0.0195)
+    assert np.all(np.diff(betas) > 0)
+
+
+def test_leading_timesteps():
+    assert leading_timesteps(SCHEDULE, 10).tolist() == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+
+
+@pytest.mark.parametrize("steps", [1, 10, 25])
+def test_ddim_coefficients_match_the_textbook_update(steps):
+    plan = make_plan(SCHEDULE, "ddim", steps)
+    acp = SCHEDULE.alphas_cumprod()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 3, generator=g, dtype=torch.float64)
+    prev = torch.zeros_like(x)
+    ratio = 1000 // steps
+    for i, t in enumerate(plan.timesteps):
+        eps = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        a_prev = acp[t - ratio] if t - ratio >= 0 else acp[0]
+        expected = ddim_step_reference(x, eps, acp[t], a_prev)
+        actual, prev_np = step(plan.coefs[i], x.numpy(), eps.numpy(), prev.numpy())
+        np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-10, atol=1e-10)
+        x, prev = expected, torch.from_numpy(prev_np)
+
+
+def test_dpmpp_2m_coefficients_match_the_paper_algorithm():
+    steps = 12
+    plan = make_plan(SCHEDULE, "dpmpp-2m", steps)
+    acp = SCHEDULE.alphas_cumprod()
+    ts = plan.timesteps
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 6, 2, generator=g, dtype=torch.float64)
+    x0_prev = None
+    prev_np = np.zeros(x.shape)
+    for i, s in enumerate(ts):
+        eps = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        x0 = (x - (1 - acp[s]) ** 0.5 * eps) / acp[s] ** 0.5
+        actual, x0_np = step(plan.coefs[i], x.numpy(), eps.numpy(), prev_np)
+        np.testing.assert_allclose(x0_np, x0.numpy(), rtol=1e-10, atol=1e-10)
+        if i == steps - 1:
+            expected = x0  # the last step lands on clean data
+        else:
+            a_prev_step = acp[ts[i - 1]] if i > 0 else None
+            expected = dpmpp_2m_step_reference(x, x0, x0_prev, acp[s], acp[ts[i + 1]], a_prev_step)
+        np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-9, atol=1e-9)
+        x, x0_prev, prev_np = expected, x0, x0_np
+
+
+def test_invalid_sampler_and_steps():
+    with pytest.raises(ValueError, match="valid: ddim, dpmpp-2m"):
+        make_plan(SCHEDULE, "euler", 10)
+    with pytest.raises(ValueError, match="steps=0"):
+        make_plan(SCHEDULE, "ddim", 0)
+
+
+def test_initial_noise_is_seeded_pcg64():
+    a = initial_noise(7, (2, 3))
+    assert np.array_equal(a, initial_noise(7, (2, 3)))
+    assert np.array_equal(a, np.random.Generator(np.random.PCG64(7)).standard_normal((2, 3), dtype=np.float32))
+    assert not np.array_equal(a, initial_noise(8, (2, 3)))

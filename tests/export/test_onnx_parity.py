@@ -1,0 +1,71 @@
+"""Every exported stage matches its torch module; the whole sampled waveform matches too."""
+
+import numpy as np
+import onnx
+import pytest
+
+from reaudio.engine.engine import Engine, Request
+from reaudio.engine.retrieval_db import RetrievalDB
+from reaudio.export.contracts import STAGES
+from reaudio.export.onnx_export import check_parity, ort_session
+from reaudio.models.system import load_system
+from reaudio.training.pipeline import TorchPipeline
+
+CASES = [(1, 8), (2, 39), (3, 63), (1, 125), (2, 250)]  # (batch, latent frames): odd and even lengths
+
+
+@pytest.fixture(scope="module")
+def system(tiny_artifacts):
+    cfg, models = load_system([tiny_artifacts / "system"])
+    models["vocoder"].remove_weight_norm()
+    return cfg, models
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_fp32_graphs_match_torch_at_several_lengths(stage, system, tiny_artifacts):
+    cfg, models = system
+    path = tiny_artifacts / "bundle" / stage / "model.onnx"
+    results = check_parity(stage, cfg, models, path, cases=CASES, session=ort_session(path))
+    assert len(results) >= len(CASES)
+    worst = max(results, key=lambda r: r.rel)
+    assert worst.rel <= 1e-4, worst
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_fp16_graphs_are_fp16_and_close(stage, system, tiny_artifacts):
+    cfg, models = system
+    path = tiny_artifacts / "bundle" / stage / "model.fp16.onnx"
+    model = onnx.load(str(path))
+    fp16_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert fp16_weights, "no fp16 initializers"
+    assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in model.graph.input)
+    results = check_parity(stage, cfg, models, path, cases=CASES[:3], session=ort_session(path))
+    assert max(r.rel for r in results) <= 1e-2
+
+
+def test_denoiser_fp16_keeps_the_sampler_update_in_fp32(tiny_artifacts):
+    model = onnx.load(str(tiny_artifacts / "bundle" / "denoiser" / "model.fp16.onnx"))
+    outside_unet = [n for n in model.graph.node if n.name and not n.name.startswith("/unet/") and n.op_type == "Mul"]
+    assert outside_unet
+    fp16_names = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    assert not any(i in fp16_names for n in outside_unet for i in n.input)
+
+
+@pytest.mark.parametrize("k", [2, 0])
+def test_whole_waveform_matches_the_torch_pipeline(k, system, tiny_artifacts):
+    cfg, models = system
+    engine = Engine.from_bundle(tiny_artifacts / "bundle", backend="cpu")
+    prompts = ["a short high beep", "a low electrical hum"]
+    rng = np.random.default_rng(3)
+    latents = rng.standard_normal((2, *cfg.latent_shape(125))).astype(np.float32)
+    reference = TorchPipeline(cfg, models, RetrievalDB(tiny_artifacts / "db")).generate(
+        prompts, latents, steps=10, guidance=3.0, k=k
+    )
+    results = engine.generate(
+        [Request(p, initial_latent=lat, steps=10, guidance=3.0, k=k, sampler="ddim") for p, lat in zip(prompts, latents)]
+    )
+    for ref, res in zip(reference, results):
+        assert res.waveform.shape == ref.shape
+        assert np.abs(res.waveform - ref).max() <= 1e-3 * np.abs(ref).max()
+        assert np.abs(ref).max() > 0
+    assert len(results[0].neighbours) == k
