@@ -37,8 +37,8 @@ class Request:
         k: neighbours retrieved (0: none); ignored by bundles without retrieval.
         initial_latent: explicit initial noise (C, T, F) instead of the seeded one, to
             compare with other implementations; fixes the duration to its frames.
-        negative_prompt: not supported by this model family (its null condition is learned
-            as "no condition"); setting it raises ``ValueError``.
+        negative_prompt: steer away from this text: its embedding replaces the null
+            condition in the unconditional half of guidance.
         id, variation: labels carried into the result.
     """
 
@@ -165,8 +165,6 @@ class Engine:
     def resolve(self, request: Request, index: int = 0) -> _Resolved:
         """Fill defaults and validate one request (``ValueError`` names the field)."""
         d = self.manifest.defaults
-        if request.negative_prompt:
-            raise ValueError("negative_prompt is not supported by this model family")
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise ValueError(f"request {index}: prompt must be a non-empty string")
         steps = d.steps if request.steps is None else int(request.steps)
@@ -228,7 +226,11 @@ class Engine:
     def _conditions(self, batch: list[_Resolved]) -> tuple[dict[str, np.ndarray], list[list[dict]], float]:
         start = time.perf_counter()
         film, _, _ = self.embed_text([r.request.prompt for r in batch])
-        conditions = {"film": film, "guidance": np.array([r.guidance for r in batch], np.float32)}
+        conditions = {
+            "film": film,
+            "uncond_film": self._uncond_film(batch, film),
+            "guidance": np.array([r.guidance for r in batch], np.float32),
+        }
         neighbours: list[list[dict]] = [[] for _ in batch]
         spec = self.manifest.retrieval
         if spec:
@@ -248,6 +250,18 @@ class Engine:
                 conditions["retrieved_audio"] = gathered.audio_tokens
                 conditions["retrieved_audio_mask"] = gathered.audio_mask
         return conditions, neighbours, time.perf_counter() - start
+
+    def _uncond_film(self, batch: list[_Resolved], film: np.ndarray) -> np.ndarray:
+        if self.manifest.null_condition == "zeros":
+            uncond = np.zeros_like(film)
+        else:
+            uncond = np.repeat(self.embed_text([""])[0], len(batch), axis=0)
+        negatives = [(i, r.request.negative_prompt) for i, r in enumerate(batch) if r.request.negative_prompt]
+        if negatives:
+            emb = self.embed_text([text for _, text in negatives])[0]
+            for (i, _), row in zip(negatives, emb):
+                uncond[i] = row
+        return uncond
 
     def _initial_latents(self, batch: list[_Resolved]) -> np.ndarray:
         c, f = self.manifest.latent.channels, self.manifest.latent.freq

@@ -20,6 +20,7 @@ MANIFEST = "manifest.json"
 #: Bundle paths that are not checksummed: per-machine caches.
 UNHASHED_PREFIXES = ("plans/",)
 DTYPES = ("float32", "float16", "int64", "bool")
+NULL_CONDITIONS = ("zeros", "empty_prompt")
 
 
 class BundleError(ValueError):
@@ -134,6 +135,13 @@ class Manifest:
     stages: dict[str, StageSpec]
     retrieval: RetrievalSpec | None = None
     defaults: Defaults = field(default_factory=Defaults)
+    #: The unconditional FiLM vector of guidance: "zeros" (models trained with condition
+    #: dropout to zeros) or "empty_prompt" (the text encoder's embedding of "", AudioLDM).
+    null_condition: str = "zeros"
+
+    def __post_init__(self) -> None:
+        if self.null_condition not in NULL_CONDITIONS:
+            raise ValueError(f"null_condition={self.null_condition!r}; valid: {', '.join(NULL_CONDITIONS)}")
     files: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -105,7 +105,7 @@ class StageContract:
 
                 plan = make_plan(cfg.schedule, "dpmpp-2m", 10)
                 out.append(torch.from_numpy(plan.coefs[3]).float().expand(shape).contiguous())
-            elif spec.name == "film":
+            elif spec.name in ("film", "uncond_film"):
                 out.append(torch.nn.functional.normalize(torch.randn(shape, generator=g), dim=-1))
             elif spec.dtype == "bool":
                 mask = torch.ones(shape, dtype=torch.bool)
@@ -136,7 +136,8 @@ def contract(stage: str, cfg: FamilyConfig) -> StageContract:
             raise ValueError("export needs a UNet with a FiLM condition (film_dim > 0)")
         latent = ("batch", c, "frames", f)
         inputs = [_f("latent", *latent), TensorSpec("timestep", "int64", ("batch",)),
-                  _f("film", "batch", cfg.unet.film_dim), _f("guidance", "batch"), _f("coefs", "batch", 5),
+                  _f("film", "batch", cfg.unet.film_dim), _f("uncond_film", "batch", cfg.unet.film_dim),
+                  _f("guidance", "batch"), _f("coefs", "batch", 5),
                   _f("prev_x0", *latent)]  # fmt: skip
         for ctx in cfg.unet.contexts:
             axis = "text_context" if ctx.name == "retrieved_text" else "audio_context"

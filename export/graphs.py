@@ -45,10 +45,11 @@ class AudioEncoderGraph(nn.Module):
 class DenoiserStepGraph(nn.Module):
     """One denoising step: UNet on conditional and null halves, guidance, sampler update.
 
-    Inputs: latent (B, C, T, F), timestep (B,), film (B, D), guidance (B,), coefs
-    (B, 5) from ``reaudio.engine.sampler``, prev_x0 (B, C, T, F), then per context
-    its tokens (B, N, D) and mask (B, N). The null condition is a zero FiLM vector
-    and all-false context masks, as in training's condition dropout.
+    Inputs: latent (B, C, T, F), timestep (B,), film (B, D), uncond_film (B, D),
+    guidance (B,), coefs (B, 5) from ``reaudio.engine.sampler``, prev_x0 (B, C, T, F),
+    then per context its tokens (B, N, D) and mask (B, N). The unconditional half
+    gets ``uncond_film`` (zeros for models trained with condition dropout to zeros;
+    the embedding of "" or a negative prompt for AudioLDM) and all-false context masks.
     Outputs: next latent and this step's data prediction x0 (the next step's prev_x0).
     """
 
@@ -57,13 +58,13 @@ class DenoiserStepGraph(nn.Module):
         self.unet = unet
         self.context_names = [c.name for c in unet.cfg.contexts]
 
-    def forward(self, latent, timestep, film, guidance, coefs, prev_x0, *context_inputs):
+    def forward(self, latent, timestep, film, uncond_film, guidance, coefs, prev_x0, *context_inputs):
         contexts = {}
         for i, name in enumerate(self.context_names):
             tokens, mask = context_inputs[2 * i], context_inputs[2 * i + 1]
             contexts[name] = (torch.cat([tokens, tokens]), torch.cat([mask, torch.zeros_like(mask)]))
         x2 = torch.cat([latent, latent])
-        film2 = torch.cat([film, torch.zeros_like(film)]) if film is not None else None
+        film2 = torch.cat([film, uncond_film])
         eps_c, eps_u = self.unet(x2, torch.cat([timestep, timestep]), film2, contexts).chunk(2)
         eps = eps_u + guidance.view(-1, 1, 1, 1) * (eps_c - eps_u)
         c = coefs.to(latent.dtype).view(-1, 5, 1, 1, 1)

@@ -91,10 +91,11 @@ class SpatialTransformer(nn.Module):
     """Transformer blocks over the (T × F) positions of a feature map."""
 
     def __init__(
-        self, channels: int, heads: int, depth: int, contexts: dict[str, int], extra_self_attention: bool
-    ) -> None:
+        self, channels: int, heads: int, depth: int, contexts: dict[str, int], extra_self_attention: bool,
+        norm_groups: int = 32,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.blocks = nn.ModuleList(
             TransformerBlock(channels, heads, contexts, extra_self_attention) for _ in range(depth)

@@ -23,6 +23,7 @@ class AudioTowerConfig:
         stem_channels: widths of the stride-2 conv stem; each halves time and frequency.
         width: token width of the transformer.
         layers, heads: transformer depth and heads.
+        norm_groups: GroupNorm groups in the stem.
     """
 
     n_mels: int = 64
@@ -30,6 +31,7 @@ class AudioTowerConfig:
     width: int = 256
     layers: int = 4
     heads: int = 4
+    norm_groups: int = 8
 
     @property
     def time_reduction(self) -> int:
@@ -84,7 +86,7 @@ class AudioTower(nn.Module):
         layers: list[nn.Module] = []
         ch, freq = 1, cfg.n_mels
         for out in cfg.stem_channels:
-            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), group_norm(out, eps=1e-5), nn.GELU()]
+            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), group_norm(out, cfg.norm_groups, eps=1e-5), nn.GELU()]
             ch, freq = out, (freq + 1) // 2
         self.stem = nn.Sequential(*layers)
         self.to_tokens = nn.Linear(ch * freq, cfg.width)

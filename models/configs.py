@@ -111,7 +111,7 @@ def _tiny() -> FamilyConfig:
         name="tiny",
         clip_seconds=1.0,
         mel=mel,
-        vae=VAEConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4),
+        vae=VAEConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4, norm_groups=2),
         vocoder=HiFiGANConfig(
             n_mels=16, upsample_initial_channel=32, upsample_rates=(4, 4, 4), upsample_kernel_sizes=(8, 8, 8),
             resblock_kernel_sizes=(3,), resblock_dilations=((1, 3),),
@@ -119,9 +119,10 @@ def _tiny() -> FamilyConfig:
         unet=UNetConfig(
             in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
             attention_resolutions=(1, 2), num_head_channels=8, film_dim=16, contexts=_contexts(32, 16),
+            norm_groups=4,
         ),  # fmt: skip
         clap=CLAPConfig(text=text, audio=AudioTowerConfig(n_mels=16, stem_channels=(8, 16), width=16, layers=1,
-                                                          heads=2), embed_dim=16),  # fmt: skip
+                                                          heads=2, norm_groups=4), embed_dim=16),  # fmt: skip
         retrieval=RetrievalConfig(k=2, caption_tokens=8, audio_tokens=4),
     )
 
@@ -134,7 +135,7 @@ def _sfx_small() -> FamilyConfig:
         name="sfx-small",
         clip_seconds=4.0,
         mel=HIFIGAN_22K_MEL,
-        vae=VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=8, embed_dim=8),
+        vae=VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=8, embed_dim=8, norm_groups=8),
         vocoder=HiFiGANConfig(
             n_mels=80, upsample_initial_channel=512, upsample_rates=(8, 8, 2, 2),
             upsample_kernel_sizes=(16, 16, 4, 4),
@@ -142,6 +143,7 @@ def _sfx_small() -> FamilyConfig:
         unet=UNetConfig(
             in_channels=8, out_channels=8, model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2,
             attention_resolutions=(2, 4), num_head_channels=32, film_dim=256, contexts=_contexts(384, 128),
+            norm_groups=8,
         ),  # fmt: skip
         clap=CLAPConfig(audio=AudioTowerConfig(n_mels=80, stem_channels=(16, 32, 64), width=128, layers=2,
                                                heads=4), embed_dim=256),  # fmt: skip

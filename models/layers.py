@@ -9,10 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int, groups: int = 32, eps: float = 1e-6) -> nn.GroupNorm:
-    """GroupNorm with the largest group count ≤ ``groups`` that divides ``channels``."""
-    g = math.gcd(channels, groups)
-    return nn.GroupNorm(g, channels, eps=eps, affine=True)
+def group_norm(channels: int, groups: int, eps: float = 1e-6) -> nn.GroupNorm:
+    """GroupNorm of ``groups`` groups; ``channels`` must divide evenly.
+
+    Too many groups for the width (one channel each) would turn it into instance
+    norm, which removes the per-channel timestep/FiLM shift of a res block: small
+    configs set fewer groups.
+    """
+    if channels % groups:
+        raise ValueError(f"{channels} channels do not split into {groups} norm groups; choose another norm_groups")
+    return nn.GroupNorm(groups, channels, eps=eps, affine=True)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -37,6 +37,7 @@ class UNetConfig:
         film_dim: width of the FiLM condition (the prompt's CLAP embedding); 0 for none.
         contexts: named cross-attention contexts (retrieved caption / audio tokens).
         extra_self_attention: with no contexts, add AudioLDM's second self-attention.
+        norm_groups: GroupNorm groups (every level's width must divide by it).
     """
 
     in_channels: int = 8
@@ -50,6 +51,7 @@ class UNetConfig:
     film_dim: int = 512
     contexts: tuple[ContextConfig, ...] = field(default_factory=tuple)
     extra_self_attention: bool = True
+    norm_groups: int = 32
 
     def __post_init__(self) -> None:
         for mult in self.channel_mult:
@@ -64,12 +66,12 @@ class UNetConfig:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int) -> None:
         super().__init__()
-        self.norm1 = group_norm(in_ch, eps=1e-5)
+        self.norm1 = group_norm(in_ch, groups, eps=1e-5)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, out_ch)
-        self.norm2 = group_norm(out_ch, eps=1e-5)
+        self.norm2 = group_norm(out_ch, groups, eps=1e-5)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -114,8 +116,10 @@ class UNet(nn.Module):
             attn = None
             if ds in cfg.attention_resolutions:
                 heads = out_ch // cfg.num_head_channels
-                attn = SpatialTransformer(out_ch, heads, cfg.transformer_depth, contexts, cfg.extra_self_attention)
-            return Stage(ResBlock(in_ch, out_ch, emb_dim), attn)
+                attn = SpatialTransformer(
+                    out_ch, heads, cfg.transformer_depth, contexts, cfg.extra_self_attention, cfg.norm_groups
+                )
+            return Stage(ResBlock(in_ch, out_ch, emb_dim, cfg.norm_groups), attn)
 
         self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
         self.down_stages = nn.ModuleList()
@@ -132,11 +136,12 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
                 ds *= 2
 
-        self.mid_res1 = ResBlock(ch, ch, emb_dim)
+        g = cfg.norm_groups
+        self.mid_res1 = ResBlock(ch, ch, emb_dim, g)
         self.mid_attn = SpatialTransformer(
-            ch, ch // cfg.num_head_channels, cfg.transformer_depth, contexts, cfg.extra_self_attention
+            ch, ch // cfg.num_head_channels, cfg.transformer_depth, contexts, cfg.extra_self_attention, g
         )
-        self.mid_res2 = ResBlock(ch, ch, emb_dim)
+        self.mid_res2 = ResBlock(ch, ch, emb_dim, g)
 
         self.up_stages = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
@@ -148,7 +153,7 @@ class UNet(nn.Module):
                 self.upsamplers.append(Upsample(ch))
                 ds //= 2
 
-        self.norm_out = group_norm(ch, eps=1e-5)
+        self.norm_out = group_norm(ch, g, eps=1e-5)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
 
     def forward(

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Downsample, Upsample, group_norm
+from .layers import Upsample, group_norm
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class VAEConfig:
         attn_in_mid: self-attention block in the middle of encoder and decoder.
         scaling_factor: latents are multiplied by this before diffusion (computed from
             data after training: 1 / std of the latents).
+        norm_groups: GroupNorm groups.
     """
 
     in_channels: int = 1
@@ -35,6 +36,7 @@ class VAEConfig:
     embed_dim: int = 8
     attn_in_mid: bool = True
     scaling_factor: float = 1.0
+    norm_groups: int = 32
 
     @property
     def downsample_factor(self) -> int:
@@ -42,11 +44,11 @@ class VAEConfig:
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, groups: int) -> None:
         super().__init__()
-        self.norm1 = group_norm(in_ch)
+        self.norm1 = group_norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = group_norm(out_ch)
+        self.norm2 = group_norm(out_ch, groups)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -59,9 +61,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all spatial positions."""
 
-    def __init__(self, ch: int) -> None:
+    def __init__(self, ch: int, groups: int) -> None:
         super().__init__()
-        self.norm = group_norm(ch)
+        self.norm = group_norm(ch, groups)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
 
@@ -72,8 +74,21 @@ class AttnBlock(nn.Module):
         return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
 
 
-def _mid(ch: int, attn: bool) -> nn.Sequential:
-    return nn.Sequential(ResnetBlock(ch, ch), AttnBlock(ch) if attn else nn.Identity(), ResnetBlock(ch, ch))
+def _mid(ch: int, attn: bool, groups: int) -> nn.Sequential:
+    return nn.Sequential(
+        ResnetBlock(ch, ch, groups), AttnBlock(ch, groups) if attn else nn.Identity(), ResnetBlock(ch, ch, groups)
+    )
+
+
+class VAEDownsample(nn.Module):
+    """Stride-2 3×3 convolution after padding one row/column at the end (LDM's autoencoder)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
 class Encoder(nn.Module):
@@ -85,13 +100,13 @@ class Encoder(nn.Module):
         for level, mult in enumerate(cfg.ch_mult):
             out = cfg.ch * mult
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResnetBlock(ch, out))
+                blocks.append(ResnetBlock(ch, out, cfg.norm_groups))
                 ch = out
             if level != len(cfg.ch_mult) - 1:
-                blocks.append(Downsample(ch))
+                blocks.append(VAEDownsample(ch))
         self.down = nn.Sequential(*blocks)
-        self.mid = _mid(ch, cfg.attn_in_mid)
-        self.norm_out = group_norm(ch)
+        self.mid = _mid(ch, cfg.attn_in_mid, cfg.norm_groups)
+        self.norm_out = group_norm(ch, cfg.norm_groups)
         self.conv_out = nn.Conv2d(ch, 2 * cfg.z_channels, 3, padding=1)
         self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
 
@@ -106,18 +121,18 @@ class Decoder(nn.Module):
         ch = cfg.ch * cfg.ch_mult[-1]
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, ch, 3, padding=1)
-        self.mid = _mid(ch, cfg.attn_in_mid)
+        self.mid = _mid(ch, cfg.attn_in_mid, cfg.norm_groups)
         self.up = nn.ModuleList()
         for level in reversed(range(len(cfg.ch_mult))):
             out = cfg.ch * cfg.ch_mult[level]
             stage = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                stage.append(ResnetBlock(ch, out))
+                stage.append(ResnetBlock(ch, out, cfg.norm_groups))
                 ch = out
             self.up.append(stage)
             if level != 0:
                 self.up.append(Upsample(ch))
-        self.norm_out = group_norm(ch)
+        self.norm_out = group_norm(ch, cfg.norm_groups)
         self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,8 @@ def synthetic_items(cfg, per_kind: int = 3, seed: int = 0) -> list[AudioItem]:
 
 
 def make(out: Path, fp16: bool = False, seed: int = 0) -> Path:
+    for old in ("system", "db"):  # regenerate from scratch
+        shutil.rmtree(out / old, ignore_errors=True)
     torch.manual_seed(seed)
     cfg = load_config("tiny")
     models = build_system(cfg)

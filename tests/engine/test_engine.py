@@ -72,10 +72,16 @@ def test_k_zero_and_per_request_k(engine):
 def test_invalid_requests_fail_before_any_work(engine):
     with pytest.raises(ValueError, match="request 1: steps=0"):
         engine.generate([Request("ok"), Request("bad", steps=0)])
-    with pytest.raises(ValueError, match="negative_prompt is not supported"):
-        engine.generate([Request("x", negative_prompt="noise")])
     with pytest.raises(ValueError, match="duration=0.0"):
         engine.generate([Request("x", duration=0.0)])
+
+
+def test_negative_prompt_changes_only_its_own_clip(engine):
+    plain, negative = engine.generate([Request("a beep", seed=3), Request("a beep", seed=3, negative_prompt="hum")],
+                                      batch_size=2)  # fmt: skip
+    assert not np.allclose(plain.waveform, negative.waveform)
+    again = engine.generate([Request("a beep", seed=3)])[0]
+    assert np.abs(again.waveform - plain.waveform).max() < 1e-5
 
 
 def test_stream_yields_every_result_batch_by_batch(engine):
