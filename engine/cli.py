@@ -114,6 +114,17 @@ def _build_plans(bundle: Path) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    _need_training_side("train,export")
+    if args.source == "laion-clap":
+        raise ValueError("importing LAION-CLAP checkpoints is not implemented yet; only `import audioldm` is")
+    from reaudio.export.import_audioldm import import_audioldm
+
+    manifest = import_audioldm(args.folder, args.out, fp16=args.fp16, overwrite=args.overwrite)
+    print(f"bundle {args.out}: {manifest.family} ({manifest.name}), stages {', '.join(manifest.stages)}")
+    return 0
+
+
 def _cmd_plans(args: argparse.Namespace) -> int:
     return _build_plans(args.bundle)
 
@@ -179,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("import", help="convert a public checkpoint into a bundle (offline)")
+    p.add_argument("source", choices=("audioldm", "laion-clap"))
+    p.add_argument("folder", type=Path, help="a diffusers AudioLDM pipeline folder (model_index.json, unet/, …)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("plans", help="TensorRT plans for a bundle")
     psub = p.add_subparsers(dest="plans_command", metavar="ACTION")

@@ -139,6 +139,8 @@ class Engine:
 
     def encode_audio(self, waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """CLAP audio embeddings (N, E) and pooled audio tokens (N, M, D) of mono clips at the bundle's rate."""
+        if "audio_encoder" not in self.runners:
+            raise ValueError(f"{self.bundle}: this bundle has no audio encoder (an imported model without our CLAP)")
         embs, tokens = [], []
         for wav in waveforms:
             mel = log_mel(wav, self.manifest.mel)[None]

@@ -24,7 +24,7 @@ from reaudio.engine.manifest import (
 from reaudio.engine.retrieval_db import DatabaseInfo, RetrievalDB
 from reaudio.models.configs import FamilyConfig
 
-from .contracts import STAGES
+from .contracts import stages_for
 from .fp16 import convert_to_fp16
 from .onnx_export import DEFAULT_OPSET, check_parity, export_stage, ort_session
 
@@ -52,7 +52,9 @@ def database_info(cfg: FamilyConfig, provenance: dict | None = None) -> Database
     )
 
 
-def build_manifest(cfg: FamilyConfig, stages: dict, defaults: Defaults) -> Manifest:
+def build_manifest(
+    cfg: FamilyConfig, stages: dict, defaults: Defaults, null_condition: str = "zeros", family: str | None = None
+) -> Manifest:
     r = cfg.vae.downsample_factor
     retrieval = None
     if cfg.retrieval.k > 0:
@@ -67,7 +69,7 @@ def build_manifest(cfg: FamilyConfig, stages: dict, defaults: Defaults) -> Manif
         )
     return Manifest(
         format_version=FORMAT_VERSION,
-        family="re-audioldm" if retrieval else "audioldm",
+        family=family or ("re-audioldm" if retrieval else "audioldm"),
         name=cfg.name,
         mel=cfg.mel,
         latent=LatentSpec(cfg.vae.embed_dim, r, -(-cfg.mel.n_mels // r), cfg.vae.scaling_factor),
@@ -78,6 +80,7 @@ def build_manifest(cfg: FamilyConfig, stages: dict, defaults: Defaults) -> Manif
         stages=stages,
         retrieval=retrieval,
         defaults=defaults,
+        null_condition=null_condition,
     )
 
 
@@ -91,8 +94,18 @@ def export_bundle(
     defaults: Defaults | None = None,
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
+    tokenizer_json: str | None = None,
+    null_condition: str = "zeros",
+    family_name: str | None = None,
 ) -> Manifest:
-    """Export every stage of ``models`` into the bundle folder ``out`` (written whole, then renamed)."""
+    """Export every stage of ``models`` into the bundle folder ``out`` (written whole, then renamed).
+
+    ``models`` holds vae, vocoder, unet and either our ``clap`` or an imported Hugging
+    Face ``text_encoder`` (then ``tokenizer_json`` is required and no audio encoder
+    is exported).
+    """
+    if "clap" not in models and tokenizer_json is None:
+        raise ValueError("export_bundle: models without our CLAP need tokenizer_json")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
@@ -103,7 +116,7 @@ def export_bundle(
     tmp.chmod(umask_mode(0o777))
     try:
         stages, report = {}, {"parity_fp32": [], "parity_fp16": []}
-        for stage in STAGES:
+        for stage in stages_for(models):
             rel = f"{stage}/model.onnx"
             spec = export_stage(stage, cfg, models, tmp / rel, opset=opset)
             results = check_parity(stage, cfg, models, tmp / rel, session=ort_session(tmp / rel))
@@ -123,7 +136,8 @@ def export_bundle(
                 log.info("%s fp16 parity: worst %.2e of peak", stage, max(r.rel for r in half))
             stages[stage] = spec.spec(rel, fp16_rel)
         (tmp / "tokenizer").mkdir()
-        (tmp / "tokenizer" / "tokenizer.json").write_text(models["clap"].tokenizer.to_str(), encoding="utf-8")
+        tokenizer_text = tokenizer_json or models["clap"].tokenizer.to_str()
+        (tmp / "tokenizer" / "tokenizer.json").write_text(tokenizer_text, encoding="utf-8")
         if cfg.retrieval.k > 0:
             if database is not None:
                 db = RetrievalDB(database)  # validates before copying
@@ -135,7 +149,8 @@ def export_bundle(
                 RetrievalDB.create(tmp / "retrieval", database_info(cfg, {"created_by": "reaudio export"}))
         write_json_atomic(tmp / "export_report.json", report)
         cfg.save(tmp / "family.json")  # lets `reaudio plans build` derive profiles from the bundle alone
-        manifest = write_manifest(tmp, build_manifest(cfg, stages, defaults or Defaults(duration=cfg.clip_seconds)))
+        defaults = defaults or Defaults(duration=cfg.clip_seconds)
+        manifest = write_manifest(tmp, build_manifest(cfg, stages, defaults, null_condition, family_name))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -14,7 +14,7 @@ from torch import nn
 from reaudio.engine.manifest import StageSpec, TensorSpec
 from reaudio.models.configs import FamilyConfig
 
-from .graphs import AudioEncoderGraph, DecoderGraph, DenoiserStepGraph, TextEncoderGraph
+from .graphs import AudioEncoderGraph, DecoderGraph, DenoiserStepGraph, HFClapTextGraph, TextEncoderGraph
 
 STAGES = ("text_encoder", "denoiser", "decoder", "audio_encoder")
 
@@ -155,10 +155,17 @@ def contract(stage: str, cfg: FamilyConfig) -> StageContract:
     raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
 
 
+def stages_for(models: dict[str, nn.Module]) -> tuple[str, ...]:
+    """The stages these models provide: no ``audio_encoder`` without our CLAP (imported AudioLDM)."""
+    return tuple(s for s in STAGES if s != "audio_encoder" or "clap" in models)
+
+
 def stage_module(stage: str, cfg: FamilyConfig, models: dict[str, nn.Module]) -> nn.Module:
     """The torch module computing ``stage`` from the loaded ``models`` (vae, vocoder, unet, clap)."""
     if stage == "text_encoder":
-        return TextEncoderGraph(models["clap"])
+        if "clap" in models:
+            return TextEncoderGraph(models["clap"])
+        return HFClapTextGraph(models["text_encoder"])
     if stage == "denoiser":
         return DenoiserStepGraph(models["unet"])
     if stage == "decoder":

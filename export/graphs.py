@@ -26,6 +26,18 @@ class TextEncoderGraph(nn.Module):
         return F.normalize(self.clap.text_proj(pooled), dim=-1), tokens
 
 
+class HFClapTextGraph(nn.Module):
+    """The same contract for a Hugging Face ``ClapTextModelWithProjection`` (imported AudioLDM)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return F.normalize(out.text_embeds, dim=-1), out.last_hidden_state
+
+
 class AudioEncoderGraph(nn.Module):
     """Log-mel (B, T, n_mels) → unit-norm CLAP audio embedding and M pooled audio tokens."""
 

@@ -85,7 +85,15 @@ def build_text_tower(cfg: TextTowerConfig) -> tuple[nn.Module, TextTokenizer]:
     if cfg.pretrained is None:
         raise ValueError("TextTowerConfig: set either pretrained or random_bert")
     folder = resolve_pretrained(cfg.pretrained)
-    model = BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True)
+    from transformers.utils import logging as hf_logging
+
+    # The checkpoint carries a pooler this tower does not use; its "unexpected keys" report is noise.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(previous)
     if model.config.hidden_size != cfg.hidden_size:
         raise ValueError(
             f"text model {folder} has hidden_size {model.config.hidden_size}, config says {cfg.hidden_size}"

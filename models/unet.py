@@ -38,6 +38,8 @@ class UNetConfig:
         contexts: named cross-attention contexts (retrieved caption / audio tokens).
         extra_self_attention: with no contexts, add AudioLDM's second self-attention.
         norm_groups: GroupNorm groups (every level's width must divide by it).
+        num_heads: attention heads per level (the middle block uses the last); empty:
+            width // num_head_channels everywhere. Imported diffusers UNets need it.
     """
 
     in_channels: int = 8
@@ -52,10 +54,17 @@ class UNetConfig:
     contexts: tuple[ContextConfig, ...] = field(default_factory=tuple)
     extra_self_attention: bool = True
     norm_groups: int = 32
+    num_heads: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for mult in self.channel_mult:
-            if (self.model_channels * mult) % self.num_head_channels:
+        if self.num_heads and len(self.num_heads) != len(self.channel_mult):
+            raise ValueError(f"UNetConfig.num_heads needs one entry per level ({len(self.channel_mult)})")
+        for level, mult in enumerate(self.channel_mult):
+            if self.num_heads:
+                if (self.model_channels * mult) % self.num_heads[level]:
+                    raise ValueError(f"UNetConfig: width {self.model_channels * mult} not divisible into "
+                                     f"{self.num_heads[level]} heads")  # fmt: skip
+            elif (self.model_channels * mult) % self.num_head_channels:
                 raise ValueError(
                     f"UNetConfig: width {self.model_channels * mult} is not a multiple of "
                     f"num_head_channels={self.num_head_channels}"
@@ -112,12 +121,14 @@ class UNet(nn.Module):
         emb_dim = time_dim * (2 if cfg.film_dim else 1)
         contexts = {c.name: c.dim for c in cfg.contexts}
 
-        def stage(in_ch: int, out_ch: int, ds: int) -> Stage:
+        def heads(level: int, width: int) -> int:
+            return cfg.num_heads[level] if cfg.num_heads else width // cfg.num_head_channels
+
+        def stage(in_ch: int, out_ch: int, ds: int, level: int) -> Stage:
             attn = None
             if ds in cfg.attention_resolutions:
-                heads = out_ch // cfg.num_head_channels
                 attn = SpatialTransformer(
-                    out_ch, heads, cfg.transformer_depth, contexts, cfg.extra_self_attention, cfg.norm_groups
+                    out_ch, heads(level, out_ch), cfg.transformer_depth, contexts, cfg.extra_self_attention, cfg.norm_groups
                 )
             return Stage(ResBlock(in_ch, out_ch, emb_dim, cfg.norm_groups), attn)
 
@@ -128,7 +139,7 @@ class UNet(nn.Module):
         ch, ds = mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                self.down_stages.append(stage(ch, mc * mult, ds))
+                self.down_stages.append(stage(ch, mc * mult, ds, level))
                 ch = mc * mult
                 skip_channels.append(ch)
             if level != len(cfg.channel_mult) - 1:
@@ -139,7 +150,7 @@ class UNet(nn.Module):
         g = cfg.norm_groups
         self.mid_res1 = ResBlock(ch, ch, emb_dim, g)
         self.mid_attn = SpatialTransformer(
-            ch, ch // cfg.num_head_channels, cfg.transformer_depth, contexts, cfg.extra_self_attention, g
+            ch, heads(len(cfg.channel_mult) - 1, ch), cfg.transformer_depth, contexts, cfg.extra_self_attention, g
         )
         self.mid_res2 = ResBlock(ch, ch, emb_dim, g)
 
@@ -147,7 +158,7 @@ class UNet(nn.Module):
         self.upsamplers = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for _ in range(cfg.num_res_blocks + 1):
-                self.up_stages.append(stage(ch + skip_channels.pop(), mc * mult, ds))
+                self.up_stages.append(stage(ch + skip_channels.pop(), mc * mult, ds, level))
                 ch = mc * mult
             if level:
                 self.upsamplers.append(Upsample(ch))
