@@ -60,6 +60,14 @@ def resolve_backend(name: str, bundle: Path) -> str:
     return name
 
 
+def has_native_plans(bundle: Path) -> bool:
+    """True when ``bundle/plans`` holds TensorRT plans and the tensorrt package is importable."""
+    import importlib.util
+
+    plans = bundle / "plans"
+    return plans.is_dir() and any(plans.glob("*.plan")) and importlib.util.find_spec("tensorrt") is not None
+
+
 class OrtRunner:
     """One stage as an onnxruntime session."""
 

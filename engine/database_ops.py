@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from .audio_io import AudioLoadError, load_audio
 from .engine import Engine
 from .manifest import read_manifest, write_manifest

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import make_runners, resolve_backend
+from .backends import BackendUnavailable, has_native_plans, make_runners, resolve_backend
 from .frontend import log_mel
 from .loop import denoise_device, denoise_host
 from .manifest import Manifest, read_manifest
@@ -121,7 +121,15 @@ class Engine:
         bundle = Path(path)
         manifest = read_manifest(bundle, verify=verify)
         chosen = resolve_backend(backend, bundle)
-        runners = make_runners(bundle, manifest, chosen, device_id, threads, precision)
+        runners = None
+        if backend == "auto" and has_native_plans(bundle):
+            try:  # plans built for this machine beat the onnxruntime backends
+                runners = make_runners(bundle, manifest, "trt-native", device_id, threads, precision)
+                chosen = "trt-native"
+            except (BackendUnavailable, ImportError) as exc:
+                log.warning("not using TensorRT plans: %s; falling back to %s", exc, chosen)
+        if runners is None:
+            runners = make_runners(bundle, manifest, chosen, device_id, threads, precision)
         log.info("loaded %s (%s, %s) on %s", bundle, manifest.name, manifest.family, chosen)
         return cls(bundle, manifest, chosen, device_id, runners)
 
@@ -278,7 +286,11 @@ class Engine:
     def _denoise(self, runners: dict, batch: list[_Resolved], conditions: dict) -> np.ndarray:
         plan = make_plan(self.manifest.schedule, batch[0].sampler, batch[0].steps)
         latent = self._initial_latents(batch)
-        if self.backend in ("cuda", "tensorrt") and runners is self.runners:
+        if runners is self.runners and self.backend == "trt-native":
+            from .trt_native import denoise_trt
+
+            return denoise_trt(runners["denoiser"], plan, latent, conditions)
+        if runners is self.runners and self.backend in ("cuda", "tensorrt"):
             return denoise_device(runners["denoiser"], plan, latent, conditions, self.device_id)
         return denoise_host(runners["denoiser"], plan, latent, conditions)
 

@@ -14,7 +14,13 @@ from torch import nn
 from reaudio.engine.manifest import StageSpec, TensorSpec
 from reaudio.models.configs import FamilyConfig
 
-from .graphs import AudioEncoderGraph, DecoderGraph, DenoiserStepGraph, HFClapTextGraph, TextEncoderGraph
+from .graphs import (
+    AudioEncoderGraph,
+    DecoderGraph,
+    DenoiserStepGraph,
+    HFClapTextGraph,
+    TextEncoderGraph,
+)
 
 STAGES = ("text_encoder", "denoiser", "decoder", "audio_encoder")
 

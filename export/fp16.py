@@ -55,7 +55,9 @@ def convert_to_fp16(
         op_block_list=FRAGILE_OPS + list(extra_fp32_ops),
         node_block_list=node_block,
     )
+    from .onnx_export import save_onnx
+
     dst = Path(dst)
-    onnx.save(converted, str(dst))
+    save_onnx(converted, dst)
     log.info("fp16 variant %s (%.1f MB)", dst, dst.stat().st_size / 1e6)
     return dst

@@ -47,8 +47,46 @@ def export_stage(
             do_constant_folding=True,
             dynamo=False,
         )
+    consolidate_external_data(path)
     log.info("exported %s → %s (%.1f MB)", stage, path, path.stat().st_size / 1e6)
     return spec
+
+
+#: Protobuf's hard limit is 2 GiB; stay clear of it.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def save_onnx(model, path: Path) -> None:
+    """Save ``model``, moving weights into one ``<name>.data`` file when it is too big for protobuf."""
+    import onnx
+
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weight_bytes > EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)  # fmt: skip
+    else:
+        onnx.save_model(model, str(path))
+
+
+def consolidate_external_data(path: Path) -> None:
+    """Gather weights the exporter spread over one file per tensor (models > 2 GB) into one file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for t in model.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for entry in t.external_data
+        if entry.key == "location"
+    }
+    if not locations or locations == {path.name + ".data"}:
+        return
+    model = onnx.load(str(path))  # pulls every tensor back in
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)  # fmt: skip
+    for name in locations - {path.name + ".data"}:
+        (path.parent / name).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

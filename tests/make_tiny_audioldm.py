@@ -38,7 +38,12 @@ def make_tokenizer(vocab_size: int = 400):
 
 def make(out: Path, size: str = "tiny", seed: int = 0) -> Path:
     from diffusers import AudioLDMPipeline, AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import ClapTextConfig, ClapTextModelWithProjection, SpeechT5HifiGan, SpeechT5HifiGanConfig
+    from transformers import (
+        ClapTextConfig,
+        ClapTextModelWithProjection,
+        SpeechT5HifiGan,
+        SpeechT5HifiGanConfig,
+    )
 
     torch.manual_seed(seed)
     if size == "tiny":

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from reaudio.engine.frontend import AUDIOLDM_MEL, HIFIGAN_22K_MEL, MelConfig, log_mel, mel_filterbank
+from reaudio.engine.frontend import (
+    AUDIOLDM_MEL,
+    HIFIGAN_22K_MEL,
+    MelConfig,
+    log_mel,
+    mel_filterbank,
+)
 
 
 @pytest.mark.parametrize("cfg", [AUDIOLDM_MEL, HIFIGAN_22K_MEL], ids=["audioldm", "hifigan-22k"])
