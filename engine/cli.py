@@ -161,22 +161,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar; warnings and errors only")
+    # The same flags after the subcommand (`reaudio generate … --quiet`); SUPPRESS keeps
+    # a flag given before the subcommand from being reset.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="quiet")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add = sub.add_parser
+
+    def add_parser(name, **kwargs):
+        return _add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # every subcommand accepts -v/-q too
 
     _add_generate(sub)
 
     p = sub.add_parser("db", help="the bundle's retrieval database: add your own clips, remove, list")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
     dbsub.required = True
-    a = dbsub.add_parser("add", help="add (audio, caption) clips: CSV/JSONL or a folder with .txt sidecars")
+    a = dbsub.add_parser("add", parents=[common], help="add (audio, caption) clips: CSV/JSONL or a folder with .txt sidecars")
     a.add_argument("clips", type=Path)
     a.add_argument("--bundle", type=Path, required=True)
     a.add_argument("--backend", default="cpu", choices=("auto", "cpu", "cuda"))
-    r = dbsub.add_parser("remove", help="remove clips by id")
+    r = dbsub.add_parser("remove", parents=[common], help="remove clips by id")
     r.add_argument("ids", nargs="+")
     r.add_argument("--bundle", type=Path, required=True)
-    l_ = dbsub.add_parser("list", help="list the database's clips")
+    l_ = dbsub.add_parser("list", parents=[common], help="list the database's clips")
     l_.add_argument("--bundle", type=Path, required=True)
     p.set_defaults(func=_cmd_db)
 
@@ -202,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plans", help="TensorRT plans for a bundle")
     psub = p.add_subparsers(dest="plans_command", metavar="ACTION")
     psub.required = True
-    b = psub.add_parser("build", help="build fp16 plans for this machine's GPU and TensorRT version")
+    b = psub.add_parser("build", parents=[common], help="build fp16 plans for this machine's GPU and TensorRT version")
     b.add_argument("bundle", type=Path)
     p.set_defaults(func=_cmd_plans)
 

@@ -129,3 +129,23 @@ def test_postprocess_trim_loudness_peak():
     assert np.abs(peaked).max() == pytest.approx(10 ** (-1 / 20), rel=1e-5)
     with pytest.raises(ValueError, match="between -120 and 0"):
         PostProcess(peak_db=3)
+
+
+def test_cli_quiet_after_the_subcommand_prints_nothing(tiny_bundle, tmp_path):
+    proc = subprocess.run(
+        [*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(tmp_path / "o"), "--bundle", str(tiny_bundle),
+         "--backend", "cpu", "--quiet"],  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""
+    assert len(_entries(tmp_path / "o")) == 2
+    loud = subprocess.run(
+        [*CLI, "generate", str(_prompts(tmp_path, 3)), "--out", str(tmp_path / "o"), "--bundle", str(tiny_bundle),
+         "--backend", "cpu"],  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
+    assert "1 clip(s) written, 2 already done, 0 failed" in loud.stdout
+    assert "clip/s" in loud.stderr  # the progress bar
