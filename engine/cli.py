@@ -125,6 +125,44 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    _need_training_side()
+    from reaudio.training.run import train_from_args
+
+    summary = train_from_args(args)
+    if not args.quiet:
+        print(f"{args.model} run {args.out}: {summary}")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a component: vae, vocoder or ldm (needs torch)")
+    p.add_argument("model", choices=("vae", "vocoder", "ldm"))
+    p.add_argument("--config", required=True, help="family config: a name (tiny, sfx-small, …) or a JSON file")
+    p.add_argument("--data", type=Path, required=True, help="clip manifest (JSONL: id, audio, caption, source, split)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (resumes when it holds a checkpoint)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, help="EMA of weights (default: 0.999 for ldm, off otherwise)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--cfg-dropout", type=float, default=0.1, help="ldm: drop all conditions together")
+    p.add_argument("--kl-weight", type=float, default=1e-6, help="vae: KL weight")
+    p.add_argument("--discriminator-width", type=float, default=1.0,
+                   help="vocoder: channel multiplier of the discriminators (1.0: HiFi-GAN's)")  # fmt: skip
+    p.add_argument("--vae", type=Path, help="ldm: the frozen VAE checkpoint folder")
+    p.add_argument("--clap", type=Path, help="ldm: the frozen CLAP checkpoint folder")
+    p.add_argument("--database", type=Path, help="ldm: retrieval database built over the training manifest")
+    p.add_argument("--vocoder", type=Path, help="ldm: vocoder checkpoint to include in final/ (for export); "
+                   "vocoder: checkpoint to fine-tune from")  # fmt: skip
+    p.set_defaults(func=_cmd_train)
+
+
 def _cmd_plans(args: argparse.Namespace) -> int:
     return _build_plans(args.bundle)
 
@@ -176,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser  # every subcommand accepts -v/-q too
 
     _add_generate(sub)
+    _add_train(sub)
 
     p = sub.add_parser("db", help="the bundle's retrieval database: add your own clips, remove, list")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")

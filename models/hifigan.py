@@ -105,16 +105,20 @@ class HiFiGANGenerator(nn.Module):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
+def _width(channels: int, width: float) -> int:
+    return max(16, int(channels * width))
+
+
 class PeriodDiscriminator(nn.Module):
-    def __init__(self, period: int) -> None:
+    def __init__(self, period: int, width: float = 1.0) -> None:
         super().__init__()
         self.period = period
-        chans = (1, 32, 128, 512, 1024, 1024)
+        chans = (1, *(_width(c, width) for c in (32, 128, 512, 1024, 1024)))
         self.convs = nn.ModuleList(
             weight_norm(nn.Conv2d(chans[i], chans[i + 1], (5, 1), (3 if i < 4 else 1, 1), padding=(2, 0)))
             for i in range(5)
         )
-        self.conv_post = weight_norm(nn.Conv2d(1024, 1, (3, 1), padding=(1, 0)))
+        self.conv_post = weight_norm(nn.Conv2d(chans[-1], 1, (3, 1), padding=(1, 0)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         b, t = x.shape
@@ -131,14 +135,16 @@ class PeriodDiscriminator(nn.Module):
 
 
 class ScaleDiscriminator(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, width: float = 1.0) -> None:
         super().__init__()
-        spec = [(1, 128, 15, 1, 1), (128, 128, 41, 2, 4), (128, 256, 41, 2, 16), (256, 512, 41, 4, 16),
-                (512, 1024, 41, 4, 16), (1024, 1024, 41, 1, 16), (1024, 1024, 5, 1, 1)]  # fmt: skip
+        w = lambda c: _width(c, width)  # noqa: E731
+        spec = [(1, w(128), 15, 1, 1), (w(128), w(128), 41, 2, 4), (w(128), w(256), 41, 2, 16),
+                (w(256), w(512), 41, 4, 16), (w(512), w(1024), 41, 4, 16), (w(1024), w(1024), 41, 1, 16),
+                (w(1024), w(1024), 5, 1, 1)]  # fmt: skip
         self.convs = nn.ModuleList(
             weight_norm(nn.Conv1d(i, o, k, s, groups=g, padding=k // 2)) for i, o, k, s, g in spec
         )
-        self.conv_post = weight_norm(nn.Conv1d(1024, 1, 3, padding=1))
+        self.conv_post = weight_norm(nn.Conv1d(w(1024), 1, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = x.unsqueeze(1)
@@ -152,18 +158,18 @@ class ScaleDiscriminator(nn.Module):
 
 
 class MultiPeriodDiscriminator(nn.Module):
-    def __init__(self, periods: tuple[int, ...] = (2, 3, 5, 7, 11)) -> None:
+    def __init__(self, periods: tuple[int, ...] = (2, 3, 5, 7, 11), width: float = 1.0) -> None:
         super().__init__()
-        self.discriminators = nn.ModuleList(PeriodDiscriminator(p) for p in periods)
+        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, width) for p in periods)
 
     def forward(self, wav: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         return [d(wav) for d in self.discriminators]
 
 
 class MultiScaleDiscriminator(nn.Module):
-    def __init__(self, scales: int = 3) -> None:
+    def __init__(self, scales: int = 3, width: float = 1.0) -> None:
         super().__init__()
-        self.discriminators = nn.ModuleList(ScaleDiscriminator() for _ in range(scales))
+        self.discriminators = nn.ModuleList(ScaleDiscriminator(width) for _ in range(scales))
         self.pool = nn.AvgPool1d(4, 2, padding=2)
 
     def forward(self, wav: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:

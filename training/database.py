@@ -65,3 +65,21 @@ def build_database(
     db = db.add(encode_items(clap, mel, retrieval, items))
     log.info("database %s: %d items", folder, len(db))
     return db
+
+
+def build_database_from_manifest(
+    manifest: str | Path, clap_checkpoint: str | Path, family, out: str | Path, splits: tuple[str, ...] = ("train",)
+) -> RetrievalDB:
+    """A database over a manifest's clips (default: the train split), with a trained CLAP."""
+    from reaudio.engine.audio_io import load_audio
+    from reaudio.engine.manifest import sha256_file
+    from reaudio.models.checkpoint import load_checkpoint
+
+    from .data import read_manifest
+
+    clap = load_checkpoint(clap_checkpoint).eval()
+    clips = [c for c in read_manifest(manifest) if c.split in splits]
+    items = [AudioItem(c.id, load_audio(c.audio, family.mel.sample_rate), c.caption, c.label, c.source) for c in clips]
+    provenance = {"clap": str(clap_checkpoint), "manifest": str(manifest), "manifest_sha256": sha256_file(Path(manifest)),
+                  "splits": list(splits), "k": family.retrieval.k, "exclusions": "self and same source at training"}  # fmt: skip
+    return build_database(out, clap, LogMel(family.mel), family.retrieval, items, provenance)

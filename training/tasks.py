@@ -1,0 +1,247 @@
+"""What each model trains on: VAE, vocoder and the retrieval-conditioned LDM."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reaudio.engine.retrieval_db import RetrievalDB
+from reaudio.models.checkpoint import load_checkpoint, save_checkpoint
+from reaudio.models.configs import FamilyConfig
+from reaudio.models.hifigan import (
+    HiFiGANGenerator,
+    MultiPeriodDiscriminator,
+    MultiScaleDiscriminator,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
+from reaudio.models.mel import LogMel
+from reaudio.models.unet import UNet
+from reaudio.models.vae import AutoencoderKL
+
+from .data import ClipAudio, read_manifest, step_indices
+from .diffusion import Diffusion
+
+log = logging.getLogger(__name__)
+
+
+class Task:
+    """Base: data of the train/test splits and the front end."""
+
+    deliverables: tuple[str, ...] = ()
+    progress = True
+
+    def __init__(self, family: FamilyConfig, manifest: str | Path) -> None:
+        self.family = family
+        self.manifest = Path(manifest)
+        self.clips = read_manifest(manifest)
+        self.clip_samples = round(family.clip_seconds * family.mel.sample_rate)
+        # Whole hops, so vocoder targets line up with mel frames.
+        self.clip_samples -= self.clip_samples % family.mel.hop_length
+
+    def setup(self, trainer) -> None:
+        self.device = trainer.device
+        self.train = ClipAudio([c for c in self.clips if c.split == "train"], self.family.mel.sample_rate,
+                               self.clip_samples)  # fmt: skip
+        test = [c for c in self.clips if c.split == "test"]
+        self.test = ClipAudio(test, self.family.mel.sample_rate, self.clip_samples) if test else None
+        self.mel = LogMel(self.family.mel).to(self.device)
+
+    def batch_audio(self, data: ClipAudio, trainer, step: int) -> tuple[np.ndarray, torch.Tensor]:
+        idx, rng = step_indices(len(data), trainer.cfg.batch_size, trainer.cfg.seed, step, trainer.rank, trainer.world)
+        wav = np.stack([data.segment(int(i), rng) for i in idx])
+        return idx, torch.from_numpy(wav).to(self.device)
+
+    def test_batches(self, size: int = 8):
+        if self.test is None:
+            return
+        rng = np.random.default_rng(1234)  # the same test segments every time
+        for start in range(0, len(self.test), size):
+            idx = range(start, min(start + size, len(self.test)))
+            yield list(idx), torch.from_numpy(np.stack([self.test.segment(i, rng) for i in idx])).to(self.device)
+
+    def evaluate(self, trainer) -> dict:
+        return {}
+
+    def finalize(self, trainer, folder: Path) -> None:
+        self.family.save(folder / "family.json")
+
+
+class VAETask(Task):
+    deliverables = ("vae",)
+
+    def setup(self, trainer) -> None:
+        super().setup(trainer)
+        self.vae = AutoencoderKL(self.family.vae)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"vae": self.vae}
+
+    def train_step(self, trainer, step: int) -> dict[str, float]:
+        _, wav = self.batch_audio(self.train, trainer, step)
+        mel = self.mel(wav)
+        recon, posterior = trainer.ddp["vae"](mel)
+        rec = (recon - mel).abs().mean()
+        kl = posterior.kl().mean() / mel[0].numel()
+        loss = rec + trainer.cfg.kl_weight * kl * mel[0].numel()
+        trainer.optimise("vae", loss)
+        return {"loss": loss.item(), "loss_rec": rec.item(), "loss_kl": kl.item()}
+
+    @torch.no_grad()
+    def evaluate(self, trainer) -> dict:
+        model = trainer.final_modules()["vae"].to(self.device).eval()
+        errors = [float((model(m := self.mel(w), sample=False)[0] - m).abs().mean()) for _, w in self.test_batches()]
+        model.train()
+        return {"test_mel_l1": float(np.mean(errors))} if errors else {}
+
+
+class Discriminators(nn.Module):
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        self.mpd = MultiPeriodDiscriminator(width=width)
+        self.msd = MultiScaleDiscriminator(width=width)
+
+    def forward(self, wav: torch.Tensor):
+        return self.mpd(wav) + self.msd(wav)
+
+
+class VocoderTask(Task):
+    deliverables = ("vocoder",)
+
+    def __init__(self, family, manifest, init: str | Path | None = None) -> None:
+        super().__init__(family, manifest)
+        self.init = init
+
+    def setup(self, trainer) -> None:
+        super().setup(trainer)
+        self.generator = load_checkpoint(self.init) if self.init else HiFiGANGenerator(self.family.vocoder)
+        self.discriminators = Discriminators(trainer.cfg.discriminator_width)
+        self.before = self._test_distance(self.generator.to(self.device))
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"vocoder": self.generator, "discriminator": self.discriminators}
+
+    def train_step(self, trainer, step: int) -> dict[str, float]:
+        _, wav = self.batch_audio(self.train, trainer, step)
+        mel = self.mel(wav)
+        fake = trainer.ddp["vocoder"](mel)
+        d_loss = discriminator_loss(trainer.ddp["discriminator"](wav), trainer.ddp["discriminator"](fake.detach()))
+        trainer.optimise("discriminator", d_loss)
+        real_out, fake_out = trainer.ddp["discriminator"](wav), trainer.ddp["discriminator"](fake)
+        mel_l1 = F.l1_loss(self.mel(fake), mel)
+        g_loss = generator_adversarial_loss(fake_out) + feature_matching_loss(real_out, fake_out) + 45 * mel_l1
+        trainer.optimise("vocoder", g_loss)
+        return {"loss": g_loss.item(), "loss_mel": mel_l1.item(), "loss_d": d_loss.item()}
+
+    @torch.no_grad()
+    def _test_distance(self, generator: nn.Module) -> float | None:
+        distances = [float(F.l1_loss(self.mel(generator(m := self.mel(w))), m)) for _, w in self.test_batches()]
+        return float(np.mean(distances)) if distances else None
+
+    def evaluate(self, trainer) -> dict:
+        after = self._test_distance(trainer.final_modules()["vocoder"].to(self.device))
+        return {"test_mel_l1_before": self.before, "test_mel_l1_after": after}
+
+
+class LDMTask(Task):
+    """The retrieval-conditioned UNet on frozen VAE latents, CLAP text FiLM and retrieved contexts."""
+
+    deliverables = ("unet",)
+
+    def __init__(self, family, manifest, vae: str | Path, clap: str | Path, database: str | Path | None,
+                 vocoder: str | Path | None = None) -> None:  # fmt: skip
+        super().__init__(family, manifest)
+        self.paths = {"vae": vae, "clap": clap, "database": database, "vocoder": vocoder}
+        if family.retrieval.k > 0 and database is None:
+            raise ValueError(f"config {family.name!r} retrieves k={family.retrieval.k} neighbours: pass --database")
+
+    def setup(self, trainer) -> None:
+        super().setup(trainer)
+        self.vae = load_checkpoint(self.paths["vae"]).to(self.device).eval().requires_grad_(False)
+        self.clap = load_checkpoint(self.paths["clap"]).to(self.device).eval().requires_grad_(False)
+        self.unet = UNet(self.family.unet)
+        self.diffusion = Diffusion(self.family.schedule, self.device)
+        self.scale = self.family.vae.scaling_factor
+        if self.scale == 1.0:
+            self.scale = self._estimate_scale(trainer)
+            log.info("latent scaling factor estimated from data: %.5f", self.scale)
+        trainer.resolved["latent_scaling_factor"] = self.scale
+        self.film, self.neighbours = self._conditions(self.train.clips)
+        self.db = RetrievalDB(self.paths["database"]) if self.paths["database"] else None
+
+    @torch.no_grad()
+    def _estimate_scale(self, trainer) -> float:
+        latents = [self.vae.encode(self.mel(self.batch_audio(self.train, trainer, 1_000_000_000 + i)[1])).mean for i in range(4)]
+        return float(1.0 / torch.cat(latents).std())
+
+    @torch.no_grad()
+    def _conditions(self, clips) -> tuple[torch.Tensor, np.ndarray]:
+        chunks = []
+        for start in range(0, len(clips), 256):
+            ids, mask = self.clap.tokenizer([c.caption for c in clips[start : start + 256]])
+            chunks.append(self.clap.embed_text(torch.from_numpy(ids).to(self.device),
+                                               torch.from_numpy(mask).to(self.device)))  # fmt: skip
+        film = torch.cat(chunks)
+        k = self.family.retrieval.k
+        if k == 0:
+            return film, np.zeros((len(clips), 0), np.int64)
+        db = RetrievalDB(self.paths["database"])
+        by_source: dict[str, set[int]] = {}
+        for row, item in enumerate(db.items):
+            by_source.setdefault(item.get("source", ""), set()).add(row)
+        row_of = {item["id"]: row for row, item in enumerate(db.items)}
+        exclude = [by_source.get(c.source, set()) | ({row_of[c.id]} if c.id in row_of else set()) for c in clips]
+        return film, db.search(film.cpu().numpy(), k, exclude=exclude)
+
+    def _contexts(self, rows: np.ndarray, keep: torch.Tensor) -> dict:
+        if rows.shape[1] == 0:
+            return {}
+        nb = self.db.gather(rows)
+        found = {"retrieved_text": (nb.caption_tokens, nb.caption_mask), "retrieved_audio": (nb.audio_tokens, nb.audio_mask)}
+        out = {}
+        for ctx in self.family.unet.contexts:
+            tokens, mask = found[ctx.name]
+            out[ctx.name] = (torch.from_numpy(tokens).to(self.device), torch.from_numpy(mask).to(self.device) & keep[:, None])
+        return out
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet}
+
+    def train_step(self, trainer, step: int) -> dict[str, float]:
+        idx, wav = self.batch_audio(self.train, trainer, step)
+        with torch.no_grad():
+            z0 = self.vae.encode(self.mel(wav)).sample() * self.scale
+        b = len(idx)
+        t = torch.randint(0, self.family.schedule.num_train_timesteps, (b,), device=self.device)
+        noise = torch.randn_like(z0)
+        zt = self.diffusion.q_sample(z0, t, noise)
+        # Classifier-free guidance: all conditions dropped together.
+        keep = torch.rand(b, device=self.device) >= trainer.cfg.cfg_dropout
+        film = self.film[torch.from_numpy(idx).to(self.device)] * keep[:, None]
+        contexts = self._contexts(self.neighbours[idx], keep)
+        # bf16 autocast on GPU; the loss is taken in fp32.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            eps = trainer.ddp["unet"](zt, t, film, contexts)
+        loss = F.mse_loss(eps.float(), noise)
+        trainer.optimise("unet", loss)
+        return {"loss": loss.item()}
+
+    def finalize(self, trainer, folder: Path) -> None:
+        """Make ``final/`` a whole system folder that ``reaudio export`` takes as is."""
+        from dataclasses import replace
+
+        vae_cfg = replace(self.family.vae, scaling_factor=self.scale)
+        vae = AutoencoderKL(vae_cfg)
+        vae.load_state_dict(self.vae.state_dict())
+        save_checkpoint(folder / "vae", vae.cpu())
+        save_checkpoint(folder / "clap", self.clap.cpu())
+        vocoder = load_checkpoint(self.paths["vocoder"]) if self.paths["vocoder"] else None
+        if vocoder is not None:
+            save_checkpoint(folder / "vocoder", vocoder)
+        replace(self.family, vae=vae_cfg).save(folder / "family.json")

@@ -1,0 +1,231 @@
+"""The training loop shared by every model: run folder, resume, logging, DDP, EMA, checkpoints.
+
+A run folder holds ``config.json`` (the full resolved configuration),
+``metrics.csv``, ``checkpoints/last.pt`` (replaced atomically, so a kill -9 at
+any moment leaves the previous one intact) and, at the end, ``final/`` with each
+trained component as a regular checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from reaudio.engine.dataclass_io import to_dict, umask_mode, write_json_atomic
+from reaudio.models.checkpoint import save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings common to every model.
+
+    Attributes:
+        steps: optimiser steps in all (a resumed run continues to this many).
+        batch_size: items per step per process.
+        lr: peak learning rate (AdamW), reached after ``warmup_steps``.
+        warmup_steps: linear warm-up from 0.
+        weight_decay: AdamW weight decay.
+        grad_clip: max gradient norm (0: off).
+        ema_decay: exponential moving average of the weights (0: off).
+        seed: seeds initialisation, data order and noise.
+        log_every, checkpoint_every: in steps.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        cfg_dropout: probability of dropping all conditions together (LDM).
+        kl_weight: KL weight (VAE).
+        discriminator_width: channel multiplier of the HiFi-GAN discriminators (vocoder).
+    """
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    device: str = "auto"
+    cfg_dropout: float = 0.1
+    kl_weight: float = 1e-6
+    discriminator_width: float = 1.0
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+class Trainer:
+    """Runs ``task`` for ``cfg.steps`` steps in ``run_dir``, resuming from its last checkpoint."""
+
+    def __init__(self, task, run_dir: str | Path, cfg: TrainConfig, resolved: dict) -> None:
+        self.task = task
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.rank, self.world = distributed()
+        want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if want_cuda else "cpu")
+        torch.manual_seed(cfg.seed)
+        self.resolved = {"train": to_dict(cfg), **resolved, "world_size": self.world}
+        task.setup(self)
+        self.modules: dict[str, nn.Module] = task.trainable()
+        for m in self.modules.values():
+            m.to(self.device).train()
+        self.ddp = {name: self._wrap(m) for name, m in self.modules.items()}
+        self.optimizers = {
+            name: torch.optim.AdamW(m.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+            for name, m in self.modules.items()
+        }
+        self.ema = {name: copy.deepcopy(m).eval().requires_grad_(False) for name, m in self.modules.items()
+                    if cfg.ema_decay > 0}  # fmt: skip
+        self.step = 0
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", self.resolved)
+        self._resume()
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def _resume(self) -> None:
+        path = self.checkpoint_path
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+        for name, module in self.ema.items():
+            module.load_state_dict(state["ema"][name])
+        self.step = state["step"]
+        if self.rank == 0:
+            log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def save(self) -> None:
+        """Write ``checkpoints/last.pt`` atomically (rank 0 only)."""
+        if self.rank != 0:
+            return
+        state = {
+            "step": self.step,
+            "modules": {n: m.state_dict() for n, m in self.modules.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "ema": {n: m.state_dict() for n, m in self.ema.items()},
+        }
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".tmp", dir=self.checkpoint_path.parent)
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, umask_mode(0o666))
+            os.replace(tmp, self.checkpoint_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def lr_at(self, step: int) -> float:
+        if self.cfg.warmup_steps <= 0:
+            return self.cfg.lr
+        return self.cfg.lr * min(1.0, (step + 1) / self.cfg.warmup_steps)
+
+    def optimise(self, name: str, loss: torch.Tensor) -> float:
+        """Backward, clip and step the optimiser of module ``name``; returns the gradient norm."""
+        opt = self.optimizers[name]
+        for group in opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.modules[name].parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else torch.zeros(())
+        opt.step()
+        if name in self.ema:
+            with torch.no_grad():
+                for e, p in zip(self.ema[name].parameters(), self.modules[name].parameters()):
+                    e.lerp_(p, 1.0 - self.cfg.ema_decay)
+        return float(norm)
+
+    def run(self) -> dict:
+        """Train to ``cfg.steps``; returns the final summary (also written to ``summary.json``)."""
+        from tqdm import tqdm
+
+        metrics_path = self.run_dir / "metrics.csv"
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=self.rank != 0 or not self.task.progress,
+                   unit="step", dynamic_ncols=True)  # fmt: skip
+        start, start_step, last = time.perf_counter(), self.step, {}
+        while self.step < self.cfg.steps:
+            # All randomness of a step derives from (seed, step, rank): a resumed run
+            # continues exactly as an uninterrupted one would have.
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.step) * 64 + self.rank)
+            last = self.task.train_step(self, self.step)
+            self.step += 1
+            elapsed = time.perf_counter() - start
+            items_s = (self.step - start_step) * self.cfg.batch_size * self.world / max(elapsed, 1e-9)
+            bar.update(1)
+            bar.set_postfix(**{k: f"{v:.4f}" for k, v in last.items() if k.startswith("loss")}, items_s=f"{items_s:.1f}")
+            if self.rank == 0 and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps):
+                self._log(metrics_path, {"step": self.step, "lr": self.lr_at(self.step - 1), "items_s": items_s, **last})
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.save()
+        bar.close()
+        summary = {"steps": self.step, "last": last, **self.task.evaluate(self)}
+        if self.world > 1:
+            summary["ranks_identical"] = self._ranks_identical()
+        if self.rank == 0:
+            for name, module in self.final_modules().items():
+                save_checkpoint(self.run_dir / "final" / name, module)
+            self.task.finalize(self, self.run_dir / "final")
+            write_json_atomic(self.run_dir / "summary.json", summary)
+        if dist.is_initialized():
+            dist.barrier()
+        return summary
+
+    def _ranks_identical(self) -> bool:
+        """True when every rank holds bit-identical weights (what DDP promises)."""
+        flat = torch.cat([p.detach().reshape(-1).double().cpu() for m in self.modules.values() for p in m.parameters()])
+        gathered = [torch.empty_like(flat) for _ in range(self.world)]
+        dist.all_gather(gathered, flat.to(self.device) if self.device.type == "cuda" else flat)
+        return all(torch.equal(g.cpu(), gathered[0].cpu()) for g in gathered)
+
+    def final_modules(self) -> dict[str, nn.Module]:
+        """What the run delivers: EMA weights where kept, else the trained weights."""
+        return {n: (self.ema.get(n) or m).cpu() for n, m in self.modules.items() if n in self.task.deliverables}
+
+    @staticmethod
+    def _log(path: Path, row: dict) -> None:
+        new = not path.is_file()
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def save_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
