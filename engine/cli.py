@@ -158,9 +158,46 @@ def _add_train(sub) -> None:
     p.add_argument("--vae", type=Path, help="ldm: the frozen VAE checkpoint folder")
     p.add_argument("--clap", type=Path, help="ldm: the frozen CLAP checkpoint folder")
     p.add_argument("--database", type=Path, help="ldm: retrieval database built over the training manifest")
-    p.add_argument("--vocoder", type=Path, help="ldm: vocoder checkpoint to include in final/ (for export); "
-                   "vocoder: checkpoint to fine-tune from")  # fmt: skip
+    p.add_argument("--vocoder", help="ldm: vocoder checkpoint folder to include in final/ (for export); "
+                   "vocoder: checkpoint to fine-tune from; 'universal': the pretrained universal HiFi-GAN")  # fmt: skip
     p.set_defaults(func=_cmd_train)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    _need_training_side()
+    import json
+
+    from reaudio.training.evaluate import EvalConfig, ablation, evaluate
+
+    def config(k):
+        return EvalConfig(bundle=args.bundle, data=args.data, out=args.out if k is None else args.out / f"k{k}",
+                          split=args.split, k=k, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                          limit=args.limit, backbone=args.backbone, backend=args.backend)  # fmt: skip
+
+    if args.ks:
+        rows = [("no retrieval (k=0)" if k == 0 else f"k={k}", config(k)) for k in args.ks]
+        print(ablation(rows, args.out))
+    else:
+        metrics = evaluate(config(args.k))
+        print(json.dumps({k: v for k, v in metrics.items() if k != "settings"}, indent=2))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="generate for a test manifest and score FAD, KL, IS, CLAP score (needs torch)")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="clip manifest with train and test splits")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, long_tail.png")
+    p.add_argument("--split", default="test")
+    p.add_argument("--k", type=int, help="neighbours per prompt (default: the bundle's)")
+    p.add_argument("--ks", type=int, nargs="+", help="ablation: evaluate at each k and write ablation.md")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="score at most this many test clips")
+    p.add_argument("--backbone", default="aisfx", help="aisfx, or package.module:factory for your own weights")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
+    p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_plans(args: argparse.Namespace) -> int:
@@ -215,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate(sub)
     _add_train(sub)
+    _add_eval(sub)
 
     p = sub.add_parser("db", help="the bundle's retrieval database: add your own clips, remove, list")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")

@@ -31,6 +31,17 @@ from .diffusion import Diffusion
 log = logging.getLogger(__name__)
 
 
+def load_vocoder(spec: str | Path, family: FamilyConfig) -> nn.Module:
+    """A vocoder checkpoint folder, or "universal" for the pretrained universal HiFi-GAN."""
+    if str(spec) == "universal":
+        from reaudio.models.pretrained import UNIVERSAL_HIFIGAN, universal_hifigan
+
+        if family.vocoder != UNIVERSAL_HIFIGAN:
+            raise ValueError(f"--vocoder universal needs the universal HiFi-GAN sizes; {family.name!r} differs")
+        return universal_hifigan()
+    return load_checkpoint(spec)
+
+
 class Task:
     """Base: data of the train/test splits and the front end."""
 
@@ -120,7 +131,7 @@ class VocoderTask(Task):
 
     def setup(self, trainer) -> None:
         super().setup(trainer)
-        self.generator = load_checkpoint(self.init) if self.init else HiFiGANGenerator(self.family.vocoder)
+        self.generator = load_vocoder(self.init, self.family) if self.init else HiFiGANGenerator(self.family.vocoder)
         self.discriminators = Discriminators(trainer.cfg.discriminator_width)
         self.before = self._test_distance(self.generator.to(self.device))
 
@@ -241,7 +252,7 @@ class LDMTask(Task):
         vae.load_state_dict(self.vae.state_dict())
         save_checkpoint(folder / "vae", vae.cpu())
         save_checkpoint(folder / "clap", self.clap.cpu())
-        vocoder = load_checkpoint(self.paths["vocoder"]) if self.paths["vocoder"] else None
+        vocoder = load_vocoder(self.paths["vocoder"], self.family) if self.paths["vocoder"] else None
         if vocoder is not None:
             save_checkpoint(folder / "vocoder", vocoder)
         replace(self.family, vae=vae_cfg).save(folder / "family.json")

@@ -1,0 +1,175 @@
+"""``reaudio eval``: generate for a test manifest with a bundle and score FAD, KL, IS, CLAP score.
+
+Also the long-tail report (CLAP score per training-frequency bucket of the
+clip's label, as the paper's Figure 4) and the ablation table (the paper's
+Table 1 layout) over several bundles and/or k values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reaudio.engine.audio_io import load_audio
+from reaudio.engine.engine import Engine, Request
+
+from .backbones import embed_at, load_backbone
+from .data import read_manifest
+from .metrics import FREQUENCY_BUCKETS, clap_score, fad, frequency_bucket, inception_score, kl_paired
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation.
+
+    Attributes:
+        bundle: the model bundle to generate with.
+        data: clip manifest; ``split`` clips are the test set, ``train`` clips train the label
+            classifier and count label frequencies.
+        out: folder for results.json, report.md and the long-tail PNG.
+        k: neighbours per prompt (None: the bundle's default).
+        steps, guidance: sampler settings (None: the bundle's defaults).
+        seed: clip i is generated with seed + i.
+        limit: score at most this many test clips.
+        backbone: "aisfx", "clap" or "package.module:factory".
+        min_label_clips: labels with fewer training clips are left out of the classifier.
+    """
+
+    bundle: Path
+    data: Path
+    out: Path
+    split: str = "test"
+    k: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    limit: int | None = None
+    backbone: str = "aisfx"
+    min_label_clips: int = 5
+    backend: str = "auto"
+    bundle_name: str = field(default="")
+
+
+def train_label_classifier(embeddings: np.ndarray, labels: list[str], seed: int = 0, steps: int = 500):
+    """Softmax regression on standardised embeddings; returns (predict_proba, classes)."""
+    classes = sorted(set(labels))
+    x = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    y = torch.tensor([classes.index(lab) for lab in labels])
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(x.shape[1], len(classes))
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(layer((x - mean) / std), y).backward()
+        opt.step()
+
+    def predict_proba(e: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            z = (torch.from_numpy(np.asarray(e, dtype=np.float32)) - mean) / std
+            return torch.softmax(layer(z), dim=1).numpy()
+
+    return predict_proba, classes
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    start = time.perf_counter()
+    clips = read_manifest(cfg.data)
+    test = [c for c in clips if c.split == cfg.split][: cfg.limit]
+    train = [c for c in clips if c.split == "train"]
+    if len(test) < 2:
+        raise ValueError(f"{cfg.data}: need at least 2 '{cfg.split}' clips to score, found {len(test)}")
+    engine = Engine.from_bundle(cfg.bundle, backend=cfg.backend)
+    sr = engine.sample_rate
+    real = [load_audio(c.audio, sr) for c in test]
+    durations = [min(max(len(w) / sr, 0.5), engine.manifest.defaults.duration) for w in real]
+    requests = [Request(c.caption, duration=d, seed=cfg.seed + i, steps=cfg.steps, guidance=cfg.guidance, k=cfg.k)
+                for i, (c, d) in enumerate(zip(test, durations))]  # fmt: skip
+    results = engine.generate(requests)
+    failed = [c.id for c, r in zip(test, results) if not r.ok]
+    pairs = [(c, w[: len(r.waveform)], r.waveform) for c, w, r in zip(test, real, results) if r.ok]
+    if len(pairs) < 2:
+        raise RuntimeError(f"only {len(pairs)} clip(s) generated; failures: {failed}")
+    backbone = load_backbone(cfg.backbone)
+    real_emb = embed_at(backbone, [p[1] for p in pairs], sr)
+    gen_emb = embed_at(backbone, [p[2] for p in pairs], sr)
+    metrics = {"clips": len(pairs), "failed": failed, "backbone": backbone.name, "fad": fad(real_emb, gen_emb)}
+
+    counts: dict[str, int] = {}
+    for c in train:
+        counts[c.label] = counts.get(c.label, 0) + 1
+    usable = [c for c in train if c.label and counts[c.label] >= cfg.min_label_clips]
+    if len({c.label for c in usable}) >= 2:
+        train_emb = embed_at(backbone, [load_audio(c.audio, sr) for c in usable], sr)
+        proba, classes = train_label_classifier(train_emb, [c.label for c in usable], cfg.seed)
+        metrics.update(kl=kl_paired(proba(real_emb), proba(gen_emb)), inception_score=inception_score(proba(gen_emb)),
+                       classifier_labels=len(classes))  # fmt: skip
+    else:
+        log.warning("fewer than 2 labels with >= %d training clips: KL and IS skipped", cfg.min_label_clips)
+
+    text_emb, _, _ = engine.embed_text([p[0].caption for p in pairs])
+    audio_emb, _ = engine.encode_audio([p[2] for p in pairs])
+    per_clip = np.sum(audio_emb * text_emb, axis=1)
+    metrics["clap_score"] = clap_score(audio_emb, text_emb)
+    buckets: dict[str, list[float]] = {}
+    for (clip, _, _), score in zip(pairs, per_clip):
+        buckets.setdefault(frequency_bucket(counts.get(clip.label, 0)), []).append(float(score))
+    metrics["long_tail"] = {name: {"clips": len(buckets[name]), "clap_score": float(np.mean(buckets[name]))}
+                            for _, _, name in FREQUENCY_BUCKETS if name in buckets}  # fmt: skip
+    metrics["seconds"] = time.perf_counter() - start
+    metrics["settings"] = {"bundle": str(cfg.bundle), "k": cfg.k, "steps": cfg.steps, "guidance": cfg.guidance,
+                           "seed": cfg.seed, "split": cfg.split}  # fmt: skip
+    write_report(cfg.out, metrics)
+    log.info("scored %d clips in %.1f s", len(pairs), metrics["seconds"])
+    return metrics
+
+
+def write_report(out: Path, metrics: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    lines = ["| metric | value |", "| --- | --- |"]
+    for key in ("fad", "kl", "inception_score", "clap_score", "clips"):
+        if key in metrics:
+            value = metrics[key]
+            lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    lines += ["", "| training clips of the label | test clips | CLAP score |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {v['clips']} | {v['clap_score']:.4f} |" for name, v in metrics["long_tail"].items()]
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: long-tail PNG skipped (pip install matplotlib)")
+        return
+    names = list(metrics["long_tail"])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, [metrics["long_tail"][n]["clap_score"] for n in names], color="#4c72b0")
+    ax.set_xlabel("training clips of the label")
+    ax.set_ylabel("CLAP score")
+    ax.set_title("CLAP score by label frequency")
+    fig.tight_layout()
+    fig.savefig(out / "long_tail.png", dpi=120)
+    plt.close(fig)
+
+
+def ablation(rows: list[tuple[str, EvalConfig]], out: Path) -> str:
+    """Evaluate each (name, config) and write the paper's Table 1 layout as Markdown."""
+    lines = ["| setting | KL ↓ | IS ↑ | FAD ↓ | CLAP ↑ |", "| --- | --- | --- | --- | --- |"]
+    for name, cfg in rows:
+        m = evaluate(cfg)
+        fmt = lambda key: f"{m[key]:.3f}" if key in m else "—"  # noqa: E731
+        lines.append(f"| {name} | {fmt('kl')} | {fmt('inception_score')} | {fmt('fad')} | {fmt('clap_score')} |")
+    table = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.md").write_text(table, encoding="utf-8")
+    return table
