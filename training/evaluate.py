@@ -21,7 +21,14 @@ from reaudio.engine.engine import Engine, Request
 
 from .backbones import embed_at, load_backbone
 from .data import read_manifest
-from .metrics import FREQUENCY_BUCKETS, clap_score, fad, frequency_bucket, inception_score, kl_paired
+from .metrics import (
+    FREQUENCY_BUCKETS,
+    clap_score,
+    fad,
+    frequency_bucket,
+    inception_score,
+    kl_paired,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +174,8 @@ def ablation(rows: list[tuple[str, EvalConfig]], out: Path) -> str:
     lines = ["| setting | KL ↓ | IS ↑ | FAD ↓ | CLAP ↑ |", "| --- | --- | --- | --- | --- |"]
     for name, cfg in rows:
         m = evaluate(cfg)
-        fmt = lambda key: f"{m[key]:.3f}" if key in m else "—"  # noqa: E731
-        lines.append(f"| {name} | {fmt('kl')} | {fmt('inception_score')} | {fmt('fad')} | {fmt('clap_score')} |")
+        cells = [f"{m[key]:.3f}" if key in m else "—" for key in ("kl", "inception_score", "fad", "clap_score")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text(table, encoding="utf-8")
