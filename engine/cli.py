@@ -72,6 +72,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_db(args: argparse.Namespace) -> int:
     from . import database_ops
 
+    if args.db_command == "build":
+        _need_training_side()
+        from reaudio.models.configs import load_config
+        from reaudio.training.database import build_database_from_manifest
+
+        db = build_database_from_manifest(args.data, args.clap, load_config(args.config), args.out,
+                                          splits=tuple(args.splits))  # fmt: skip
+        print(f"{args.out}: {len(db)} clip(s)")
+        return 0
     if args.db_command == "add":
         db = database_ops.add_clips(args.bundle, database_ops.read_clip_list(args.clips), backend=args.backend)
         print(f"{args.bundle}: database now holds {len(db)} clip(s)")
@@ -257,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="the bundle's retrieval database: add your own clips, remove, list")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
     dbsub.required = True
+    bd = dbsub.add_parser("build", parents=[common], help="build a database over a clip manifest with a CLAP (torch)")
+    bd.add_argument("--clap", type=Path, required=True, help="CLAP checkpoint folder")
+    bd.add_argument("--config", required=True, help="family config name or JSON")
+    bd.add_argument("--data", type=Path, required=True, help="clip manifest")
+    bd.add_argument("--out", type=Path, required=True, help="database folder to create")
+    bd.add_argument("--splits", nargs="+", default=["train"], help="manifest splits to include (default: train)")
     a = dbsub.add_parser("add", parents=[common], help="add (audio, caption) clips: CSV/JSONL or a folder with .txt sidecars")
     a.add_argument("clips", type=Path)
     a.add_argument("--bundle", type=Path, required=True)

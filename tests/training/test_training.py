@@ -107,3 +107,14 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_manifest, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ranks_identical"] is True
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
+
+
+def test_cli_db_build_over_the_train_split(tiny_manifest, frozen_parts, tmp_path):
+    from reaudio.engine.retrieval_db import RetrievalDB
+
+    out = tmp_path / "db"
+    assert cli(["-q", "db", "build", "--clap", str(frozen_parts / "clap"), "--config", "tiny", "--data",
+                str(tiny_manifest), "--out", str(out)]) == 0  # fmt: skip
+    db = RetrievalDB(out)
+    assert len(db) == 18 and all(not item["id"].endswith("-3") for item in db.items)  # test clips left out
+    assert db.info.provenance["manifest_sha256"] and db.info.provenance["splits"] == ["train"]
