@@ -123,11 +123,16 @@ class Discriminators(nn.Module):
 
 
 class VocoderTask(Task):
+    """HiFi-GAN on short random segments (8192 samples, as in Kong et al., 2020)."""
+
     deliverables = ("vocoder",)
+    segment_samples = 8192
 
     def __init__(self, family, manifest, init: str | Path | None = None) -> None:
         super().__init__(family, manifest)
         self.init = init
+        hop = family.mel.hop_length
+        self.clip_samples = max(hop, min(self.clip_samples, self.segment_samples // hop * hop))
 
     def setup(self, trainer) -> None:
         super().setup(trainer)
