@@ -162,6 +162,8 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="ldm: drop all conditions together")
     p.add_argument("--kl-weight", type=float, default=1e-6, help="vae: KL weight")
+    p.add_argument("--segment-seconds", type=float, default=0.0,
+                   help="vae: train on random crops this long (default: whole training clips)")
     p.add_argument("--discriminator-width", type=float, default=1.0,
                    help="vocoder: channel multiplier of the discriminators (1.0: HiFi-GAN's)")  # fmt: skip
     p.add_argument("--vae", type=Path, help="ldm: the frozen VAE checkpoint folder")
@@ -178,15 +180,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from reaudio.training.evaluate import EvalConfig, ablation, evaluate
 
-    def config(k):
-        return EvalConfig(bundle=args.bundle, data=args.data, out=args.out if k is None else args.out / f"k{k}",
-                          split=args.split, k=k, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                          limit=args.limit, backbone=args.backbone, backend=args.backend)  # fmt: skip
+    def config(k, bundle=None, sub=None):
+        out = args.out / sub if sub else (args.out if k is None else args.out / f"k{k}")
+        return EvalConfig(bundle=bundle or args.bundle, data=args.data, out=out, split=args.split, k=k,
+                          steps=args.steps, guidance=args.guidance, seed=args.seed, limit=args.limit,
+                          backbone=args.backbone, backend=args.backend)  # fmt: skip
 
-    if args.ks:
+    if args.compare:
+        rows = []
+        for i, entry in enumerate(args.compare):
+            name, sep, target = entry.rpartition("=")
+            bundle, at, k = target.rpartition("@")
+            if not at or not k.isdigit():
+                bundle, at, k = target, "", ""
+            if not sep or not name or not bundle:
+                raise ValueError(f"--compare {entry!r}: use NAME=BUNDLE or NAME=BUNDLE@K")
+            rows.append((name, config(int(k) if at else None, Path(bundle), f"row{i}")))
+        print(ablation(rows, args.out))
+    elif args.ks:
+        if args.bundle is None:
+            raise ValueError("--ks needs --bundle")
         rows = [("no retrieval (k=0)" if k == 0 else f"k={k}", config(k)) for k in args.ks]
         print(ablation(rows, args.out))
     else:
+        if args.bundle is None:
+            raise ValueError("eval needs --bundle (or --compare rows)")
         metrics = evaluate(config(args.k))
         print(json.dumps({k: v for k, v in metrics.items() if k != "settings"}, indent=2))
     return 0
@@ -194,12 +212,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="generate for a test manifest and score FAD, KL, IS, CLAP score (needs torch)")
-    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--bundle", type=Path)
     p.add_argument("--data", type=Path, required=True, help="clip manifest with train and test splits")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, long_tail.png")
     p.add_argument("--split", default="test")
     p.add_argument("--k", type=int, help="neighbours per prompt (default: the bundle's)")
     p.add_argument("--ks", type=int, nargs="+", help="ablation: evaluate at each k and write ablation.md")
+    p.add_argument("--compare", nargs="+", metavar="NAME=BUNDLE[@K]",
+                   help="ablation rows from different bundles (e.g. separately trained context types)")  # fmt: skip
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
     p.add_argument("--seed", type=int, default=0)

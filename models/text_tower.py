@@ -90,10 +90,14 @@ def build_text_tower(cfg: TextTowerConfig) -> tuple[nn.Module, TextTokenizer]:
     # The checkpoint carries a pooler this tower does not use; its "unexpected keys" report is noise.
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model = BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True)
     finally:
         hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
     if model.config.hidden_size != cfg.hidden_size:
         raise ValueError(
             f"text model {folder} has hidden_size {model.config.hidden_size}, config says {cfg.hidden_size}"

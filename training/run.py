@@ -27,6 +27,7 @@ def train_from_args(args: argparse.Namespace) -> dict:
         cfg_dropout=args.cfg_dropout,
         kl_weight=args.kl_weight,
         discriminator_width=args.discriminator_width,
+        segment_seconds=args.segment_seconds,
     )
     if args.model == "vae":
         task = VAETask(family, args.data)

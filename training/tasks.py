@@ -88,6 +88,10 @@ class VAETask(Task):
     deliverables = ("vae",)
 
     def setup(self, trainer) -> None:
+        if trainer.cfg.segment_seconds > 0:
+            hop = self.family.mel.hop_length * self.family.vae.downsample_factor
+            samples = round(trainer.cfg.segment_seconds * self.family.mel.sample_rate)
+            self.clip_samples = max(hop, samples // hop * hop)
         super().setup(trainer)
         self.vae = AutoencoderKL(self.family.vae)
 

@@ -46,6 +46,8 @@ class TrainConfig:
         cfg_dropout: probability of dropping all conditions together (LDM).
         kl_weight: KL weight (VAE).
         discriminator_width: channel multiplier of the HiFi-GAN discriminators (vocoder).
+        segment_seconds: train the VAE on random crops this long (0: whole training clips);
+            it is convolutional, so shorter crops cost less per step and learn the same.
     """
 
     steps: int = 1000
@@ -62,6 +64,7 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     kl_weight: float = 1e-6
     discriminator_width: float = 1.0
+    segment_seconds: float = 0.0
 
 
 def distributed() -> tuple[int, int]:

@@ -50,6 +50,13 @@ def test_ablation_table_over_k(tiny_artifacts, eval_manifest, tmp_path):
     assert rc == 0
     table = (out / "ablation.md").read_text()
     assert "| no retrieval (k=0) |" in table and "| k=2 |" in table
+    bundle = tiny_artifacts / "bundle"
+    rc = cli(["-q", "eval", "--data", str(eval_manifest), "--out", str(tmp_path / "cmp"), "--steps", "3", "--limit",
+              "3", "--compare", f"audio+text k=1={bundle}@1", f"default={bundle}",
+              "--backbone", "tests.training.fake_backbone:make", "--backend", "cpu"])  # fmt: skip
+    assert rc == 0
+    table = (tmp_path / "cmp" / "ablation.md").read_text()
+    assert "| audio+text k=1 |" in table and "| default |" in table
 
 
 @pytest.mark.skipif(not HAS_AISFX, reason="aisfx wheel not installed (pip install --no-deps aisfx)")
