@@ -145,8 +145,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a component: vae, vocoder or ldm (needs torch)")
-    p.add_argument("model", choices=("vae", "vocoder", "ldm"))
+    p = sub.add_parser("train", help="train a component: clap, vae, vocoder or ldm (needs torch)")
+    p.add_argument("model", choices=("clap", "vae", "vocoder", "ldm"))
     p.add_argument("--config", required=True, help="family config: a name (tiny, sfx-small, …) or a JSON file")
     p.add_argument("--data", type=Path, required=True, help="clip manifest (JSONL: id, audio, caption, source, split)")
     p.add_argument("--out", type=Path, required=True, help="run folder (resumes when it holds a checkpoint)")
@@ -167,7 +167,7 @@ def _add_train(sub) -> None:
     p.add_argument("--discriminator-width", type=float, default=1.0,
                    help="vocoder: channel multiplier of the discriminators (1.0: HiFi-GAN's)")  # fmt: skip
     p.add_argument("--vae", type=Path, help="ldm: the frozen VAE checkpoint folder")
-    p.add_argument("--clap", type=Path, help="ldm: the frozen CLAP checkpoint folder")
+    p.add_argument("--clap", type=Path, help="ldm: the frozen CLAP checkpoint folder; clap: one to continue from")
     p.add_argument("--database", type=Path, help="ldm: retrieval database built over the training manifest")
     p.add_argument("--vocoder", help="ldm: vocoder checkpoint folder to include in final/ (for export); "
                    "vocoder: checkpoint to fine-tune from; 'universal': the pretrained universal HiFi-GAN")  # fmt: skip

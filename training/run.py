@@ -29,7 +29,11 @@ def train_from_args(args: argparse.Namespace) -> dict:
         discriminator_width=args.discriminator_width,
         segment_seconds=args.segment_seconds,
     )
-    if args.model == "vae":
+    if args.model == "clap":
+        from .clap_task import CLAPTask
+
+        task = CLAPTask(family, args.data, init=args.clap)
+    elif args.model == "vae":
         task = VAETask(family, args.data)
     elif args.model == "vocoder":
         task = VocoderTask(family, args.data, init=args.vocoder)

@@ -118,3 +118,24 @@ def test_cli_db_build_over_the_train_split(tiny_manifest, frozen_parts, tmp_path
     db = RetrievalDB(out)
     assert len(db) == 18 and all(not item["id"].endswith("-3") for item in db.items)  # test clips left out
     assert db.info.provenance["manifest_sha256"] and db.info.provenance["splits"] == ["train"]
+
+
+def test_clap_loss_goes_down_and_recall_is_reported(tiny_manifest, tmp_path):
+    losses = _train("clap", tiny_manifest, tmp_path / "clap", steps=40)
+    assert _mean(losses[-5:]) < 0.7 * _mean(losses[:5])
+    summary = json.loads((tmp_path / "clap" / "summary.json").read_text())
+    for key in ("text_to_audio_r@1", "audio_to_text_r@10", "baseline_text_to_audio_r@1"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert summary["test_clips"] == 6
+    clap = load_checkpoint(tmp_path / "clap" / "final" / "clap")
+    assert clap.cfg == load_config("tiny").clap
+
+
+def test_recall_at_k_by_hand():
+    import numpy as np
+
+    from reaudio.training.clap_task import recall_at
+
+    sim = np.array([[0.9, 0.1, 0.0], [0.8, 0.5, 0.1], [0.0, 0.2, 0.1]])
+    # Row 0: rank 0; row 1: one item above (0.8) → rank 1; row 2: one above (0.2) → rank 1.
+    assert recall_at(sim, (1, 2)) == {"r@1": 1 / 3, "r@2": 1.0}
