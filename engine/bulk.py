@@ -37,6 +37,7 @@ class GenerateJob:
         name_template: file name without extension; fields {id} {slug} {seed} {variation}.
         postprocess: optional trimming/loudness/peak handling.
         dry_run: print the plan and stop.
+        cuda_graphs: replay the denoising loop as CUDA graphs (backend "cuda").
     """
 
     prompts: Path
@@ -57,6 +58,7 @@ class GenerateJob:
     name_template: str = "{id}-v{variation}"
     postprocess: PostProcess = field(default_factory=PostProcess)
     dry_run: bool = False
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -160,7 +162,8 @@ def run_job(job: GenerateJob, progress: bool = True, echo=print) -> JobSummary:
     if not todo:
         return summary
 
-    engine = Engine.from_bundle(bundle, backend=job.backend, device_id=job.device_id, threads=job.threads)
+    engine = Engine.from_bundle(bundle, backend=job.backend, device_id=job.device_id, threads=job.threads,
+                                cuda_graphs=job.cuda_graphs)  # fmt: skip
     bundle_hash = sha256_file(bundle / MANIFEST)
     by_key = {c.key: c for c in todo}
     requests = [_request(job, c) for c in todo]

@@ -61,6 +61,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         name_template=args.name_template,
         postprocess=PostProcess(trim_db=args.trim_db, loudness_db=args.loudness_db, peak_db=args.peak_db),
         dry_run=args.dry_run,
+        cuda_graphs=args.cuda_graphs,
     )
     echo = (lambda *a, **k: None) if args.quiet and not args.dry_run else print
     summary = run_job(job, progress=not args.quiet, echo=echo)
@@ -256,6 +257,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--loudness-db", type=float, help="RMS loudness target in dBFS (e.g. -20)")
     p.add_argument("--peak-db", type=float, help="peak ceiling in dBFS (e.g. -1)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (--backend cuda)")
     p.set_defaults(func=_cmd_generate)
 
 

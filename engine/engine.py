@@ -97,7 +97,9 @@ class Engine:
     load it again afterwards.
     """
 
-    def __init__(self, bundle: Path, manifest: Manifest, backend: str, device_id: int, runners: dict) -> None:
+    def __init__(
+        self, bundle: Path, manifest: Manifest, backend: str, device_id: int, runners: dict, cuda_graphs: bool = False
+    ) -> None:
         self.bundle = bundle
         self.manifest = manifest
         self.backend = backend
@@ -106,6 +108,15 @@ class Engine:
         self.tokenizer = TextTokenizer.from_file(bundle / manifest.tokenizer.file, manifest.tokenizer.max_length)
         self.db = RetrievalDB(bundle / manifest.retrieval.folder) if manifest.retrieval else None
         self._fp32_runners: dict | None = None
+        self._graphs = None
+        if cuda_graphs and backend == "cuda":
+            from .cuda_graphs import CudaGraphDenoiser
+
+            spec = manifest.stages["denoiser"]
+            path = bundle / (spec.fp16_file or spec.file)
+            self._graphs = CudaGraphDenoiser(str(path), device_id, runners["denoiser"].input_dtypes)
+        elif cuda_graphs:
+            log.warning("CUDA graphs need backend 'cuda' (got %r); running without them", backend)
 
     @classmethod
     def from_bundle(
@@ -116,8 +127,12 @@ class Engine:
         threads: int | None = None,
         precision: str = "auto",
         verify: bool = True,
+        cuda_graphs: bool = False,
     ) -> Engine:
-        """Load a bundle folder; ``backend`` is "auto", "cpu", "cuda", "tensorrt" or "trt-native"."""
+        """Load a bundle folder; ``backend`` is "auto", "cpu", "cuda", "tensorrt" or "trt-native".
+
+        ``cuda_graphs`` replays the denoising loop as CUDA graphs (backend "cuda" only).
+        """
         bundle = Path(path)
         manifest = read_manifest(bundle, verify=verify)
         chosen = resolve_backend(backend, bundle)
@@ -131,7 +146,7 @@ class Engine:
         if runners is None:
             runners = make_runners(bundle, manifest, chosen, device_id, threads, precision)
         log.info("loaded %s (%s, %s) on %s", bundle, manifest.name, manifest.family, chosen)
-        return cls(bundle, manifest, chosen, device_id, runners)
+        return cls(bundle, manifest, chosen, device_id, runners, cuda_graphs=cuda_graphs)
 
     @property
     def sample_rate(self) -> int:
@@ -290,6 +305,8 @@ class Engine:
             from .trt_native import denoise_trt
 
             return denoise_trt(runners["denoiser"], plan, latent, conditions)
+        if runners is self.runners and self._graphs is not None:
+            return self._graphs(plan, latent, conditions)
         if runners is self.runners and self.backend in ("cuda", "tensorrt"):
             return denoise_device(runners["denoiser"], plan, latent, conditions, self.device_id)
         return denoise_host(runners["denoiser"], plan, latent, conditions)

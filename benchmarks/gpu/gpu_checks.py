@@ -89,6 +89,7 @@ def timing(work: Path, batches: list[int], steps: int, seconds: float, repeats: 
     pipe = AudioLDMPipeline.from_pretrained(str(pipeline_dir), torch_dtype=torch.float16).to("cuda")
     pipe.set_progress_bar_config(disable=True)
     engine = Engine.from_bundle(bundle, backend="cuda")
+    graphs = Engine.from_bundle(bundle, backend="cuda", cuda_graphs=True)
     m = engine.manifest
     frames = -(-round(seconds * m.sample_rate) // (m.latent.downsample * m.mel.hop_length))
     length = frames * m.latent.downsample * m.mel.hop_length / m.sample_rate
@@ -108,10 +109,15 @@ def timing(work: Path, batches: list[int], steps: int, seconds: float, repeats: 
             reqs = [Request(p, initial_latent=lat, steps=steps, guidance=2.5) for p, lat in zip(prompts, latents)]
             return np.stack([r.waveform for r in engine.generate(reqs, batch_size=batch)])
 
-        ref, ours = run_diffusers(), run_engine()
-        times = {"diffusers_fp16": [], "reaudio_cuda_fp16": []}
+        def run_graphs(prompts=prompts, latents=latents, batch=batch):
+            reqs = [Request(p, initial_latent=lat, steps=steps, guidance=2.5) for p, lat in zip(prompts, latents)]
+            return np.stack([r.waveform for r in graphs.generate(reqs, batch_size=batch)])
+
+        ref, ours, replayed = run_diffusers(), run_engine(), run_graphs()
+        times = {"diffusers_fp16": [], "reaudio_cuda_fp16": [], "reaudio_cuda_graphs": []}
         for _ in range(repeats):
-            for name, fn in (("diffusers_fp16", run_diffusers), ("reaudio_cuda_fp16", run_engine)):
+            for name, fn in (("diffusers_fp16", run_diffusers), ("reaudio_cuda_fp16", run_engine),
+                             ("reaudio_cuda_graphs", run_graphs)):  # fmt: skip
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
@@ -119,6 +125,7 @@ def timing(work: Path, batches: list[int], steps: int, seconds: float, repeats: 
         rows.append({"batch": batch, "seconds": length, "steps": steps, **{f"{k}_s": v for k, v in med.items()},
                      "ratio": med["diffusers_fp16"] / med["reaudio_cuda_fp16"],
                      "max_abs_diff_rel_peak": float(np.abs(ref - ours).max() / np.abs(ref).max()),
+                     "graphs_vs_plain_rel_peak": float(np.abs(replayed - ours).max() / np.abs(ours).max()),
                      "runs": times})  # fmt: skip
     return rows
 

@@ -124,3 +124,9 @@ def test_non_finite_audio_is_reported_not_returned(tiny_artifacts, monkeypatch):
     bad, good = engine.generate([Request("a", seed=1), Request("b", seed=2)], batch_size=2)
     assert not bad.ok and bad.waveform is None and "non-finite" in bad.error
     assert good.ok
+
+
+def test_cuda_graphs_without_cuda_warn_and_run_normally(tiny_artifacts, caplog):
+    e = Engine.from_bundle(tiny_artifacts / "bundle", backend="cpu", cuda_graphs=True)
+    assert "CUDA graphs need backend 'cuda'" in caplog.text
+    assert e.generate([Request("a beep", steps=3)])[0].ok
