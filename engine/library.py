@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from .dataclass_io import umask_mode
+from .dataclass_io import atomic_path
 from .manifest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -89,17 +88,8 @@ class Library:
         """Write the audio atomically, then append its manifest line (fsynced)."""
         kind, subtype = FORMATS[self.format]
         path = self.folder / file_name
-        fd, tmp = tempfile.mkstemp(prefix=f".{file_name}.", suffix=".part", dir=self.folder)
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=".part") as tmp:
             sf.write(tmp, np.clip(waveform, -1.0, 1.0), sample_rate, format=kind, subtype=subtype)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, umask_mode(0o666))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         entry = {**entry, "file": file_name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
         with open(self.manifest_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry, ensure_ascii=False) + "\n")

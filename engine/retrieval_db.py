@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataclass_io import from_dict, to_dict, umask_mode, write_json_atomic
+from .dataclass_io import atomic_path, from_dict, to_dict, umask_mode, write_json_atomic
 
 log = logging.getLogger(__name__)
 CURRENT = "CURRENT"
@@ -257,13 +257,8 @@ def _write_generation(folder: Path, info: DatabaseInfo, items: Items) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fd, pointer_tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.chmod(pointer_tmp, umask_mode(0o666))
-        os.fsync(f.fileno())
-    os.replace(pointer_tmp, pointer)
+    with atomic_path(pointer) as tmp_pointer:
+        tmp_pointer.write_text(name + "\n", encoding="utf-8")
     if old and (folder / old).is_dir():
         shutil.rmtree(folder / old, ignore_errors=True)
     log.info("retrieval database %s: generation %s with %d items", folder, name, info.count)

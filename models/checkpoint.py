@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reaudio.engine.dataclass_io import from_dict, to_dict, umask_mode, write_json_atomic
+from reaudio.engine.dataclass_io import atomic_path, from_dict, to_dict, write_json_atomic
 
 from .clap import CLAP, CLAPConfig
 from .hifigan import HiFiGANConfig, HiFiGANGenerator
@@ -47,15 +45,8 @@ def save_checkpoint(folder: str | Path, model: nn.Module, extra: dict[str, Any] 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"type": model_type_of(model)})
-        os.chmod(tmp, umask_mode(0o666))
-        os.replace(tmp, folder / WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"type": model_type_of(model)})
     meta = {"type": model_type_of(model), "config": to_dict(model.cfg), **(extra or {})}
     write_json_atomic(folder / CONFIG, meta)
     return folder

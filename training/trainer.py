@@ -13,7 +13,6 @@ import csv
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from reaudio.engine.dataclass_io import to_dict, umask_mode, write_json_atomic
+from reaudio.engine.dataclass_io import atomic_path, to_dict, write_json_atomic
 from reaudio.models.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -140,18 +139,8 @@ class Trainer:
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "ema": {n: m.state_dict() for n, m in self.ema.items()},
         }
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".tmp", dir=self.checkpoint_path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, umask_mode(0o666))
-            os.replace(tmp, self.checkpoint_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def lr_at(self, step: int) -> float:
         if self.cfg.warmup_steps <= 0:
