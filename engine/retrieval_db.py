@@ -46,6 +46,8 @@ class DatabaseInfo:
         caption_tokens, caption_dim: L and width of caption token features.
         count: number of items.
         exact_threshold: below this many items search is exact, above it HNSW.
+        connectivity, expansion_add, expansion_search: HNSW graph degree and beam widths
+            (higher: better recall, slower build/search; see benchmarks/RESULTS.md).
         provenance: free-form record of how it was built (CLAP checkpoint, manifest hash, …).
     """
 
@@ -57,6 +59,9 @@ class DatabaseInfo:
     caption_dim: int
     count: int = 0
     exact_threshold: int = 50_000
+    connectivity: int = 16
+    expansion_add: int = 128
+    expansion_search: int = 64
     provenance: dict = field(default_factory=dict)
 
 
@@ -159,6 +164,7 @@ class RetrievalDB:
             self._index = Index.restore(str(path), view=True)
             if self._index is None:
                 raise FileNotFoundError(f"{path}: HNSW index missing; rebuild the database")
+            self._index.expansion_search = self.info.expansion_search
         return self._index
 
     def gather(self, rows: np.ndarray) -> Neighbours:
@@ -249,7 +255,8 @@ def _write_generation(folder: Path, info: DatabaseInfo, items: Items) -> None:
         if info.count >= info.exact_threshold:
             from usearch.index import Index
 
-            index = Index(ndim=info.embed_dim, metric="cos", dtype="f16")
+            index = Index(ndim=info.embed_dim, metric="cos", dtype="f16", connectivity=info.connectivity,
+                          expansion_add=info.expansion_add, expansion_search=info.expansion_search)  # fmt: skip
             index.add(np.arange(info.count), np.asarray(items.keys, dtype=np.float32))
             index.save(str(tmp / "index.usearch"))
         write_json_atomic(tmp / "db.json", to_dict(info))
