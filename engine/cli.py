@@ -230,6 +230,34 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    _need_training_side()
+    import json
+
+    from reaudio.training.dataset_tools import dataset_stats, import_dataset
+
+    if args.data_command == "import":
+        print(json.dumps(import_dataset(args.source, args.out, args.test_percent)))
+    else:
+        stats = dataset_stats(args.manifest, args.out)
+        print(json.dumps({k: v for k, v in stats.items() if k != "frequencies"}))
+    return 0
+
+
+def _add_data(sub, common) -> None:
+    p = sub.add_parser("data", help="datasets: import your own clips, label statistics (needs torch)")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    i = dsub.add_parser("import", parents=[common], help="CSV/JSONL of (audio, caption[, label, source]) → manifest")
+    i.add_argument("source", type=Path)
+    i.add_argument("--out", type=Path, required=True, help="manifest to write (JSONL)")
+    i.add_argument("--test-percent", type=int, default=10, help="share of source recordings in the test split")
+    s = dsub.add_parser("stats", parents=[common], help="label frequencies and a long-tail chart")
+    s.add_argument("manifest", type=Path)
+    s.add_argument("--out", type=Path, required=True, help="folder for label_stats.json and long_tail.png")
+    p.set_defaults(func=_cmd_data)
+
+
 def _cmd_plans(args: argparse.Namespace) -> int:
     return _build_plans(args.bundle)
 
@@ -284,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_data(sub, common)
 
     p = sub.add_parser("db", help="the bundle's retrieval database: add your own clips, remove, list")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
