@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,7 @@ from .audio_io import AudioLoadError, load_audio
 from .engine import Engine
 from .manifest import read_manifest, write_manifest
 from .prompts import ID_PATTERN, slugify
+from .records import read_records
 from .retrieval_db import Items, RetrievalDB
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def read_clip_list(source: str | Path) -> list[ClipSpec]:
             clips.append(ClipSpec(audio, caption, slugify(audio.relative_to(source).with_suffix("").as_posix()),
                                   where=str(sidecar)))  # fmt: skip
     elif source.suffix.lower() in (".csv", ".jsonl") and source.is_file():
-        records = _records(source, problems)
+        records = read_records(source, ("audio", "caption"), problems)
         for line, rec in records:
             where = f"{source}:{line}"
             audio = Path(str(rec.get("audio", "")).strip())
@@ -79,25 +78,6 @@ def read_clip_list(source: str | Path) -> list[ClipSpec]:
     if problems:
         raise ClipListError(problems)
     return clips
-
-
-def _records(path: Path, problems: list[str]) -> list[tuple[int, dict]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".jsonl":
-        out = []
-        for line, raw in enumerate(text.splitlines(), start=1):
-            if raw.strip():
-                try:
-                    out.append((line, json.loads(raw)))
-                except json.JSONDecodeError as exc:
-                    problems.append(f"{path}:{line}: invalid JSON ({exc.msg})")
-        return out
-    reader = csv.DictReader(text.splitlines())
-    missing = {"audio", "caption"} - set(reader.fieldnames or [])
-    if missing:
-        problems.append(f"{path}:1: header lacks column(s) {sorted(missing)}")
-        return []
-    return [(i, row) for i, row in enumerate(reader, start=2)]
 
 
 def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -> RetrievalDB:

@@ -109,6 +109,7 @@ class Engine:
         self.db = RetrievalDB(bundle / manifest.retrieval.folder) if manifest.retrieval else None
         self._fp32_runners: dict | None = None
         self._graphs = None
+        self._empty_prompt: np.ndarray | None = None
         if cuda_graphs and backend == "cuda":
             from .cuda_graphs import CudaGraphDenoiser
 
@@ -280,7 +281,9 @@ class Engine:
         if self.manifest.null_condition == "zeros":
             uncond = np.zeros_like(film)
         else:
-            uncond = np.repeat(self.embed_text([""])[0], len(batch), axis=0)
+            if self._empty_prompt is None:  # the same for every batch: encode it once
+                self._empty_prompt = self.embed_text([""])[0]
+            uncond = np.repeat(self._empty_prompt, len(batch), axis=0)
         negatives = [(i, r.request.negative_prompt) for i, r in enumerate(batch) if r.request.negative_prompt]
         if negatives:
             emb = self.embed_text([text for _, text in negatives])[0]

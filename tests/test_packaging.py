@@ -38,7 +38,7 @@ def test_wheel_declares_the_console_script_and_runtime_only_base(wheel):
     with zipfile.ZipFile(wheel) as zf:
         meta = zf.read(next(n for n in zf.namelist() if n.endswith("METADATA"))).decode()
         entry = zf.read(next(n for n in zf.namelist() if n.endswith("entry_points.txt"))).decode()
-    assert "reaudio = reaudio.engine.cli:main" in entry
+    assert "reaudio = reaudio.training.cli:main" in entry
     base = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert base and not any("torch" in line or "transformers" in line for line in base)
     assert any("torch" in line and 'extra == "train"' in line for line in meta.splitlines())
@@ -46,7 +46,7 @@ def test_wheel_declares_the_console_script_and_runtime_only_base(wheel):
 
 def test_cli_lists_configs():
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.engine.cli", "configs", "tiny", "audioldm-s"], capture_output=True, text=True
+        [sys.executable, "-m", "reaudio.training.cli", "configs", "tiny", "audioldm-s"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert "audioldm-s" in proc.stdout and "tiny" in proc.stdout
@@ -54,7 +54,7 @@ def test_cli_lists_configs():
 
 def test_cli_reports_unknown_config_with_exit_code_2():
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.engine.cli", "configs", "huge"], capture_output=True, text=True
+        [sys.executable, "-m", "reaudio.training.cli", "configs", "huge"], capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert "unknown config 'huge'" in proc.stderr and "sfx-small" in proc.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import zlib
@@ -13,6 +12,7 @@ import soundfile as sf
 
 from reaudio.engine.dataclass_io import atomic_path
 from reaudio.engine.prompts import slugify
+from reaudio.engine.records import read_records
 
 from .data import read_manifest
 
@@ -35,32 +35,15 @@ def split_of(source: str, test_percent: int = 10, valid_percent: int = 0) -> str
     return "valid" if bucket < test_percent + valid_percent else "train"
 
 
-def _rows(path: Path, problems: list[str]) -> list[tuple[int, dict]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".jsonl":
-        out = []
-        for line, raw in enumerate(text.splitlines(), start=1):
-            if raw.strip():
-                try:
-                    out.append((line, json.loads(raw)))
-                except json.JSONDecodeError as exc:
-                    problems.append(f"{path}:{line}: invalid JSON ({exc.msg})")
-        return out
-    if path.suffix.lower() != ".csv":
-        raise DatasetError([f"{path}: give a .csv or .jsonl file"])
-    reader = csv.DictReader(text.splitlines())
-    missing = {"audio", "caption"} - set(reader.fieldnames or [])
-    if missing:
-        raise DatasetError([f"{path}:1: header lacks column(s) {sorted(missing)}; needs audio, caption[, label]"])
-    return [(i, row) for i, row in enumerate(reader, start=2)]
-
-
 def import_dataset(source: str | Path, out: str | Path, test_percent: int = 10) -> dict:
     """Turn a CSV/JSONL of (audio, caption[, label, source]) into a clip manifest; every bad row is reported."""
     source, out = Path(source), Path(out)
     problems: list[str] = []
     manifest, seen = [], set()
-    for line, row in _rows(source, problems):
+    rows = read_records(source, ("audio", "caption"), problems)
+    if problems and not rows:
+        raise DatasetError(problems)
+    for line, row in rows:
         where = f"{source}:{line}"
         audio = Path(str(row.get("audio") or "").strip())
         caption = " ".join(str(row.get("caption") or "").split())

@@ -15,7 +15,7 @@ from reaudio.engine.postprocess import PostProcess
 
 pytest.importorskip("torch")
 
-CLI = [sys.executable, "-m", "reaudio.engine.cli"]
+CLI = [sys.executable, "-m", "reaudio.training.cli"]
 
 
 def _entries(out):

@@ -10,7 +10,7 @@ from reaudio.engine.engine import Engine, Request
 from reaudio.engine.manifest import read_manifest
 
 pytest.importorskip("torch")
-CLI = [sys.executable, "-m", "reaudio.engine.cli"]
+CLI = [sys.executable, "-m", "reaudio.training.cli"]
 
 
 def _clip(folder, name, freq, caption):

@@ -86,7 +86,7 @@ def test_unsafe_ids_and_unsupported_extension(tmp_path):
 def test_cli_exits_2_before_any_work(tmp_path):
     path = _write(tmp_path, "p.jsonl", '{"prompt": "x", "steps": -3}\n{"prompt": ""}\n')
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.engine.cli", "generate", str(path), "--out", str(tmp_path / "out"),
+        [sys.executable, "-m", "reaudio.training.cli", "generate", str(path), "--out", str(tmp_path / "out"),
          "--bundle", str(tmp_path / "no-such-bundle")],  # fmt: skip
         capture_output=True,
         text=True,

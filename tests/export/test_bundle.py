@@ -85,7 +85,7 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path):
 def test_cli_export_from_a_system_folder(tiny_artifacts, tmp_path):
     out = tmp_path / "b"
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.engine.cli", "-q", "export", str(tiny_artifacts / "system"), "--out", str(out)],
+        [sys.executable, "-m", "reaudio.training.cli", "-q", "export", str(tiny_artifacts / "system"), "--out", str(out)],
         capture_output=True,
         text=True,
     )

@@ -155,7 +155,7 @@ def test_cli_import(pipeline_dir, tmp_path):
     import sys
 
     out = tmp_path / "b"
-    proc = subprocess.run([sys.executable, "-m", "reaudio.engine.cli", "-q", "import", "audioldm", str(pipeline_dir),
+    proc = subprocess.run([sys.executable, "-m", "reaudio.training.cli", "-q", "import", "audioldm", str(pipeline_dir),
                            "--out", str(out)], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "audioldm" in proc.stdout and (out / "manifest.json").is_file()

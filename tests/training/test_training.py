@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from reaudio.engine.cli import main as cli
 from reaudio.engine.engine import Engine, Request
 from reaudio.models.checkpoint import load_checkpoint, save_checkpoint
 from reaudio.models.configs import load_config
 from reaudio.models.system import build_system
+from reaudio.training.cli import main as cli
 from reaudio.training.database import build_database_from_manifest
 
 

@@ -1,0 +1,266 @@
+"""The ``reaudio`` console script: the engine's commands plus training, export and evaluation.
+
+Torch-free at import: a command that needs torch imports its module when it
+runs, so ``reaudio generate`` works on the runtime-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from reaudio.engine.cli import add_engine_commands, make_parser, run
+
+
+def _need_training_side(extra: str = "train") -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(
+            f"this command needs torch: pip install 'reaudio[{extra}]' (on CPU first: pip install torch==2.13.0)"
+        ) from exc
+
+
+def _cmd_configs(args: argparse.Namespace) -> int:
+    _need_training_side()
+    from .inspect import describe_configs
+
+    print(describe_configs(args.names or None, json_output=args.json))
+    return 0
+
+
+def _cmd_db_build(args: argparse.Namespace) -> int:
+    _need_training_side()
+    from reaudio.models.configs import load_config
+
+    from .database import build_database_from_manifest
+
+    db = build_database_from_manifest(args.data, args.clap, load_config(args.config), args.out,
+                                      splits=tuple(args.splits))  # fmt: skip
+    print(f"{args.out}: {len(db)} clip(s)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    _need_training_side("train,export")
+    from reaudio.export.bundle import export_bundle
+    from reaudio.models.system import load_system
+
+    cfg, models = load_system(args.checkpoints, args.config)
+    manifest = export_bundle(
+        cfg, models, args.out, fp16=args.fp16, database=args.database, opset=args.opset, overwrite=args.overwrite
+    )
+    print(f"bundle {args.out}: {len(manifest.files)} files, stages {', '.join(manifest.stages)}")
+    if args.trt:
+        return _build_plans(args.out)
+    return 0
+
+
+def _build_plans(bundle: Path) -> int:
+    _need_training_side("train,export,gpu")
+    from reaudio.export.tensorrt import TensorRTUnavailable, build_bundle_plans
+    from reaudio.models.configs import load_config
+
+    try:
+        plans = build_bundle_plans(bundle, load_config(Path(bundle) / "family.json"))
+    except TensorRTUnavailable as exc:
+        print(f"reaudio: skipped TensorRT plans: {exc}", file=sys.stderr)
+        return 3
+    for plan in plans:
+        print(plan)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    _need_training_side("train,export")
+    if args.source == "laion-clap":
+        raise ValueError("importing LAION-CLAP checkpoints is not implemented yet; only `import audioldm` is")
+    from reaudio.export.import_audioldm import import_audioldm
+
+    manifest = import_audioldm(args.folder, args.out, fp16=args.fp16, overwrite=args.overwrite)
+    print(f"bundle {args.out}: {manifest.family} ({manifest.name}), stages {', '.join(manifest.stages)}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    _need_training_side()
+    from .run import train_from_args
+
+    summary = train_from_args(args)
+    if not args.quiet:
+        print(f"{args.model} run {args.out}: {summary}")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a component: clap, vae, vocoder or ldm (needs torch)")
+    p.add_argument("model", choices=("clap", "vae", "vocoder", "ldm"))
+    p.add_argument("--config", required=True, help="family config: a name (tiny, sfx-small, …) or a JSON file")
+    p.add_argument("--data", type=Path, required=True, help="clip manifest (JSONL: id, audio, caption, source, split)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (resumes when it holds a checkpoint)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, help="EMA of weights (default: 0.999 for ldm, off otherwise)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--cfg-dropout", type=float, default=0.1, help="ldm: drop all conditions together")
+    p.add_argument("--kl-weight", type=float, default=1e-6, help="vae: KL weight")
+    p.add_argument("--segment-seconds", type=float, default=0.0,
+                   help="vae: train on random crops this long (default: whole training clips)")
+    p.add_argument("--discriminator-width", type=float, default=1.0,
+                   help="vocoder: channel multiplier of the discriminators (1.0: HiFi-GAN's)")  # fmt: skip
+    p.add_argument("--vae", type=Path, help="ldm: the frozen VAE checkpoint folder")
+    p.add_argument("--clap", type=Path, help="ldm: the frozen CLAP checkpoint folder; clap: one to continue from")
+    p.add_argument("--database", type=Path, help="ldm: retrieval database built over the training manifest")
+    p.add_argument("--vocoder", help="ldm: vocoder checkpoint folder to include in final/ (for export); "
+                   "vocoder: checkpoint to fine-tune from; 'universal': the pretrained universal HiFi-GAN")  # fmt: skip
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    _need_training_side()
+    import json
+
+    from .evaluate import EvalConfig, ablation, evaluate
+
+    def config(k, bundle=None, sub=None):
+        out = args.out / sub if sub else (args.out if k is None else args.out / f"k{k}")
+        return EvalConfig(bundle=bundle or args.bundle, data=args.data, out=out, split=args.split, k=k,
+                          steps=args.steps, guidance=args.guidance, seed=args.seed, limit=args.limit,
+                          backbone=args.backbone, backend=args.backend)  # fmt: skip
+
+    if args.compare:
+        rows = []
+        for i, entry in enumerate(args.compare):
+            name, sep, target = entry.rpartition("=")
+            bundle, at, k = target.rpartition("@")
+            if not at or not k.isdigit():
+                bundle, at, k = target, "", ""
+            if not sep or not name or not bundle:
+                raise ValueError(f"--compare {entry!r}: use NAME=BUNDLE or NAME=BUNDLE@K")
+            rows.append((name, config(int(k) if at else None, Path(bundle), f"row{i}")))
+        print(ablation(rows, args.out))
+    elif args.ks:
+        if args.bundle is None:
+            raise ValueError("--ks needs --bundle")
+        rows = [("no retrieval (k=0)" if k == 0 else f"k={k}", config(k)) for k in args.ks]
+        print(ablation(rows, args.out))
+    else:
+        if args.bundle is None:
+            raise ValueError("eval needs --bundle (or --compare rows)")
+        metrics = evaluate(config(args.k))
+        print(json.dumps({k: v for k, v in metrics.items() if k != "settings"}, indent=2))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="generate for a test manifest and score FAD, KL, IS, CLAP score (needs torch)")
+    p.add_argument("--bundle", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="clip manifest with train and test splits")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, long_tail.png")
+    p.add_argument("--split", default="test")
+    p.add_argument("--k", type=int, help="neighbours per prompt (default: the bundle's)")
+    p.add_argument("--ks", type=int, nargs="+", help="ablation: evaluate at each k and write ablation.md")
+    p.add_argument("--compare", nargs="+", metavar="NAME=BUNDLE[@K]",
+                   help="ablation rows from different bundles (e.g. separately trained context types)")  # fmt: skip
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="score at most this many test clips")
+    p.add_argument("--backbone", default="aisfx", help="aisfx, or package.module:factory for your own weights")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    _need_training_side()
+    import json
+
+    from .dataset_tools import dataset_stats, import_dataset
+
+    if args.data_command == "import":
+        print(json.dumps(import_dataset(args.source, args.out, args.test_percent)))
+    else:
+        stats = dataset_stats(args.manifest, args.out)
+        print(json.dumps({k: v for k, v in stats.items() if k != "frequencies"}))
+    return 0
+
+
+def _add_data(sub, common) -> None:
+    p = sub.add_parser("data", help="datasets: import your own clips, label statistics (needs torch)")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    i = dsub.add_parser("import", parents=[common], help="CSV/JSONL of (audio, caption[, label, source]) → manifest")
+    i.add_argument("source", type=Path)
+    i.add_argument("--out", type=Path, required=True, help="manifest to write (JSONL)")
+    i.add_argument("--test-percent", type=int, default=10, help="share of source recordings in the test split")
+    s = dsub.add_parser("stats", parents=[common], help="label frequencies and a long-tail chart")
+    s.add_argument("manifest", type=Path)
+    s.add_argument("--out", type=Path, required=True, help="folder for label_stats.json and long_tail.png")
+    p.set_defaults(func=_cmd_data)
+
+
+def _cmd_plans(args: argparse.Namespace) -> int:
+    return _build_plans(args.bundle)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub, common = make_parser()
+    dbsub = add_engine_commands(sub, common)
+    bd = dbsub.add_parser("build", parents=[common], help="build a database over a clip manifest with a CLAP (torch)")
+    bd.add_argument("--clap", type=Path, required=True, help="CLAP checkpoint folder")
+    bd.add_argument("--config", required=True, help="family config name or JSON")
+    bd.add_argument("--data", type=Path, required=True, help="clip manifest")
+    bd.add_argument("--out", type=Path, required=True, help="database folder to create")
+    bd.add_argument("--splits", nargs="+", default=["train"], help="manifest splits to include (default: train)")
+    bd.set_defaults(func=_cmd_db_build)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_data(sub, common)
+
+    p = sub.add_parser("export", help="export checkpoints to a bundle (ONNX graphs, tokenizer, database)")
+    p.add_argument("checkpoints", nargs="+", type=Path, help="system folder(s) and/or component checkpoint folders")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--config", help="family config name or JSON (default: the system folder's family.json)")
+    p.add_argument("--database", type=Path, help="retrieval database folder to include")
+    p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends")
+    p.add_argument("--trt", action="store_true", help="then build TensorRT plans (needs a GPU and tensorrt)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("import", help="convert a public checkpoint into a bundle (offline)")
+    p.add_argument("source", choices=("audioldm", "laion-clap"))
+    p.add_argument("folder", type=Path, help="a diffusers AudioLDM pipeline folder (model_index.json, unet/, …)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("plans", help="TensorRT plans for a bundle")
+    psub = p.add_subparsers(dest="plans_command", metavar="ACTION")
+    psub.required = True
+    b = psub.add_parser("build", parents=[common], help="build fp16 plans for this machine's GPU and TensorRT version")
+    b.add_argument("bundle", type=Path)
+    p.set_defaults(func=_cmd_plans)
+
+    p = sub.add_parser("configs", help="list the named model configs with their sizes (needs torch)")
+    p.add_argument("names", nargs="*", help="configs to show (default: all)")
+    p.add_argument("--json", action="store_true", help="print the full resolved configs as JSON")
+    p.set_defaults(func=_cmd_configs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
