@@ -196,6 +196,9 @@ class Trainer:
             write_json_atomic(self.run_dir / "summary.json", summary)
         if dist.is_initialized():
             dist.barrier()
+            # Tear gloo/NCCL down before interpreter exit; left alive, its threads
+            # can abort the process at shutdown (seen as SIGABRT on a rank).
+            dist.destroy_process_group()
         return summary
 
     def _ranks_identical(self) -> bool:
