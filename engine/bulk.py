@@ -99,10 +99,9 @@ class JobSummary:
 
 
 def default_bundle() -> Path:
-    raise ValueError(
-        "no default model is embedded in this version of reaudio yet; pass --bundle PATH "
-        "(a folder written by `reaudio export`)"
-    )
+    from .default_model import assembled_bundle
+
+    return assembled_bundle()
 
 
 def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:

@@ -47,7 +47,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         cuda_graphs=args.cuda_graphs,
     )
     echo = (lambda *a, **k: None) if args.quiet and not args.dry_run else print
-    summary = run_job(job, progress=not args.quiet, echo=echo)
+    if args.ray:
+        from .ray_bulk import run_job_on_ray
+
+        summary = run_job_on_ray(job, address=args.ray_address, num_workers=args.ray_workers,
+                                 num_gpus_per_worker=args.num_gpus_per_worker, progress=not args.quiet,
+                                 echo=echo)  # fmt: skip
+    else:
+        summary = run_job(job, progress=not args.quiet, echo=echo)
     if not job.dry_run:
         echo(summary.describe())
     return 1 if summary.failed else 0
@@ -101,6 +108,11 @@ def _add_generate(sub) -> None:
     p.add_argument("--peak-db", type=float, help="peak ceiling in dBFS (e.g. -1)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (--backend cuda)")
+    r = p.add_argument_group("Ray (pip install 'reaudio[ray]')")
+    r.add_argument("--ray", action="store_true", help="run on a Ray cluster with Ray Data (an actor pool of engines)")
+    r.add_argument("--ray-address", help="cluster address (default: RAY_ADDRESS, else a local instance)")
+    r.add_argument("--ray-workers", type=int, default=2, help="engines in the actor pool (default 2)")
+    r.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per engine (default 0: CPU slots)")
     p.set_defaults(func=_cmd_generate)
 
 

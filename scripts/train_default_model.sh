@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Train the default sfx-small model on the Debian sound-effect corpus, end to end.
+# Every step resumes: rerun the script after an interruption and finished work is skipped.
+#
+#   scripts/train_default_model.sh CORPUS_DIR RUNS_DIR
+#
+# Step counts come from the environment (the defaults are the CPU run of the shipped model;
+# on a GPU raise them and add DEVICE=cuda):
+#   CLAP_STEPS VAE_STEPS LDM_STEPS BATCH LDM_BATCH DEVICE
+set -euo pipefail
+CORPUS=${1:?corpus folder (reaudio data build-sfx --out CORPUS)}
+RUNS=${2:?folder for the training runs}
+CONFIG=${CONFIG:-sfx-small}
+DEVICE=${DEVICE:-auto}
+CLAP_STEPS=${CLAP_STEPS:-2000}
+VAE_STEPS=${VAE_STEPS:-1200}
+LDM_STEPS=${LDM_STEPS:-3000}
+BATCH=${BATCH:-16}
+LDM_BATCH=${LDM_BATCH:-8}
+mkdir -p "$RUNS"
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+reaudio data build-sfx --out "$CORPUS" --config "$CONFIG"
+reaudio data stats "$CORPUS/manifest.jsonl" --out "$RUNS/stats"
+
+stamp "CLAP ($CLAP_STEPS steps)"
+reaudio train clap --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/clap" \
+    --steps "$CLAP_STEPS" --batch-size "$BATCH" --lr 3e-4 --device "$DEVICE" --checkpoint-every 250
+
+stamp "VAE ($VAE_STEPS steps)"
+reaudio train vae --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/vae" \
+    --steps "$VAE_STEPS" --batch-size 8 --lr 2e-4 --segment-seconds 1.5 --device "$DEVICE" --checkpoint-every 200
+
+stamp "retrieval database over the training split"
+[ -d "$RUNS/db" ] || reaudio db build --clap "$RUNS/clap/final/clap" --config "$CONFIG" \
+    --data "$CORPUS/manifest.jsonl" --out "$RUNS/db"
+
+stamp "LDM ($LDM_STEPS steps; the vocoder is the universal HiFi-GAN)"
+reaudio train ldm --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/ldm" \
+    --steps "$LDM_STEPS" --batch-size "$LDM_BATCH" --lr 2e-4 --device "$DEVICE" --checkpoint-every 250 \
+    --vae "$RUNS/vae/final/vae" --clap "$RUNS/clap/final/clap" --database "$RUNS/db" --vocoder universal
+
+stamp "export"
+[ -d "$RUNS/bundle" ] || reaudio export "$RUNS/ldm/final" --out "$RUNS/bundle" --database "$RUNS/db"
+stamp "done: $RUNS/bundle"

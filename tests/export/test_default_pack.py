@@ -1,0 +1,83 @@
+"""The default-model pack: int8 weights, checksum verification, assembly into a working bundle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from reaudio.engine import default_model  # noqa: E402
+from reaudio.engine.engine import Engine, Request  # noqa: E402
+from reaudio.export.default_pack import (  # noqa: E402
+    assemble,
+    dequantize_state,
+    quantize_state,
+    verify_pack,
+    write_pack,
+)
+
+
+def test_int8_round_trip_error_is_within_half_a_step():
+    state = {"w": torch.randn(64, 32, 3), "b": torch.randn(64), "small": torch.randn(4, 4)}
+    packed = quantize_state(state)
+    assert packed["w::q"].dtype == torch.int8 and packed["b"].dtype == torch.float16
+    restored = dequantize_state(packed)
+    step = state["w"].reshape(64, -1).abs().amax(dim=1) / 127
+    err = (restored["w"] - state["w"]).reshape(64, -1).abs().amax(dim=1)
+    assert torch.all(err <= step / 2 + 1e-7)
+    assert torch.allclose(restored["b"], state["b"], atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_pack(tiny_artifacts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pack") / "pack"
+    meta = write_pack(tiny_artifacts / "system", tiny_artifacts / "db", out)
+    return out, meta
+
+
+def test_pack_lists_its_files_and_catches_corruption(tiny_pack, tmp_path):
+    import shutil
+
+    pack, meta = tiny_pack
+    assert {"unet.safetensors", "vae_decoder.safetensors", "clap.safetensors", "db/keys.npy"} <= set(meta["files"])
+    assert verify_pack(pack)["format"] == 1
+    broken = tmp_path / "broken"
+    shutil.copytree(pack, broken)
+    keys = np.load(broken / "db" / "keys.npy")
+    keys[0, 0] += 1
+    np.save(broken / "db" / "keys.npy", keys)
+    with pytest.raises(ValueError, match=r"keys.npy: missing or its checksum differs"):
+        verify_pack(broken)
+
+
+def test_assembled_bundle_sounds_like_the_original(tiny_pack, tiny_artifacts, tmp_path):
+    pack, _ = tiny_pack
+    bundle = assemble(pack, tmp_path / "assembled")
+    request = Request("a rising chirp", seed=3, steps=4, duration=1.0)
+    original = Engine.from_bundle(tiny_artifacts / "bundle", backend="cpu").generate([request])[0]
+    rebuilt = Engine.from_bundle(bundle, backend="cpu").generate([request])[0]
+    assert [n for n in rebuilt.neighbours] == [n for n in original.neighbours]  # same retrieval
+    a, b = original.waveform, rebuilt.waveform
+    assert a.shape == b.shape and np.all(np.isfinite(b))
+    # int8 weights: close to, not equal to, the fp32 model (random weights amplify the error).
+    rel = np.linalg.norm(a - b) / np.linalg.norm(a)
+    assert rel < 0.25, rel
+    # Deterministic: assembling again gives the same audio.
+    again = Engine.from_bundle(assemble(pack, tmp_path / "again"), backend="cpu").generate([request])[0]
+    assert np.array_equal(again.waveform, b)
+
+
+def test_default_model_locations_follow_the_cache_variable(tiny_pack, monkeypatch, tmp_path):
+    pack, _ = tiny_pack
+    monkeypatch.setenv("REAUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(default_model, "pack_path", lambda: pack)
+    expected = tmp_path / "cache" / f"default-{default_model.pack_id(pack)}"
+    assert default_model.bundle_path() == expected
+    with pytest.raises(default_model.DefaultModelMissing, match="not assembled yet.*reaudio default-model assemble"):
+        default_model.assembled_bundle()
+    assemble(pack, expected)
+    assert default_model.assembled_bundle() == expected
+    assert json.loads((expected / "manifest.json").read_text())["name"] == "tiny"

@@ -1,0 +1,42 @@
+"""The embedded default model, as a user meets it: `reaudio generate` without --bundle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("torch")
+
+from reaudio.engine import default_model  # noqa: E402
+from reaudio.engine.manifest import read_manifest  # noqa: E402
+from reaudio.export.default_pack import verify_pack  # noqa: E402
+from reaudio.training.cli import main  # noqa: E402
+
+
+def test_pack_is_committed_small_and_intact():
+    pack = default_model.pack_path()
+    meta = verify_pack(pack)  # every file's checksum
+    size = sum(p.stat().st_size for p in pack.rglob("*") if p.is_file())
+    assert size < 20 * 2**20, f"the default pack is {size / 2**20:.1f} MiB; the budget is 20 MiB"
+    assert meta["database"]["info"]["count"] > 1000
+
+
+def test_generate_without_bundle_assembles_and_uses_the_default_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("REAUDIO_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("footsteps crunch on gravel\n")
+    code = main(["generate", str(prompts), "--out", str(tmp_path / "lib"), "--steps", "5", "--duration", "1.0",
+                 "--quiet"])  # fmt: skip
+    assert code == 0
+    bundle = default_model.assembled_bundle()
+    assert bundle.parent == tmp_path / "cache"
+    manifest = read_manifest(bundle, verify=True)  # checksums of every bundle file hold
+    assert manifest.name == "sfx-small" and manifest.retrieval.k > 0
+    entry = json.loads((tmp_path / "lib" / "library.jsonl").read_text().splitlines()[0])
+    assert len(entry["neighbours"]) == manifest.retrieval.k  # the retrieval database is live
+    audio, rate = sf.read(str(tmp_path / "lib" / entry["file"]))
+    assert rate == manifest.mel.sample_rate and len(audio) == rate  # 1.0 s
+    assert np.all(np.isfinite(audio)) and np.sqrt(np.mean(audio**2)) > 1e-3  # finite, not silent
