@@ -16,6 +16,8 @@ from benchmarks.conftest import peak_rss_mb
 from reaudio.engine.retrieval_db import DatabaseInfo, Items, RetrievalDB
 
 SIZES = [int(s) for s in os.environ.get("REAUDIO_BENCH_DB_SIZES", "10000,100000").split(",")]
+#: HNSW graph settings "connectivity,expansion_add,expansion_search" (default: DatabaseInfo's).
+HNSW = [int(s) for s in os.environ.get("REAUDIO_BENCH_HNSW", "16,128,64").split(",")]
 DIM, K, QUERIES = 512, 10, 1000
 
 
@@ -26,10 +28,14 @@ def clustered_keys(n: int, dim: int, seed: int = 0, clusters: int | None = None)
     come from the same distribution as the database, as real prompts would.
     """
     clusters = clusters or max(1, n // 100)
-    centres = np.random.default_rng(7).standard_normal((clusters, dim)).astype(np.float32)
+    centres = np.random.default_rng(7).standard_normal((clusters, dim), dtype=np.float32)
     rng = np.random.default_rng(seed)
-    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 65536):  # in chunks: 1 M × 512 float32 is 2 GB; float64 temporaries would double it
+        rows = min(65536, n - start)
+        x = centres[rng.integers(0, clusters, rows)] + 0.35 * rng.standard_normal((rows, dim), dtype=np.float32)
+        out[start : start + rows] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
 
 
 @pytest.fixture(scope="module", params=SIZES, ids=lambda n: f"{n // 1000}k")
@@ -37,7 +43,8 @@ def database(request, tmp_path_factory):
     n = request.param
     keys = clustered_keys(n, DIM)
     info = DatabaseInfo(key="audio", embed_dim=DIM, audio_tokens=1, audio_dim=1, caption_tokens=1, caption_dim=1,
-                        exact_threshold=0)  # always HNSW  # fmt: skip
+                        exact_threshold=0, connectivity=HNSW[0], expansion_add=HNSW[1],
+                        expansion_search=HNSW[2])  # always HNSW  # fmt: skip
     folder = tmp_path_factory.mktemp(f"db{n}")
     start = time.perf_counter()
     db = RetrievalDB.create(folder, info).add(Items(
@@ -55,6 +62,6 @@ def test_query_throughput_and_recall(benchmark, database):
     n, db, queries, exact, build_s = database
     found = benchmark.pedantic(db.search, args=(queries, K), rounds=3, warmup_rounds=1)
     recall = np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact)])
-    benchmark.extra_info.update(items=n, build_s=round(build_s, 2), recall_at_10=float(recall),
+    benchmark.extra_info.update(items=n, hnsw=HNSW, build_s=round(build_s, 2), recall_at_10=float(recall),
                                 queries_per_s=QUERIES / benchmark.stats.stats.median, peak_rss_mb=peak_rss_mb())  # fmt: skip
     assert recall >= 0.99, f"recall@10 {recall:.3f} at {n} items"

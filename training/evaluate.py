@@ -45,7 +45,7 @@ class EvalConfig:
         k: neighbours per prompt (None: the bundle's default).
         steps, guidance: sampler settings (None: the bundle's defaults).
         seed: clip i is generated with seed + i.
-        limit: score at most this many test clips.
+        limit: score at most this many test clips, evenly spaced over the split.
         backbone: "aisfx", "clap" or "package.module:factory".
         min_label_clips: labels with fewer training clips are left out of the classifier.
     """
@@ -90,7 +90,10 @@ def train_label_classifier(embeddings: np.ndarray, labels: list[str], seed: int 
 def evaluate(cfg: EvalConfig) -> dict:
     start = time.perf_counter()
     clips = read_manifest(cfg.data)
-    test = [c for c in clips if c.split == cfg.split][: cfg.limit]
+    test = [c for c in clips if c.split == cfg.split]
+    if cfg.limit and len(test) > cfg.limit:
+        # Evenly spaced, not the first N: manifests are often grouped by source (package, folder).
+        test = [test[round(i * len(test) / cfg.limit)] for i in range(cfg.limit)]
     train = [c for c in clips if c.split == "train"]
     if len(test) < 2:
         raise ValueError(f"{cfg.data}: need at least 2 '{cfg.split}' clips to score, found {len(test)}")

@@ -107,6 +107,14 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_manifest, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ranks_identical"] is True
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    # Resume across a change of world size: the 2-process run's checkpoint continues in 1 process.
+    resumed = [sys.executable, "-m", "reaudio.training", "vae", "--config", "tiny", "--data", str(tiny_manifest),
+               "--out", str(out), "--steps", "6", "--batch-size", "2", "--lr", "1e-3"]  # fmt: skip
+    proc = subprocess.run(resumed, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at step 4" in proc.stderr  # continued, not restarted
+    assert json.loads((out / "summary.json").read_text())["steps"] == 6
+    assert json.loads((out / "config.json").read_text())["world_size"] == 1
 
 
 def test_cli_db_build_over_the_train_split(tiny_manifest, frozen_parts, tmp_path):
