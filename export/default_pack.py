@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reaudio.engine.dataclass_io import write_json_atomic
+from reaudio.engine.dataclass_io import umask_mode, write_json_atomic
 from reaudio.engine.manifest import Defaults, sha256_file
 from reaudio.engine.retrieval_db import Items, RetrievalDB
 from reaudio.models.clap import CLAP
@@ -105,7 +105,9 @@ def write_pack(system: str | Path, database: str | Path, out: str | Path, proven
 
     cfg, models = load_system([system])
     out = Path(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(umask_mode(0o777))
     try:
         save_file(quantize_state(models["unet"].state_dict()), str(tmp / "unet.safetensors"))
         save_file(quantize_state(_vae_decoder_part(models["vae"])), str(tmp / "vae_decoder.safetensors"))

@@ -196,7 +196,9 @@ def process_source(
     if is_silent(wav):
         return {**record, "status": "dropped", "reason": "silent"}
     split = split_of(source.key, cfg.test_percent)
-    base = slugify(f"{source.package}-{source.inner_path.rsplit('.', 1)[0]}", 120)
+    # The folder and file name say what it is; the digest of the whole key keeps long paths unique.
+    tail = "-".join(source.inner_path.rsplit(".", 1)[0].split("/")[-2:])
+    base = f"{slugify(f'{source.package}-{tail}', 80)}-{zlib.crc32(source.key.encode()):08x}"
     folder = cfg.out / "audio" / source.package
     folder.mkdir(parents=True, exist_ok=True)
     clips = []
@@ -274,6 +276,11 @@ def build_corpus(cfg: CorpusConfig, progress: bool = True) -> dict:
     for package in cfg.packages:
         records += build_package(package, cfg, captions, progress)
     clips = [c for r in records if r["status"] == "kept" for c in r["clips"]]
+    seen: dict[str, str] = {}
+    for clip in clips:
+        if clip["id"] in seen:
+            raise CorpusError(f"clip id {clip['id']} of {clip['source']} clashes with {seen[clip['id']]}")
+        seen[clip["id"]] = clip["source"]
     with atomic_path(cfg.out / "manifest.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in clips), encoding="utf-8")
     report = summarize(records, clips)

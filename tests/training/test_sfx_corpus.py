@@ -133,6 +133,7 @@ def test_build_corpus_end_to_end_and_resume(tmp_path):
     assert report["dropped"] == {"music": 1, "corrupt": 1, "shorter than 0.3 s": 1, "silent": 1}
     assert report["unknown_labels"] == {"0ad-data:zzqx": 1}
     assert report["clips"] == len(rows) == 6
+    assert len({r["id"] for r in rows}) == len(rows)
     assert len(read_manifest(out / "manifest.jsonl")) == 6  # the training side reads it
 
     # A rerun does no work: no file is rewritten.
