@@ -75,6 +75,9 @@ class CorpusConfig:
     captions: Path | None = None
 
 
+_APT_UPDATED: list[int] = []  # exit status of the one `apt-get update` a build may run
+
+
 class CorpusError(RuntimeError):
     """The corpus cannot be built (a package cannot be fetched or unpacked)."""
 
@@ -87,11 +90,16 @@ def fetch_package(package: str, debs: Path, run: Callable = subprocess.run) -> P
         return found[-1]
     log.info("apt-get download %s", package)
     result = run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
+    if result.returncode != 0 and not _APT_UPDATED:
+        # A fresh machine has no package lists yet: fetch them once and try again.
+        log.info("apt-get update (once)")
+        _APT_UPDATED.append(run(["apt-get", "update"], capture_output=True, text=True).returncode)
+        result = run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
     found = sorted(debs.glob(f"{package}_*.deb"))
     if result.returncode != 0 or not found:
         raise CorpusError(
             f"apt-get download {package} failed (exit {result.returncode}): {result.stderr.strip()[-400:]}\n"
-            "run `apt-get update` once, or put the .deb into " + str(debs)
+            "check `apt-get update` (run as root) and the package name, or put the .deb into " + str(debs)
         )
     return found[-1]
 
