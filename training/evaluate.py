@@ -109,7 +109,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len(pairs) < 2:
         raise RuntimeError(f"only {len(pairs)} clip(s) generated; failures: {failed}")
     backbone = load_backbone(cfg.backbone)
-    real_emb = embed_at(backbone, [p[1] for p in pairs], sr)
+    real_emb = _cached(("real", backbone.name, sr, tuple((p[0].id, len(p[1])) for p in pairs)),
+                       lambda: embed_at(backbone, [p[1] for p in pairs], sr))  # fmt: skip
     gen_emb = embed_at(backbone, [p[2] for p in pairs], sr)
     metrics = {"clips": len(pairs), "failed": failed, "backbone": backbone.name, "fad": fad(real_emb, gen_emb)}
 
@@ -118,7 +119,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         counts[c.label] = counts.get(c.label, 0) + 1
     usable = [c for c in train if c.label and counts[c.label] >= cfg.min_label_clips]
     if len({c.label for c in usable}) >= 2:
-        train_emb = embed_at(backbone, [load_audio(c.audio, sr) for c in usable], sr)
+        train_emb = _cached(("train", backbone.name, sr, tuple(c.id for c in usable)),
+                            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in usable], sr))  # fmt: skip
         proba, classes = train_label_classifier(train_emb, [c.label for c in usable], cfg.seed)
         metrics.update(kl=kl_paired(proba(real_emb), proba(gen_emb)), inception_score=inception_score(proba(gen_emb)),
                        classifier_labels=len(classes))  # fmt: skip
@@ -140,6 +142,17 @@ def evaluate(cfg: EvalConfig) -> dict:
     write_report(cfg.out, metrics)
     log.info("scored %d clips in %.1f s", len(pairs), metrics["seconds"])
     return metrics
+
+
+#: Embeddings of real clips, shared by the evaluations of one process (an ablation scores the
+#: same real clips at every k; only the generated ones change).
+_EMBEDDINGS: dict[tuple, np.ndarray] = {}
+
+
+def _cached(key: tuple, compute) -> np.ndarray:
+    if key not in _EMBEDDINGS:
+        _EMBEDDINGS[key] = compute()
+    return _EMBEDDINGS[key]
 
 
 def write_report(out: Path, metrics: dict) -> None:
