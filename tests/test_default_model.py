@@ -40,3 +40,16 @@ def test_generate_without_bundle_assembles_and_uses_the_default_model(tmp_path, 
     audio, rate = sf.read(str(tmp_path / "lib" / entry["file"]))
     assert rate == manifest.mel.sample_rate and len(audio) == rate  # 1.0 s
     assert np.all(np.isfinite(audio)) and np.sqrt(np.mean(audio**2)) > 1e-3  # finite, not silent
+
+
+def test_without_torch_generate_explains_how_to_assemble(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setenv("REAUDIO_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on the runtime-only install
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("rain\n")
+    assert main(["-q", "generate", str(prompts), "--out", str(tmp_path / "lib")]) == 2
+    err = capsys.readouterr().err
+    assert "not assembled yet" in err and "reaudio default-model assemble" in err and "--bundle" in err
+    assert not (tmp_path / "lib" / "library.jsonl").exists()

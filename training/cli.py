@@ -292,11 +292,11 @@ def ensure_default_model(echo=print) -> Path:
 
     try:
         return assembled_bundle()
-    except DefaultModelMissing:
+    except DefaultModelMissing as missing:
         try:
             import torch  # noqa: F401
         except ImportError:
-            raise
+            raise missing from None  # its message says how to assemble it
     import time
 
     from reaudio.export.default_pack import assemble
@@ -349,7 +349,8 @@ def _add_default_model(sub, common) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["generate"] and "--bundle" not in argv and not any(a.startswith("--bundle=") for a in argv):
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "generate" and "--bundle" not in argv and not any(a.startswith("--bundle=") for a in argv):
         # Assemble the default model first when this install can (torch); else the engine explains.
         if not {"-h", "--help"} & set(argv):
             try:
