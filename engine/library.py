@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 LIBRARY_MANIFEST = "library.jsonl"
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
 TEMPLATE_FIELDS = ("id", "slug", "seed", "variation")
+#: Where audio that would pass full scale is brought down to (dBFS).
+OVER_PEAK_DBFS = -0.1
 
 
 def check_template(template: str) -> None:
@@ -85,12 +87,19 @@ class Library:
         return True
 
     def write(self, file_name: str, waveform: np.ndarray, sample_rate: int, entry: dict) -> dict:
-        """Write the audio atomically, then append its manifest line (fsynced)."""
+        """Write the audio atomically, then append its manifest line (fsynced).
+
+        Audio that would pass full scale is scaled down to ``OVER_PEAK_DBFS`` rather than
+        hard-clipped (clipping distorts); the applied gain is recorded as ``gain_db``.
+        """
         kind, subtype = FORMATS[self.format]
         path = self.folder / file_name
+        peak = float(np.max(np.abs(waveform))) if len(waveform) else 0.0
+        gain = 10 ** (OVER_PEAK_DBFS / 20) / peak if peak > 1.0 else 1.0
         with atomic_path(path, suffix=".part") as tmp:
-            sf.write(tmp, np.clip(waveform, -1.0, 1.0), sample_rate, format=kind, subtype=subtype)
-        entry = {**entry, "file": file_name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            sf.write(tmp, waveform * gain if gain != 1.0 else waveform, sample_rate, format=kind, subtype=subtype)
+        entry = {**entry, "gain_db": round(20 * float(np.log10(gain)), 3), "file": file_name,
+                 "bytes": path.stat().st_size, "sha256": sha256_file(path)}  # fmt: skip
         with open(self.manifest_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry, ensure_ascii=False) + "\n")
             f.flush()

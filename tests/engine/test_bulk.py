@@ -149,3 +149,22 @@ def test_cli_quiet_after_the_subcommand_prints_nothing(tiny_bundle, tmp_path):
     )
     assert "1 clip(s) written, 2 already done, 0 failed" in loud.stdout
     assert "clip/s" in loud.stderr  # the progress bar
+
+
+def test_library_scales_down_audio_that_would_clip_instead_of_clipping(tmp_path):
+    from reaudio.engine.library import OVER_PEAK_DBFS
+
+    library = Library(tmp_path, "wav")
+    rate = 8000
+    t = np.arange(rate) / rate
+    loud = (2.0 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)  # peak 2.0: would be hard-clipped
+    quiet = (0.5 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    loud_entry = library.write("loud.wav", loud, rate, {"key": "loud#0"})
+    quiet_entry = library.write("quiet.wav", quiet, rate, {"key": "quiet#0"})
+    written, _ = sf.read(str(tmp_path / "loud.wav"))
+    assert np.abs(written).max() == pytest.approx(10 ** (OVER_PEAK_DBFS / 20), abs=1e-3)
+    # Same shape, just quieter: no flattened peaks.
+    assert np.corrcoef(written, loud)[0, 1] > 0.9999
+    assert loud_entry["gain_db"] == pytest.approx(OVER_PEAK_DBFS - 20 * np.log10(2.0), abs=1e-3)
+    assert quiet_entry["gain_db"] == 0.0
+    assert np.abs(sf.read(str(tmp_path / "quiet.wav"))[0]).max() == pytest.approx(0.5, abs=1e-3)
