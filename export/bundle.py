@@ -5,13 +5,12 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from torch import nn
 
-from reaudio.engine.dataclass_io import umask_mode, write_json_atomic
+from reaudio.engine.dataclass_io import atomic_dir, write_json_atomic
 from reaudio.engine.manifest import (
     FORMAT_VERSION,
     Defaults,
@@ -111,10 +110,7 @@ def export_bundle(
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     models = {name: copy.deepcopy(m).eval() for name, m in models.items()}
     models["vocoder"].remove_weight_norm()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    tmp.chmod(umask_mode(0o777))
-    try:
+    with atomic_dir(out) as tmp:
         stages, report = {}, {"parity_fp32": [], "parity_fp16": []}
         for stage in stages_for(models):
             rel = f"{stage}/model.onnx"
@@ -151,11 +147,5 @@ def export_bundle(
         cfg.save(tmp / "family.json")  # lets `reaudio plans build` derive profiles from the bundle alone
         defaults = defaults or Defaults(duration=cfg.clip_seconds)
         manifest = write_manifest(tmp, build_manifest(cfg, stages, defaults, null_condition, family_name))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("bundle written: %s (%d files)", out, len(manifest.files))
     return manifest

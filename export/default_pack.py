@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reaudio.engine.dataclass_io import umask_mode, write_json_atomic
+from reaudio.engine.dataclass_io import atomic_dir, to_dict, write_json_atomic
 from reaudio.engine.manifest import Defaults, sha256_file
 from reaudio.engine.retrieval_db import Items, RetrievalDB
 from reaudio.models.clap import CLAP
@@ -104,11 +104,7 @@ def write_pack(system: str | Path, database: str | Path, out: str | Path, proven
     from reaudio.models.system import load_system
 
     cfg, models = load_system([system])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(umask_mode(0o777))
-    try:
+    with atomic_dir(out) as tmp:
         save_file(quantize_state(models["unet"].state_dict()), str(tmp / "unet.safetensors"))
         save_file(quantize_state(_vae_decoder_part(models["vae"])), str(tmp / "vae_decoder.safetensors"))
         save_file({k: v.half() for k, v in _clap_stored_part(models["clap"]).items()}, str(tmp / "clap.safetensors"))
@@ -124,18 +120,12 @@ def write_pack(system: str | Path, database: str | Path, out: str | Path, proven
         np.save(tmp / "db" / "audio_scales.npy", scales.astype(np.float32))
         meta = {
             "format": PACK_FORMAT,
-            "database": {"info": json.loads((db.generation / "db.json").read_text(encoding="utf-8"))},
+            "database": {"info": to_dict(db.info)},
             "provenance": provenance or {},
         }
         cfg.save(tmp / "family.json")
         meta["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         write_json_atomic(tmp / "pack.json", meta)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
@@ -181,9 +171,9 @@ def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
 
 
 @torch.no_grad()
-def _pack_database(pack: Path, cfg: FamilyConfig, clap: CLAP, folder: Path) -> RetrievalDB:
+def _pack_database(pack: Path, meta: dict, cfg: FamilyConfig, clap: CLAP, folder: Path) -> RetrievalDB:
     """The full database: pack keys and audio tokens, caption tokens recomputed with the wheel's MiniLM."""
-    meta = json.loads((pack / "pack.json").read_text(encoding="utf-8"))["database"]["info"]
+    info = meta["database"]["info"]
     records = [json.loads(line) for line in (pack / "db" / "items.jsonl").read_text(encoding="utf-8").splitlines()]
     keys = np.load(pack / "db" / "keys.npy")
     tokens = np.load(pack / "db" / "audio_tokens.npy").astype(np.float32)
@@ -194,7 +184,7 @@ def _pack_database(pack: Path, cfg: FamilyConfig, clap: CLAP, folder: Path) -> R
         t, m = encoder.caption_features([r["caption"] for r in records[start : start + 64]])
         cap_tokens.append(t.numpy())
         cap_masks.append(m.numpy())
-    info = replace(database_info(cfg, meta.get("provenance", {})), count=0)
+    info = replace(database_info(cfg, info.get("provenance", {})), count=0)
     db = RetrievalDB.create(folder, info)
     return db.add(Items(records, keys, tokens, np.concatenate(cap_tokens), np.concatenate(cap_masks)))
 
@@ -202,11 +192,11 @@ def _pack_database(pack: Path, cfg: FamilyConfig, clap: CLAP, folder: Path) -> R
 def assemble(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the bundle of ``pack`` to ``out`` (deterministic: same pack and wheels → same graphs)."""
     pack, out = Path(pack), Path(out)
-    verify_pack(pack)
+    meta = verify_pack(pack)
     torch.manual_seed(0)
     cfg, models = load_pack_models(pack)
     with tempfile.TemporaryDirectory(prefix="reaudio-pack-db-") as tmp:
-        _pack_database(pack, cfg, models["clap"], Path(tmp) / "db")
+        _pack_database(pack, meta, cfg, models["clap"], Path(tmp) / "db")
         export_bundle(cfg, models, out, database=Path(tmp) / "db", overwrite=overwrite,
                       defaults=Defaults(duration=cfg.clip_seconds))  # fmt: skip
     return out
