@@ -5,7 +5,8 @@ between steps. Instead two graphs are captured per shape — step A reads buffer
 pair 0 and writes pair 1, step B the reverse — and alternated; per-step inputs
 (timestep, coefficients) are written into their fixed device buffers with
 ``OrtValue.update_inplace``. Written to onnxruntime's documented CUDA-graph API
-(``enable_cuda_graph``, ``gpu_graph_id``); not yet run on a GPU.
+(``enable_cuda_graph``, ``gpu_graph_id``). ``device`` "cpu" runs the same
+buffer schedule on the CPU provider without graphs, so the tests can check it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from .sampler import SamplerPlan
 
 
 class CudaGraphDenoiser:
-    def __init__(self, model_path: str, device_id: int, input_dtypes: dict[str, np.dtype]) -> None:
+    def __init__(
+        self, model_path: str, device_id: int, input_dtypes: dict[str, np.dtype], device: str = "cuda"
+    ) -> None:
         self.model_path = model_path
         self.device_id = device_id
+        self.device = device
         self.input_dtypes = input_dtypes
         self._states: dict[tuple, dict] = {}
 
@@ -29,11 +33,17 @@ class CudaGraphDenoiser:
             return self._states[key]
         import onnxruntime as ort
 
-        provider = ("CUDAExecutionProvider", {"device_id": self.device_id, "enable_cuda_graph": "1"})
-        session = ort.InferenceSession(self.model_path, providers=[provider])
+        if self.device == "cuda":
+            providers = [("CUDAExecutionProvider", {"device_id": self.device_id, "enable_cuda_graph": "1"})]
+        else:
+            providers = ["CPUExecutionProvider"]
+        session = ort.InferenceSession(self.model_path, providers=providers)
+
+        host_arrays = []  # on the CPU provider an OrtValue borrows the array's memory: keep it alive
 
         def buffer(array: np.ndarray):
-            return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", self.device_id)
+            host_arrays.append(np.array(array, order="C"))  # a copy: buffers must not share memory
+            return ort.OrtValue.ortvalue_from_numpy(host_arrays[-1], self.device, self.device_id)
 
         zeros = np.zeros_like(latent, dtype=np.float32)
         latents, x0s = [buffer(zeros), buffer(zeros)], [buffer(zeros), buffer(zeros)]
@@ -54,7 +64,7 @@ class CudaGraphDenoiser:
             bindings.append(binding)
             options.append(run)
         state = {"session": session, "latents": latents, "x0s": x0s, "fixed": fixed, "per_step": per_step,
-                 "bindings": bindings, "options": options}  # fmt: skip
+                 "bindings": bindings, "options": options, "host_arrays": host_arrays}  # fmt: skip
         self._states[key] = state
         return state
 

@@ -24,19 +24,24 @@ def denoise_host(runner, plan: SamplerPlan, latent: np.ndarray, conditions: dict
 
 
 def denoise_device(
-    runner, plan: SamplerPlan, latent: np.ndarray, conditions: dict[str, np.ndarray], device_id: int
-) -> np.ndarray:
+    runner, plan: SamplerPlan, latent: np.ndarray, conditions: dict[str, np.ndarray], device_id: int,
+    device: str = "cuda",
+) -> np.ndarray:  # fmt: skip
     """Loop with onnxruntime IO binding: latents and conditions stay in GPU memory across steps.
 
     Only the per-step timestep and coefficients (a few bytes) cross from the host;
-    the two latent buffers are swapped, never copied.
+    the two latent buffers are swapped, never copied. ``device`` "cpu" runs the
+    same binding logic on the CPU provider (how the tests check it without a GPU).
     """
     import onnxruntime as ort
 
     session = runner.session
 
+    host_arrays = []  # on the CPU provider an OrtValue borrows the array's memory: keep it alive
+
     def on_device(array: np.ndarray):
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", device_id)
+        host_arrays.append(np.array(array, order="C"))  # a copy: buffers must not share memory
+        return ort.OrtValue.ortvalue_from_numpy(host_arrays[-1], device, device_id)
 
     dtypes = runner.input_dtypes
     latent = latent.astype(np.float32)
@@ -47,7 +52,8 @@ def denoise_device(
     for name, value in fixed.items():
         binding.bind_ortvalue_input(name, value)
     for i in range(len(plan)):
-        for name, value in step_feeds(plan, i, latent.shape[0]).items():
+        per_step = step_feeds(plan, i, latent.shape[0])  # bound by reference: must outlive the run
+        for name, value in per_step.items():
             binding.bind_cpu_input(name, value)
         binding.bind_ortvalue_input("latent", x)
         binding.bind_ortvalue_input("prev_x0", prev)
@@ -56,4 +62,4 @@ def denoise_device(
         session.run_with_iobinding(binding)
         x, x_next = x_next, x
         prev, x0 = x0, prev
-    return x.numpy()
+    return np.array(x.numpy())  # a copy: on the CPU provider x borrows memory freed on return

@@ -1,20 +1,23 @@
-"""The prepared GPU check: ORT-CUDA parity and engine-vs-diffusers fp16 timing, results as JSON.
+"""The prepared GPU check: diffusers fp16 vs the engine on ORT-CUDA, same card, same weights.
 
-    python benchmarks/gpu/gpu_checks.py --out $OUT [--quick]
+    python benchmarks/gpu/gpu_checks.py --phase build --out $OUT   # needs torch + diffusers only
+    python benchmarks/gpu/gpu_checks.py --phase ort --out $OUT     # needs onnxruntime-gpu too
 
-Needs onnxruntime-gpu (CUDA provider), torch with CUDA and diffusers on the GPU
-machine (see README.md beside this file for carrying the wheels). Steps, each
-written to ``$OUT/gpu_checks.json`` as soon as it finishes, so a run cut short
-still reports what it did:
+Two phases because onnxruntime-gpu (255 MB) reaches the machine in parts over
+several calls (README.md beside this file): ``build`` does the work that needs
+no onnxruntime while the parts arrive, ``ort`` the rest. Both keep their state
+in ``--work`` (default /tmp/reaudio-gpu) and write ``$OUT/<phase>.json`` after
+every step, so a run cut short still reports what it did; a failing step is
+recorded with its traceback and the next step still runs.
 
-1. environment: GPU name, onnxruntime providers, versions;
-2. parity: every stage of a random `tiny` bundle on ORT-CUDA fp32 and fp16 vs
-   ORT-CPU fp32 (relative error of peak);
-3. timing: a random AudioLDM-S-sized diffusers pipeline in fp16 on CUDA vs the
-   engine on the imported bundle (fp16 graphs, IO binding), 10-s clips, 25 DDIM
-   steps, batch 1/4/8, warm-up then alternating runs, median of 3.
-
-Written without a GPU at hand (2026-11-27); it has not run yet.
+build: environment; a random AudioLDM-S-sized diffusers pipeline and its
+       imported fp16 bundle; diffusers fp16 alone (10-s clips, 25 DDIM steps,
+       batch 1/4/8, median of 3 after a warm-up); the pipeline's FLOPs per clip
+       (torch's FlopCounterMode) and a measured fp16 matmul peak.
+ort:   parity of every stage of a random `tiny` bundle on ORT-CUDA fp32/fp16 vs
+       ORT-CPU fp32; then diffusers fp16, the engine (fp16 graphs, IO binding)
+       and the engine with CUDA graphs, alternating in one process on the same
+       prompts and latents; throughput ratios and waveform differences.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +36,198 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+STEPS, SECONDS, GUIDANCE, REPEATS = 25, 10.0, 2.5, 3
+#: --dry-run-cpu: the whole script on the CPU with the tiny pipeline, to check it before spending GPU time.
+DEVICE, SIZE = "cuda", "audioldm-s"
 
-def save(out: Path, report: dict) -> None:
-    (out / "gpu_checks.json").write_text(json.dumps(report, indent=2))
+
+def to_json(value):
+    return float(value) if isinstance(value, (np.floating, np.integer)) else repr(value)
 
 
-def environment() -> dict:
-    import onnxruntime as ort
+class Report:
+    """A JSON report rewritten after every step; failing steps keep their traceback."""
 
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()  # fmt: skip
-    return {"gpu": gpu, "providers": ort.get_available_providers(), "onnxruntime": ort.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    def __init__(self, path: Path) -> None:
+        self.path, self.data = path, {}
+
+    def step(self, name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+        try:
+            value = fn(*args, **kwargs)
+            self.data[name] = value
+        except Exception:  # a report of what broke is the point of this script
+            value = None
+            self.data[name] = {"error": traceback.format_exc()}
+            print(self.data[name]["error"], flush=True)
+        self.data.setdefault("step_seconds", {})[name] = round(time.perf_counter() - start, 2)
+        self.path.write_text(json.dumps(self.data, indent=2, default=to_json))
+        return value
+
+
+def environment(work: Path) -> dict:
+    import torch
+
+    marker = work / "marker.txt"
+    previous = marker.read_text() if marker.is_file() else None
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()  # fmt: skip
+    info = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "work_marker_from_earlier_call": previous}  # fmt: skip
+    try:
+        import onnxruntime as ort
+
+        info.update(onnxruntime=ort.__version__, providers=ort.get_available_providers())
+    except ImportError as exc:
+        info["onnxruntime"] = f"missing: {exc}"
+    return info
+
+
+def sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def clip_frames(m) -> tuple[int, float]:
+    per_frame = m.latent.downsample * m.mel.hop_length
+    frames = -(-round(SECONDS * m.sample_rate) // per_frame)
+    return frames, frames * per_frame / m.sample_rate
+
+
+def build(work: Path) -> dict:
+    from reaudio.export.import_audioldm import import_audioldm
+    from tests.make_tiny_audioldm import make
+
+    times = {}
+    if not (work / SIZE / "pipeline" / "model_index.json").is_file():
+        start = time.perf_counter()
+        make(work / SIZE, SIZE)
+        times["make_pipeline_s"] = time.perf_counter() - start
+    if not (work / SIZE / "bundle" / "manifest.json").is_file():
+        start = time.perf_counter()
+        import_audioldm(work / SIZE / "pipeline", work / SIZE / "bundle", fp16=True, overwrite=True)
+        times["import_bundle_s"] = time.perf_counter() - start
+    return times
+
+
+class Workload:
+    """The shared inputs: prompts and explicit initial latents per batch size."""
+
+    def __init__(self, work: Path) -> None:
+        from reaudio.engine.manifest import read_manifest
+
+        self.pipeline_dir = work / SIZE / "pipeline"
+        self.bundle = work / SIZE / "bundle"
+        self.manifest = read_manifest(self.bundle, verify=False)
+        self.frames, self.seconds = clip_frames(self.manifest)
+
+    def inputs(self, batch: int) -> tuple[list[str], np.ndarray]:
+        m = self.manifest
+        prompts = [f"sound effect number {i}: a dog barks in the rain" for i in range(batch)]
+        shape = (batch, m.latent.channels, self.frames, m.latent.freq)
+        return prompts, np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
+
+
+def diffusers_runner(load: Workload):
+    import torch
+    from diffusers import AudioLDMPipeline
+
+    dtype = torch.float16 if DEVICE == "cuda" else torch.float32
+    pipe = AudioLDMPipeline.from_pretrained(str(load.pipeline_dir), torch_dtype=dtype).to(DEVICE)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(batch: int) -> np.ndarray:
+        prompts, latents = load.inputs(batch)
+        with torch.inference_mode():
+            out = pipe(prompts, audio_length_in_s=load.seconds, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                       latents=torch.from_numpy(latents).to(DEVICE, dtype), output_type="np").audios
+        sync()
+        return np.asarray(out, dtype=np.float32)
+
+    return pipe, run
+
+
+def engine_runner(load: Workload, cuda_graphs: bool):
+    from reaudio.engine.engine import Engine, Request
+
+    engine = Engine.from_bundle(load.bundle, backend=DEVICE, cuda_graphs=cuda_graphs, verify=False)
+    providers = {name: r.session.get_providers() for name, r in engine.runners.items()}
+
+    def run(batch: int) -> np.ndarray:
+        prompts, latents = load.inputs(batch)
+        reqs = [Request(p, initial_latent=lat, steps=STEPS, guidance=GUIDANCE, sampler="ddim")
+                for p, lat in zip(prompts, latents)]
+        results = engine.generate(reqs, batch_size=batch)
+        bad = [r.error for r in results if not r.ok]
+        if bad:
+            raise RuntimeError(f"engine failed: {bad[0]}")
+        return np.stack([r.waveform for r in results])
+
+    return providers, run
+
+
+def timed(runners: dict, batches: list[int], work: Path, save_outputs: bool = False) -> list[dict]:
+    """Warm-up, then ``REPEATS`` rounds alternating the runners; medians, ratios, waveform differences."""
+    rows = []
+    for batch in batches:
+        outputs, times, errors = {}, {name: [] for name in runners}, {}
+        for name, run in runners.items():
+            try:
+                outputs[name] = run(batch)
+            except Exception:
+                errors[name] = traceback.format_exc()
+                print(errors[name], flush=True)
+        live = {n: r for n, r in runners.items() if n in outputs}
+        for _ in range(REPEATS):
+            for name, run in live.items():
+                start = time.perf_counter()
+                run(batch)
+                times[name].append(time.perf_counter() - start)
+        med = {name: statistics.median(t) for name, t in times.items() if t}
+        row = {"batch": batch, "steps": STEPS, "seconds_audio": SECONDS, "median_s": med, "runs_s": times,
+               "clips_per_s": {n: batch / t for n, t in med.items()}, "errors": errors}  # fmt: skip
+        if "diffusers_fp16" in med:
+            row["speedup_vs_diffusers"] = {n: med["diffusers_fp16"] / t for n, t in med.items()}
+        if "diffusers_fp16" in outputs:
+            ref = outputs["diffusers_fp16"]
+            n = min(ref.shape[-1], *(o.shape[-1] for o in outputs.values()))
+            row["max_abs_diff_rel_peak_vs_diffusers"] = {
+                name: float(np.abs(o[..., :n] - ref[..., :n]).max() / np.abs(ref).max()) for name, o in outputs.items()
+            }
+            if save_outputs:
+                np.save(work / f"diffusers_b{batch}.npy", ref)
+        rows.append(row)
+    return rows
+
+
+def flops_and_peak(load: Workload) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pipe, run = diffusers_runner(load)
+    with FlopCounterMode(display=False) as counter:
+        run(1)
+    per_clip = counter.get_total_flops()
+    size = 8192 if DEVICE == "cuda" else 512
+    a = torch.randn(size, size, device=DEVICE, dtype=torch.float16 if DEVICE == "cuda" else torch.float32)
+    for _ in range(3):
+        a @ a
+    sync()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    sync()
+    peak = 10 * 2 * size**3 / (time.perf_counter() - start)
+    del pipe
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    return {"pipeline_flops_per_clip": per_clip, "fp16_matmul_peak_flops": peak,
+            "floor_s_per_clip_at_measured_peak": per_clip / peak}  # fmt: skip
 
 
 def parity(work: Path) -> list[dict]:
@@ -54,7 +238,7 @@ def parity(work: Path) -> list[dict]:
     from reaudio.models.configs import load_config
     from tests.make_tiny_bundle import make
 
-    bundle = make(work / "tiny", fp16=True)
+    bundle = make(work / "reaudio-tiny", fp16=True)
     manifest = read_manifest(bundle)
     cfg = load_config(bundle / "family.json")
     rows = []
@@ -64,88 +248,54 @@ def parity(work: Path) -> list[dict]:
         cpu = ort.InferenceSession(str(bundle / spec.file), providers=["CPUExecutionProvider"])
         expected = cpu.run(None, feeds)
         for label, file in (("fp32", spec.file), ("fp16", spec.fp16_file)):
-            sess = ort.InferenceSession(str(bundle / file), providers=["CUDAExecutionProvider"])
+            provider = "CUDAExecutionProvider" if DEVICE == "cuda" else "CPUExecutionProvider"
+            sess = ort.InferenceSession(str(bundle / file), providers=[provider])
             actual = sess.run(None, feeds)
             for out_spec, e, a in zip(spec.outputs, expected, actual):
                 rel = float(np.abs(a - e).max() / (np.abs(e).max() or 1.0))
-                rows.append({"stage": stage, "precision": label, "output": out_spec.name, "rel": rel})
-    return rows
-
-
-def timing(work: Path, batches: list[int], steps: int, seconds: float, repeats: int) -> list[dict]:
-    import torch
-    from diffusers import AudioLDMPipeline
-
-    from reaudio.engine.engine import Engine, Request
-    from reaudio.export.import_audioldm import import_audioldm
-    from tests.make_tiny_audioldm import make
-
-    pipeline_dir = work / "audioldm-s" / "pipeline"
-    if not (pipeline_dir / "model_index.json").is_file():
-        make(work / "audioldm-s", "audioldm-s")
-    bundle = work / "audioldm-s" / "bundle"
-    if not (bundle / "manifest.json").is_file():
-        import_audioldm(pipeline_dir, bundle, fp16=True, overwrite=True)
-    pipe = AudioLDMPipeline.from_pretrained(str(pipeline_dir), torch_dtype=torch.float16).to("cuda")
-    pipe.set_progress_bar_config(disable=True)
-    engine = Engine.from_bundle(bundle, backend="cuda")
-    graphs = Engine.from_bundle(bundle, backend="cuda", cuda_graphs=True)
-    m = engine.manifest
-    frames = -(-round(seconds * m.sample_rate) // (m.latent.downsample * m.mel.hop_length))
-    length = frames * m.latent.downsample * m.mel.hop_length / m.sample_rate
-    rows = []
-    for batch in batches:
-        prompts = [f"sound effect number {i}" for i in range(batch)]
-        latents = np.random.default_rng(batch).standard_normal(
-            (batch, m.latent.channels, frames, m.latent.freq)).astype(np.float32)  # fmt: skip
-
-        def run_diffusers(prompts=prompts, latents=latents):
-            out = pipe(prompts, audio_length_in_s=length, num_inference_steps=steps, guidance_scale=2.5,
-                       latents=torch.from_numpy(latents).to("cuda", torch.float16), output_type="np").audios
-            torch.cuda.synchronize()
-            return out
-
-        def run_engine(prompts=prompts, latents=latents, batch=batch):
-            reqs = [Request(p, initial_latent=lat, steps=steps, guidance=2.5) for p, lat in zip(prompts, latents)]
-            return np.stack([r.waveform for r in engine.generate(reqs, batch_size=batch)])
-
-        def run_graphs(prompts=prompts, latents=latents, batch=batch):
-            reqs = [Request(p, initial_latent=lat, steps=steps, guidance=2.5) for p, lat in zip(prompts, latents)]
-            return np.stack([r.waveform for r in graphs.generate(reqs, batch_size=batch)])
-
-        ref, ours, replayed = run_diffusers(), run_engine(), run_graphs()
-        times = {"diffusers_fp16": [], "reaudio_cuda_fp16": [], "reaudio_cuda_graphs": []}
-        for _ in range(repeats):
-            for name, fn in (("diffusers_fp16", run_diffusers), ("reaudio_cuda_fp16", run_engine),
-                             ("reaudio_cuda_graphs", run_graphs)):  # fmt: skip
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append({"batch": batch, "seconds": length, "steps": steps, **{f"{k}_s": v for k, v in med.items()},
-                     "ratio": med["diffusers_fp16"] / med["reaudio_cuda_fp16"],
-                     "max_abs_diff_rel_peak": float(np.abs(ref - ours).max() / np.abs(ref).max()),
-                     "graphs_vs_plain_rel_peak": float(np.abs(replayed - ours).max() / np.abs(ours).max()),
-                     "runs": times})  # fmt: skip
+                rows.append({"stage": stage, "precision": label, "output": out_spec.name, "rel": rel,
+                             "providers": sess.get_providers()})  # fmt: skip
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", choices=("build", "ort"), required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/reaudio-gpu"))
-    parser.add_argument("--quick", action="store_true", help="parity only, no timing")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--dry-run-cpu", action="store_true", help="tiny pipeline on the CPU, 3 steps: checks the script")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"environment": environment()}
-    save(args.out, report)
-    report["parity"] = parity(args.work)
-    save(args.out, report)
-    if not args.quick:
-        report["timing"] = timing(args.work, args.batches, steps=25, seconds=10.0, repeats=3)
-        save(args.out, report)
-    print(json.dumps(report, indent=2)[:6000])
+    import torch  # first: its CUDA, cuBLAS and cuDNN libraries are then loaded for onnxruntime too
+
+    global DEVICE, SIZE, STEPS, SECONDS
+    if args.dry_run_cpu:
+        DEVICE, SIZE, STEPS, SECONDS = "cpu", "tiny", 3, 2.0
+    else:
+        assert torch.cuda.is_available(), "no CUDA device"
+    report = Report(args.out / f"{args.phase}.json")
+    report.step("environment", environment, args.work)
+    if args.phase == "build":
+        report.step("build", build, args.work)
+        load = report.step("workload", Workload, args.work)
+        report.data["workload"] = {"frames": load.frames, "seconds": load.seconds} if load else report.data["workload"]
+        if load:
+            report.step("flops", flops_and_peak, load)
+            _, run = diffusers_runner(load)
+            report.step("diffusers_alone", timed, {"diffusers_fp16": run}, args.batches, args.work, True)
+    else:
+        report.step("build", build, args.work)  # nothing to do when the build phase ran on this machine
+        report.step("parity_tiny", parity, args.work)
+        load = Workload(args.work)
+        runners = {"diffusers_fp16": diffusers_runner(load)[1]}
+        for name, graphs in (("reaudio_cuda_fp16", False), ("reaudio_cuda_graphs", True)):
+            made = report.step(f"load_{name}", engine_runner, load, graphs)
+            if made:
+                report.data[f"load_{name}"] = made[0]
+                runners[name] = made[1]
+        report.step("side_by_side", timed, runners, args.batches, args.work)
+    print(json.dumps(report.data, indent=1, default=to_json)[-8000:], flush=True)
 
 
 if __name__ == "__main__":

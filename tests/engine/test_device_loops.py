@@ -1,0 +1,51 @@
+"""The GPU denoising loops' buffer logic, run on onnxruntime's CPU provider.
+
+``denoise_device`` (IO binding, swapped buffers) and ``CudaGraphDenoiser`` (two
+alternating bindings over fixed buffers) must give exactly what the plain host
+loop gives; on a GPU only the provider changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reaudio.engine.cuda_graphs import CudaGraphDenoiser
+from reaudio.engine.engine import Engine, Request
+from reaudio.engine.loop import denoise_device, denoise_host
+from reaudio.engine.sampler import make_plan
+
+
+@pytest.fixture(scope="module")
+def captured(tiny_artifacts):
+    """The denoiser's real inputs for a batch of two prompts, taken from a CPU engine run."""
+    engine = Engine.from_bundle(tiny_artifacts / "bundle", backend="cpu")
+    seen = {}
+    original = engine._denoise
+
+    def spy(runners, batch, conditions):
+        seen["latent"] = engine._initial_latents(batch)
+        seen["conditions"] = conditions
+        return original(runners, batch, conditions)
+
+    engine._denoise = spy
+    engine.generate([Request("a dog barks", seed=1, steps=3), Request("rain", seed=2, steps=3)], batch_size=2)
+    return engine, seen
+
+
+@pytest.mark.parametrize("steps", [3, 4])  # odd and even: the result lands in either buffer
+def test_device_loops_match_host_loop(captured, steps):
+    engine, seen = captured
+    runner = engine.runners["denoiser"]
+    plan = make_plan(engine.manifest.schedule, "ddim", steps)
+    expected = denoise_host(runner, plan, seen["latent"], seen["conditions"])
+
+    bound = denoise_device(runner, plan, seen["latent"], seen["conditions"], 0, device="cpu")
+    np.testing.assert_array_equal(bound, expected)
+
+    spec = engine.manifest.stages["denoiser"]
+    graphs = CudaGraphDenoiser(str(engine.bundle / spec.file), 0, runner.input_dtypes, device="cpu")
+    np.testing.assert_allclose(graphs(plan, seen["latent"], seen["conditions"]), expected, rtol=0, atol=1e-6)
+    # a second call on the cached buffers must not see the first call's state
+    np.testing.assert_allclose(graphs(plan, seen["latent"], seen["conditions"]), expected, rtol=0, atol=1e-6)
+    assert len(graphs._states) == 1
