@@ -17,14 +17,41 @@ from .loop import step_feeds
 from .sampler import SamplerPlan
 
 
+class CudaGraphsUnavailable(RuntimeError):
+    """onnxruntime cannot capture this graph (some nodes would run outside the CUDA provider)."""
+
+
+def fixed_dims(input_shapes: dict[str, list], arrays: dict[str, np.ndarray]) -> dict[str, int]:
+    """Sizes of the graph's named (dynamic) axes, read off the arrays that will be bound."""
+    dims: dict[str, int] = {}
+    for name, array in arrays.items():
+        for axis, size in zip(input_shapes.get(name, ()), np.shape(array)):
+            if isinstance(axis, str):
+                dims[axis] = int(size)
+    return dims
+
+
 class CudaGraphDenoiser:
+    """One session per input shape, its dynamic axes fixed.
+
+    Fixing the axes (``add_free_dimension_override_by_name``) lets onnxruntime fold
+    the shape arithmetic that it would otherwise place on the CPU provider; a graph
+    with any node outside the CUDA provider cannot be captured.
+    """
+
     def __init__(
-        self, model_path: str, device_id: int, input_dtypes: dict[str, np.dtype], device: str = "cuda"
+        self,
+        model_path: str,
+        device_id: int,
+        input_dtypes: dict[str, np.dtype],
+        device: str = "cuda",
+        input_shapes: dict[str, list] | None = None,
     ) -> None:
         self.model_path = model_path
         self.device_id = device_id
         self.device = device
         self.input_dtypes = input_dtypes
+        self.input_shapes = input_shapes or {}
         self._states: dict[tuple, dict] = {}
 
     def _state(self, latent: np.ndarray, conditions: dict[str, np.ndarray]) -> dict:
@@ -37,7 +64,16 @@ class CudaGraphDenoiser:
             providers = [("CUDAExecutionProvider", {"device_id": self.device_id, "enable_cuda_graph": "1"})]
         else:
             providers = ["CPUExecutionProvider"]
-        session = ort.InferenceSession(self.model_path, providers=providers)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        per_step_example = step_feeds(SamplerPlan("ddim", np.ones(1, np.int64), np.ones((1, 5))), 0, latent.shape[0])
+        arrays = {"latent": latent, "prev_x0": latent, **conditions, **per_step_example}
+        for axis, size in fixed_dims(self.input_shapes, arrays).items():
+            opts.add_free_dimension_override_by_name(axis, size)
+        try:
+            session = ort.InferenceSession(self.model_path, opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail type for a refused capture
+            raise CudaGraphsUnavailable(f"{self.model_path}: {exc}") from exc
 
         host_arrays = []  # on the CPU provider an OrtValue borrows the array's memory: keep it alive
 
@@ -48,8 +84,7 @@ class CudaGraphDenoiser:
         zeros = np.zeros_like(latent, dtype=np.float32)
         latents, x0s = [buffer(zeros), buffer(zeros)], [buffer(zeros), buffer(zeros)]
         fixed = {k: buffer(np.asarray(v, dtype=self.input_dtypes[k])) for k, v in conditions.items()}
-        per_step = {k: buffer(v) for k, v in step_feeds(SamplerPlan("ddim", np.ones(1, np.int64), np.ones((1, 5))),
-                                                         0, latent.shape[0]).items()}  # fmt: skip
+        per_step = {k: buffer(v) for k, v in per_step_example.items()}
         bindings, options = [], []
         for i in range(2):
             binding = session.io_binding()

@@ -115,7 +115,8 @@ class Engine:
 
             spec = manifest.stages["denoiser"]
             path = bundle / (spec.fp16_file or spec.file)
-            self._graphs = CudaGraphDenoiser(str(path), device_id, runners["denoiser"].input_dtypes)
+            shapes = {i.name: list(i.shape) for i in spec.inputs}
+            self._graphs = CudaGraphDenoiser(str(path), device_id, runners["denoiser"].input_dtypes, input_shapes=shapes)
         elif cuda_graphs:
             log.warning("CUDA graphs need backend 'cuda' (got %r); running without them", backend)
 
@@ -315,7 +316,13 @@ class Engine:
 
             return denoise_trt(runners["denoiser"], plan, latent, conditions)
         if runners is self.runners and self._graphs is not None:
-            return self._graphs(plan, latent, conditions)
+            from .cuda_graphs import CudaGraphsUnavailable
+
+            try:
+                return self._graphs(plan, latent, conditions)
+            except CudaGraphsUnavailable as exc:
+                log.warning("CUDA graphs unavailable, running without them: %s", exc)
+                self._graphs = None
         if runners is self.runners and self.backend in ("cuda", "tensorrt"):
             return denoise_device(runners["denoiser"], plan, latent, conditions, self.device_id)
         return denoise_host(runners["denoiser"], plan, latent, conditions)

@@ -35,6 +35,44 @@ def fp32_node_names(model: onnx.ModelProto, keep_fp16_scopes: tuple[str, ...]) -
     return [n.name for n in model.graph.node if not n.name.startswith(keep_fp16_scopes)]
 
 
+def dedupe_nodes(graph) -> int:
+    """Drop repeated identical nodes and rename clashing node names; returns how many were dropped.
+
+    onnxruntime's fp16 converter can insert the same Cast (same input, same output
+    name) twice when one tensor feeds two fp32-kept nodes; a graph defining a name
+    twice does not load. The survivors are put back in topological order.
+    """
+    seen, names, kept = set(), set(), []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if node.output and tuple(node.output) in seen and key in seen:
+            continue
+        seen.update((key, tuple(node.output)))
+        if node.name in names:
+            node.name = f"{node.name}_{len(kept)}"
+        names.add(node.name)
+        kept.append(node)
+    dropped = len(graph.node) - len(kept)
+    if dropped:
+        ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+        ordered, pending = [], kept
+        while pending:
+            waiting = []
+            for node in pending:
+                if all(name in ready for name in node.input):
+                    ordered.append(node)
+                    ready.update(node.output)
+                else:
+                    waiting.append(node)
+            if len(waiting) == len(pending):
+                ordered += waiting  # subgraph references or cycles: leave as found
+                break
+            pending = waiting
+        del graph.node[:]
+        graph.node.extend(ordered)
+    return dropped
+
+
 def convert_to_fp16(
     src: str | Path, dst: str | Path, *, fp16_scopes: tuple[str, ...] | None = None, extra_fp32_ops: tuple[str, ...] = ()
 ) -> Path:
@@ -55,6 +93,7 @@ def convert_to_fp16(
         op_block_list=FRAGILE_OPS + list(extra_fp32_ops),
         node_block_list=node_block,
     )
+    dedupe_nodes(converted.graph)
     from .onnx_export import save_onnx
 
     dst = Path(dst)

@@ -264,6 +264,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/reaudio-gpu"))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--quick", action="store_true", help="build: no FLOP count or diffusers-alone run; ort: no parity")
     parser.add_argument("--dry-run-cpu", action="store_true", help="tiny pipeline on the CPU, 3 steps: checks the script")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -280,13 +281,14 @@ def main() -> None:
         report.step("build", build, args.work)
         load = report.step("workload", Workload, args.work)
         report.data["workload"] = {"frames": load.frames, "seconds": load.seconds} if load else report.data["workload"]
-        if load:
+        if load and not args.quick:
             report.step("flops", flops_and_peak, load)
             _, run = diffusers_runner(load)
             report.step("diffusers_alone", timed, {"diffusers_fp16": run}, args.batches, args.work, True)
     else:
         report.step("build", build, args.work)  # nothing to do when the build phase ran on this machine
-        report.step("parity_tiny", parity, args.work)
+        if not args.quick:
+            report.step("parity_tiny", parity, args.work)
         load = Workload(args.work)
         runners = {"diffusers_fp16": diffusers_runner(load)[1]}
         for name, graphs in (("reaudio_cuda_fp16", False), ("reaudio_cuda_graphs", True)):
