@@ -14,6 +14,7 @@ from reaudio.engine.dataclass_io import atomic_path, from_dict, to_dict, write_j
 
 from .clap import CLAP, CLAPConfig
 from .hifigan import HiFiGANConfig, HiFiGANGenerator
+from .laion_clap import LaionCLAP, LaionCLAPConfig
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
@@ -23,6 +24,7 @@ MODEL_TYPES: dict[str, tuple[type[nn.Module], type]] = {
     "vocoder": (HiFiGANGenerator, HiFiGANConfig),
     "unet": (UNet, UNetConfig),
     "clap": (CLAP, CLAPConfig),
+    "laion-clap": (LaionCLAP, LaionCLAPConfig),
 }
 
 WEIGHTS = "model.safetensors"

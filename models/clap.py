@@ -137,6 +137,10 @@ class CLAP(nn.Module):
         pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return F.normalize(self.text_proj(pooled), dim=-1)
 
+    def audio_input(self, audio, mel) -> torch.Tensor:
+        """One mono clip at the front end's rate → the audio tower's input, its log-mel (1, T, n_mels)."""
+        return mel(torch.as_tensor(audio)).unsqueeze(0)
+
     def audio_tokens(self, mel: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """Audio token features pooled over time to ``num_tokens`` (B, M, width)."""
         return pool_tokens(self.audio_encoder(mel), num_tokens)

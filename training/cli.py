@@ -78,11 +78,31 @@ def _build_plans(bundle: Path) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     _need_training_side("train,export")
     if args.source == "laion-clap":
-        raise ValueError("importing LAION-CLAP checkpoints is not implemented yet; only `import audioldm` is")
+        return _import_laion_clap(args)
     from reaudio.export.import_audioldm import import_audioldm
 
     manifest = import_audioldm(args.folder, args.out, fp16=args.fp16, overwrite=args.overwrite)
     print(f"bundle {args.out}: {manifest.family} ({manifest.name}), stages {', '.join(manifest.stages)}")
+    return 0
+
+
+def _import_laion_clap(args: argparse.Namespace) -> int:
+    from reaudio.models.checkpoint import save_checkpoint
+    from reaudio.models.laion_clap import import_laion_clap
+
+    if args.tokenizer is None:
+        raise ValueError("import laion-clap needs --tokenizer tokenizer.json (the RoBERTa tokenizer the checkpoint "
+                         "was trained with, e.g. roberta-base's): LAION-CLAP checkpoints do not carry it")  # fmt: skip
+    if not args.folder.is_file():
+        raise FileNotFoundError(f"{args.folder}: checkpoint file not found")
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists and is not empty; pass --overwrite to replace it")
+    model = import_laion_clap(args.folder, args.tokenizer.read_text(encoding="utf-8"), text_heads=args.text_heads)
+    save_checkpoint(args.out, model, extra={"source": str(args.folder)})
+    cfg = model.cfg
+    print(f"laion-clap checkpoint {args.out}: text {cfg.text.layers}×{cfg.text.hidden_size}, HTSAT "
+          f"{list(cfg.audio.depths)}×{cfg.audio.width}, embeddings {cfg.embed_dim}-d; "
+          f"use it with `reaudio db build --clap {args.out}`")  # fmt: skip
     return 0
 
 
@@ -261,9 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="convert a public checkpoint into a bundle (offline)")
     p.add_argument("source", choices=("audioldm", "laion-clap"))
-    p.add_argument("folder", type=Path, help="a diffusers AudioLDM pipeline folder (model_index.json, unet/, …)")
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends")
+    p.add_argument("folder", type=Path, help="audioldm: a diffusers AudioLDM pipeline folder (model_index.json, "
+                   "unet/, …); laion-clap: the checkpoint file (e.g. 630k-audioset-best.pt)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="bundle folder (audioldm) or checkpoint folder (laion-clap)")
+    p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends (audioldm)")
+    p.add_argument("--tokenizer", type=Path, help="laion-clap: the RoBERTa tokenizer.json it was trained with")
+    p.add_argument("--text-heads", type=int, help="laion-clap: text attention heads (default: width / 64)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_import)
 

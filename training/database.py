@@ -35,7 +35,7 @@ def encode_items(clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: lis
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         for item in chunk:  # per item: clips differ in length
-            m = mel(torch.from_numpy(item.audio)).unsqueeze(0)
+            m = clap.audio_input(item.audio, mel)
             audio_tokens.append(enc.audio_features(m)[0].numpy())
             if retrieval.key == "audio":
                 keys.append(clap.embed_audio(m)[0].numpy())

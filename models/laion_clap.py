@@ -1,0 +1,308 @@
+"""LAION-CLAP checkpoints (the ``laion-clap`` package's layout) as a CLAP for retrieval.
+
+``reaudio import laion-clap CKPT.pt --tokenizer tokenizer.json --out DIR`` reads the
+checkpoint with torch alone (the laion-clap package builds RoBERTa from the hub and
+needs torchvision), maps its keys onto transformers' ``ClapModel`` (RoBERTa text
+tower, HTSAT Swin audio tower) and writes a checkpoint folder that ``reaudio db
+build --clap DIR`` loads like one of ours.
+
+Supported: non-fusion checkpoints with a RoBERTa text branch and an HTSAT audio
+branch (e.g. ``630k-audioset-best.pt``, ``music_audioset_epoch_15_esc_90.14.pt``).
+The audio front end is transformers' ``ClapFeatureExtractor`` with LAION's
+settings (48 kHz, 64 mel bands 50–14 000 Hz, hop 480, 10-s windows; shorter clips
+repeat-padded, longer ones centre-cropped so the result is deterministic).
+
+Sizes are read off the weights; the only one the weights cannot tell is the
+text tower's head count (RoBERTa's 64-wide heads are assumed, ``text_heads``
+overrides).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import pool_tokens
+
+
+class LaionCheckpointError(ValueError):
+    """The checkpoint is not a supported LAION-CLAP layout; the message names the keys."""
+
+
+@dataclass(frozen=True)
+class LaionTextConfig:
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate_size: int = 3072
+    max_positions: int = 514
+    type_vocab_size: int = 1
+    pad_token_id: int = 1
+    max_tokens: int = 77
+
+
+@dataclass(frozen=True)
+class LaionAudioConfig:
+    patch_width: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    heads: tuple[int, ...] = (4, 8, 16, 32)
+    window_size: int = 8
+    spec_size: int = 256
+    patch_size: int = 4
+    mel_bins: int = 64
+    sample_rate: int = 48000
+    hop_length: int = 480
+    n_fft: int = 1024
+    fmin: float = 50.0
+    fmax: float = 14000.0
+    max_seconds: float = 10.0
+
+    @property
+    def width(self) -> int:
+        return self.patch_width * 2 ** (len(self.depths) - 1)
+
+
+@dataclass(frozen=True)
+class LaionCLAPConfig:
+    """Both towers, the joint space and the RoBERTa tokenizer (its tokenizer.json text)."""
+
+    text: LaionTextConfig = field(default_factory=LaionTextConfig)
+    audio: LaionAudioConfig = field(default_factory=LaionAudioConfig)
+    embed_dim: int = 512
+    tokenizer: str = ""
+
+
+class LaionCLAP(nn.Module):
+    """transformers' ClapModel behind the interface our database code uses (see models/clap.py)."""
+
+    def __init__(self, cfg: LaionCLAPConfig) -> None:
+        super().__init__()
+        from tokenizers import Tokenizer
+        from transformers import ClapAudioConfig, ClapConfig, ClapModel, ClapTextConfig
+
+        from reaudio.engine.tokenize import TextTokenizer
+
+        self.cfg = cfg
+        t, a = cfg.text, cfg.audio
+        text = ClapTextConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size, num_hidden_layers=t.layers,
+                              num_attention_heads=t.heads, intermediate_size=t.intermediate_size,
+                              max_position_embeddings=t.max_positions, type_vocab_size=t.type_vocab_size,
+                              pad_token_id=t.pad_token_id, projection_dim=cfg.embed_dim)  # fmt: skip
+        audio = ClapAudioConfig(patch_embeds_hidden_size=a.patch_width, depths=list(a.depths),
+                                num_attention_heads=list(a.heads), window_size=a.window_size, spec_size=a.spec_size,
+                                patch_size=a.patch_size, patch_stride=[a.patch_size, a.patch_size],
+                                num_mel_bins=a.mel_bins, hidden_size=a.width, projection_dim=cfg.embed_dim,
+                                enable_fusion=False)  # fmt: skip
+        config = ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=cfg.embed_dim)
+        self.model = ClapModel(config).eval()
+        self.tokenizer = TextTokenizer(Tokenizer.from_str(cfg.tokenizer), t.max_tokens) if cfg.tokenizer else None
+        self._features = None
+
+    # -- text ---------------------------------------------------------------------------
+
+    def text_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """RoBERTa's last hidden states (B, L, hidden): the retrieved-caption context."""
+        return self.model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    def embed_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unit-norm text embeddings (B, embed_dim): projection of RoBERTa's pooled output."""
+        pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
+        return F.normalize(self.model.text_projection(pooled), dim=-1)
+
+    # -- audio --------------------------------------------------------------------------
+
+    def audio_input(self, audio: np.ndarray, mel) -> torch.Tensor:
+        """One mono clip at ``mel.cfg.sample_rate`` → HTSAT's log-mel input (1, 1, frames, mel_bins)."""
+        import soxr
+
+        a = self.cfg.audio
+        wave = np.asarray(audio, dtype=np.float64)
+        if mel.cfg.sample_rate != a.sample_rate:
+            wave = soxr.resample(wave, mel.cfg.sample_rate, a.sample_rate)
+        wave = fit_window(wave, round(a.max_seconds * a.sample_rate)).astype(np.float32)
+        feats = self._feature_extractor()(wave, sampling_rate=a.sample_rate, return_tensors="np")["input_features"]
+        return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+
+    def _feature_extractor(self):
+        if self._features is None:
+            from transformers import ClapFeatureExtractor
+
+            a = self.cfg.audio
+            self._features = ClapFeatureExtractor(
+                feature_size=a.mel_bins, sampling_rate=a.sample_rate, hop_length=a.hop_length,
+                fft_window_size=a.n_fft, max_length_s=a.max_seconds, frequency_min=a.fmin, frequency_max=a.fmax,
+                truncation="rand_trunc", padding="repeatpad",  # inputs arrive cut to the window: never random
+            )  # fmt: skip
+        return self._features
+
+    def _audio_states(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.model.audio_model(input_features=features)
+        return out.last_hidden_state, out.pooler_output
+
+    def audio_tokens(self, features: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """HTSAT's final feature map as a token sequence, pooled to ``num_tokens`` (B, M, width)."""
+        states, _ = self._audio_states(features)
+        if states.dim() == 4:  # (B, C, F, T) → time-major tokens
+            states = states.flatten(2).transpose(1, 2)
+        return pool_tokens(states, num_tokens)
+
+    def embed_audio(self, features: torch.Tensor) -> torch.Tensor:
+        """Unit-norm audio embeddings (B, embed_dim)."""
+        _, pooled = self._audio_states(features)
+        return F.normalize(self.model.audio_projection(pooled), dim=-1)
+
+
+def fit_window(wave: np.ndarray, length: int) -> np.ndarray:
+    """LAION's 'repeatpad' for short clips (whole repeats, then zeros); longer clips centre-cropped."""
+    if len(wave) == 0:
+        raise ValueError("empty audio clip")
+    if len(wave) >= length:
+        start = (len(wave) - length) // 2
+        return wave[start : start + length]
+    repeated = np.tile(wave, length // len(wave))
+    return np.pad(repeated, (0, length - len(repeated)))
+
+
+# -- checkpoint mapping ------------------------------------------------------------------
+
+#: LAION-only tensors with no counterpart in the model: the fixed STFT/mel front end (done
+#: by the feature extractor), HTSAT's frame-wise classifier, the training-loss MLPs, and
+#: buffers that are rebuilt.
+DROPPED = (
+    r"audio_branch\.spectrogram_extractor\..*",
+    r"audio_branch\.logmel_extractor\..*",
+    r"audio_branch\.tscam_conv\..*",
+    r"audio_branch\.head\..*",
+    r"audio_branch\.layers\.\d+\.blocks\.\d+\.attn_mask",
+    r"(text|audio)_transform\..*",
+    r"text_branch\.embeddings\.(position_ids|token_type_ids)",
+)
+
+_BLOCK = r"audio_branch\.layers\.(\d+)\.blocks\.(\d+)\."
+_HF_BLOCK = r"audio_model.audio_encoder.layers.\1.blocks.\2."
+RENAMES = (
+    (_BLOCK + r"norm1\.", _HF_BLOCK + "layernorm_before."),
+    (_BLOCK + r"norm2\.", _HF_BLOCK + "layernorm_after."),
+    (_BLOCK + r"attn\.relative_position_(bias_table|index)$", _HF_BLOCK + r"attention.self.relative_position_\3"),
+    (_BLOCK + r"attn\.proj\.", _HF_BLOCK + "attention.output.dense."),
+    (_BLOCK + r"mlp\.fc1\.", _HF_BLOCK + "intermediate.dense."),
+    (_BLOCK + r"mlp\.fc2\.", _HF_BLOCK + "output.dense."),
+    (r"audio_branch\.layers\.(\d+)\.downsample\.", r"audio_model.audio_encoder.layers.\1.downsample."),
+    (r"audio_branch\.bn0\.", "audio_model.audio_encoder.batch_norm."),
+    (r"audio_branch\.patch_embed\.", "audio_model.audio_encoder.patch_embed."),
+    (r"audio_branch\.norm\.", "audio_model.audio_encoder.norm."),
+    (r"text_branch\.", "text_model."),
+    (r"(text|audio)_projection\.0\.", r"\1_projection.linear1."),
+    (r"(text|audio)_projection\.2\.", r"\1_projection.linear2."),
+    (r"logit_scale_(a|t)$", r"logit_scale_\1"),
+)
+_QKV = re.compile(_BLOCK + r"attn\.qkv\.(weight|bias)$")
+_FUSION = re.compile(r"fusion_model|mel_conv2d|fusion")
+
+
+def read_laion_state(path) -> dict[str, torch.Tensor]:
+    """The weights of a LAION-CLAP ``.pt`` (``{"state_dict": …}`` or a bare dict), ``module.`` stripped."""
+    data = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = data.get("state_dict", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LaionCheckpointError(f"{path}: not a LAION-CLAP checkpoint (no state_dict of tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def to_model_keys(state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """LAION key layout → ClapModel key layout; unknown keys raise, naming them."""
+    fusion = sorted(k for k in state if _FUSION.search(k))
+    if fusion:
+        raise LaionCheckpointError(
+            f"{source}: a fusion checkpoint ({fusion[0]}, …): only non-fusion LAION-CLAP checkpoints are "
+            "supported (e.g. 630k-audioset-best.pt, not 630k-audioset-fusion-best.pt)"
+        )
+    if not any(k.startswith("text_branch.embeddings.") for k in state):
+        raise LaionCheckpointError(f"{source}: no RoBERTa text branch (text_branch.embeddings.*); "
+                                   "only the 'roberta' text model is supported")  # fmt: skip
+    out, unknown = {}, []
+    for key, value in state.items():
+        if any(re.fullmatch(p, key) for p in DROPPED):
+            continue
+        qkv = _QKV.fullmatch(key)
+        if qkv:
+            layer, block, kind = qkv.groups()
+            prefix = f"audio_model.audio_encoder.layers.{layer}.blocks.{block}.attention.self."
+            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                out[f"{prefix}{name}.{kind}"] = part.clone()
+            continue
+        for pattern, replacement in RENAMES:
+            if re.match(pattern, key):
+                out[re.sub(pattern, replacement, key, count=1)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:10]) + (f", … ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        raise LaionCheckpointError(f"{source}: keys not in the LAION-CLAP (HTSAT + RoBERTa) layout: {shown}")
+    return out
+
+
+def infer_config(state: dict[str, torch.Tensor], tokenizer: str, text_heads: int | None = None) -> LaionCLAPConfig:
+    """Sizes read off LAION-layout weights (see the module doc for the one that cannot be)."""
+
+    def need(key: str) -> torch.Tensor:
+        if key not in state:
+            raise LaionCheckpointError(f"missing key {key}: not a LAION-CLAP (HTSAT + RoBERTa) checkpoint")
+        return state[key]
+
+    def count(pattern: str) -> int:
+        return len({m.group(1) for k in state if (m := re.match(pattern, k))})
+
+    vocab, hidden = need("text_branch.embeddings.word_embeddings.weight").shape
+    heads = text_heads or hidden // 64
+    if heads < 1 or hidden % heads:
+        raise LaionCheckpointError(f"text width {hidden} is not a multiple of 64: give the text head count")
+    text = LaionTextConfig(
+        vocab_size=vocab, hidden_size=hidden, layers=count(r"text_branch\.encoder\.layer\.(\d+)\."), heads=heads,
+        intermediate_size=need("text_branch.encoder.layer.0.intermediate.dense.weight").shape[0],
+        max_positions=need("text_branch.embeddings.position_embeddings.weight").shape[0],
+        type_vocab_size=need("text_branch.embeddings.token_type_embeddings.weight").shape[0],
+    )  # fmt: skip
+    patch = need("audio_branch.patch_embed.proj.weight")
+    layers = count(r"audio_branch\.layers\.(\d+)\.")
+    depths = tuple(count(rf"audio_branch\.layers\.{i}\.blocks\.(\d+)\.") for i in range(layers))
+    head_counts = tuple(
+        need(f"audio_branch.layers.{i}.blocks.0.attn.relative_position_bias_table").shape[1] for i in range(layers)
+    )
+    table = need("audio_branch.layers.0.blocks.0.attn.relative_position_bias_table").shape[0]
+    window = (round(table**0.5) + 1) // 2
+    spec_size = 256
+    mask = state.get("audio_branch.layers.0.blocks.1.attn_mask")
+    if mask is not None:  # windows per image side × window × patch
+        spec_size = round(mask.shape[0] ** 0.5) * window * patch.shape[-1]
+    audio = LaionAudioConfig(patch_width=patch.shape[0], depths=depths, heads=head_counts, window_size=window,
+                             spec_size=spec_size, patch_size=patch.shape[-1],
+                             mel_bins=need("audio_branch.bn0.weight").shape[0])  # fmt: skip
+    embed = need("text_projection.2.weight").shape[0]
+    width = need("audio_projection.0.weight").shape[1]
+    if width != audio.width:
+        raise LaionCheckpointError(f"audio projection takes {width} features, HTSAT ends at {audio.width}")
+    return LaionCLAPConfig(text=text, audio=audio, embed_dim=embed, tokenizer=tokenizer)
+
+
+def import_laion_clap(path, tokenizer_json: str, text_heads: int | None = None) -> LaionCLAP:
+    """Build a :class:`LaionCLAP` with the weights of the checkpoint at ``path``."""
+    from .checkpoint import load_state_strict
+
+    state = read_laion_state(path)
+    cfg = infer_config(state, tokenizer_json, text_heads)
+    model = LaionCLAP(cfg)
+    mapped = to_model_keys(state, str(path))
+    buffers = ("position_ids", "token_type_ids", "relative_position_index", "num_batches_tracked")
+    for key, value in model.state_dict().items():
+        if key.endswith(buffers):  # buffers a checkpoint may or may not carry; not weights
+            mapped.setdefault(key.removeprefix("model."), value)
+    load_state_strict(model, {f"model.{k}": v for k, v in mapped.items()}, str(path))
+    return model.eval()

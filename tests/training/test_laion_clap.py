@@ -1,0 +1,197 @@
+"""LAION-CLAP import: a checkpoint in the laion-clap package's key layout, generated here.
+
+The writer below builds LAION's layout (``audio_branch.layers.i.blocks.j.attn.qkv``,
+``text_branch.*``, ``text_projection.0``, the STFT/mel front-end weights, HTSAT's
+classifier, the training-loss MLPs, shifted-window masks) from a random model,
+independently of the importer's mapping; the import must give back that model's
+embeddings exactly.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from reaudio.models.checkpoint import load_checkpoint  # noqa: E402
+from reaudio.models.laion_clap import (  # noqa: E402
+    LaionAudioConfig,
+    LaionCheckpointError,
+    LaionCLAP,
+    LaionCLAPConfig,
+    LaionTextConfig,
+    fit_window,
+    import_laion_clap,
+)
+from reaudio.models.mel import LogMel, MelConfig  # noqa: E402
+from tests.make_tiny_audioldm import make_tokenizer  # noqa: E402
+
+HF_BLOCK = re.compile(r"audio_model\.audio_encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)")
+BLOCK_PARTS = {
+    "layernorm_before.": "norm1.", "layernorm_after.": "norm2.", "attention.output.dense.": "attn.proj.",
+    "intermediate.dense.": "mlp.fc1.", "output.dense.": "mlp.fc2.",
+    "attention.self.relative_position_bias_table": "attn.relative_position_bias_table",
+    "attention.self.relative_position_index": "attn.relative_position_index",
+}  # fmt: skip
+
+
+def laion_layout(model: LaionCLAP) -> dict[str, torch.Tensor]:
+    """The model's weights under LAION-CLAP's names, with the extras LAION checkpoints carry."""
+    out, qkv = {}, {}
+    for key, value in model.model.state_dict().items():
+        if key.startswith("text_model."):
+            if not key.endswith(("position_ids", "token_type_ids")):
+                out["text_branch." + key.removeprefix("text_model.")] = value
+        elif m := re.fullmatch(r"(text|audio)_projection\.linear(1|2)\.(weight|bias)", key):
+            out[f"{m[1]}_projection.{0 if m[2] == '1' else 2}.{m[3]}"] = value
+        elif m := HF_BLOCK.fullmatch(key):
+            layer, block, rest = m.groups()
+            prefix = f"audio_branch.layers.{layer}.blocks.{block}."
+            if q := re.fullmatch(r"attention\.self\.(query|key|value)\.(weight|bias)", rest):
+                qkv.setdefault((prefix, q[2]), {})[q[1]] = value
+                continue
+            for hf, laion in BLOCK_PARTS.items():
+                if rest.startswith(hf):
+                    out[prefix + laion + rest.removeprefix(hf)] = value
+                    break
+            else:
+                raise AssertionError(f"test writer does not know {key}")
+        elif key.startswith("audio_model.audio_encoder."):
+            rest = key.removeprefix("audio_model.audio_encoder.")
+            out["audio_branch." + rest.replace("batch_norm.", "bn0.", 1)] = value
+        else:
+            out[key] = value  # logit_scale_a, logit_scale_t
+    for (prefix, kind), parts in qkv.items():
+        out[f"{prefix}attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    g = torch.Generator().manual_seed(1)
+    extras = {
+        "audio_branch.spectrogram_extractor.stft.conv_real.weight": (513, 1, 1024),
+        "audio_branch.logmel_extractor.melW": (513, 64),
+        "audio_branch.tscam_conv.weight": (527, 16, 2, 3),
+        "audio_branch.head.weight": (527, 527),
+        "text_transform.sequential.0.weight": (16, 16),
+        "audio_transform.sequential.0.weight": (16, 16),
+        "audio_branch.layers.0.blocks.1.attn_mask": (64, 64, 64),  # 8 × 8 windows of 8 × 8 patches
+    }
+    out.update({k: torch.randn(shape, generator=g) for k, shape in extras.items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def original():
+    torch.manual_seed(0)
+    tokenizer = make_tokenizer().backend_tokenizer.to_str()
+    cfg = LaionCLAPConfig(
+        text=LaionTextConfig(vocab_size=400, hidden_size=128, layers=2, heads=2, intermediate_size=256,
+                             max_positions=80),
+        audio=LaionAudioConfig(patch_width=8, depths=(2, 1), heads=(1, 2), window_size=8),
+        embed_dim=16, tokenizer=tokenizer,
+    )  # fmt: skip
+    model = LaionCLAP(cfg).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so a wrong mapping shows
+        bn = model.model.audio_model.audio_encoder.batch_norm
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(original, tmp_path_factory):
+    path = tmp_path_factory.mktemp("laion") / "630k-audioset-best.pt"
+    torch.save({"epoch": 45, "state_dict": {f"module.{k}": v for k, v in laion_layout(original).items()}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip():
+    t = np.arange(16000 * 3) / 16000
+    return (0.3 * np.sin(2 * np.pi * 440 * t) * np.exp(-t)).astype(np.float32)
+
+
+def test_import_reproduces_the_model(original, checkpoint, clip):
+    imported = import_laion_clap(checkpoint, original.cfg.tokenizer, text_heads=2)
+    assert imported.cfg == original.cfg  # every size read back off the weights
+    ids, mask = imported.tokenizer(["a dog barks", "rain falls on a tin roof"])
+    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+    mel = LogMel(MelConfig(sample_rate=16000))
+    feats = imported.audio_input(clip, mel)
+    assert feats.shape == (1, 1, 1001, 64)
+    with torch.no_grad():
+        for fn in ("embed_text", "text_tokens"):
+            torch.testing.assert_close(getattr(imported, fn)(ids_t, mask_t), getattr(original, fn)(ids_t, mask_t))
+        torch.testing.assert_close(imported.embed_audio(feats), original.embed_audio(feats))
+        torch.testing.assert_close(imported.audio_tokens(feats, 4), original.audio_tokens(feats, 4))
+        # and what transformers' own CLAP computes from these weights
+        reference = original.model.get_text_features(input_ids=ids_t, attention_mask=mask_t)
+        reference = getattr(reference, "pooler_output", reference)
+        torch.testing.assert_close(imported.embed_text(ids_t, mask_t), torch.nn.functional.normalize(reference, dim=-1))
+        emb = imported.embed_audio(feats)
+    assert emb.shape == (1, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(1))
+    assert imported.audio_tokens(feats, 4).shape == (1, 4, 16)
+
+
+def test_unknown_and_missing_keys_are_named(original, tmp_path):
+    state = laion_layout(original)
+    state["audio_branch.extra_layer.weight"] = torch.zeros(1)
+    path = tmp_path / "extra.pt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(LaionCheckpointError, match=r"audio_branch\.extra_layer\.weight"):
+        import_laion_clap(path, original.cfg.tokenizer, text_heads=2)
+    del state["audio_branch.extra_layer.weight"], state["audio_branch.norm.weight"]
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(ValueError, match=r"missing keys: model\.audio_model\.audio_encoder\.norm\.weight"):
+        import_laion_clap(path, original.cfg.tokenizer, text_heads=2)
+
+
+def test_fusion_checkpoints_are_refused(original, tmp_path):
+    state = laion_layout(original)
+    state["audio_branch.fusion_model.local_att.0.weight"] = torch.zeros(1)
+    path = tmp_path / "fusion.pt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(LaionCheckpointError, match="only non-fusion"):
+        import_laion_clap(path, original.cfg.tokenizer, text_heads=2)
+
+
+def test_window_is_repeat_padded_or_centre_cropped():
+    np.testing.assert_array_equal(fit_window(np.array([1.0, 2.0]), 5), [1, 2, 1, 2, 0])
+    np.testing.assert_array_equal(fit_window(np.arange(10.0), 4), [3, 4, 5, 6])
+    with pytest.raises(ValueError, match="empty"):
+        fit_window(np.zeros(0), 4)
+
+
+def test_cli_import_then_database(original, checkpoint, tmp_path, clip):
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text(original.cfg.tokenizer)
+    out = tmp_path / "clap"
+    proc = subprocess.run([sys.executable, "-m", "reaudio.training.cli", "-q", "import", "laion-clap", str(checkpoint),
+                           "--tokenizer", str(tok), "--text-heads", "2", "--out", str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "laion-clap" in proc.stdout
+    loaded = load_checkpoint(out)
+    assert isinstance(loaded, LaionCLAP) and loaded.cfg == original.cfg
+
+    from reaudio.models.retrieval_features import RetrievalConfig
+    from reaudio.training.database import AudioItem, build_database
+
+    items = [AudioItem(f"c{i}", np.roll(clip, 997 * i), caption, source=f"s{i}")
+             for i, caption in enumerate(["a dog barks", "rain falls", "a bell rings"])]  # fmt: skip
+    retrieval = RetrievalConfig(k=1, audio_tokens=4, caption_tokens=8)
+    db = build_database(tmp_path / "db", loaded, LogMel(MelConfig(sample_rate=16000)), retrieval, items, {})
+    assert len(db) == 3 and db.info.audio_dim == 16 and db.info.caption_dim == 128
+    with torch.no_grad():
+        expected = original.embed_audio(original.audio_input(items[1].audio, LogMel(MelConfig(sample_rate=16000))))
+    np.testing.assert_allclose(np.asarray(db.arrays["keys"][1], np.float32), expected[0].numpy(), atol=2e-3)
+    assert db.search(expected.numpy(), 1)[0, 0] == 1
+
+
+def test_cli_without_tokenizer_says_what_is_missing(checkpoint, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "reaudio.training.cli", "import", "laion-clap", str(checkpoint),
+                           "--out", str(tmp_path / "c")], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0 and "--tokenizer" in proc.stderr
