@@ -2,6 +2,7 @@
 
 Sizes from ``REAUDIO_BENCH_DB_SIZES`` (default "10000,100000"; add 1000000 for
 the issue's 1 M target: ~2 GB of keys and minutes of build time on 2 cores).
+``REAUDIO_BENCH_INDEX=ivf`` measures the inverted-file index instead of HNSW.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from reaudio.engine.retrieval_db import DatabaseInfo, Items, RetrievalDB
 SIZES = [int(s) for s in os.environ.get("REAUDIO_BENCH_DB_SIZES", "10000,100000").split(",")]
 #: HNSW graph settings "connectivity,expansion_add,expansion_search" (default: DatabaseInfo's).
 HNSW = [int(s) for s in os.environ.get("REAUDIO_BENCH_HNSW", "16,128,64").split(",")]
+#: The index above the exact threshold: "hnsw" or "ivf"; IVF settings "lists,probe" (lists 0: about 2·√N).
+INDEX = os.environ.get("REAUDIO_BENCH_INDEX", "hnsw")
+IVF = [int(s) for s in os.environ.get("REAUDIO_BENCH_IVF", "0,4").split(",")]
 DIM, K, QUERIES = 512, 10, 1000
 
 
@@ -44,7 +48,8 @@ def database(request, tmp_path_factory):
     keys = clustered_keys(n, DIM)
     info = DatabaseInfo(key="audio", embed_dim=DIM, audio_tokens=1, audio_dim=1, caption_tokens=1, caption_dim=1,
                         exact_threshold=0, connectivity=HNSW[0], expansion_add=HNSW[1],
-                        expansion_search=HNSW[2])  # always HNSW  # fmt: skip
+                        expansion_search=HNSW[2], index=INDEX, ivf_lists=IVF[0],
+                        ivf_probe=IVF[1])  # never exact  # fmt: skip
     folder = tmp_path_factory.mktemp(f"db{n}")
     start = time.perf_counter()
     db = RetrievalDB.create(folder, info).add(Items(
@@ -62,6 +67,6 @@ def test_query_throughput_and_recall(benchmark, database):
     n, db, queries, exact, build_s = database
     found = benchmark.pedantic(db.search, args=(queries, K), rounds=3, warmup_rounds=1)
     recall = np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact)])
-    benchmark.extra_info.update(items=n, hnsw=HNSW, build_s=round(build_s, 2), recall_at_10=float(recall),
+    benchmark.extra_info.update(items=n, index=INDEX, hnsw=HNSW, ivf=IVF, build_s=round(build_s, 2), recall_at_10=float(recall),
                                 queries_per_s=QUERIES / benchmark.stats.stats.median, peak_rss_mb=peak_rss_mb())  # fmt: skip
     assert recall >= 0.99, f"recall@10 {recall:.3f} at {n} items"

@@ -10,7 +10,8 @@ Layout of a database folder::
         audio_tokens.npy (N, M, Da) float16 pooled audio tokens
         caption_tokens.npy (N, L, Dt) float16 caption token features
         caption_mask.npy (N, L) bool
-        index.usearch    HNSW index (only above ``exact_threshold`` items)
+        index.usearch    HNSW index (above ``exact_threshold`` items, index "hnsw")
+        ivf_*.npy        inverted-file index (above ``exact_threshold`` items, index "ivf"; see ivf.py)
 
 Every change writes a new generation and then swaps ``CURRENT``, so a crash
 leaves either the old or the new database, never half of one.
@@ -33,6 +34,7 @@ from .dataclass_io import atomic_path, from_dict, to_dict, umask_mode, write_jso
 log = logging.getLogger(__name__)
 CURRENT = "CURRENT"
 ARRAYS = ("keys", "audio_tokens", "caption_tokens", "caption_mask")
+INDEXES = ("hnsw", "ivf")
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,12 @@ class DatabaseInfo:
         audio_tokens, audio_dim: M and width of audio token features.
         caption_tokens, caption_dim: L and width of caption token features.
         count: number of items.
-        exact_threshold: below this many items search is exact, above it HNSW.
+        exact_threshold: below this many items search is exact, above it ``index``.
+        index: "hnsw" (usearch graph) or "ivf" (k-means lists scored exactly; faster at
+            equal recall on clustered keys at a million items, see benchmarks/RESULTS.md).
         connectivity, expansion_add, expansion_search: HNSW graph degree and beam widths
-            (higher: better recall, slower build/search; see benchmarks/RESULTS.md).
+            (higher: better recall, slower build/search).
+        ivf_lists, ivf_probe: IVF list count (0: about 2·√N) and lists scored per query.
         provenance: free-form record of how it was built (CLAP checkpoint, manifest hash, …).
     """
 
@@ -62,7 +67,16 @@ class DatabaseInfo:
     connectivity: int = 16
     expansion_add: int = 128
     expansion_search: int = 64
+    index: str = "hnsw"
+    ivf_lists: int = 0
+    ivf_probe: int = 4
     provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEXES:
+            raise ValueError(f"index={self.index!r}; valid: {', '.join(INDEXES)}")
+        if self.ivf_probe < 1 or self.ivf_lists < 0:
+            raise ValueError(f"ivf_probe={self.ivf_probe} must be >= 1 and ivf_lists={self.ivf_lists} >= 0")
 
 
 @dataclass
@@ -147,6 +161,8 @@ class RetrievalDB:
 
             keys = np.asarray(self.arrays["keys"], dtype=np.float32)
             found = search(keys, queries, count, MetricKind.Cos, exact=True).keys
+        elif self.info.index == "ivf":
+            found = self._ivf().search(queries, count, self.info.ivf_probe)
         else:
             found = self._hnsw().search(queries, count).keys
         found = np.asarray(found, dtype=np.int64).reshape(b, -1)
@@ -155,6 +171,13 @@ class RetrievalDB:
             rows = [int(r) for r in found[i] if 0 <= r < self.info.count and int(r) not in banned][:k]
             out[i, : len(rows)] = rows
         return out
+
+    def _ivf(self):
+        if self._index is None:
+            from .ivf import IvfIndex, IvfSearcher
+
+            self._index = IvfSearcher(IvfIndex.load(self.generation), self.arrays["keys"])
+        return self._index
 
     def _hnsw(self):
         if self._index is None:
@@ -252,7 +275,11 @@ def _write_generation(folder: Path, info: DatabaseInfo, items: Items) -> None:
         np.save(tmp / "audio_tokens.npy", np.ascontiguousarray(items.audio_tokens, dtype=np.float16))
         np.save(tmp / "caption_tokens.npy", np.ascontiguousarray(items.caption_tokens, dtype=np.float16))
         np.save(tmp / "caption_mask.npy", np.ascontiguousarray(items.caption_mask, dtype=bool))
-        if info.count >= info.exact_threshold:
+        if info.count >= info.exact_threshold and info.index == "ivf":
+            from .ivf import IvfIndex, default_lists
+
+            IvfIndex.build(items.keys, info.ivf_lists or default_lists(info.count)).save(tmp)
+        elif info.count >= info.exact_threshold:
             from usearch.index import Index
 
             index = Index(ndim=info.embed_dim, metric="cos", dtype="f16", connectivity=info.connectivity,

@@ -40,7 +40,7 @@ def _cmd_db_build(args: argparse.Namespace) -> int:
     from .database import build_database_from_manifest
 
     db = build_database_from_manifest(args.data, args.clap, load_config(args.config), args.out,
-                                      splits=tuple(args.splits))  # fmt: skip
+                                      splits=tuple(args.splits), index=args.index)  # fmt: skip
     print(f"{args.out}: {len(db)} clip(s)")
     return 0
 
@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--data", type=Path, required=True, help="clip manifest")
     bd.add_argument("--out", type=Path, required=True, help="database folder to create")
     bd.add_argument("--splits", nargs="+", default=["train"], help="manifest splits to include (default: train)")
+    bd.add_argument("--index", choices=("hnsw", "ivf"), default="hnsw",
+                    help="index above 50 000 items (smaller databases search exactly): HNSW graph or IVF lists")  # fmt: skip
     bd.set_defaults(func=_cmd_db_build)
     _add_train(sub)
     _add_eval(sub)

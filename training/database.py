@@ -50,9 +50,12 @@ def encode_items(clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: lis
 
 
 def build_database(
-    folder: str | Path, clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: list[AudioItem], provenance: dict
-) -> RetrievalDB:
+    folder: str | Path, clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: list[AudioItem], provenance: dict,
+    index: str = "hnsw",
+) -> RetrievalDB:  # fmt: skip
+    """``index``: "hnsw" or "ivf", used above the exact-search threshold (see DatabaseInfo)."""
     info = DatabaseInfo(
+        index=index,
         key=retrieval.key,
         embed_dim=clap.cfg.embed_dim,
         audio_tokens=retrieval.audio_tokens,
@@ -68,8 +71,9 @@ def build_database(
 
 
 def build_database_from_manifest(
-    manifest: str | Path, clap_checkpoint: str | Path, family, out: str | Path, splits: tuple[str, ...] = ("train",)
-) -> RetrievalDB:
+    manifest: str | Path, clap_checkpoint: str | Path, family, out: str | Path, splits: tuple[str, ...] = ("train",),
+    index: str = "hnsw",
+) -> RetrievalDB:  # fmt: skip
     """A database over a manifest's clips (default: the train split), with a trained CLAP."""
     from reaudio.engine.audio_io import load_audio
     from reaudio.engine.manifest import sha256_file
@@ -82,4 +86,4 @@ def build_database_from_manifest(
     items = [AudioItem(c.id, load_audio(c.audio, family.mel.sample_rate), c.caption, c.label, c.source) for c in clips]
     provenance = {"clap": str(clap_checkpoint), "manifest": str(manifest), "manifest_sha256": sha256_file(Path(manifest)),
                   "splits": list(splits), "k": family.retrieval.k, "exclusions": "self and same source at training"}  # fmt: skip
-    return build_database(out, clap, LogMel(family.mel), family.retrieval, items, provenance)
+    return build_database(out, clap, LogMel(family.mel), family.retrieval, items, provenance, index=index)
