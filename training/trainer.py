@@ -168,6 +168,8 @@ class Trainer:
         from tqdm import tqdm
 
         metrics_path = self.run_dir / "metrics.csv"
+        if self.rank == 0:
+            trim_metrics(metrics_path, self.step)
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=self.rank != 0 or not self.task.progress,
                    unit="step", dynamic_ncols=True)  # fmt: skip
         start, start_step, last = time.perf_counter(), self.step, {}
@@ -220,6 +222,23 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Drop rows logged after ``step`` (a run killed between checkpoints logged them; the
+    resumed run logs those steps again). Returns how many were dropped."""
+    if not path.is_file():
+        return 0
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
+    if len(kept) < len(rows):
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+    return len(rows) - len(kept)
 
 
 def save_json(path: Path, data: dict) -> None:

@@ -39,7 +39,16 @@ def test_vae_loss_goes_down_and_reports_test_error(tiny_manifest, tmp_path):
 def test_resume_after_interruption_gives_identical_weights(tiny_manifest, tmp_path):
     _train("vae", tiny_manifest, tmp_path / "straight", "--checkpoint-every", "3", steps=6)
     _train("vae", tiny_manifest, tmp_path / "resumed", "--checkpoint-every", "3", steps=3)
+    metrics = tmp_path / "resumed" / "metrics.csv"
+    with open(metrics) as f:
+        header = f.readline().strip().split(",")
+    with open(metrics, "a") as f:  # rows a run killed after step 3's checkpoint would have left
+        f.write(",".join("4" if h == "step" else "-1" for h in header) + "\n")
     _train("vae", tiny_manifest, tmp_path / "resumed", "--checkpoint-every", "3", steps=6)
+    with open(metrics) as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(set(steps)) and steps[-1] == 6 and all(r["lr"] != "-1" for r in rows)
     a = load_checkpoint(tmp_path / "straight" / "final" / "vae").state_dict()
     b = load_checkpoint(tmp_path / "resumed" / "final" / "vae").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
