@@ -4,12 +4,15 @@ A CUDA graph fixes every buffer address, so the loop cannot swap latent buffers
 between steps. Instead two graphs are captured per shape — step A reads buffer
 pair 0 and writes pair 1, step B the reverse — and alternated; per-step inputs
 (timestep, coefficients) are written into their fixed device buffers with
-``OrtValue.update_inplace``. Written to onnxruntime's documented CUDA-graph API
-(``enable_cuda_graph``, ``gpu_graph_id``). ``device`` "cpu" runs the same
-buffer schedule on the CPU provider without graphs, so the tests can check it.
+``OrtValue.update_inplace``. Uses onnxruntime's CUDA-graph API
+(``enable_cuda_graph``, ``gpu_graph_id``); measured on an H200 in
+benchmarks/RESULTS.md. ``device`` "cpu" runs the same buffer schedule on the
+CPU provider without graphs, so the tests can check it.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import numpy as np
 
@@ -36,7 +39,9 @@ class CudaGraphDenoiser:
 
     Fixing the axes (``add_free_dimension_override_by_name``) lets onnxruntime fold
     the shape arithmetic that it would otherwise place on the CPU provider; a graph
-    with any node outside the CUDA provider cannot be captured.
+    with any node outside the CUDA provider cannot be captured. Each session holds
+    its own copy of the weights on the GPU, so only the ``max_shapes`` most recently
+    used shapes are kept.
     """
 
     def __init__(
@@ -46,18 +51,23 @@ class CudaGraphDenoiser:
         input_dtypes: dict[str, np.dtype],
         device: str = "cuda",
         input_shapes: dict[str, list] | None = None,
+        max_shapes: int = 4,
     ) -> None:
         self.model_path = model_path
         self.device_id = device_id
         self.device = device
         self.input_dtypes = input_dtypes
         self.input_shapes = input_shapes or {}
-        self._states: dict[tuple, dict] = {}
+        self.max_shapes = max_shapes
+        self._states: OrderedDict[tuple, dict] = OrderedDict()
 
     def _state(self, latent: np.ndarray, conditions: dict[str, np.ndarray]) -> dict:
         key = (latent.shape, *sorted((k, v.shape) for k, v in conditions.items()))
         if key in self._states:
+            self._states.move_to_end(key)
             return self._states[key]
+        while len(self._states) >= self.max_shapes:
+            self._states.popitem(last=False)
         import onnxruntime as ort
 
         if self.device == "cuda":

@@ -24,8 +24,9 @@ def captured(tiny_artifacts):
     original = engine._denoise
 
     def spy(runners, batch, conditions):
-        seen["latent"] = engine._initial_latents(batch)
-        seen["conditions"] = conditions
+        if not seen:  # the first batch only: later tests generate with this engine too
+            seen["latent"] = engine._initial_latents(batch)
+            seen["conditions"] = conditions
         return original(runners, batch, conditions)
 
     engine._denoise = spy
@@ -72,3 +73,20 @@ def test_refused_capture_falls_back_to_the_plain_loop(captured, caplog):
     got = engine.generate([Request("a dog barks", seed=1, steps=3)])[0].waveform
     assert "CUDA graphs unavailable" in caplog.text and engine._graphs is None
     np.testing.assert_array_equal(got, expected)
+
+
+def test_graph_sessions_are_kept_for_the_most_recent_shapes_only(captured):
+    engine, seen = captured
+    runner = engine.runners["denoiser"]
+    spec = engine.manifest.stages["denoiser"]
+    shapes = {i.name: list(i.shape) for i in spec.inputs}
+    graphs = CudaGraphDenoiser(str(engine.bundle / spec.file), 0, runner.input_dtypes, device="cpu",
+                               input_shapes=shapes, max_shapes=2)  # fmt: skip
+    plan = make_plan(engine.manifest.schedule, "ddim", 2)
+    for rows in (slice(0, 1), slice(0, 2), slice(1, 2), slice(0, 1)):  # batch 1, 2, 1 (cached), 1
+        latent = seen["latent"][rows]
+        conditions = {k: v[rows] for k, v in seen["conditions"].items()}
+        expected = denoise_host(runner, plan, latent, conditions)
+        got = graphs(plan, latent, conditions)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        assert len(graphs._states) <= 2
