@@ -86,7 +86,7 @@ class IvfIndex:
 
 
 class IvfSearcher:
-    """Search over an :class:`IvfIndex` with the keys held as float32, grouped by list (built on first use)."""
+    """Search over an :class:`IvfIndex`, with the keys copied to float32 and grouped by list once."""
 
     def __init__(self, index: IvfIndex, keys: np.ndarray) -> None:
         self.index = index

@@ -44,10 +44,10 @@ def dedupe_nodes(graph) -> int:
     """
     seen, names, kept = set(), set(), []
     for node in graph.node:
-        key = node.SerializeToString(deterministic=True)
-        if node.output and tuple(node.output) in seen and key in seen:
+        key = node.SerializeToString(deterministic=True)  # op, inputs, outputs, attributes, name
+        if key in seen:
             continue
-        seen.update((key, tuple(node.output)))
+        seen.add(key)
         if node.name in names:
             node.name = f"{node.name}_{len(kept)}"
         names.add(node.name)

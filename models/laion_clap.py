@@ -203,7 +203,7 @@ RENAMES = (
     (r"logit_scale_(a|t)$", r"logit_scale_\1"),
 )
 _QKV = re.compile(_BLOCK + r"attn\.qkv\.(weight|bias)$")
-_FUSION = re.compile(r"fusion_model|mel_conv2d|fusion")
+_FUSION = re.compile(r"fusion|mel_conv2d")
 
 
 def read_laion_state(path) -> dict[str, torch.Tensor]:

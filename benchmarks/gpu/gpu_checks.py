@@ -62,8 +62,11 @@ class Report:
             self.data[name] = {"error": traceback.format_exc()}
             print(self.data[name]["error"], flush=True)
         self.data.setdefault("step_seconds", {})[name] = round(time.perf_counter() - start, 2)
-        self.path.write_text(json.dumps(self.data, indent=2, default=to_json))
+        self.write()
         return value
+
+    def write(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=2, default=to_json))
 
 
 def environment(work: Path) -> dict:
@@ -280,7 +283,9 @@ def main() -> None:
     if args.phase == "build":
         report.step("build", build, args.work)
         load = report.step("workload", Workload, args.work)
-        report.data["workload"] = {"frames": load.frames, "seconds": load.seconds} if load else report.data["workload"]
+        if load:
+            report.data["workload"] = {"frames": load.frames, "seconds": load.seconds}
+            report.write()
         if load and not args.quick:
             report.step("flops", flops_and_peak, load)
             _, run = diffusers_runner(load)
