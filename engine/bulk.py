@@ -29,7 +29,8 @@ class GenerateJob:
         bundle: the model bundle (None: the embedded default model).
         batch_size: clips per batch.
         steps, guidance, sampler, k, duration: defaults for rows that do not set them
-            (None: the bundle's defaults).
+            (None: the bundle's defaults; see :class:`Request` for the natural duration).
+        retrieval: "caption", "audio" or "hybrid" neighbour search (None: the bundle's).
         seed: base seed; a row without a seed uses seed + crc32(id), variation v adds v.
         variations: clips per prompt, for rows that do not set it.
         audio_format: "wav" or "flac" (16-bit).
@@ -49,6 +50,7 @@ class GenerateJob:
     sampler: str | None = None
     k: int | None = None
     duration: float | None = None
+    retrieval: str | None = None
     seed: int = 0
     variations: int = 1
     audio_format: str = "wav"
@@ -134,6 +136,7 @@ def _request(job: GenerateJob, clip: Clip) -> Request:
         guidance=row.guidance if row.guidance is not None else job.guidance,
         sampler=row.sampler or job.sampler,
         k=row.k if row.k is not None else job.k,
+        retrieval=job.retrieval,
         id=clip.key,
         variation=clip.variation,
     )

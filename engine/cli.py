@@ -34,6 +34,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         sampler=args.sampler,
         k=args.k,
+        retrieval=args.retrieval,
         duration=args.duration,
         seed=args.seed,
         variations=args.variations,
@@ -94,7 +95,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
     p.add_argument("--sampler", choices=("ddim", "dpmpp-2m"), help="sampler (default: the bundle's)")
     p.add_argument("--k", type=int, help="retrieved neighbours per prompt, 0 for none (default: the bundle's)")
-    p.add_argument("--duration", type=float, help="seconds per clip (default: the bundle's)")
+    p.add_argument("--duration", type=float,
+                   help="seconds per clip (default: the neighbours' median duration, else the bundle's)")
+    p.add_argument("--retrieval", choices=("caption", "audio", "hybrid"),
+                   help="match prompts to the database's captions, audio or both (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--variations", type=int, default=1, help="clips per prompt (default 1)")
     p.add_argument("--format", choices=("wav", "flac"), default="wav", help="audio format (16-bit)")

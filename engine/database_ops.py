@@ -96,11 +96,16 @@ def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -
     if problems:
         raise ClipListError(problems)
     audio_emb, audio_tokens = engine.encode_audio(waves)
-    text_emb, cap_tokens, cap_mask = engine.embed_text([c.caption for c in clips], length=spec.caption_tokens)
-    keys = audio_emb if spec.key == "audio" else text_emb
-    records = [{"id": c.id, "caption": c.caption, "label": c.label, "source": str(c.audio)} for c in clips]
+    captions = [c.caption for c in clips]
+    _, cap_tokens, cap_mask = engine.embed_text(captions, length=spec.caption_tokens)
+    # Keys at the prompt's token length: a caption cut to the context's L tokens embeds differently.
+    text_emb, _, _ = engine.embed_text(captions)
+    info = engine.db.info
+    keys = audio_emb if info.key == "audio" else text_emb
+    records = [{"id": c.id, "caption": c.caption, "label": c.label, "source": str(c.audio),
+                "duration": round(len(w) / engine.sample_rate, 3)} for c, w in zip(clips, waves)]  # fmt: skip
     cap_tokens = cap_tokens * cap_mask[..., None]
-    db = engine.db.add(Items(records, keys, audio_tokens, cap_tokens, cap_mask))
+    db = engine.db.add(Items(records, keys, audio_tokens, cap_tokens, cap_mask, text_emb if info.caption_keys else None))
     _rehash(bundle)
     return db
 

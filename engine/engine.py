@@ -15,6 +15,7 @@ from .backends import BackendUnavailable, has_native_plans, make_runners, resolv
 from .frontend import log_mel
 from .loop import denoise_device, denoise_host
 from .manifest import Manifest, read_manifest
+from .postprocess import trim_tail
 from .prompts import LIMITS
 from .retrieval_db import RetrievalDB
 from .sampler import SAMPLERS, initial_noise, make_plan
@@ -29,12 +30,16 @@ class Request:
 
     Attributes:
         prompt: the text prompt.
-        duration: seconds of audio.
+        duration: seconds of audio. None: the bundle's default, or, for a bundle whose
+            database records clip durations and a request with k > 0, the median duration of
+            the neighbours (clamped to the training length), with trailing near-silence trimmed.
         seed: seeds the initial noise (``numpy.random.PCG64(seed)``).
         steps: denoising steps.
         guidance: classifier-free guidance scale (1.0: conditional only).
         sampler: "ddim" or "dpmpp-2m".
         k: neighbours retrieved (0: none); ignored by bundles without retrieval.
+        retrieval: how the prompt finds neighbours: "caption", "audio" or "hybrid" (None:
+            the bundle's default; a database offers the modes whose keys it holds).
         initial_latent: explicit initial noise (C, T, F) instead of the seeded one, to
             compare with other implementations; fixes the duration to its frames.
         negative_prompt: steer away from this text: its embedding replaces the null
@@ -49,6 +54,7 @@ class Request:
     guidance: float | None = None
     sampler: str | None = None
     k: int | None = None
+    retrieval: str | None = None
     initial_latent: np.ndarray | None = None
     negative_prompt: str | None = None
     id: str | None = None
@@ -86,6 +92,8 @@ class _Resolved:
     guidance: float
     sampler: str
     k: int
+    retrieval: str = ""
+    natural: bool = False  # the duration came from the neighbours: trim the tail
 
 
 class Engine:
@@ -189,8 +197,11 @@ class Engine:
         for _, result in self._stream(list(requests), batch_size):
             yield result
 
-    def resolve(self, request: Request, index: int = 0) -> _Resolved:
-        """Fill defaults and validate one request (``ValueError`` names the field)."""
+    def resolve(self, request: Request, index: int = 0, natural_duration: float | None = None) -> _Resolved:
+        """Fill defaults and validate one request (``ValueError`` names the field).
+
+        ``natural_duration`` replaces the bundle's default duration (see :meth:`resolve_all`).
+        """
         d = self.manifest.defaults
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise ValueError(f"request {index}: prompt must be a non-empty string")
@@ -202,6 +213,12 @@ class Engine:
             k = self.manifest.retrieval.k if request.k is None else int(request.k)
         if sampler not in SAMPLERS:
             raise ValueError(f"request {index}: sampler={sampler!r}; valid: {', '.join(SAMPLERS)}")
+        retrieval = ""
+        if self.manifest.retrieval:
+            retrieval = request.retrieval or self.default_retrieval
+            if retrieval not in self.db.info.modes:
+                raise ValueError(f"request {index}: retrieval={retrieval!r}; this bundle's database offers "
+                                 f"{', '.join(self.db.info.modes)}")  # fmt: skip
         for name, value in (("steps", steps), ("guidance", guidance), ("k", k)):
             lo, hi = LIMITS[name]
             if not lo <= value <= hi:
@@ -219,18 +236,57 @@ class Engine:
             samples = frames * latent.downsample * mel.hop_length
         else:
             duration = d.duration if request.duration is None else float(request.duration)
+            if request.duration is None and natural_duration is not None:
+                duration = natural_duration
             lo, hi = LIMITS["duration"]
             if not lo <= duration <= hi:
                 raise ValueError(f"request {index}: duration={duration} out of range {lo}..{hi} s")
             samples = round(duration * mel.sample_rate)
             # Enough latent frames that the decoded waveform covers every requested sample.
             frames = -(-samples // (latent.downsample * mel.hop_length))
-        return _Resolved(index, request, samples, frames, steps, guidance, sampler, k)
+        natural = natural_duration is not None and request.duration is None and request.initial_latent is None
+        return _Resolved(index, request, samples, frames, steps, guidance, sampler, k, retrieval, natural)
+
+    @property
+    def default_retrieval(self) -> str:
+        """The bundle's retrieval mode ("text", the legacy name, is "caption")."""
+        key = self.manifest.retrieval.key if self.manifest.retrieval else ""
+        return {"text": "caption"}.get(key, key) or self.db.info.default_mode
+
+    def resolve_all(self, requests: list[Request]) -> list[_Resolved]:
+        """:meth:`resolve` for every request, with natural durations looked up in one batch."""
+        natural = self._natural_durations(requests)
+        return [self.resolve(r, i, natural.get(i)) for i, r in enumerate(requests)]
+
+    def _natural_durations(self, requests: list[Request]) -> dict[int, float]:
+        """Median duration of each eligible request's neighbours, clamped to the training length."""
+        if not self.manifest.retrieval or not len(self.db) or "duration" not in self.db.items[0]:
+            return {}
+        k_default = self.manifest.retrieval.k
+        todo = [i for i, r in enumerate(requests) if r.duration is None and r.initial_latent is None
+                and (k_default if r.k is None else r.k) > 0 and isinstance(r.prompt, str) and r.prompt.strip()]  # fmt: skip
+        if not todo:
+            return {}
+        film, _, _ = self.embed_text([requests[i].prompt for i in todo])
+        longest = self.manifest.defaults.duration
+        out: dict[int, float] = {}
+        modes = [requests[i].retrieval or self.default_retrieval for i in todo]
+        for mode in sorted(set(modes)):
+            if mode not in self.db.info.modes:
+                continue  # resolve() reports it
+            sel = [j for j, m in enumerate(modes) if m == mode]
+            ks = [k_default if requests[todo[j]].k is None else int(requests[todo[j]].k) for j in sel]
+            rows = self.db.search(film[sel], max(ks), mode=mode)
+            for j, k, row in zip(sel, ks, rows):
+                found = [float(self.db.items[r].get("duration", longest)) for r in row[:k] if r >= 0]
+                if found:
+                    out[todo[j]] = float(np.clip(np.median(found), 0.25, longest))
+        return out
 
     def plan_batches(self, requests: list[Request], batch_size: int) -> list[list[int]]:
         """Indices of ``requests`` per batch, as :meth:`stream` would run them (a distributed job
         that keeps these batches gets byte-identical audio: results depend on batch composition)."""
-        resolved = [self.resolve(r, i) for i, r in enumerate(requests)]
+        resolved = self.resolve_all(requests)
         return [[r.index for r in batch] for batch in self._batches(resolved, batch_size)]
 
     def _batches(self, resolved: list[_Resolved], batch_size: int) -> list[list[_Resolved]]:
@@ -242,7 +298,7 @@ class Engine:
         return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
     def _stream(self, requests: list[Request], batch_size: int) -> Iterator[tuple[int, Result]]:
-        resolved = [self.resolve(r, i) for i, r in enumerate(requests)]  # all errors before any work
+        resolved = self.resolve_all(requests)  # all errors before any work
         batches = self._batches(resolved, batch_size)
         if not batches:
             return
@@ -268,7 +324,10 @@ class Engine:
         spec = self.manifest.retrieval
         if spec:
             k_max = max(1, max(r.k for r in batch))  # one masked slot keeps shapes valid at k = 0
-            rows = self.db.search(film, k_max) if len(self.db) else np.full((len(batch), k_max), -1)
+            rows = np.full((len(batch), k_max), -1, dtype=np.int64)
+            for mode in sorted({r.retrieval for r in batch}) if len(self.db) else ():
+                sel = [i for i, r in enumerate(batch) if r.retrieval == mode]
+                rows[sel] = self.db.search(film[sel], k_max, mode=mode)
             for i, r in enumerate(batch):
                 rows[i, r.k :] = -1
             gathered = self.db.gather(rows)
@@ -338,6 +397,8 @@ class Engine:
             error = None
             if not np.isfinite(wav).all():
                 wav, error = self._retry_fp32(r, conditions, i)
+            if error is None and r.natural:
+                wav = trim_tail(wav, self.sample_rate)
             timings = {"prepare_s": prep_s / len(batch), "denoise_s": (t1 - t0) / len(batch),
                        "decode_s": (t2 - t1) / len(batch)}  # fmt: skip
             yield r.index, Result(

@@ -88,7 +88,9 @@ class RetrievalSpec:
 
     Attributes:
         k: default neighbours per prompt; 0 means the model uses no retrieval.
-        key: "audio" or "text": which database embeddings prompts are matched against.
+        key: the default retrieval mode: "caption" (the prompt against the database's caption
+            embeddings), "audio" (against its CLAP audio embeddings), "hybrid" (a weighted sum
+            of both scores), or "text" (a legacy database holding caption keys only).
         contexts: the denoiser's context inputs fed from neighbours.
         caption_tokens, audio_tokens: L and M, tokens per neighbour.
         caption_dim, audio_dim: token widths.

@@ -1,4 +1,5 @@
-"""Optional clip post-processing: silence trimming, RMS loudness target, peak normalisation."""
+"""Clip post-processing: silence trimming, RMS loudness target, peak normalisation (all optional),
+and the trailing-silence trim of clips whose duration the engine chose."""
 
 from __future__ import annotations
 
@@ -50,3 +51,23 @@ class PostProcess:
             if peak > target or self.loudness_db is None:
                 x = x * (target / peak)
         return x.astype(np.float32)
+
+
+def trim_tail(audio: np.ndarray, sample_rate: int, floor_db: float = -50.0, min_seconds: float = 0.25) -> np.ndarray:
+    """``audio`` without its trailing near-silence: everything after the last 50-ms frame whose
+    RMS is within ``floor_db`` of the loudest frame's, plus one frame, with a 10-ms fade-out."""
+    frame = max(1, int(0.05 * sample_rate))
+    n = len(audio) // frame
+    if n < 2:
+        return audio
+    rms = np.sqrt(np.mean(np.square(audio[: n * frame].reshape(n, frame), dtype=np.float64), axis=1))
+    if rms.max() == 0.0:
+        return audio
+    last = int(np.flatnonzero(rms >= rms.max() * 10 ** (floor_db / 20))[-1])
+    end = max(min((last + 2) * frame, len(audio)), min(len(audio), int(min_seconds * sample_rate)))
+    if end >= len(audio):
+        return audio
+    out = np.array(audio[:end], dtype=np.float32)
+    fade = min(len(out), int(0.01 * sample_rate))
+    out[len(out) - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    return out

@@ -32,7 +32,7 @@ from .prompts import read_prompt_file
 
 log = logging.getLogger(__name__)
 #: Request fields carried through the dataset (one row per clip).
-_FIELDS = ("prompt", "duration", "seed", "steps", "guidance", "sampler", "k", "id", "variation")
+_FIELDS = ("prompt", "duration", "seed", "steps", "guidance", "sampler", "k", "retrieval", "id", "variation")
 
 
 def _import_ray():

@@ -6,7 +6,8 @@ Layout of a database folder::
     gen-000001/
         db.json          settings and provenance, item count
         items.jsonl      one item per row: id, caption, label, source, audio
-        keys.npy         (N, E) float16 CLAP embeddings that prompts are matched against
+        keys.npy         (N, E) float16 CLAP embeddings of kind ``key`` (audio, or legacy text)
+        caption_keys.npy (N, E) float16 CLAP text embeddings of the captions (``caption_keys``)
         audio_tokens.npy (N, M, Da) float16 pooled audio tokens
         caption_tokens.npy (N, L, Dt) float16 caption token features
         caption_mask.npy (N, L) bool
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 CURRENT = "CURRENT"
 ARRAYS = ("keys", "audio_tokens", "caption_tokens", "caption_mask")
 INDEXES = ("hnsw", "ivf")
+#: How a prompt's CLAP text embedding is matched: against the clips' audio embeddings,
+#: their captions' text embeddings, or a weighted sum of both scores.
+MODES = ("caption", "audio", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,12 @@ class DatabaseInfo:
     """Settings and provenance of a database.
 
     Attributes:
-        key: "audio" or "text": what the keys embed.
+        key: "audio" or "text": what ``keys.npy`` embeds.
+        caption_keys: whether ``caption_keys.npy`` holds the captions' text embeddings beside
+            audio keys (then "caption" and "hybrid" search work too).
+        hybrid_weight: weight of the audio score in "hybrid" search (the caption score gets 1 − it).
+        index_mode: the search mode the ANN index above ``exact_threshold`` covers ("": the
+            keys' own kind); other modes are searched exactly there.
         embed_dim: CLAP embedding width.
         audio_tokens, audio_dim: M and width of audio token features.
         caption_tokens, caption_dim: L and width of caption token features.
@@ -70,6 +79,9 @@ class DatabaseInfo:
     index: str = "hnsw"
     ivf_lists: int = 0
     ivf_probe: int = 4
+    caption_keys: bool = False
+    hybrid_weight: float = 0.5
+    index_mode: str = ""
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +89,21 @@ class DatabaseInfo:
             raise ValueError(f"index={self.index!r}; valid: {', '.join(INDEXES)}")
         if self.ivf_probe < 1 or self.ivf_lists < 0:
             raise ValueError(f"ivf_probe={self.ivf_probe} must be >= 1 and ivf_lists={self.ivf_lists} >= 0")
+        if self.index_mode and self.index_mode not in self.modes:
+            raise ValueError(f"index_mode={self.index_mode!r}; this database offers {', '.join(self.modes)}")
+        if not 0.0 <= self.hybrid_weight <= 1.0:
+            raise ValueError(f"hybrid_weight={self.hybrid_weight} must be in [0, 1]")
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The search modes this database can answer."""
+        if self.key == "text":
+            return ("caption",)
+        return MODES if self.caption_keys else ("audio",)
+
+    @property
+    def default_mode(self) -> str:
+        return self.index_mode or ("caption" if self.key == "text" else "audio")
 
 
 @dataclass
@@ -88,6 +115,7 @@ class Items:
     audio_tokens: np.ndarray
     caption_tokens: np.ndarray
     caption_mask: np.ndarray
+    caption_keys: np.ndarray | None = None  # (N, E) text embeddings of the captions
 
 
 @dataclass
@@ -113,7 +141,8 @@ class RetrievalDB:
         self.info = from_dict(DatabaseInfo, json.loads((self.generation / "db.json").read_text("utf-8")))
         with open(self.generation / "items.jsonl", encoding="utf-8") as f:
             self.items = [json.loads(line) for line in f if line.strip()]
-        self.arrays = {name: np.load(self.generation / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        names = ARRAYS + (("caption_keys",) if self.info.caption_keys else ())
+        self.arrays = {name: np.load(self.generation / f"{name}.npy", mmap_mode="r") for name in names}
         lengths = {name: len(a) for name, a in self.arrays.items()} | {"items": len(self.items)}
         if set(lengths.values()) != {self.info.count}:
             raise ValueError(f"{self.generation}: arrays disagree with db.json count {self.info.count}: {lengths}")
@@ -134,6 +163,7 @@ class RetrievalDB:
             np.zeros((0, info.audio_tokens, info.audio_dim), np.float16),
             np.zeros((0, info.caption_tokens, info.caption_dim), np.float16),
             np.zeros((0, info.caption_tokens), bool),
+            np.zeros((0, info.embed_dim), np.float16) if info.caption_keys else None,
         )
         _write_generation(folder, replace(info, count=0), empty)
         return cls(folder)
@@ -143,12 +173,17 @@ class RetrievalDB:
     def __len__(self) -> int:
         return self.info.count
 
-    def search(self, queries: np.ndarray, k: int, exclude: list[set[int]] | None = None) -> np.ndarray:
+    def search(self, queries: np.ndarray, k: int, exclude: list[set[int]] | None = None, mode: str | None = None) -> np.ndarray:
         """Top-``k`` rows for each unit-norm query (B, E) → (B, k) int64, -1 where fewer exist.
 
+        ``mode`` is one of :data:`MODES` this database offers (None: its default).
         ``exclude`` gives, per query, rows that must not be returned (the item itself
         and its same-source siblings during training and evaluation).
         """
+        mode = mode or self.info.default_mode
+        if mode not in self.info.modes:
+            raise ValueError(f"retrieval mode {mode!r} not offered by the database {self.folder} "
+                             f"(it has: {', '.join(self.info.modes)}; rebuild it for caption keys)")  # fmt: skip
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         b = len(queries)
         out = np.full((b, k), -1, dtype=np.int64)
@@ -156,11 +191,12 @@ class RetrievalDB:
             return out
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         count = min(self.info.count, k + extra)
-        if self.info.count < self.info.exact_threshold:
+        if self.info.count < self.info.exact_threshold or mode != self.info.default_mode:
             from usearch.index import MetricKind, search
 
-            keys = np.asarray(self.arrays["keys"], dtype=np.float32)
-            found = search(keys, queries, count, MetricKind.Cos, exact=True).keys
+            # Hybrid scores are dot products with a weighted sum of unit keys: not a cosine.
+            metric = MetricKind.IP if mode == "hybrid" else MetricKind.Cos
+            found = search(self.search_keys(mode), queries, count, metric, exact=True).keys
         elif self.info.index == "ivf":
             found = self._ivf().search(queries, count, self.info.ivf_probe)
         else:
@@ -172,11 +208,15 @@ class RetrievalDB:
             out[i, : len(rows)] = rows
         return out
 
+    def search_keys(self, mode: str) -> np.ndarray:
+        """The (N, E) float32 matrix whose dot products with a query score ``mode``."""
+        return _search_keys(self.info, self.arrays["keys"], self.arrays.get("caption_keys"), mode)
+
     def _ivf(self):
         if self._index is None:
             from .ivf import IvfIndex, IvfSearcher
 
-            self._index = IvfSearcher(IvfIndex.load(self.generation), self.arrays["keys"])
+            self._index = IvfSearcher(IvfIndex.load(self.generation), self.search_keys(self.info.default_mode))
         return self._index
 
     def _hnsw(self):
@@ -230,7 +270,7 @@ class RetrievalDB:
         merged = Items(
             self.items + list(new.records),
             *(np.concatenate([np.asarray(self.arrays[n]), getattr(new, n).astype(self.arrays[n].dtype)])
-              for n in ARRAYS),
+              for n in self._names()),
         )  # fmt: skip
         _write_generation(self.folder, replace(self.info, count=len(merged.records)), merged)
         return RetrievalDB(self.folder)
@@ -241,9 +281,12 @@ class RetrievalDB:
             raise ValueError(f"no such item id(s) in the database: {missing[:10]}")
         drop = {self._row_of[i] for i in item_ids}
         keep = np.array([r for r in range(self.info.count) if r not in drop], dtype=np.int64)
-        kept = Items([self.items[r] for r in keep], *(np.asarray(self.arrays[n])[keep] for n in ARRAYS))
+        kept = Items([self.items[r] for r in keep], *(np.asarray(self.arrays[n])[keep] for n in self._names()))
         _write_generation(self.folder, replace(self.info, count=len(keep)), kept)
         return RetrievalDB(self.folder)
+
+    def _names(self) -> tuple[str, ...]:
+        return ARRAYS + (("caption_keys",) if self.info.caption_keys else ())
 
     def _check_shapes(self, new: Items) -> None:
         n = len(new.records)
@@ -254,9 +297,22 @@ class RetrievalDB:
             "caption_tokens": (n, info.caption_tokens, info.caption_dim),
             "caption_mask": (n, info.caption_tokens),
         }
+        if info.caption_keys:
+            if new.caption_keys is None:
+                raise ValueError("this database keeps caption keys: the new items need caption_keys too")
+            expected["caption_keys"] = (n, info.embed_dim)
         for name, shape in expected.items():
             if getattr(new, name).shape != shape:
                 raise ValueError(f"new {name} has shape {getattr(new, name).shape}, expected {shape}")
+
+
+def _search_keys(info: DatabaseInfo, keys, caption_keys, mode: str) -> np.ndarray:
+    if mode == "caption" and info.key != "text":
+        return np.asarray(caption_keys, dtype=np.float32)
+    if mode == "hybrid":
+        w = info.hybrid_weight
+        return w * np.asarray(keys, dtype=np.float32) + (1 - w) * np.asarray(caption_keys, dtype=np.float32)
+    return np.asarray(keys, dtype=np.float32)
 
 
 def _write_generation(folder: Path, info: DatabaseInfo, items: Items) -> None:
@@ -275,16 +331,20 @@ def _write_generation(folder: Path, info: DatabaseInfo, items: Items) -> None:
         np.save(tmp / "audio_tokens.npy", np.ascontiguousarray(items.audio_tokens, dtype=np.float16))
         np.save(tmp / "caption_tokens.npy", np.ascontiguousarray(items.caption_tokens, dtype=np.float16))
         np.save(tmp / "caption_mask.npy", np.ascontiguousarray(items.caption_mask, dtype=bool))
+        if info.caption_keys:
+            np.save(tmp / "caption_keys.npy", np.ascontiguousarray(items.caption_keys, dtype=np.float16))
+        index_keys = _search_keys(info, items.keys, items.caption_keys, info.default_mode)
         if info.count >= info.exact_threshold and info.index == "ivf":
             from .ivf import IvfIndex, default_lists
 
-            IvfIndex.build(items.keys, info.ivf_lists or default_lists(info.count)).save(tmp)
+            IvfIndex.build(index_keys, info.ivf_lists or default_lists(info.count)).save(tmp)
         elif info.count >= info.exact_threshold:
             from usearch.index import Index
 
-            index = Index(ndim=info.embed_dim, metric="cos", dtype="f16", connectivity=info.connectivity,
+            metric = "ip" if info.default_mode == "hybrid" else "cos"
+            index = Index(ndim=info.embed_dim, metric=metric, dtype="f16", connectivity=info.connectivity,
                           expansion_add=info.expansion_add, expansion_search=info.expansion_search)  # fmt: skip
-            index.add(np.arange(info.count), np.asarray(items.keys, dtype=np.float32))
+            index.add(np.arange(info.count), index_keys)
             index.save(str(tmp / "index.usearch"))
         write_json_atomic(tmp / "db.json", to_dict(info))
         os.replace(tmp, folder / name)

@@ -22,6 +22,7 @@ from reaudio.engine.manifest import (
 )
 from reaudio.engine.retrieval_db import DatabaseInfo, RetrievalDB
 from reaudio.models.configs import FamilyConfig
+from reaudio.models.retrieval_features import database_key_settings
 
 from .contracts import stages_for
 from .fp16 import convert_to_fp16
@@ -41,7 +42,7 @@ class ExportParityError(RuntimeError):
 
 def database_info(cfg: FamilyConfig, provenance: dict | None = None) -> DatabaseInfo:
     return DatabaseInfo(
-        key=cfg.retrieval.key,
+        **database_key_settings(cfg.retrieval),
         embed_dim=cfg.clap.embed_dim,
         audio_tokens=cfg.retrieval.audio_tokens,
         audio_dim=cfg.clap.audio.width,

@@ -179,14 +179,18 @@ def _pack_database(pack: Path, meta: dict, cfg: FamilyConfig, clap: CLAP, folder
     tokens = np.load(pack / "db" / "audio_tokens.npy").astype(np.float32)
     tokens *= np.load(pack / "db" / "audio_scales.npy")[:, None, None]
     encoder = RetrievalFeatureEncoder(clap, cfg.retrieval)
-    cap_tokens, cap_masks = [], []
+    cap_tokens, cap_masks, cap_keys = [], [], []
     for start in range(0, len(records), 64):
-        t, m = encoder.caption_features([r["caption"] for r in records[start : start + 64]])
+        captions = [r["caption"] for r in records[start : start + 64]]
+        t, m = encoder.caption_features(captions)
         cap_tokens.append(t.numpy())
         cap_masks.append(m.numpy())
+        ids, am = clap.tokenizer(captions)
+        cap_keys.append(clap.embed_text(torch.from_numpy(ids), torch.from_numpy(am)).numpy())
     info = replace(database_info(cfg, info.get("provenance", {})), count=0)
     db = RetrievalDB.create(folder, info)
-    return db.add(Items(records, keys, tokens, np.concatenate(cap_tokens), np.concatenate(cap_masks)))
+    return db.add(Items(records, keys, tokens, np.concatenate(cap_tokens), np.concatenate(cap_masks),
+                        np.concatenate(cap_keys) if info.caption_keys else None))  # fmt: skip
 
 
 def assemble(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path:

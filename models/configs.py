@@ -147,7 +147,7 @@ def _sfx_small() -> FamilyConfig:
         ),  # fmt: skip
         clap=CLAPConfig(audio=AudioTowerConfig(n_mels=80, stem_channels=(16, 32, 64), width=128, layers=2,
                                                heads=4), embed_dim=256),  # fmt: skip
-        retrieval=RetrievalConfig(k=3, caption_tokens=32, audio_tokens=8),
+        retrieval=RetrievalConfig(k=3, key="caption", caption_tokens=32, audio_tokens=8),
     )
 
 

@@ -8,7 +8,8 @@ import torch
 
 from .clap import CLAP
 
-_KEYS = ("audio", "text")
+# "text": legacy databases whose only keys are caption embeddings (the same matching as "caption").
+_KEYS = ("caption", "audio", "hybrid", "text")
 _CONTEXTS = ("retrieved_text", "retrieved_audio")
 
 
@@ -18,8 +19,10 @@ class RetrievalConfig:
 
     Attributes:
         k: neighbours retrieved per prompt (0: no retrieval).
-        key: what the prompt's CLAP text embedding is matched against: the database's
-            CLAP "audio" embeddings (default) or its caption ("text") embeddings.
+        key: how the prompt's CLAP text embedding is matched, in training and by default at
+            generation: against the database's "caption" embeddings, its CLAP "audio"
+            embeddings, or a "hybrid" weighted sum of both scores (databases keep both keys;
+            "text" builds a legacy database with caption keys only).
         contexts: which neighbour features condition the UNet: any of
             "retrieved_text" (caption tokens) and "retrieved_audio" (audio tokens).
         caption_tokens: L, token features kept per retrieved caption (paper: 50).
@@ -42,6 +45,13 @@ class RetrievalConfig:
             raise ValueError(f"RetrievalConfig.contexts: unknown {bad}; valid: {', '.join(_CONTEXTS)}")
         if self.caption_tokens < 1 or self.audio_tokens < 1:
             raise ValueError("RetrievalConfig: caption_tokens and audio_tokens must be >= 1")
+
+
+def database_key_settings(cfg: RetrievalConfig) -> dict:
+    """The ``DatabaseInfo`` fields that follow from ``cfg.key``: which keys a new database keeps."""
+    if cfg.key == "text":
+        return {"key": "text", "caption_keys": False, "index_mode": ""}
+    return {"key": "audio", "caption_keys": True, "index_mode": cfg.key}
 
 
 class RetrievalFeatureEncoder:

@@ -6,7 +6,10 @@
 #
 # Step counts come from the environment (the defaults are the CPU run of the shipped model;
 # on a GPU raise them and add DEVICE=cuda):
-#   CLAP_STEPS VAE_STEPS LDM_STEPS BATCH LDM_BATCH DEVICE
+#   CLAP_STEPS VAE_STEPS LDM_STEPS BATCH LDM_BATCH DEVICE LOUDNESS
+# Training audio is loudness-normalised (LOUDNESS LUFS, peaks <= -1 dBFS) for the VAE and the LDM;
+# the LDM drops FiLM and retrieved contexts independently (so k = 0 and "neighbours only" are
+# conditions it has seen) and weights its loss with min-SNR-gamma 5.
 set -euo pipefail
 CORPUS=${1:?corpus folder (reaudio data build-sfx --out CORPUS)}
 RUNS=${2:?folder for the training runs}
@@ -14,9 +17,10 @@ CONFIG=${CONFIG:-sfx-small}
 DEVICE=${DEVICE:-auto}
 CLAP_STEPS=${CLAP_STEPS:-2000}
 VAE_STEPS=${VAE_STEPS:-2500}
-LDM_STEPS=${LDM_STEPS:-3500}
+LDM_STEPS=${LDM_STEPS:-5000}
 BATCH=${BATCH:-16}
 LDM_BATCH=${LDM_BATCH:-8}
+LOUDNESS=${LOUDNESS:--20}
 mkdir -p "$RUNS"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -29,7 +33,8 @@ reaudio train clap --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RU
 
 stamp "VAE ($VAE_STEPS steps)"
 reaudio train vae --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/vae" \
-    --steps "$VAE_STEPS" --batch-size 8 --lr 2e-4 --segment-seconds 1.5 --device "$DEVICE" --checkpoint-every 200
+    --steps "$VAE_STEPS" --batch-size 8 --lr 2e-4 --segment-seconds 1.5 --device "$DEVICE" --checkpoint-every 200 \
+    --loudness-db "$LOUDNESS"
 
 stamp "retrieval database over the training split"
 [ -d "$RUNS/db" ] || reaudio db build --clap "$RUNS/clap/final/clap" --config "$CONFIG" \
@@ -38,7 +43,8 @@ stamp "retrieval database over the training split"
 stamp "LDM ($LDM_STEPS steps; the vocoder is the universal HiFi-GAN)"
 reaudio train ldm --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/ldm" \
     --steps "$LDM_STEPS" --batch-size "$LDM_BATCH" --lr 2e-4 --device "$DEVICE" --checkpoint-every 250 \
-    --vae "$RUNS/vae/final/vae" --clap "$RUNS/clap/final/clap" --database "$RUNS/db" --vocoder universal
+    --vae "$RUNS/vae/final/vae" --clap "$RUNS/clap/final/clap" --database "$RUNS/db" --vocoder universal \
+    --loudness-db "$LOUDNESS" --cfg-dropout 0.1 --film-dropout 0.1 --context-dropout 0.1 --min-snr-gamma 5
 
 stamp "export"
 [ -d "$RUNS/bundle" ] || reaudio export "$RUNS/ldm/final" --out "$RUNS/bundle" --database "$RUNS/db"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from reaudio.engine.cli import add_engine_commands, make_parser, run
 
-from .sfx_sources import PACKAGES
+from .sfx_sources import HELDOUT_PACKAGES, PACKAGES
 
 
 def _need_training_side(extra: str = "train") -> None:
@@ -133,6 +133,12 @@ def _add_train(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="ldm: drop all conditions together")
+    p.add_argument("--film-dropout", type=float, default=0.0, help="ldm: drop only the FiLM prompt embedding")
+    p.add_argument("--context-dropout", type=float, default=0.0, help="ldm: drop only the retrieved contexts")
+    p.add_argument("--min-snr-gamma", type=float, default=0.0,
+                   help="ldm: min-SNR-gamma loss weighting (e.g. 5; 0: plain epsilon loss)")
+    p.add_argument("--loudness-db", type=float,
+                   help="vae/ldm/vocoder: normalise training clips to this loudness, LUFS (e.g. -20)")
     p.add_argument("--kl-weight", type=float, default=1e-6, help="vae: KL weight")
     p.add_argument("--segment-seconds", type=float, default=0.0,
                    help="vae: train on random crops this long (default: whole training clips)")
@@ -156,7 +162,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out = args.out / sub if sub else (args.out if k is None else args.out / f"k{k}")
         return EvalConfig(bundle=bundle or args.bundle, data=args.data, out=out, split=args.split, k=k,
                           steps=args.steps, guidance=args.guidance, seed=args.seed, limit=args.limit,
-                          backbone=args.backbone, backend=args.backend)  # fmt: skip
+                          backbone=args.backbone, backend=args.backend, retrieval=args.retrieval)  # fmt: skip
 
     if args.compare:
         rows = []
@@ -187,7 +193,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--bundle", type=Path)
     p.add_argument("--data", type=Path, required=True, help="clip manifest with train and test splits")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, long_tail.png")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="manifest split to score: test, or heldout (zero-shot)")
+    p.add_argument("--retrieval", choices=("caption", "audio", "hybrid"), help="neighbour search (default: the bundle's)")
     p.add_argument("--k", type=int, help="neighbours per prompt (default: the bundle's)")
     p.add_argument("--ks", type=int, nargs="+", help="ablation: evaluate at each k and write ablation.md")
     p.add_argument("--compare", nargs="+", metavar="NAME=BUNDLE[@K]",
@@ -217,7 +224,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
         family = load_config(args.config)
         cfg = CorpusConfig(out=args.out, sample_rate=family.mel.sample_rate, clip_seconds=family.clip_seconds,
                            max_segments=args.max_segments, packages=tuple(args.packages or PACKAGES),
-                           test_percent=args.test_percent, captions=args.captions)  # fmt: skip
+                           test_percent=args.test_percent, captions=args.captions,
+                           heldout=tuple(args.heldout) if args.heldout is not None else HELDOUT_PACKAGES)  # fmt: skip
         report = build_corpus(cfg, progress=not args.quiet)
         print(describe(report))
         print(f"manifest: {args.out / 'manifest.jsonl'}  report: {args.out / 'report.json'}")
@@ -243,6 +251,9 @@ def _add_data(sub, common) -> None:
     b.add_argument("--max-segments", type=int, default=8, help="segments kept per source file")
     b.add_argument("--test-percent", type=int, default=10, help="share of source files in the test split")
     b.add_argument("--captions", type=Path, help="caption map (TSV) instead of the curated one")
+    b.add_argument("--heldout", nargs="*", choices=PACKAGES, metavar="PKG",
+                   help=f"packages kept out of training for the zero-shot split (default: {' '.join(HELDOUT_PACKAGES)}; "
+                   "none: --heldout with no names)")  # fmt: skip
     s = dsub.add_parser("stats", parents=[common], help="label frequencies and a long-tail chart")
     s.add_argument("manifest", type=Path)
     s.add_argument("--out", type=Path, required=True, help="folder for label_stats.json and long_tail.png")

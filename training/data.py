@@ -10,7 +10,8 @@ import numpy as np
 
 from reaudio.engine.audio_io import load_audio
 
-SPLITS = ("train", "valid", "test")
+#: "heldout": clips of packages kept out of training entirely (the zero-shot evaluation).
+SPLITS = ("train", "valid", "test", "heldout")
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,22 @@ def read_manifest(path: str | Path) -> list[Clip]:
 
 
 class ClipAudio:
-    """Audio of a split, decoded once at the front end's rate and kept in memory."""
+    """Audio of a split, decoded once at the front end's rate and kept in memory.
 
-    def __init__(self, clips: list[Clip], sample_rate: int, clip_samples: int) -> None:
+    ``loudness_db``: normalise every clip to this integrated loudness (LUFS, peaks
+    at most -1 dBFS); None keeps the levels as recorded.
+    """
+
+    def __init__(self, clips: list[Clip], sample_rate: int, clip_samples: int, loudness_db: float | None = None) -> None:
         if not clips:
             raise ValueError("no clips in this split")
         self.clips = clips
         self.clip_samples = clip_samples
         self.audio = [load_audio(c.audio, sample_rate) for c in clips]
+        if loudness_db is not None:
+            from .loudness import normalise_loudness
+
+            self.audio = [normalise_loudness(w, sample_rate, loudness_db) for w in self.audio]
 
     def __len__(self) -> int:
         return len(self.clips)

@@ -12,7 +12,11 @@ import torch
 from reaudio.engine.retrieval_db import DatabaseInfo, Items, RetrievalDB
 from reaudio.models.clap import CLAP
 from reaudio.models.mel import LogMel
-from reaudio.models.retrieval_features import RetrievalConfig, RetrievalFeatureEncoder
+from reaudio.models.retrieval_features import (
+    RetrievalConfig,
+    RetrievalFeatureEncoder,
+    database_key_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +35,26 @@ def encode_items(clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: lis
     """CLAP keys and neighbour features for ``items`` (audio of any lengths)."""
     clap.eval()
     enc = RetrievalFeatureEncoder(clap, retrieval)
-    keys, audio_tokens, cap_tokens, cap_masks = [], [], [], []
+    keys, caption_keys, audio_tokens, cap_tokens, cap_masks = [], [], [], [], []
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         for item in chunk:  # per item: clips differ in length
             m = clap.audio_input(item.audio, mel)
             audio_tokens.append(enc.audio_features(m)[0].numpy())
-            if retrieval.key == "audio":
+            if retrieval.key != "text":
                 keys.append(clap.embed_audio(m)[0].numpy())
         tokens, mask = enc.caption_features([i.caption for i in chunk])
         cap_tokens.append(tokens.numpy())
         cap_masks.append(mask.numpy())
-        if retrieval.key == "text":
-            ids, am = clap.tokenizer([i.caption for i in chunk])
-            keys.extend(clap.embed_text(torch.from_numpy(ids), torch.from_numpy(am)).numpy())
-    records = [{"id": i.id, "caption": i.caption, "label": i.label, "source": i.source} for i in items]
-    return Items(records, np.stack(keys), np.stack(audio_tokens), np.concatenate(cap_tokens), np.concatenate(cap_masks))
+        ids, am = clap.tokenizer([i.caption for i in chunk])
+        caption_keys.extend(clap.embed_text(torch.from_numpy(ids), torch.from_numpy(am)).numpy())
+    records = [{"id": i.id, "caption": i.caption, "label": i.label, "source": i.source,
+                "duration": round(len(i.audio) / mel.cfg.sample_rate, 3)} for i in items]  # fmt: skip
+    if retrieval.key == "text":
+        return Items(records, np.stack(caption_keys), np.stack(audio_tokens), np.concatenate(cap_tokens),
+                     np.concatenate(cap_masks))  # fmt: skip
+    return Items(records, np.stack(keys), np.stack(audio_tokens), np.concatenate(cap_tokens),
+                 np.concatenate(cap_masks), np.stack(caption_keys))  # fmt: skip
 
 
 def build_database(
@@ -56,7 +64,7 @@ def build_database(
     """``index``: "hnsw" or "ivf", used above the exact-search threshold (see DatabaseInfo)."""
     info = DatabaseInfo(
         index=index,
-        key=retrieval.key,
+        **database_key_settings(retrieval),
         embed_dim=clap.cfg.embed_dim,
         audio_tokens=retrieval.audio_tokens,
         audio_dim=clap.cfg.audio.width,

@@ -18,6 +18,14 @@ class Diffusion:
         a = self.alphas_cumprod[t].to(z0.dtype).view(-1, *([1] * (z0.dim() - 1)))
         return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
+    def loss_weights(self, t: torch.Tensor, min_snr_gamma: float = 0.0) -> torch.Tensor:
+        """Per-item weights of the ε-loss: min(SNR, γ)/SNR (min-SNR-γ, Hang et al., 2023); ones when γ = 0."""
+        if min_snr_gamma <= 0:
+            return torch.ones(len(t), device=t.device)
+        a = self.alphas_cumprod[t]
+        snr = a / (1 - a)
+        return (snr.clamp(max=min_snr_gamma) / snr).float()
+
 
 def ddim_step_reference(x, eps, a_t, a_prev):
     """DDIM, η = 0 (Song et al., 2021, eq. 12): x_prev = √ā_prev·x̂0 + √(1−ā_prev)·ε."""

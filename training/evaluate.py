@@ -21,6 +21,7 @@ from reaudio.engine.engine import Engine, Request
 
 from .backbones import embed_at, load_backbone
 from .data import read_manifest
+from .listening import listener_metrics, neighbour_label_scores
 from .metrics import (
     FREQUENCY_BUCKETS,
     clap_score,
@@ -48,6 +49,7 @@ class EvalConfig:
         limit: score at most this many test clips, evenly spaced over the split.
         backbone: "aisfx", "clap" or "package.module:factory".
         min_label_clips: labels with fewer training clips are left out of the classifier.
+        retrieval: neighbour search mode for generation (None: the bundle's).
     """
 
     bundle: Path
@@ -62,6 +64,7 @@ class EvalConfig:
     backbone: str = "aisfx"
     min_label_clips: int = 5
     backend: str = "auto"
+    retrieval: str | None = None
     bundle_name: str = field(default="")
 
 
@@ -87,13 +90,18 @@ def train_label_classifier(embeddings: np.ndarray, labels: list[str], seed: int 
     return predict_proba, classes
 
 
+def _spread(items: list, limit: int | None) -> list:
+    """At most ``limit`` items, evenly spaced (manifests are often grouped by source)."""
+    if not limit or len(items) <= limit:
+        return list(items)
+    return [items[round(i * len(items) / limit)] for i in range(limit)]
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     start = time.perf_counter()
     clips = read_manifest(cfg.data)
-    test = [c for c in clips if c.split == cfg.split]
-    if cfg.limit and len(test) > cfg.limit:
-        # Evenly spaced, not the first N: manifests are often grouped by source (package, folder).
-        test = [test[round(i * len(test) / cfg.limit)] for i in range(cfg.limit)]
+    split = [c for c in clips if c.split == cfg.split]
+    test = _spread(split, cfg.limit)
     train = [c for c in clips if c.split == "train"]
     if len(test) < 2:
         raise ValueError(f"{cfg.data}: need at least 2 '{cfg.split}' clips to score, found {len(test)}")
@@ -101,8 +109,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     sr = engine.sample_rate
     real = [load_audio(c.audio, sr) for c in test]
     durations = [min(max(len(w) / sr, 0.5), engine.manifest.defaults.duration) for w in real]
-    requests = [Request(c.caption, duration=d, seed=cfg.seed + i, steps=cfg.steps, guidance=cfg.guidance, k=cfg.k)
-                for i, (c, d) in enumerate(zip(test, durations))]  # fmt: skip
+    requests = [Request(c.caption, duration=d, seed=cfg.seed + i, steps=cfg.steps, guidance=cfg.guidance, k=cfg.k,
+                        retrieval=cfg.retrieval) for i, (c, d) in enumerate(zip(test, durations))]  # fmt: skip
     results = engine.generate(requests)
     failed = [c.id for c, r in zip(test, results) if not r.ok]
     pairs = [(c, w[: len(r.waveform)], r.waveform) for c, w, r in zip(test, real, results) if r.ok]
@@ -110,9 +118,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise RuntimeError(f"only {len(pairs)} clip(s) generated; failures: {failed}")
     backbone = load_backbone(cfg.backbone)
     real_emb = _cached(("real", backbone.name, sr, tuple((p[0].id, len(p[1])) for p in pairs)),
-                       lambda: embed_at(backbone, [p[1] for p in pairs], sr))  # fmt: skip
+                       lambda: embed_at(backbone, [p[1] for p in pairs], sr), [p[0].audio for p in pairs])  # fmt: skip
     gen_emb = embed_at(backbone, [p[2] for p in pairs], sr)
     metrics = {"clips": len(pairs), "failed": failed, "backbone": backbone.name, "fad": fad(real_emb, gen_emb)}
+    metrics.update(listener_metrics([p[2] for p in pairs], [p[1] for p in pairs], gen_emb, real_emb, sr))
+    metrics.update(_references(cfg, engine, backbone, pairs, real_emb, clips, [c for c in split if c not in test]))
 
     counts: dict[str, int] = {}
     for c in train:
@@ -120,7 +130,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     usable = [c for c in train if c.label and counts[c.label] >= cfg.min_label_clips]
     if len({c.label for c in usable}) >= 2:
         train_emb = _cached(("train", backbone.name, sr, tuple(c.id for c in usable)),
-                            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in usable], sr))  # fmt: skip
+                            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in usable], sr),
+                            [c.audio for c in usable])  # fmt: skip
         proba, classes = train_label_classifier(train_emb, [c.label for c in usable], cfg.seed)
         metrics.update(kl=kl_paired(proba(real_emb), proba(gen_emb)), inception_score=inception_score(proba(gen_emb)),
                        classifier_labels=len(classes))  # fmt: skip
@@ -138,31 +149,92 @@ def evaluate(cfg: EvalConfig) -> dict:
                             for _, _, name in FREQUENCY_BUCKETS if name in buckets}  # fmt: skip
     metrics["seconds"] = time.perf_counter() - start
     metrics["settings"] = {"bundle": str(cfg.bundle), "k": cfg.k, "steps": cfg.steps, "guidance": cfg.guidance,
-                           "seed": cfg.seed, "split": cfg.split}  # fmt: skip
+                           "seed": cfg.seed, "split": cfg.split, "retrieval": cfg.retrieval or engine.default_retrieval}  # fmt: skip
     write_report(cfg.out, metrics)
     log.info("scored %d clips in %.1f s", len(pairs), metrics["seconds"])
     return metrics
 
 
+def _references(cfg: EvalConfig, engine: Engine, backbone, pairs: list, real_emb: np.ndarray, clips: list,
+                others: list) -> dict:  # fmt: skip
+    """Neighbour label precision per retrieval mode, the copy-the-top-1-neighbour baseline and
+    the real-vs-real floor, on the same clips as the generated ones."""
+    out: dict = {}
+    sr = engine.sample_rate
+    if engine.db is not None and len(engine.db):
+        text_emb, _, _ = engine.embed_text([p[0].caption for p in pairs])
+        labels = [p[0].label for p in pairs]
+        out["retrieval"] = {}
+        top1: np.ndarray | None = None
+        for mode in engine.db.info.modes:
+            rows = engine.db.search(text_emb, 3, mode=mode)
+            found = [[engine.db.items[r].get("label", "") for r in row if r >= 0] for row in rows]
+            out["retrieval"][mode] = neighbour_label_scores(labels, found, 1) | neighbour_label_scores(labels, found, 3)
+            if mode == (cfg.retrieval or engine.default_retrieval):
+                top1 = rows[:, 0]
+        audio_of = {c.id: c.audio for c in clips}
+        if top1 is not None and all(r >= 0 and engine.db.items[r]["id"] in audio_of for r in top1):
+            copies = [load_audio(audio_of[engine.db.items[r]["id"]], sr)[: len(p[1])] for r, p in zip(top1, pairs)]
+            copy_emb = embed_at(backbone, copies, sr)
+            out["copy_top1"] = {"fad": fad(real_emb, copy_emb)} | listener_metrics(
+                copies, [p[1] for p in pairs], copy_emb, real_emb, sr)
+        else:
+            log.warning("top-1 neighbours are not all clips of %s: copy baseline skipped", cfg.data)
+    floor = _spread(others, len(pairs))
+    if len(floor) >= 2:
+        floor_emb = _cached(("floor", backbone.name, sr, tuple(c.id for c in floor)),
+                            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in floor], sr),
+                            [c.audio for c in floor])  # fmt: skip
+        out["real_floor"] = {"fad": fad(real_emb, floor_emb), "clips": len(floor)}
+    else:
+        log.warning("fewer than 2 other '%s' clips: real-vs-real floor skipped (use --limit)", cfg.split)
+    return out
+
+
 #: Embeddings of real clips, shared by the evaluations of one process (an ablation scores the
-#: same real clips at every k; only the generated ones change).
+#: same real clips at every k; only the generated ones change) and kept on disk between runs
+#: (the classifier's thousands of training clips cost minutes to embed on a CPU).
 _EMBEDDINGS: dict[tuple, np.ndarray] = {}
 
 
-def _cached(key: tuple, compute) -> np.ndarray:
+def _cached(key: tuple, compute, files: list[Path] = ()) -> np.ndarray:
+    """``compute()``, memoised in this process and on disk under the cache root; ``files`` (the
+    audio read) are part of the key by size and modification time, so an edited clip is re-embedded."""
+    import hashlib
+
+    from reaudio.engine.dataclass_io import atomic_path
+    from reaudio.engine.default_model import cache_root
+
     if key not in _EMBEDDINGS:
-        _EMBEDDINGS[key] = compute()
+        stamp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        digest = hashlib.sha256(repr((key, stamp)).encode()).hexdigest()[:32]
+        path = cache_root() / "eval-embeddings" / f"{digest}.npy"
+        if path.is_file():
+            _EMBEDDINGS[key] = np.load(path)
+        else:
+            _EMBEDDINGS[key] = compute()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, _EMBEDDINGS[key])
     return _EMBEDDINGS[key]
 
 
 def write_report(out: Path, metrics: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    lines = ["| metric | value |", "| --- | --- |"]
-    for key in ("fad", "kl", "inception_score", "clap_score", "clips"):
+    lines = ["| metric | generated | copy top-1 neighbour | real vs real |", "| --- | --- | --- | --- |"]
+    copy, floor = metrics.get("copy_top1", {}), metrics.get("real_floor", {})
+    for key in ("fad", "kl", "inception_score", "clap_score", "clipped_clips", "median_rms_dbfs",
+                "envelope_correlation", "paired_minus_unpaired"):  # fmt: skip
         if key in metrics:
-            value = metrics[key]
-            lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+            cells = [_cell(metrics.get(key)), _cell(copy.get(key)), _cell(floor.get(key))]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines.append(f"| clips | {metrics['clips']} | | {floor.get('clips', '')} |")
+    if metrics.get("retrieval"):
+        lines += ["", "| retrieval mode | precision@1 | precision@3 | hit@3 |", "| --- | --- | --- | --- |"]
+        lines += [f"| {mode} | {_cell(v.get('precision@1'))} | {_cell(v.get('precision@3'))} | {_cell(v.get('hit@3'))} |"
+                  for mode, v in metrics["retrieval"].items()]  # fmt: skip
     lines += ["", "| training clips of the label | test clips | CLAP score |", "| --- | --- | --- |"]
     lines += [f"| {name} | {v['clips']} | {v['clap_score']:.4f} |" for name, v in metrics["long_tail"].items()]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -185,13 +257,22 @@ def write_report(out: Path, metrics: dict) -> None:
     plt.close(fig)
 
 
+def _cell(value) -> str:
+    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def ablation(rows: list[tuple[str, EvalConfig]], out: Path) -> str:
     """Evaluate each (name, config) and write the paper's Table 1 layout as Markdown."""
-    lines = ["| setting | KL ↓ | IS ↑ | FAD ↓ | CLAP ↑ |", "| --- | --- | --- | --- | --- |"]
+    keys = ("kl", "inception_score", "fad", "clap_score", "clipped_clips", "envelope_correlation", "paired_minus_unpaired")
+    lines = ["| setting | KL ↓ | IS ↑ | FAD ↓ | CLAP ↑ | clipped ↓ | envelope r ↑ | paired − unpaired ↑ |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    m: dict = {}
     for name, cfg in rows:
         m = evaluate(cfg)
-        cells = [f"{m[key]:.3f}" if key in m else "—" for key in ("kl", "inception_score", "fad", "clap_score")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{m[key]:.3f}" if key in m else "—" for key in keys) + " |")
+    for name, ref in (("copy the top-1 neighbour", m.get("copy_top1")), ("real vs real (floor)", m.get("real_floor"))):
+        if ref:
+            lines.append(f"| {name} | " + " | ".join(f"{ref[key]:.3f}" if key in ref else "—" for key in keys) + " |")
     table = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text(table, encoding="utf-8")

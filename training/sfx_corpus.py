@@ -40,6 +40,7 @@ from .sfx_captions import CaptionEntry, CaptionMap, tuxpaint_caption
 from .sfx_sources import (
     ARCHIVE_SUFFIXES,
     AUDIO_SUFFIXES,
+    HELDOUT_PACKAGES,
     PACKAGES,
     SourceFile,
     drop_reason,
@@ -63,6 +64,8 @@ class CorpusConfig:
         packages: which of :data:`PACKAGES` to use.
         test_percent: share of source files in the test split.
         captions: a caption map file (None: the curated one).
+        heldout: packages whose clips all go to the "heldout" split: never trained on, never in
+            the retrieval database; the zero-shot evaluation (``reaudio eval --split heldout``).
     """
 
     out: Path
@@ -73,6 +76,7 @@ class CorpusConfig:
     packages: tuple[str, ...] = PACKAGES
     test_percent: int = 10
     captions: Path | None = None
+    heldout: tuple[str, ...] = HELDOUT_PACKAGES
 
 
 _APT_UPDATED: list[int] = []  # exit status of the one `apt-get update` a build may run
@@ -275,7 +279,7 @@ def _progress(items: list, package: str, enabled: bool):
 
 def build_corpus(cfg: CorpusConfig, progress: bool = True) -> dict:
     """Build (or finish) the corpus in ``cfg.out``; writes manifest.jsonl and report.json, returns the report."""
-    unknown_packages = sorted(set(cfg.packages) - set(PACKAGES))
+    unknown_packages = sorted((set(cfg.packages) | set(cfg.heldout)) - set(PACKAGES))
     if unknown_packages:
         raise ValueError(f"unknown package(s) {unknown_packages}; the corpus uses only: {', '.join(PACKAGES)}")
     captions = CaptionMap.load(cfg.captions)
@@ -284,6 +288,8 @@ def build_corpus(cfg: CorpusConfig, progress: bool = True) -> dict:
     for package in cfg.packages:
         records += build_package(package, cfg, captions, progress)
     clips = [c for r in records if r["status"] == "kept" for c in r["clips"]]
+    # Applied here, not in the journal, so changing the held-out set needs no rebuild.
+    clips = [{**c, "split": "heldout"} if c["package"] in cfg.heldout else c for c in clips]
     seen: dict[str, str] = {}
     for clip in clips:
         if clip["id"] in seen:

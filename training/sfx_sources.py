@@ -17,6 +17,9 @@ PACKAGES = (
     "tuxpaint-stamps-default", "sonic-pi-samples", "hydrogen-drumkits", "lmms-common",
 )  # fmt: skip
 
+#: Packages held out of training entirely: the zero-shot evaluation split ("heldout").
+HELDOUT_PACKAGES = ("supertuxkart-data",)
+
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".mp3")
 ARCHIVE_SUFFIXES = (".zip", ".pk3")
 

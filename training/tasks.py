@@ -58,10 +58,10 @@ class Task:
 
     def setup(self, trainer) -> None:
         self.device = trainer.device
-        self.train = ClipAudio([c for c in self.clips if c.split == "train"], self.family.mel.sample_rate,
-                               self.clip_samples)  # fmt: skip
+        sr, level = self.family.mel.sample_rate, trainer.cfg.loudness_db
+        self.train = ClipAudio([c for c in self.clips if c.split == "train"], sr, self.clip_samples, level)
         test = [c for c in self.clips if c.split == "test"]
-        self.test = ClipAudio(test, self.family.mel.sample_rate, self.clip_samples) if test else None
+        self.test = ClipAudio(test, sr, self.clip_samples, level) if test else None
         self.mel = LogMel(self.family.mel).to(self.device)
 
     def batch_audio(self, data: ClipAudio, trainer, step: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -169,6 +169,18 @@ class VocoderTask(Task):
         return {"test_mel_l1_before": self.before, "test_mel_l1_after": after}
 
 
+def condition_keep_masks(batch: int, cfg, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which items keep their FiLM embedding and which their retrieved contexts (B,) bool each.
+
+    With probability ``cfg_dropout`` both go (the unconditional model of classifier-free
+    guidance); otherwise each goes alone with its own probability.
+    """
+    keep_all = torch.rand(batch, device=device) >= cfg.cfg_dropout
+    keep_film = keep_all & (torch.rand(batch, device=device) >= cfg.film_dropout)
+    keep_contexts = keep_all & (torch.rand(batch, device=device) >= cfg.context_dropout)
+    return keep_film, keep_contexts
+
+
 class LDMTask(Task):
     """The retrieval-conditioned UNet on frozen VAE latents, CLAP text FiLM and retrieved contexts."""
 
@@ -192,8 +204,39 @@ class LDMTask(Task):
             self.scale = self._estimate_scale(trainer)
             log.info("latent scaling factor estimated from data: %.5f", self.scale)
         trainer.resolved["latent_scaling_factor"] = self.scale
+        self.posteriors = self._cache_posteriors()
         self.film, self.neighbours = self._conditions(self.train.clips)
         self.db = RetrievalDB(self.paths["database"]) if self.paths["database"] else None
+
+    @torch.no_grad()
+    def _cache_posteriors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The VAE posterior (mean, std) of every training clip, encoded once, when every clip fits
+        one training window: a step's crop is then the whole clip, and encoding it again at every
+        step (a third of a CPU step) would redo the same work. None: clips are cropped at random."""
+        hop = self.family.mel.hop_length
+        if any(len(w) >= self.clip_samples + hop for w in self.train.audio):
+            return None
+        means, stds = [], []
+        for start in range(0, len(self.train), 16):
+            chunk = [w[: self.clip_samples] for w in self.train.audio[start : start + 16]]
+            wav = np.stack([np.pad(w, (0, self.clip_samples - len(w))) for w in chunk])
+            post = self.vae.encode(self.mel(torch.from_numpy(wav).to(self.device)))
+            means.append(post.mean)
+            stds.append(post.std)
+        log.info("VAE posteriors of %d training clips cached (each fits one window)", len(self.train))
+        return torch.cat(means), torch.cat(stds)
+
+    def _latents(self, trainer, step: int) -> tuple[np.ndarray, torch.Tensor]:
+        """Indices and scaled VAE latents z0 of one step's batch."""
+        if self.posteriors is None:
+            idx, wav = self.batch_audio(self.train, trainer, step)
+            with torch.no_grad():
+                return idx, self.vae.encode(self.mel(wav)).sample() * self.scale
+        cfg = trainer.cfg
+        idx, _ = step_indices(len(self.train), cfg.batch_size, cfg.seed, step, trainer.rank, trainer.world)
+        sel = torch.from_numpy(idx).to(self.device)
+        mean, std = self.posteriors[0][sel], self.posteriors[1][sel]
+        return idx, (mean + std * torch.randn_like(mean)) * self.scale
 
     @torch.no_grad()
     def _estimate_scale(self, trainer) -> float:
@@ -234,21 +277,19 @@ class LDMTask(Task):
         return {"unet": self.unet}
 
     def train_step(self, trainer, step: int) -> dict[str, float]:
-        idx, wav = self.batch_audio(self.train, trainer, step)
-        with torch.no_grad():
-            z0 = self.vae.encode(self.mel(wav)).sample() * self.scale
+        idx, z0 = self._latents(trainer, step)
         b = len(idx)
         t = torch.randint(0, self.family.schedule.num_train_timesteps, (b,), device=self.device)
         noise = torch.randn_like(z0)
         zt = self.diffusion.q_sample(z0, t, noise)
-        # Classifier-free guidance: all conditions dropped together.
-        keep = torch.rand(b, device=self.device) >= trainer.cfg.cfg_dropout
-        film = self.film[torch.from_numpy(idx).to(self.device)] * keep[:, None]
-        contexts = self._contexts(self.neighbours[idx], keep)
+        keep_film, keep_contexts = condition_keep_masks(b, trainer.cfg, self.device)
+        film = self.film[torch.from_numpy(idx).to(self.device)] * keep_film[:, None]
+        contexts = self._contexts(self.neighbours[idx], keep_contexts)
         # bf16 autocast on GPU; the loss is taken in fp32.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             eps = trainer.ddp["unet"](zt, t, film, contexts)
-        loss = F.mse_loss(eps.float(), noise)
+        per_item = (eps.float() - noise).pow(2).flatten(1).mean(1)
+        loss = (per_item * self.diffusion.loss_weights(t, trainer.cfg.min_snr_gamma)).mean()
         trainer.optimise("unet", loss)
         return {"loss": loss.item()}
 

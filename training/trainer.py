@@ -42,7 +42,15 @@ class TrainConfig:
         seed: seeds initialisation, data order and noise.
         log_every, checkpoint_every: in steps.
         device: "auto" (CUDA when available), "cpu" or "cuda".
-        cfg_dropout: probability of dropping all conditions together (LDM).
+        cfg_dropout: probability of dropping all conditions together (LDM; the unconditional
+            half of classifier-free guidance).
+        film_dropout, context_dropout: probabilities of dropping only the FiLM embedding, or
+            only the retrieved contexts, independently (LDM), so "neighbours only" and
+            "prompt, no neighbours" (k = 0) are conditions the model has seen.
+        min_snr_gamma: min-SNR-γ loss weighting (Hang et al., 2023), weight min(SNR, γ)/SNR
+            per sample for ε-prediction (LDM; 0: the plain ε objective).
+        loudness_db: normalise training clips to this integrated loudness, LUFS (VAE, LDM,
+            vocoder; None: levels as recorded).
         kl_weight: KL weight (VAE).
         discriminator_width: channel multiplier of the HiFi-GAN discriminators (vocoder).
         segment_seconds: train the VAE on random crops this long (0: whole training clips);
@@ -61,6 +69,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     device: str = "auto"
     cfg_dropout: float = 0.1
+    film_dropout: float = 0.0
+    context_dropout: float = 0.0
+    min_snr_gamma: float = 0.0
+    loudness_db: float | None = None
     kl_weight: float = 1e-6
     discriminator_width: float = 1.0
     segment_seconds: float = 0.0

@@ -64,7 +64,7 @@ def test_killed_run_resumes_with_every_clip_exactly_once(tiny_bundle, tmp_path):
     prompts = _prompts(tmp_path, n)
     out = tmp_path / "lib"
     cmd = [*CLI, "-q", "generate", str(prompts), "--out", str(out), "--bundle", str(tiny_bundle),
-           "--batch-size", "1", "--steps", "60", "--backend", "cpu"]  # fmt: skip
+           "--batch-size", "1", "--steps", "60", "--backend", "cpu", "--duration", "1.0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while len(_entries(out)) < 3 and time.time() < deadline and proc.poll() is None:

@@ -149,6 +149,24 @@ def test_build_corpus_end_to_end_and_resume(tmp_path):
     assert build_corpus(cfg, progress=False) == report
 
 
+def test_a_heldout_package_is_kept_out_of_training(tmp_path):
+    out = tmp_path / "corpus"
+    _fake_packages(out)
+    cfg = CorpusConfig(out=out, sample_rate=RATE, clip_seconds=4.0, packages=("0ad-data", "sonic-pi-samples"),
+                       heldout=("sonic-pi-samples",))  # fmt: skip
+    report = build_corpus(cfg, progress=False)
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows if r["package"] == "sonic-pi-samples"} == {"heldout"}
+    assert "heldout" not in {r["split"] for r in rows if r["package"] == "0ad-data"}
+    assert report["splits"]["heldout"] == 1
+    clips = read_manifest(out / "manifest.jsonl")
+    assert [c.label for c in clips if c.split == "heldout"] == ["crow"]
+    # The held-out set changes with the configuration alone: no rebuild of the journal.
+    build_corpus(CorpusConfig(out=out, sample_rate=RATE, clip_seconds=4.0, packages=cfg.packages, heldout=()),
+                 progress=False)  # fmt: skip
+    assert "heldout" not in {c.split for c in read_manifest(out / "manifest.jsonl")}
+
+
 def test_missing_package_needs_apt(tmp_path, monkeypatch):
     from reaudio.training import sfx_corpus
 

@@ -106,6 +106,32 @@ def test_ldm_neighbours_exclude_self_and_same_source(tiny_manifest, frozen_parts
         assert all(items[r]["id"] != clip.id and items[r]["source"] != clip.source for r in rows)
 
 
+def test_ldm_encodes_each_training_clip_once_when_clips_fit_a_window(tiny_manifest, frozen_parts, tmp_path):
+    import numpy as np
+
+    from reaudio.training.tasks import LDMTask
+    from reaudio.training.trainer import TrainConfig, Trainer
+
+    f = frozen_parts
+    task = LDMTask(load_config("tiny"), tiny_manifest, f / "vae", f / "clap", f / "db")
+    trainer = Trainer(task, tmp_path / "run", TrainConfig(steps=0, batch_size=3), {})
+    assert task.posteriors is None  # 1.2-s clips, 1-s window: cropped at random every step
+    task.train.audio = [w[: task.clip_samples * 3 // 4] for w in task.train.audio]
+    task.posteriors = task._cache_posteriors()
+    assert task.posteriors is not None
+    wav = torch.from_numpy(np.pad(task.train.audio[1], (0, task.clip_samples - len(task.train.audio[1]))))[None]
+    with torch.no_grad():
+        direct = task.vae.encode(task.mel(wav))
+    torch.testing.assert_close(task.posteriors[0][1:2], direct.mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(task.posteriors[1][1:2], direct.std, rtol=1e-4, atol=1e-5)
+    idx, z0 = task._latents(trainer, 5)
+    assert z0.shape == (3, *direct.mean.shape[1:]) and len(idx) == 3
+    torch.manual_seed(0)
+    again = task._latents(trainer, 5)[1]
+    torch.manual_seed(1)
+    assert not torch.equal(again, task._latents(trainer, 5)[1])  # a fresh posterior sample each step
+
+
 def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_manifest, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
