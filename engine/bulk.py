@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine import Engine, Request, Result
-from .library import Library, check_template
+from .library import Library, check_file_name, check_template
 from .manifest import MANIFEST, sha256_file
 from .postprocess import PostProcess
 from .prompts import PromptRow, read_prompt_file, slugify
@@ -115,6 +115,7 @@ def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
         for v in range(row.variations or job.variations):
             seed = base + v
             name = job.name_template.format(id=row.id, slug=slugify(row.prompt), seed=seed, variation=v) + f".{ext}"
+            check_file_name(name, job.name_template)
             key = Library.key(row.id, v)
             if name in names:
                 raise ValueError(

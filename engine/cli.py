@@ -72,8 +72,9 @@ def _cmd_db_add(args: argparse.Namespace) -> int:
 def _cmd_db_remove(args: argparse.Namespace) -> int:
     from . import database_ops
 
-    db = database_ops.remove_clips(args.bundle, args.ids)
-    print(f"{args.bundle}: removed {len(args.ids)}; {len(db)} clip(s) left")
+    before = len(database_ops.list_clips(args.bundle))
+    db = database_ops.remove_clips(args.bundle, list(dict.fromkeys(args.ids)))
+    print(f"{args.bundle}: removed {before - len(db)}; {len(db)} clip(s) left")
     return 0
 
 

@@ -95,6 +95,7 @@ def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -
             problems.append(f"{clip.where}: {exc}")
     if problems:
         raise ClipListError(problems)
+    _warn_suspicious(clips, waves)
     audio_emb, audio_tokens = engine.encode_audio(waves)
     captions = [c.caption for c in clips]
     _, cap_tokens, cap_mask = engine.embed_text(captions, length=spec.caption_tokens)
@@ -108,6 +109,23 @@ def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -
     db = engine.db.add(Items(records, keys, audio_tokens, cap_tokens, cap_mask, text_emb if info.caption_keys else None))
     _rehash(bundle)
     return db
+
+
+def _warn_suspicious(clips: list[ClipSpec], waves: list) -> None:
+    """Silent clips and clips with identical audio are added, but said."""
+    import hashlib
+
+    import numpy as np
+
+    seen: dict[str, str] = {}
+    for clip, wav in zip(clips, waves):
+        if not len(wav) or float(np.max(np.abs(wav))) < 1e-3:  # below -60 dBFS
+            log.warning("%s: %s is silent (peak below -60 dBFS); added anyway", clip.where or clip.id, clip.audio)
+        digest = hashlib.sha256(np.ascontiguousarray(wav).tobytes()).hexdigest()
+        if digest in seen:
+            log.warning("%s: %s has the same audio as clip %r; added anyway", clip.where or clip.id, clip.audio,
+                        seen[digest])  # fmt: skip
+        seen.setdefault(digest, clip.id)
 
 
 def remove_clips(bundle: str | Path, ids: list[str]) -> RetrievalDB:

@@ -28,14 +28,34 @@ OVER_PEAK_DBFS = -0.1
 
 
 def check_template(template: str) -> None:
+    """Refuse a ``--name-template`` that is not literal text with bare ``{field}`` replacements:
+    format specs, conversions and attribute/index access could build paths outside the library."""
+    import string
+
+    fields = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
     try:
-        name = template.format(id="x", slug="x", seed=0, variation=0)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(
-            f"--name-template {template!r} is invalid ({exc}); fields: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
-        ) from exc
-    if "/" in name or name.startswith("."):
-        raise ValueError(f"--name-template {template!r} must give a plain file name (no '/', not hidden)")
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"--name-template {template!r} is invalid ({exc}); fields: {fields}") from exc
+    if not template:
+        raise ValueError(f"--name-template is empty; use e.g. '{{id}}-v{{variation}}' (fields: {fields})")
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"--name-template {template!r}: {shown} is not allowed; only the bare fields {fields}")
+    check_file_name(template.format(id="x", slug="x", seed=0, variation=0), template)
+
+
+def check_file_name(name: str, template: str) -> None:
+    """A file name the template produced must be a plain, visible name of at most 255 bytes."""
+    if "/" in name or "\\" in name or name.startswith(".") or name in ("", "..") or "\0" in name:
+        raise ValueError(f"--name-template {template!r} gives {name!r}: it must be a plain file name "
+                         "(no '/' or '\\', not hidden)")  # fmt: skip
+    if len(name.encode("utf-8")) > 255:
+        raise ValueError(f"--name-template {template!r} gives a name of {len(name.encode('utf-8'))} bytes "
+                         f"({name[:40]!r}…); file names hold at most 255")  # fmt: skip
 
 
 class Library:

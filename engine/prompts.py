@@ -49,6 +49,14 @@ class PromptFileError(ValueError):
         return "\n".join([head, *("  " + p for p in self.problems)])
 
 
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
+def is_reserved_name(name: str) -> bool:
+    """Windows refuses these as file names, with any extension (``aux.txt``, ``NUL.wav``)."""
+    return name.split(".", 1)[0].lower() in _RESERVED
+
+
 def slugify(text: str, max_len: int = 48) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug[:max_len].rstrip("-") or "prompt"
@@ -105,6 +113,10 @@ def _csv_records(path: Path, lines, problems) -> list[tuple[int, dict]]:
         problems.append(f"{path}:{reader.line_num}: malformed CSV ({exc})")
         return []
     header = [h.strip().lower() for h in rows[0]] if rows else []
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        problems.append(f"{path}:{numbers[0]}: column(s) {repeated} appear more than once in the header")
+        return []
     unknown = [h for h in header if h not in FIELDS]
     if unknown:
         problems.append(f"{path}:{numbers[0]}: unknown column(s) {unknown}; valid: {', '.join(FIELDS)}")
@@ -148,6 +160,25 @@ def _jsonl_records(path: Path, lines, problems) -> list[tuple[int, dict]]:
     return out
 
 
+def _exact_int(value) -> int:
+    """An integer from an int, an integral float or a decimal string, without passing through
+    float for strings and ints (2**53 + 1 stays itself)."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        as_float = float(text)  # "1e3", "4.0"
+        if not as_float.is_integer() or abs(as_float) >= 2**53:
+            raise ValueError(value) from None
+        return int(as_float)
+
+
 def _number(path, line, name, value, kind, problems):
     where = f"{path}:{line}"
     if isinstance(value, bool):
@@ -155,10 +186,7 @@ def _number(path, line, name, value, kind, problems):
         return None
     try:
         if kind is int:
-            as_float = float(value)
-            if not as_float.is_integer():
-                raise ValueError
-            number = int(as_float)
+            number = _exact_int(value)
         else:
             number = float(value)
     except (TypeError, ValueError, OverflowError):
@@ -198,6 +226,9 @@ def _validate(path, line, record, problems, samplers) -> PromptRow | None:
                 f"{path}:{line}: id {row_id!r} is not usable in file names; use letters, digits, '.', '_', '-' "
                 f"(at most 128, not starting with '.', '_' or '-')"
             )
+        elif is_reserved_name(row_id):
+            problems.append(f"{path}:{line}: id {row_id!r} is a reserved device name on Windows "
+                            f"(CON, PRN, AUX, NUL, COM1-9, LPT1-9); libraries are copied there: choose another")  # fmt: skip
     if len(problems) > before:
         return None
     return PromptRow(prompt=prompt, id=row_id, line=line, sampler=sampler, **values)

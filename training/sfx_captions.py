@@ -100,10 +100,15 @@ def _abbreviation_in(caption: str) -> str | None:
     return None
 
 
-def tuxpaint_caption(audio_path: Path) -> CaptionEntry | None:
-    """Tux Paint stamps describe themselves in ``<stamp>.txt`` (English first): "A badger." → "a badger"."""
+def tuxpaint_caption(audio_path: Path, within: Path | None = None) -> CaptionEntry | None:
+    """Tux Paint stamps describe themselves in ``<stamp>.txt`` (English first): "A badger." → "a badger".
+
+    ``within``: a description that resolves outside this folder (a link out of the package) is not read.
+    """
     description = audio_path.with_suffix(".txt")
     if not description.is_file():
+        return None
+    if within is not None and not description.resolve().is_relative_to(Path(within).resolve()):
         return None
     first = description.read_text(encoding="utf-8", errors="replace").splitlines()
     text = first[0].strip().rstrip(".!").strip() if first else ""

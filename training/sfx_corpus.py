@@ -125,7 +125,11 @@ def unpack_package(deb: Path, unpacked: Path, package: str, run: Callable = subp
 
 def list_sources(package: str, root: Path) -> Iterator[SourceFile]:
     """Every audio file of an unpacked package, archive members included, in a stable order."""
+    inside = root.resolve()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if not path.resolve().is_relative_to(inside):
+            log.warning("%s: a link out of the unpacked package, skipped", path)
+            continue
         rel = path.relative_to(root).as_posix()
         suffix = path.suffix.lower()
         if suffix in AUDIO_SUFFIXES:
@@ -182,7 +186,7 @@ def is_silent(wav: np.ndarray) -> bool:
 
 def _caption_for(source: SourceFile, root: Path, captions: CaptionMap) -> CaptionEntry | None:
     if source.package == "tuxpaint-stamps-default":
-        return tuxpaint_caption(root / source.path)
+        return tuxpaint_caption(root / source.path, within=root)
     return captions.lookup(source)
 
 

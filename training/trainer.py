@@ -131,7 +131,8 @@ class Trainer:
         path = self.checkpoint_path
         if not path.is_file():
             return
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # weights_only: a checkpoint is data; a crafted pickle must not run code on resume.
+        state = torch.load(path, map_location=self.device, weights_only=True)
         for name, module in self.modules.items():
             module.load_state_dict(state["modules"][name])
             self.optimizers[name].load_state_dict(state["optimizers"][name])

@@ -75,3 +75,18 @@ def test_unreadable_audio_is_reported_before_the_database_changes(tiny_bundle, t
     with pytest.raises(ClipListError, match="clips.jsonl:1: .*unreadable audio"):
         add_clips(tiny_bundle, read_clip_list(tmp_path / "clips.jsonl"))
     assert read_manifest(tiny_bundle).files == before
+
+
+def test_remove_counts_each_clip_once_and_add_warns_of_silence_and_duplicates(tiny_bundle, tmp_path, caplog):
+    clips = tmp_path / "mine"
+    clips.mkdir()
+    _clip(clips, "a", 300, "a low tone")
+    _clip(clips, "b", 300, "the same low tone")
+    sf.write(clips / "quiet.wav", np.zeros(8000, np.float32), 8000)
+    (clips / "quiet.txt").write_text("nothing at all")
+    with caplog.at_level("WARNING"):
+        add_clips(tiny_bundle, read_clip_list(clips))
+    assert "quiet.wav is silent" in caplog.text and "b.wav has the same audio as clip 'a'" in caplog.text
+    proc = subprocess.run([*CLI, "db", "remove", "a", "a", "--bundle", str(tiny_bundle)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 1; 20 clip(s) left" in proc.stdout

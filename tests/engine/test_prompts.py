@@ -94,3 +94,33 @@ def test_cli_exits_2_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert "p.jsonl:1: steps=-3" in proc.stderr and "p.jsonl:2: missing or empty prompt" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_seeds_keep_every_digit_up_to_the_documented_maximum(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text(f"prompt,seed\nrain,{2**53 + 1}\nwind,{2**63 - 1}\nfire,4.0\n")
+    assert [r.seed for r in read_prompt_file(path)] == [2**53 + 1, 2**63 - 1, 4]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(f'{{"prompt": "rain", "seed": {2**53 + 1}}}\n')
+    assert read_prompt_file(jsonl)[0].seed == 2**53 + 1
+    path.write_text(f"prompt,seed\nrain,{2**63}\nwind,1.5\n")
+    with pytest.raises(PromptFileError) as err:
+        read_prompt_file(path)
+    assert "p.csv:2: seed=" in str(err.value) and "p.csv:3: seed='1.5' must be an integer" in str(err.value)
+
+
+def test_a_repeated_csv_column_is_refused(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,prompt\nrain,wind\n")
+    with pytest.raises(PromptFileError, match=r"p.csv:1: column\(s\) \['prompt'\] appear more than once"):
+        read_prompt_file(path)
+
+
+@pytest.mark.parametrize("reserved", ["CON", "nul", "com1", "aux.txt", "LPT9"])
+def test_windows_reserved_ids_are_refused(tmp_path, reserved):
+    path = tmp_path / "p.csv"
+    path.write_text(f"prompt,id\nrain,{reserved}\nwind,console\n")
+    with pytest.raises(PromptFileError) as err:
+        read_prompt_file(path)
+    assert f"p.csv:2: id {reserved!r} is a reserved device name on Windows" in str(err.value)
+    assert "p.csv:3" not in str(err.value)  # 'console' is fine

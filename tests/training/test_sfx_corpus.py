@@ -79,6 +79,24 @@ def test_tuxpaint_descriptions_become_captions(tmp_path):
     assert tuxpaint_caption(tmp_path / "nothing.ogg") is None
 
 
+def test_links_out_of_the_unpacked_package_are_not_followed(tmp_path):
+    from reaudio.training.sfx_corpus import list_sources
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("The root password.\n")
+    _tone(outside / "elsewhere.wav", 1.0)
+    root = tmp_path / "unpacked" / "tuxpaint-stamps-default"
+    stamps = root / "stamps"
+    stamps.mkdir(parents=True)
+    _tone(stamps / "badger.wav", 1.0)
+    (stamps / "badger.txt").symlink_to(outside / "secret.txt")
+    (stamps / "linked.wav").symlink_to(outside / "elsewhere.wav")
+    assert [s.path for s in list_sources("tuxpaint-stamps-default", root)] == ["stamps/badger.wav"]
+    assert tuxpaint_caption(stamps / "badger.wav", within=root) is None
+    assert tuxpaint_caption(stamps / "badger.wav").captions[0] == "the sound of the root password"  # unguarded
+
+
 def test_long_files_are_cut_and_short_tails_dropped():
     cfg = CorpusConfig(out=Path("."), sample_rate=100, clip_seconds=4.0, min_tail_seconds=1.0, max_segments=3)
     assert [len(s) for s in segments(np.zeros(900), cfg)] == [400, 400, 100]

@@ -80,6 +80,24 @@ def frozen_parts(tiny_manifest, tmp_path_factory):
     return folder
 
 
+def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_manifest, tmp_path):
+    import pickle
+
+    out = tmp_path / "run"
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (out / "checkpoints").mkdir(parents=True)
+    with open(out / "checkpoints" / "last.pt", "wb") as f:
+        pickle.dump({"step": 1, "x": Payload()}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        _train("vae", tiny_manifest, out, steps=2)
+    assert not marker.exists()
+
+
 def test_ldm_learns_and_its_final_folder_exports_and_generates(tiny_manifest, frozen_parts, tmp_path):
     f = frozen_parts
     losses = _train("ldm", tiny_manifest, tmp_path / "ldm", "--vae", str(f / "vae"), "--clap", str(f / "clap"),
