@@ -148,12 +148,23 @@ def run_job(job: GenerateJob, progress: bool = True, echo=print) -> JobSummary:
     rows = read_prompt_file(job.prompts)
     clips = plan_clips(job, rows)
     bundle = Path(job.bundle) if job.bundle else default_bundle()
-    library = Library(job.out, job.audio_format)
-    removed = library.clean_partials()
-    if removed:
-        log.info("removed %d partial file(s) of an interrupted run", removed)
+    with Library(job.out, job.audio_format, writable=not job.dry_run) as library:
+        return _run_planned(job, rows, clips, bundle, library, progress, echo)
+
+
+def _run_planned(job: GenerateJob, rows, clips: list[Clip], bundle: Path, library: Library, progress: bool,
+                 echo) -> JobSummary:  # fmt: skip
+    if not job.dry_run:
+        removed = library.clean_partials()
+        if removed:
+            log.info("removed %d partial file(s) of an interrupted run", removed)
     todo = [c for c in clips if not library.is_finished(c.key)]
     summary = JobSummary(planned=len(clips), skipped=len(clips) - len(todo))
+    requests = [_request(job, c) for c in todo]
+    if todo:
+        engine = Engine.from_bundle(bundle, backend=job.backend, device_id=job.device_id, threads=job.threads,
+                                    cuda_graphs=job.cuda_graphs)  # fmt: skip
+        engine.resolve_all(requests)  # every settings error before any work, a dry run's too
     if job.dry_run:
         echo(f"plan: {len(rows)} prompt(s) → {len(clips)} clip(s); {summary.skipped} already in {job.out}, "
              f"{len(todo)} to generate with bundle {bundle}, batch size {job.batch_size}")  # fmt: skip
@@ -164,14 +175,8 @@ def run_job(job: GenerateJob, progress: bool = True, echo=print) -> JobSummary:
         return summary
     if not todo:
         return summary
-
-    engine = Engine.from_bundle(bundle, backend=job.backend, device_id=job.device_id, threads=job.threads,
-                                cuda_graphs=job.cuda_graphs)  # fmt: skip
     bundle_hash = sha256_file(bundle / MANIFEST)
     by_key = {c.key: c for c in todo}
-    requests = [_request(job, c) for c in todo]
-    for i, r in enumerate(requests):
-        engine.resolve(r, i)  # every settings error before any work
 
     from tqdm import tqdm
 

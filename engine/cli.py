@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .library import LibraryLocked
+
 log = logging.getLogger("reaudio")
 
 
@@ -171,7 +173,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     _configure_logging(args.verbose, args.quiet)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, LibraryLocked) as exc:
         print(f"reaudio {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -44,7 +44,7 @@ def check_template(template: str) -> None:
             continue
         if name not in TEMPLATE_FIELDS or spec or conversion:
             shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise ValueError(f"--name-template {template!r}: {shown} is not allowed; only the bare fields {fields}")
+            raise ValueError(f"--name-template {template!r}: {shown} is not allowed; only the bare fields: {fields}")
     check_file_name(template.format(id="x", slug="x", seed=0, variation=0), template)
 
 
@@ -58,37 +58,61 @@ def check_file_name(name: str, template: str) -> None:
                          f"({name[:40]!r}…); file names hold at most 255")  # fmt: skip
 
 
-class Library:
-    """An output folder: ``library.jsonl`` plus one audio file per clip."""
+class LibraryLocked(RuntimeError):
+    """Another job holds the library folder."""
 
-    def __init__(self, folder: str | Path, audio_format: str = "wav") -> None:
+
+class Library:
+    """An output folder: ``library.jsonl`` plus one audio file per clip.
+
+    ``writable`` (a real job) creates the folder and holds an exclusive lock on it
+    (``.reaudio.lock``) until :meth:`close`, so two jobs never write one library;
+    otherwise (a dry run) nothing on disk is created or changed.
+    """
+
+    def __init__(self, folder: str | Path, audio_format: str = "wav", writable: bool = True) -> None:
         if audio_format not in FORMATS:
             raise ValueError(f"format={audio_format!r}; valid: {', '.join(FORMATS)}")
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.format = audio_format
         self.manifest_path = self.folder / LIBRARY_MANIFEST
+        self._lock = None
+        if writable:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock = _take_lock(self.folder)
         self.entries = self._read_entries()
 
+    def close(self) -> None:
+        """Release the folder's lock (also when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _read_entries(self) -> dict[str, dict]:
+        """The manifest's entries. Lines that do not parse (a crash mid-append, an edit) are
+        reported as file:line and left where they are: reading never changes the file."""
         entries: dict[str, dict] = {}
-        if not self.manifest_path.is_file():
+        path = self.manifest_path
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ValueError(f"{path}: not a regular file; the library manifest must be a plain file in {self.folder}")
+        if not path.is_file():
             return entries
-        data = self.manifest_path.read_bytes()
-        good_end = 0
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # a line cut off by a crash mid-append
+        for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+            if not line.strip():
+                continue
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            entries[entry["key"]] = entry
-            good_end += len(line)
-        if good_end < len(data):
-            log.warning("%s: dropping a partial last line left by an interrupted run", self.manifest_path)
-            with open(self.manifest_path, "r+b") as f:
-                f.truncate(good_end)
+                key = entry["key"]
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+                log.warning("%s:%d: not a library entry (a crash mid-append, or an edit); ignored, kept", path, number)
+                continue
+            entries[key] = entry
         return entries
 
     @staticmethod
@@ -100,7 +124,12 @@ class Library:
         entry = self.entries.get(key)
         if entry is None:
             return False
-        path = self.folder / entry["file"]
+        name = entry.get("file")
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+            log.warning("%s: entry %r names the file %r, not one of this folder; it will be generated again",
+                        self.manifest_path, key, name)  # fmt: skip
+            return False
+        path = self.folder / name
         if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             log.warning("%s: listed but missing or altered; it will be generated again", path)
             return False
@@ -120,8 +149,13 @@ class Library:
             sf.write(tmp, waveform * gain if gain != 1.0 else waveform, sample_rate, format=kind, subtype=subtype)
         entry = {**entry, "gain_db": round(20 * float(np.log10(gain)), 3), "file": file_name,
                  "bytes": path.stat().st_size, "sha256": sha256_file(path)}  # fmt: skip
-        with open(self.manifest_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        with open(self.manifest_path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut short by a crash stays whole, on its own line
+                    f.write(b"\n")
+            f.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         self.entries[entry["key"]] = entry
@@ -134,3 +168,26 @@ class Library:
             tmp.unlink(missing_ok=True)
             count += 1
         return count
+
+
+LOCK_FILE = ".reaudio.lock"
+
+
+def _take_lock(folder: Path):
+    """An exclusive, non-blocking lock on ``folder`` (released by the OS if the process dies)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(folder / LOCK_FILE)
+    info = folder / (LOCK_FILE + ".holder")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = info.read_text(encoding="utf-8").strip() if info.is_file() else "another process"
+        raise LibraryLocked(f"{folder} is being written by another reaudio job ({holder}); wait for it to "
+                            "finish or stop it, or choose another --out") from None  # fmt: skip
+    import socket
+    import time
+
+    info.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
+                    encoding="utf-8")  # fmt: skip
+    return lock

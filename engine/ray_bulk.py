@@ -98,8 +98,15 @@ def run_job_on_ray(job: GenerateJob, address: str | None = None, num_workers: in
     rows = read_prompt_file(job.prompts)
     clips = plan_clips(job, rows)
     bundle = Path(job.bundle) if job.bundle else default_bundle()
-    library = Library(job.out, job.audio_format)
-    library.clean_partials()
+    with Library(job.out, job.audio_format, writable=not job.dry_run) as library:
+        return _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num_gpus_per_worker,
+                                progress, echo, fail_once_marker)  # fmt: skip
+
+
+def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num_gpus_per_worker, progress, echo,
+                     fail_once_marker) -> JobSummary:  # fmt: skip
+    if not job.dry_run:
+        library.clean_partials()
     todo = [c for c in clips if not library.is_finished(c.key)]
     summary = JobSummary(planned=len(clips), skipped=len(clips) - len(todo))
     if job.dry_run or not todo:

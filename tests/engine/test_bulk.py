@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from reaudio.engine.bulk import GenerateJob, run_job
-from reaudio.engine.library import LIBRARY_MANIFEST, Library
+from reaudio.engine.library import LIBRARY_MANIFEST, Library, LibraryLocked
 from reaudio.engine.postprocess import PostProcess
 
 pytest.importorskip("torch")
@@ -87,14 +87,71 @@ def test_killed_run_resumes_with_every_clip_exactly_once(tiny_bundle, tmp_path):
         assert len(audio) == 8000
 
 
-def test_interrupted_manifest_line_is_dropped(tmp_path):
+def test_a_bad_manifest_line_is_skipped_reported_and_kept(tmp_path, caplog):
     lib = Library(tmp_path)
     lib.write("a.wav", np.zeros(100, np.float32), 8000, {"key": "a#0"})
     with open(tmp_path / LIBRARY_MANIFEST, "a") as f:
         f.write('{"key": "b#0", "fi')  # a crash mid-append
-    lib = Library(tmp_path)
-    assert set(lib.entries) == {"a#0"} and lib.is_finished("a#0")
-    assert (tmp_path / LIBRARY_MANIFEST).read_text().endswith("}\n")
+    lib.close()
+    before = (tmp_path / LIBRARY_MANIFEST).read_bytes()
+    with caplog.at_level("WARNING"), Library(tmp_path) as lib:
+        assert set(lib.entries) == {"a#0"} and lib.is_finished("a#0")
+        assert (tmp_path / LIBRARY_MANIFEST).read_bytes() == before  # reading changes nothing
+        assert f"{LIBRARY_MANIFEST}:2: not a library entry" in caplog.text
+        lib.write("c.wav", np.zeros(100, np.float32), 8000, {"key": "c#0"})
+    lines = (tmp_path / LIBRARY_MANIFEST).read_text().splitlines()
+    assert lines[1] == '{"key": "b#0", "fi' and json.loads(lines[2])["key"] == "c#0"  # the cut line stays whole
+
+
+def test_garbage_mid_manifest_loses_no_later_entry(tmp_path):
+    with Library(tmp_path) as lib:
+        for name in "abc":
+            lib.write(f"{name}.wav", np.zeros(100, np.float32), 8000, {"key": f"{name}#0"})
+    path = tmp_path / LIBRARY_MANIFEST
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "garbage \x00 here", lines[1], lines[2]]) + "\n")
+    with Library(tmp_path, writable=False) as lib:
+        assert set(lib.entries) == {"a#0", "b#0", "c#0"}
+    assert len(path.read_text().splitlines()) == 4
+
+
+def test_manifest_entries_cannot_point_outside_the_library(tmp_path):
+    outside = tmp_path / "x.wav"
+    lib_dir = tmp_path / "lib"
+    with Library(lib_dir) as lib:
+        entry = lib.write("x.wav", np.zeros(100, np.float32), 8000, {"key": "x#0"})
+    (lib_dir / "x.wav").rename(outside)
+    (lib_dir / LIBRARY_MANIFEST).write_text(json.dumps({**entry, "file": "../x.wav"}) + "\n")
+    with Library(lib_dir) as lib:
+        assert not lib.is_finished("x#0")
+
+
+def test_a_symlinked_manifest_is_refused(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / LIBRARY_MANIFEST).symlink_to(target)
+    with pytest.raises(ValueError, match="not a regular file"):
+        Library(tmp_path / "lib")
+    assert target.read_text() == "keep me\n"
+
+
+def test_one_job_per_library_folder(tiny_bundle, tmp_path):
+    out = tmp_path / "lib"
+    with Library(out):
+        with pytest.raises(LibraryLocked, match=f"being written by another reaudio job \\(pid {os.getpid()} "):
+            Library(out)
+        proc = subprocess.run([*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(out), "--bundle",
+                               str(tiny_bundle), "--backend", "cpu"], capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2 and "being written by another reaudio job" in proc.stderr
+        assert not _entries(out)
+        # A dry run beside the running job neither waits for it nor touches its files.
+        (out / ".x.wav.part").write_bytes(b"in progress")
+        dry = subprocess.run([*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(out), "--bundle",
+                              str(tiny_bundle), "--dry-run"], capture_output=True, text=True)  # fmt: skip
+        assert dry.returncode == 0, dry.stderr
+        assert (out / ".x.wav.part").read_bytes() == b"in progress"
+    Library(out).close()  # released
 
 
 def test_name_template_collisions_and_bad_fields(tiny_bundle, tmp_path):
@@ -114,7 +171,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_bundle, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "2 prompt(s) → 4 clip(s)" in proc.stdout and "00001-sound-number-0-v1.wav" in proc.stdout
-    assert not _entries(tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    for bad in (["--bundle", str(tmp_path / "nonexistent")], ["--bundle", str(tiny_bundle), "--steps", "0"]):
+        proc = subprocess.run([*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(tmp_path / "o"), *bad,
+                               "--dry-run"], capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2 and "error" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_postprocess_trim_loudness_peak():
