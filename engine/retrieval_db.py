@@ -20,6 +20,7 @@ leaves either the old or the new database, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -137,17 +138,28 @@ class RetrievalDB:
         pointer = self.folder / CURRENT
         if not pointer.is_file():
             raise FileNotFoundError(f"{self.folder}: not a retrieval database ({CURRENT} missing)")
-        self.generation = self.folder / pointer.read_text(encoding="utf-8").strip()
-        self.info = from_dict(DatabaseInfo, json.loads((self.generation / "db.json").read_text("utf-8")))
-        with open(self.generation / "items.jsonl", encoding="utf-8") as f:
-            self.items = [json.loads(line) for line in f if line.strip()]
-        names = ARRAYS + (("caption_keys",) if self.info.caption_keys else ())
-        self.arrays = {name: np.load(self.generation / f"{name}.npy", mmap_mode="r") for name in names}
+        for attempt in range(10):
+            self.generation = self.folder / pointer.read_text(encoding="utf-8").strip()
+            try:
+                self._open_generation()
+                break
+            except FileNotFoundError:
+                # A writer replaced this generation (and removed it) while we opened it: take the new one.
+                if attempt == 9 or not pointer.is_file():
+                    raise
         lengths = {name: len(a) for name, a in self.arrays.items()} | {"items": len(self.items)}
         if set(lengths.values()) != {self.info.count}:
             raise ValueError(f"{self.generation}: arrays disagree with db.json count {self.info.count}: {lengths}")
         self._index = None
         self._row_of = {item["id"]: row for row, item in enumerate(self.items)}
+
+    def _open_generation(self) -> None:
+        self.info = from_dict(DatabaseInfo, json.loads((self.generation / "db.json").read_text("utf-8")))
+        with open(self.generation / "items.jsonl", encoding="utf-8") as f:
+            self.items = [json.loads(line) for line in f if line.strip()]
+        names = ARRAYS + (("caption_keys",) if self.info.caption_keys else ())
+        # Memory maps stay valid if a writer later removes the generation's files.
+        self.arrays = {name: np.load(self.generation / f"{name}.npy", mmap_mode="r") for name in names}
 
     # -- creation ---------------------------------------------------------------------
 
@@ -259,7 +271,19 @@ class RetrievalDB:
     # -- changes ----------------------------------------------------------------------
 
     def add(self, new: Items) -> RetrievalDB:
-        """A new generation with ``new`` appended; returns the reopened database."""
+        """A new generation with ``new`` appended; returns the reopened database.
+
+        Writers are serialised by a lock on the folder, and each merges into the generation
+        that is current once it holds the lock, so concurrent adds lose nothing."""
+        with _write_lock(self.folder):
+            return RetrievalDB(self.folder)._add(new)
+
+    def remove(self, item_ids: list[str]) -> RetrievalDB:
+        """A new generation without ``item_ids``; returns the reopened database (locked like :meth:`add`)."""
+        with _write_lock(self.folder):
+            return RetrievalDB(self.folder)._remove(item_ids)
+
+    def _add(self, new: Items) -> RetrievalDB:
         clash = sorted({r["id"] for r in new.records} & set(self._row_of))
         if clash:
             raise ValueError(f"item id(s) already in the database: {clash[:10]}; remove them first or rename")
@@ -275,7 +299,7 @@ class RetrievalDB:
         _write_generation(self.folder, replace(self.info, count=len(merged.records)), merged)
         return RetrievalDB(self.folder)
 
-    def remove(self, item_ids: list[str]) -> RetrievalDB:
+    def _remove(self, item_ids: list[str]) -> RetrievalDB:
         missing = sorted(set(item_ids) - set(self._row_of))
         if missing:
             raise ValueError(f"no such item id(s) in the database: {missing[:10]}")
@@ -304,6 +328,23 @@ class RetrievalDB:
         for name, shape in expected.items():
             if getattr(new, name).shape != shape:
                 raise ValueError(f"new {name} has shape {getattr(new, name).shape}, expected {shape}")
+
+
+@contextlib.contextmanager
+def _write_lock(folder: Path):
+    """An exclusive lock on the database folder for one change (waits for another writer)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(folder / ".write.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s: waiting for another writer of this database", folder)
+        lock.acquire(timeout=600)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _search_keys(info: DatabaseInfo, keys, caption_keys, mode: str) -> np.ndarray:

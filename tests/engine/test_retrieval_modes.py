@@ -104,3 +104,27 @@ def test_trailing_silence_is_trimmed_with_a_fade():
     click = np.zeros(sr, np.float32)
     click[10] = 1.0
     assert len(trim_tail(click, sr)) == int(0.25 * sr)  # never shorter than a quarter second
+
+
+def test_concurrent_adds_lose_nothing(tmp_path):
+    import multiprocessing
+
+    _db(tmp_path / "db", n=4)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_add_many, args=(str(tmp_path / "db"), w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    db = RetrievalDB(tmp_path / "db")
+    assert len(db) == 4 + 3 * 5 and len({i["id"] for i in db.items}) == len(db)
+
+
+def _add_many(folder: str, worker: int) -> None:
+    rng = np.random.default_rng(worker)
+    for j in range(5):
+        db = RetrievalDB(folder)  # opened before the others' changes land: a stale view
+        keys = _unit(rng.normal(size=(1, 16)))
+        db.add(Items([{"id": f"w{worker}-{j}", "caption": "x"}], keys, np.zeros((1, 2, 4), np.float32),
+                     np.zeros((1, 3, 4), np.float32), np.ones((1, 3), bool), keys))  # fmt: skip
