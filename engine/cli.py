@@ -80,6 +80,13 @@ def _cmd_db_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_db_repair(args: argparse.Namespace) -> int:
+    from . import database_ops
+
+    print(database_ops.repair(args.bundle))
+    return 0
+
+
 def _cmd_db_list(args: argparse.Namespace) -> int:
     from . import database_ops
 
@@ -161,6 +168,10 @@ def add_engine_commands(sub, common) -> argparse._SubParsersAction:
     r.add_argument("ids", nargs="+")
     r.add_argument("--bundle", type=Path, required=True)
     r.set_defaults(func=_cmd_db_remove)
+    f = dbsub.add_parser("repair", parents=[common],
+                         help="make a bundle load again after a db add/remove of an older reaudio was interrupted")
+    f.add_argument("--bundle", type=Path, required=True)
+    f.set_defaults(func=_cmd_db_repair)
     l_ = dbsub.add_parser("list", parents=[common], help="list the database's clips")
     l_.add_argument("--bundle", type=Path, required=True)
     l_.set_defaults(func=_cmd_db_list)

@@ -106,9 +106,8 @@ def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -
     records = [{"id": c.id, "caption": c.caption, "label": c.label, "source": str(c.audio),
                 "duration": round(len(w) / engine.sample_rate, 3)} for c, w in zip(clips, waves)]  # fmt: skip
     cap_tokens = cap_tokens * cap_mask[..., None]
-    db = engine.db.add(Items(records, keys, audio_tokens, cap_tokens, cap_mask, text_emb if info.caption_keys else None))
-    _rehash(bundle)
-    return db
+    # One rename commits the change; the database checks itself (manifest.json is not touched).
+    return engine.db.add(Items(records, keys, audio_tokens, cap_tokens, cap_mask, text_emb if info.caption_keys else None))
 
 
 def _warn_suspicious(clips: list[ClipSpec], waves: list) -> None:
@@ -133,14 +132,30 @@ def remove_clips(bundle: str | Path, ids: list[str]) -> RetrievalDB:
     manifest = read_manifest(bundle)
     if manifest.retrieval is None:
         raise ValueError(f"{bundle}: this bundle's model uses no retrieval")
-    db = RetrievalDB(bundle / manifest.retrieval.folder).remove(ids)
-    _rehash(bundle)
-    return db
+    return RetrievalDB(bundle / manifest.retrieval.folder).remove(ids)
 
 
-def _rehash(bundle: Path) -> None:
-    manifest = read_manifest(bundle, verify=False)
+def repair(bundle: str | Path) -> str:
+    """Make a bundle whose database changed under an older reaudio (``manifest.json`` listing the
+    database's files, a change interrupted before the rehash) load again: every other file must
+    still match the manifest; the database must open whole; then the manifest is rewritten
+    without the database's files and the live generation gets its own checksums."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle, verify=True)  # verifies all but the database
+    if manifest.retrieval is None:
+        return f"{bundle}: no retrieval database; nothing to repair"
+    db = RetrievalDB(bundle / manifest.retrieval.folder)
+    had = db.verify_checksums()
+    if not had:
+        from .dataclass_io import write_json_atomic
+        from .manifest import sha256_file
+        from .retrieval_db import CHECKSUMS
+
+        write_json_atomic(db.generation / CHECKSUMS, {p.name: sha256_file(p) for p in sorted(db.generation.iterdir())
+                                                      if p.is_file() and p.name != CHECKSUMS})  # fmt: skip
     write_manifest(bundle, manifest)
+    return (f"{bundle}: database {db.generation.name} with {len(db)} clip(s) "
+            f"{'verified' if had else 'checksummed'}; manifest.json rewritten")  # fmt: skip
 
 
 def list_clips(bundle: str | Path) -> list[dict]:

@@ -106,7 +106,8 @@ class Engine:
     """
 
     def __init__(
-        self, bundle: Path, manifest: Manifest, backend: str, device_id: int, runners: dict, cuda_graphs: bool = False
+        self, bundle: Path, manifest: Manifest, backend: str, device_id: int, runners: dict, cuda_graphs: bool = False,
+        verify: bool = True,
     ) -> None:
         self.bundle = bundle
         self.manifest = manifest
@@ -114,7 +115,7 @@ class Engine:
         self.device_id = device_id
         self.runners = runners
         self.tokenizer = TextTokenizer.from_file(bundle / manifest.tokenizer.file, manifest.tokenizer.max_length)
-        self.db = RetrievalDB(bundle / manifest.retrieval.folder) if manifest.retrieval else None
+        self.db = RetrievalDB(bundle / manifest.retrieval.folder, verify=verify) if manifest.retrieval else None
         self._fp32_runners: dict | None = None
         self._graphs = None
         self._empty_prompt: np.ndarray | None = None
@@ -156,7 +157,7 @@ class Engine:
         if runners is None:
             runners = make_runners(bundle, manifest, chosen, device_id, threads, precision)
         log.info("loaded %s (%s, %s) on %s", bundle, manifest.name, manifest.family, chosen)
-        return cls(bundle, manifest, chosen, device_id, runners, cuda_graphs=cuda_graphs)
+        return cls(bundle, manifest, chosen, device_id, runners, cuda_graphs=cuda_graphs, verify=verify)
 
     @property
     def sample_rate(self) -> int:

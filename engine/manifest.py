@@ -171,12 +171,19 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def hashed_files(bundle: Path) -> dict[str, str]:
-    """sha256 of every file in ``bundle`` except the manifest and per-machine caches."""
+def _unhashed(manifest: Manifest) -> tuple[str, ...]:
+    """Per-machine caches, and the retrieval database: it changes with ``reaudio db add`` and
+    carries checksums of its own per generation (see retrieval_db), so a change of it commits with
+    one rename and never leaves ``manifest.json`` disagreeing with the files."""
+    return UNHASHED_PREFIXES + ((manifest.retrieval.folder.rstrip("/") + "/",) if manifest.retrieval else ())
+
+
+def hashed_files(bundle: Path, skip: tuple[str, ...] = UNHASHED_PREFIXES) -> dict[str, str]:
+    """sha256 of every file in ``bundle`` except the manifest and the ``skip`` folders."""
     out = {}
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         rel = path.relative_to(bundle).as_posix()
-        if rel == MANIFEST or rel.startswith(UNHASHED_PREFIXES) or "/." in f"/{rel}":
+        if rel == MANIFEST or rel.startswith(skip) or "/." in f"/{rel}":
             continue
         out[rel] = sha256_file(path)
     return out
@@ -187,7 +194,7 @@ def write_manifest(bundle: str | Path, manifest: Manifest) -> Manifest:
     from dataclasses import replace
 
     bundle = Path(bundle)
-    manifest = replace(manifest, files=hashed_files(bundle))
+    manifest = replace(manifest, files=hashed_files(bundle, _unhashed(manifest)))
     write_json_atomic(bundle / MANIFEST, manifest.to_dict())
     return manifest
 
@@ -212,7 +219,10 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
 
 
 def verify_files(bundle: Path, manifest: Manifest) -> None:
+    skip = _unhashed(manifest)
     for rel, expected in manifest.files.items():
+        if rel.startswith(skip):
+            continue  # bundles written before the database verified itself listed its files here
         file = bundle / rel
         if not file.is_file():
             raise BundleError(f"{file}: listed in the manifest but missing from the bundle")

@@ -32,10 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from .dataclass_io import atomic_path, from_dict, to_dict, umask_mode, write_json_atomic
+from .manifest import sha256_file
 
 log = logging.getLogger(__name__)
 CURRENT = "CURRENT"
 ARRAYS = ("keys", "audio_tokens", "caption_tokens", "caption_mask")
+#: sha256 of every other file of a generation, written before the generation is renamed into place.
+CHECKSUMS = "checksums.json"
 INDEXES = ("hnsw", "ivf")
 #: How a prompt's CLAP text embedding is matched: against the clips' audio embeddings,
 #: their captions' text embeddings, or a weighted sum of both scores.
@@ -133,8 +136,11 @@ class Neighbours:
 class RetrievalDB:
     """A database folder opened for search and gathering; ``add``/``remove`` write new generations."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, verify: bool = False) -> None:
+        """``verify``: check the generation's files against its ``checksums.json`` (a generation
+        written before checksums existed is accepted as is)."""
         self.folder = Path(folder)
+        self.verify = verify
         pointer = self.folder / CURRENT
         if not pointer.is_file():
             raise FileNotFoundError(f"{self.folder}: not a retrieval database ({CURRENT} missing)")
@@ -154,12 +160,31 @@ class RetrievalDB:
         self._row_of = {item["id"]: row for row, item in enumerate(self.items)}
 
     def _open_generation(self) -> None:
+        if self.verify:
+            self.verify_checksums()
         self.info = from_dict(DatabaseInfo, json.loads((self.generation / "db.json").read_text("utf-8")))
         with open(self.generation / "items.jsonl", encoding="utf-8") as f:
             self.items = [json.loads(line) for line in f if line.strip()]
         names = ARRAYS + (("caption_keys",) if self.info.caption_keys else ())
         # Memory maps stay valid if a writer later removes the generation's files.
         self.arrays = {name: np.load(self.generation / f"{name}.npy", mmap_mode="r") for name in names}
+
+    def verify_checksums(self) -> bool:
+        """Raise ``ValueError`` naming the file that differs from the generation's checksums;
+        False when the generation has none (written by an older reaudio)."""
+        path = self.generation / CHECKSUMS
+        if not path.is_file():
+            if not (self.generation / "db.json").is_file():
+                raise FileNotFoundError(self.generation / "db.json")
+            return False
+        for name, digest in json.loads(path.read_text(encoding="utf-8")).items():
+            file = self.generation / name
+            if not file.is_file():
+                raise FileNotFoundError(f"{file}: listed in {CHECKSUMS} but missing")
+            if sha256_file(file) != digest:
+                raise ValueError(f"{file}: checksum mismatch with {CHECKSUMS}; the database is corrupted "
+                                 "(rebuild it, or remove and re-add the clips)")  # fmt: skip
+        return True
 
     # -- creation ---------------------------------------------------------------------
 
@@ -388,6 +413,7 @@ def _write_generation(folder: Path, info: DatabaseInfo, items: Items) -> None:
             index.add(np.arange(info.count), index_keys)
             index.save(str(tmp / "index.usearch"))
         write_json_atomic(tmp / "db.json", to_dict(info))
+        write_json_atomic(tmp / CHECKSUMS, {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()})
         os.replace(tmp, folder / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

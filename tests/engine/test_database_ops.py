@@ -90,3 +90,43 @@ def test_remove_counts_each_clip_once_and_add_warns_of_silence_and_duplicates(ti
     proc = subprocess.run([*CLI, "db", "remove", "a", "a", "--bundle", str(tiny_bundle)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "removed 1; 20 clip(s) left" in proc.stdout
+
+
+def test_db_changes_commit_with_one_rename_and_the_database_checks_itself(tiny_bundle, tmp_path):
+    from reaudio.engine.manifest import MANIFEST, BundleError
+
+    before = (tiny_bundle / MANIFEST).read_bytes()
+    clips = tmp_path / "mine"
+    clips.mkdir()
+    _clip(clips, "a", 300, "a low tone")
+    add_clips(tiny_bundle, read_clip_list(clips))
+    assert (tiny_bundle / MANIFEST).read_bytes() == before  # a kill at any point leaves a loadable bundle
+    assert not any(rel.startswith("retrieval/") for rel in read_manifest(tiny_bundle).files)
+    engine = Engine.from_bundle(tiny_bundle, backend="cpu")
+    keys = engine.db.generation / "keys.npy"
+    data = bytearray(keys.read_bytes())
+    data[-1] ^= 0xFF
+    keys.write_bytes(bytes(data))
+    with pytest.raises((BundleError, ValueError), match="keys.npy: checksum mismatch"):
+        Engine.from_bundle(tiny_bundle, backend="cpu")
+
+
+def test_repair_brings_back_a_bundle_an_older_db_add_left_half_done(tiny_bundle, tmp_path):
+    import json as json_
+
+    from reaudio.engine.manifest import MANIFEST, hashed_files
+    from reaudio.engine.retrieval_db import CHECKSUMS, RetrievalDB
+
+    # An older reaudio hashed the database into manifest.json and changed it in two steps.
+    manifest = json_.loads((tiny_bundle / MANIFEST).read_text())
+    manifest["files"] = hashed_files(tiny_bundle)
+    (tiny_bundle / MANIFEST).write_text(json_.dumps(manifest))
+    db = RetrievalDB(tiny_bundle / "retrieval")
+    db.remove([db.items[0]["id"]])  # ... killed before the rehash
+    (RetrievalDB(tiny_bundle / "retrieval").generation / CHECKSUMS).unlink()  # as an older one wrote it
+    Engine.from_bundle(tiny_bundle, backend="cpu")  # loads: database files are not the manifest's business
+    proc = subprocess.run([*CLI, "db", "repair", "--bundle", str(tiny_bundle)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "17 clip(s) checksummed; manifest.json rewritten" in proc.stdout
+    assert not any(k.startswith("retrieval/") for k in json_.loads((tiny_bundle / MANIFEST).read_text())["files"])
+    assert (RetrievalDB(tiny_bundle / "retrieval").generation / CHECKSUMS).is_file()
