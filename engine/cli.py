@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .backends import BackendUnavailable
 from .library import LibraryLocked
 
 log = logging.getLogger("reaudio")
@@ -184,8 +185,12 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     _configure_logging(args.verbose, args.quiet)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, LibraryLocked) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, LibraryLocked, BackendUnavailable) as exc:
         print(f"reaudio {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (NotADirectoryError, PermissionError, IsADirectoryError) as exc:
+        print(f"reaudio {args.command}: error: {exc.filename or exc}: {exc.strerror or exc} "
+              "(choose a folder you can write to)", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("reaudio: interrupted; rerun the same command to resume", file=sys.stderr)

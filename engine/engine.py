@@ -224,6 +224,8 @@ class Engine:
             lo, hi = LIMITS[name]
             if not lo <= value <= hi:
                 raise ValueError(f"request {index}: {name}={value} out of range {lo}..{hi}")
+        if isinstance(request.seed, bool) or not isinstance(request.seed, (int, np.integer)):
+            raise ValueError(f"request {index}: seed={request.seed!r} must be an integer in 0..2**63-1")
         if not 0 <= request.seed < 2**63:
             raise ValueError(f"request {index}: seed={request.seed} must be in 0..2**63-1")
         mel, latent = self.manifest.mel, self.manifest.latent

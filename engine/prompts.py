@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class PromptRow:
     k: int | None = None
     variations: int | None = None
     sampler: str | None = None
+    id_from_text: bool = False  # no id given: derived from the prompt
 
 
 @dataclass
@@ -80,6 +82,7 @@ def read_prompt_file(path: str | Path, samplers: tuple[str, ...] = ("ddim", "dpm
             problems.append(f"{path}:{number}: not valid UTF-8 (byte {exc.start}); save the file as UTF-8")
     records = {".txt": _txt_records, ".csv": _csv_records, ".jsonl": _jsonl_records}[suffix](path, lines, problems)
     rows = [r for r in (_validate(path, line, rec, problems, samplers) for line, rec in records) if r is not None]
+    rows = _number_repeats(rows)
     seen: dict[str, int] = {}
     for row in rows:
         if row.id in seen:
@@ -90,6 +93,27 @@ def read_prompt_file(path: str | Path, samplers: tuple[str, ...] = ("ddim", "dpm
     if problems:
         raise PromptFileError(problems)
     return rows
+
+
+def text_id(prompt: str) -> str:
+    """A row id from the prompt alone (slug + crc32), so inserting or moving lines keeps the ids,
+    and the finished clips, of every other prompt."""
+    return f"{slugify(prompt)}-{zlib.crc32(prompt.encode('utf-8')):08x}"
+
+
+def _number_repeats(rows: list[PromptRow]) -> list[PromptRow]:
+    """The second and later rows of one prompt without an id get ``-2``, ``-3``… on their text id."""
+    from dataclasses import replace
+
+    counts: dict[str, int] = {}
+    out = []
+    for row in rows:
+        if row.id_from_text:
+            counts[row.id] = counts.get(row.id, 0) + 1
+            if counts[row.id] > 1:
+                row = replace(row, id=f"{row.id}-{counts[row.id]}")
+        out.append(row)
+    return out
 
 
 def _txt_records(path: Path, lines, problems) -> list[tuple[int, dict]]:
@@ -218,7 +242,7 @@ def _validate(path, line, record, problems, samplers) -> PromptRow | None:
         problems.append(f"{path}:{line}: sampler={sampler!r}; valid: {', '.join(samplers)}")
     raw_id = record.get("id")
     if raw_id is None or str(raw_id).strip() == "":
-        row_id = f"{line:05d}-{slugify(prompt)}"
+        row_id = text_id(prompt)  # numbered on repeats by read_prompt_file
     else:
         row_id = str(raw_id).strip()
         if not ID_PATTERN.match(row_id):
@@ -231,4 +255,5 @@ def _validate(path, line, record, problems, samplers) -> PromptRow | None:
                             f"(CON, PRN, AUX, NUL, COM1-9, LPT1-9); libraries are copied there: choose another")  # fmt: skip
     if len(problems) > before:
         return None
-    return PromptRow(prompt=prompt, id=row_id, line=line, sampler=sampler, **values)
+    return PromptRow(prompt=prompt, id=row_id, line=line, sampler=sampler, id_from_text=raw_id is None
+                     or str(raw_id).strip() == "", **values)  # fmt: skip

@@ -15,9 +15,14 @@ def read_records(path: Path, required: tuple[str, ...], problems: list[str]) -> 
         for line, raw in enumerate(text.splitlines(), start=1):
             if raw.strip():
                 try:
-                    out.append((line, json.loads(raw)))
+                    record = json.loads(raw)
                 except json.JSONDecodeError as exc:
                     problems.append(f"{path}:{line}: invalid JSON ({exc.msg})")
+                    continue
+                if not isinstance(record, dict):
+                    problems.append(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
+                    continue
+                out.append((line, record))
         return out
     if path.suffix.lower() != ".csv":
         problems.append(f"{path}: give a .csv or .jsonl file")

@@ -16,7 +16,7 @@ def test_txt_skips_comments_and_blank_lines(tmp_path):
     path = _write(tmp_path, "p.txt", "# sounds\n\na dog barks\n  rain   on a roof  \n#x\n")
     rows = read_prompt_file(path)
     assert [(r.prompt, r.line) for r in rows] == [("a dog barks", 3), ("rain on a roof", 4)]
-    assert rows[0].id == "00003-a-dog-barks"
+    assert rows[0].id.startswith("a-dog-barks-") and len(rows[0].id) == len("a-dog-barks-") + 8
 
 
 def test_csv_with_optional_columns(tmp_path):
@@ -124,3 +124,11 @@ def test_windows_reserved_ids_are_refused(tmp_path, reserved):
         read_prompt_file(path)
     assert f"p.csv:2: id {reserved!r} is a reserved device name on Windows" in str(err.value)
     assert "p.csv:3" not in str(err.value)  # 'console' is fine
+
+
+def test_txt_ids_follow_the_prompt_not_its_line(tmp_path):
+    first = read_prompt_file(_write(tmp_path, "a.txt", "rain\nwind\nrain\n"))
+    edited = read_prompt_file(_write(tmp_path, "b.txt", "thunder\nrain\nwind\nrain\n"))
+    assert [r.id for r in first] == [r.id for r in edited[1:]]  # an inserted line renames nothing
+    assert first[2].id == first[0].id + "-2"  # a repeated prompt is numbered
+    assert len({r.id for r in edited}) == 4
