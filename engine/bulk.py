@@ -38,6 +38,8 @@ class GenerateJob:
         name_template: file name without extension; fields {id} {slug} {seed} {variation}.
         postprocess: optional trimming/loudness/peak handling.
         dry_run: print the plan and stop.
+        overwrite: regenerate clips finished with other settings (bundle, seed, steps, guidance,
+            sampler, k, retrieval, format); without it such a library is refused up front.
         cuda_graphs: replay the denoising loop as CUDA graphs (backend "cuda").
     """
 
@@ -61,6 +63,7 @@ class GenerateJob:
     postprocess: PostProcess = field(default_factory=PostProcess)
     dry_run: bool = False
     cuda_graphs: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -127,6 +130,59 @@ def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
     return clips
 
 
+def reconcile(job: GenerateJob, clips: list[Clip], bundle: Path, library: Library) -> list[Clip]:
+    """The clips still to generate. A clip counts as done only if its file verifies and it was made
+    with this job's bundle and settings; clips made otherwise stop the job (the message says which
+    and how) unless ``job.overwrite``. Entries of clips to be made again are dropped from the manifest
+    first (not in a dry run), so every key keeps one line."""
+    from .manifest import read_manifest
+
+    manifest = read_manifest(bundle, verify=False)
+    bundle_hash = sha256_file(bundle / MANIFEST)
+    listed = [c for c in clips if c.key in library.entries]
+    broken = [c for c in listed if not library.is_finished(c.key)]
+    changed: list[tuple[Clip, str]] = []
+    for clip in listed:
+        if clip in broken:
+            continue
+        why = _differences(job, clip, library.entries[clip.key], manifest, bundle_hash)
+        if why:
+            changed.append((clip, why))
+    if changed and not job.overwrite:
+        shown = "; ".join(f"{c.key}: {why}" for c, why in changed[:5])
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise ValueError(f"{job.out}: {len(changed)} finished clip(s) were made with other settings: {shown}{more}; "
+                         "rerun with --overwrite to make them again, or use another --out")  # fmt: skip
+    if not job.dry_run:
+        library.drop([c.key for c in broken] + [c.key for c, _ in changed])
+    redo = {c.key for c in broken} | {c.key for c, _ in changed}
+    return [c for c in clips if c.key in redo or not library.is_finished(c.key)]
+
+
+def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_hash: str) -> str:
+    """What differs between a finished clip's entry and what this job would make ("" if nothing)."""
+    row, d = clip.row, manifest.defaults
+    k_default = manifest.retrieval.k if manifest.retrieval else 0
+    expected = {
+        "steps": row.steps if row.steps is not None else job.steps if job.steps is not None else d.steps,
+        "guidance": row.guidance if row.guidance is not None else job.guidance if job.guidance is not None else d.guidance,
+        "sampler": row.sampler or job.sampler or d.sampler,
+        "k": row.k if row.k is not None else job.k if job.k is not None else k_default,
+        "format": job.audio_format,
+    }  # fmt: skip
+    settings = entry.get("settings", {})
+    found = [f"{name} {settings.get(name)!r} → {value!r}" for name, value in expected.items()
+             if settings.get(name) != value and not (name == "guidance" and settings.get(name) is not None
+                                                     and abs(float(settings[name]) - float(value)) < 1e-6)]  # fmt: skip
+    if job.retrieval and settings.get("retrieval") not in (None, job.retrieval):
+        found.append(f"retrieval {settings.get('retrieval')!r} → {job.retrieval!r}")
+    if entry.get("seed") != clip.seed:
+        found.append(f"seed {entry.get('seed')} → {clip.seed}")
+    if entry.get("bundle_sha256") != bundle_hash:
+        found.append("another bundle")
+    return ", ".join(found)
+
+
 def _request(job: GenerateJob, clip: Clip) -> Request:
     row = clip.row
     return Request(
@@ -158,7 +214,7 @@ def _run_planned(job: GenerateJob, rows, clips: list[Clip], bundle: Path, librar
         removed = library.clean_partials()
         if removed:
             log.info("removed %d partial file(s) of an interrupted run", removed)
-    todo = [c for c in clips if not library.is_finished(c.key)]
+    todo = reconcile(job, clips, bundle, library)
     summary = JobSummary(planned=len(clips), skipped=len(clips) - len(todo))
     requests = [_request(job, c) for c in todo]
     if todo:
@@ -228,7 +284,7 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
         "prompt": clip.row.prompt,
         "seed": clip.seed,
         "settings": {"steps": result.steps, "guidance": result.guidance, "sampler": result.sampler, "k": result.k,
-                     "backend": engine.backend, "format": job.audio_format},  # fmt: skip
+                     "retrieval": result.retrieval, "backend": engine.backend, "format": job.audio_format},  # fmt: skip
         "neighbours": result.neighbours,
         "bundle_sha256": bundle_hash,
         "duration_s": len(audio) / rate,

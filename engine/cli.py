@@ -46,6 +46,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         device_id=args.device_id,
         threads=args.threads,
         name_template=args.name_template,
+        overwrite=args.overwrite,
         postprocess=PostProcess(trim_db=args.trim_db, loudness_db=args.loudness_db, peak_db=args.peak_db),
         dry_run=args.dry_run,
         cuda_graphs=args.cuda_graphs,
@@ -122,6 +123,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--loudness-db", type=float, help="RMS loudness target in dBFS (e.g. -20)")
     p.add_argument("--peak-db", type=float, help="peak ceiling in dBFS (e.g. -1)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--overwrite", action="store_true",
+                   help="make again the clips of --out that were made with other settings or another bundle")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (--backend cuda)")
     r = p.add_argument_group("Ray (pip install 'reaudio[ray]')")
     r.add_argument("--ray", action="store_true", help="run on a Ray cluster with Ray Data (an actor pool of engines)")

@@ -73,6 +73,7 @@ class Result:
     guidance: float
     sampler: str
     k: int
+    retrieval: str = ""
     neighbours: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -413,6 +414,7 @@ class Engine:
                 guidance=r.guidance,
                 sampler=r.sampler,
                 k=r.k,
+                retrieval=r.retrieval,
                 neighbours=neighbours[i],
                 timings=timings,
                 error=error,

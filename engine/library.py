@@ -161,6 +161,26 @@ class Library:
         self.entries[entry["key"]] = entry
         return entry
 
+    def drop(self, keys: list[str]) -> None:
+        """Rewrite the manifest without ``keys``' entries (atomically; unreadable lines are kept), so a
+        clip generated again is listed once."""
+        keys = set(keys) & set(self.entries)
+        if not keys:
+            return
+        kept = []
+        for line in self.manifest_path.read_bytes().splitlines():
+            try:
+                if json.loads(line)["key"] in keys:
+                    continue
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+                pass
+            if line.strip():
+                kept.append(line + b"\n")
+        with atomic_path(self.manifest_path) as tmp:
+            tmp.write_bytes(b"".join(kept))
+        for key in keys:
+            del self.entries[key]
+
     def clean_partials(self) -> int:
         """Remove temp files of interrupted writes."""
         count = 0

@@ -24,7 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .bulk import Clip, GenerateJob, JobSummary, _request, _write, default_bundle, plan_clips
+from .bulk import (
+    Clip,
+    GenerateJob,
+    JobSummary,
+    _request,
+    _write,
+    default_bundle,
+    plan_clips,
+    reconcile,
+)
 from .engine import Engine, Request, Result
 from .library import Library
 from .manifest import MANIFEST, sha256_file
@@ -79,8 +88,8 @@ class EngineWorker:
 
 def _result_meta(result: Result) -> dict:
     return {"seed": result.seed, "steps": result.steps, "guidance": result.guidance, "sampler": result.sampler,
-            "k": result.k, "neighbours": result.neighbours, "timings": result.timings, "error": result.error,
-            "sample_rate": result.sample_rate}  # fmt: skip
+            "k": result.k, "retrieval": result.retrieval, "neighbours": result.neighbours, "timings": result.timings,
+            "error": result.error, "sample_rate": result.sample_rate}  # fmt: skip
 
 
 class _EngineInfo:
@@ -107,7 +116,7 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
                      fail_once_marker) -> JobSummary:  # fmt: skip
     if not job.dry_run:
         library.clean_partials()
-    todo = [c for c in clips if not library.is_finished(c.key)]
+    todo = reconcile(job, clips, bundle, library)
     summary = JobSummary(planned=len(clips), skipped=len(clips) - len(todo))
     if job.dry_run or not todo:
         if job.dry_run:
@@ -163,6 +172,6 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
 def _write_remote(job, library, clip, request, waveform, meta, engine, bundle_hash, summary) -> None:
     result = Result(request=request, waveform=waveform if meta["error"] is None else None,
                     sample_rate=meta["sample_rate"], seed=meta["seed"], steps=meta["steps"],
-                    guidance=meta["guidance"], sampler=meta["sampler"], k=meta["k"],
+                    guidance=meta["guidance"], sampler=meta["sampler"], k=meta["k"], retrieval=meta["retrieval"],
                     neighbours=meta["neighbours"], timings=meta["timings"], error=meta["error"])  # fmt: skip
     _write(job, library, clip, result, bundle_hash, engine, summary)

@@ -230,3 +230,22 @@ def test_library_scales_down_audio_that_would_clip_instead_of_clipping(tmp_path)
     assert loud_entry["gain_db"] == pytest.approx(OVER_PEAK_DBFS - 20 * np.log10(2.0), abs=1e-3)
     assert quiet_entry["gain_db"] == 0.0
     assert np.abs(sf.read(str(tmp_path / "quiet.wav"))[0]).max() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_clip_is_done_only_with_the_same_settings_and_bundle(tiny_bundle, tmp_path):
+    prompts, out = _prompts(tmp_path, 2), tmp_path / "lib"
+    job = GenerateJob(prompts, out, tiny_bundle, backend="cpu", steps=2, duration=0.5)
+    assert run_job(job, progress=False).written == 2
+    for change, words in ((dict(steps=3), "steps 2 → 3"), (dict(seed=5), "seed"), (dict(audio_format="flac"), "format")):
+        with pytest.raises(ValueError, match=f"2 finished clip\\(s\\) were made with other settings: .*{words}.*--overwrite"):
+            run_job(GenerateJob(prompts, out, tiny_bundle, **{"backend": "cpu", "steps": 2, "duration": 0.5, **change}),
+                    progress=False)  # fmt: skip
+    again = run_job(GenerateJob(prompts, out, tiny_bundle, backend="cpu", steps=3, duration=0.5, overwrite=True),
+                    progress=False)  # fmt: skip
+    assert again.written == 2
+    entries = _entries(out)
+    assert len(entries) == 2 and {e["settings"]["steps"] for e in entries} == {3}  # one line per key
+    # A repaired clip is listed once too.
+    (out / entries[0]["file"]).write_bytes(b"garbage")
+    assert run_job(GenerateJob(prompts, out, tiny_bundle, backend="cpu", steps=3, duration=0.5), progress=False).written == 1
+    assert len(_entries(out)) == 2
