@@ -14,7 +14,7 @@ from .engine import Engine, Request, Result
 from .library import Library, check_file_name, check_template
 from .manifest import MANIFEST, sha256_file
 from .postprocess import PostProcess
-from .prompts import PromptRow, read_prompt_file, slugify
+from .prompts import LIMITS, PromptRow, read_prompt_file, slugify
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,9 @@ def default_bundle() -> Path:
 
 def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
     check_template(job.name_template)
+    lo, hi = LIMITS["variations"]
+    if isinstance(job.variations, bool) or not isinstance(job.variations, int) or not lo <= job.variations <= hi:
+        raise ValueError(f"--variations {job.variations!r} must be an integer from {lo} to {hi}")
     ext = job.audio_format
     clips, names = [], {}
     for row in rows:

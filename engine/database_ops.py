@@ -15,6 +15,8 @@ from .retrieval_db import Items, RetrievalDB
 
 log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+#: Longer clips are encoded from their first this-many seconds (their recorded duration too).
+MAX_ADD_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,20 @@ def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -
     if spec is None or engine.db is None:
         raise ValueError(f"{bundle}: this bundle's model uses no retrieval; there is no database to add to")
     problems, waves = [], []
+    limit = round(MAX_ADD_SECONDS * engine.sample_rate)
     for clip in clips:
         try:
-            waves.append(load_audio(clip.audio, engine.sample_rate))
+            wav = load_audio(clip.audio, engine.sample_rate)
         except AudioLoadError as exc:
             problems.append(f"{clip.where}: {exc}")
+            continue
+        if len(wav) > limit:
+            # The encoders' cost grows with length (an hour asks onnxruntime for ~100 GB): the
+            # opening MAX_ADD_SECONDS stand for the clip.
+            log.warning("%s: %s is %.0f s long; its first %d s are encoded", clip.where or clip.id, clip.audio,
+                        len(wav) / engine.sample_rate, MAX_ADD_SECONDS)  # fmt: skip
+            wav = wav[:limit]
+        waves.append(wav)
     if problems:
         raise ClipListError(problems)
     _warn_suspicious(clips, waves)

@@ -392,9 +392,20 @@ class Engine:
 
     def _run_batch(self, batch, conditions, neighbours, prep_s) -> Iterator[tuple[int, Result]]:
         t0 = time.perf_counter()
-        latent = self._denoise(self.runners, batch, conditions)
-        t1 = time.perf_counter()
-        (audio,) = self.runners["decoder"].run({"latent": latent})
+        try:
+            latent = self._denoise(self.runners, batch, conditions)
+            t1 = time.perf_counter()
+            (audio,) = self.runners["decoder"].run({"latent": latent})
+        except (RuntimeError, MemoryError) as exc:  # onnxruntime's allocation failures among them
+            # One batch that cannot run (too long for this machine's memory, say) fails only its clips.
+            log.error("a batch of %d clip(s) of %.1f s failed: %s", len(batch), batch[0].samples / self.sample_rate,
+                      str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)  # fmt: skip
+            for i, r in enumerate(batch):
+                yield r.index, Result(request=r.request, waveform=None, sample_rate=self.sample_rate,
+                                      seed=r.request.seed, steps=r.steps, guidance=r.guidance, sampler=r.sampler,
+                                      k=r.k, retrieval=r.retrieval, neighbours=neighbours[i],
+                                      error=f"the batch failed: {str(exc)[:200] or type(exc).__name__}")  # fmt: skip
+            return
         t2 = time.perf_counter()
         for i, r in enumerate(batch):
             wav = audio[i, : r.samples]

@@ -39,3 +39,48 @@ def test_a_fractional_seed_in_the_api(tiny_bundle):
 
     with pytest.raises(ValueError, match="request 0: seed=1.5 must be an integer"):
         Engine.from_bundle(tiny_bundle, backend="cpu").generate([Request("rain", seed=1.5)])
+
+
+@pytest.mark.parametrize("variations", [0, 10**8, 1.5])
+def test_variations_are_bounded_up_front(tmp_path, variations):
+    from reaudio.engine.bulk import GenerateJob, plan_clips
+    from reaudio.engine.prompts import read_prompt_file
+
+    (tmp_path / "p.txt").write_text("rain\n")
+    with pytest.raises(ValueError, match="--variations .* must be an integer from 1 to 1000"):
+        plan_clips(GenerateJob(tmp_path / "p.txt", tmp_path / "o", variations=variations),
+                   read_prompt_file(tmp_path / "p.txt"))  # fmt: skip
+
+
+def test_a_batch_that_cannot_run_fails_only_its_clips(tiny_bundle):
+    pytest.importorskip("torch")
+    from reaudio.engine.engine import Engine, Request
+
+    engine = Engine.from_bundle(tiny_bundle, backend="cpu")
+    real = engine._denoise
+
+    def denoise(runners, batch, conditions):
+        if batch[0].samples > engine.sample_rate:  # the long clips: as if memory ran out
+            raise RuntimeError("Failed to allocate memory for requested buffer of size 61847529472")
+        return real(runners, batch, conditions)
+
+    engine._denoise = denoise
+    results = engine.generate([Request("rain", duration=0.5, steps=2), Request("wind", duration=2.0, steps=2),
+                               Request("fire", duration=0.5, steps=2, seed=1)])  # fmt: skip
+    assert [r.ok for r in results] == [True, False, True]
+    assert "Failed to allocate" in results[1].error
+
+
+def test_db_add_encodes_at_most_30_seconds_of_a_clip(tiny_bundle, tmp_path, caplog):
+    pytest.importorskip("torch")
+    import numpy as np
+    import soundfile as sf
+
+    from reaudio.engine.database_ops import add_clips
+
+    sf.write(tmp_path / "long.wav", (0.1 * np.random.default_rng(0).normal(size=40 * 8000)).astype(np.float32), 8000)
+    (tmp_path / "long.txt").write_text("forty seconds of noise")
+    with caplog.at_level("WARNING"):
+        db = add_clips(tiny_bundle, read_clip_list(tmp_path))
+    assert "its first 30 s are encoded" in caplog.text
+    assert db.items[-1]["duration"] == 30.0
