@@ -64,8 +64,14 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return {k: _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"{where}: expected a number, got {value!r}")
         return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise ValueError(f"{where}: expected {'text' if hint is str else 'true/false'}, got {value!r}")
     return value
 
 

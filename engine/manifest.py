@@ -160,7 +160,38 @@ class Manifest:
             raise BundleError(
                 f"manifest format_version {version!r} is not supported by this engine (expects {FORMAT_VERSION})"
             )
-        return from_dict(cls, data, where="manifest")
+        manifest = from_dict(cls, data, where="manifest")
+        _check_ranges(manifest)
+        return manifest
+
+
+#: Stages the engine cannot run without.
+REQUIRED_STAGES = ("text_encoder", "denoiser", "decoder")
+
+
+def _check_ranges(m: Manifest) -> None:
+    """Values a well-typed manifest can still get wrong, each named with what is valid."""
+    problems = []
+    if not 1000 <= m.mel.sample_rate <= 192_000:
+        problems.append(f"mel.sample_rate={m.mel.sample_rate}; valid: 1000 to 192000")
+    for name in ("channels", "downsample", "freq"):
+        if not 1 <= getattr(m.latent, name) <= 4096:
+            problems.append(f"latent.{name}={getattr(m.latent, name)}; valid: 1 to 4096")
+    if not 0 < m.latent.scaling_factor < 1e6:
+        problems.append(f"latent.scaling_factor={m.latent.scaling_factor}; must be positive")
+    missing = [s for s in REQUIRED_STAGES if s not in m.stages]
+    if missing:
+        problems.append(f"stages: missing {missing}")
+    paths = [("tokenizer.file", m.tokenizer.file)] + [(f"stages.{n}.file", s.file) for n, s in m.stages.items()]
+    paths += [(f"stages.{n}.fp16_file", s.fp16_file) for n, s in m.stages.items() if s.fp16_file]
+    if m.retrieval:
+        paths.append(("retrieval.folder", m.retrieval.folder))
+    for name, rel in paths:
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or rel.startswith("~"):
+            problems.append(f"{name}={rel!r} must be a path inside the bundle")
+    if problems:
+        raise BundleError("manifest: " + "; ".join(problems))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

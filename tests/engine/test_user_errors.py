@@ -84,3 +84,23 @@ def test_db_add_encodes_at_most_30_seconds_of_a_clip(tiny_bundle, tmp_path, capl
         db = add_clips(tiny_bundle, read_clip_list(tmp_path))
     assert "its first 30 s are encoded" in caplog.text
     assert db.items[-1]["duration"] == 30.0
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["latent"].update(channels="8"), "latent.channels: expected an integer, got '8'"),
+    (lambda m: m["latent"].update(downsample=0), "latent.downsample=0; valid: 1 to 4096"),
+    (lambda m: m["stages"].pop("decoder"), "stages: missing \\['decoder'\\]"),
+    (lambda m: m["mel"].update(sample_rate=10**12), "mel.sample_rate=1000000000000; valid"),
+    (lambda m: m["stages"]["decoder"].update(file="../../etc/passwd"), "stages.decoder.file='../../etc/passwd' must be a path inside"),
+])  # fmt: skip
+def test_manifest_values_are_checked(tiny_bundle, edit, message):
+    pytest.importorskip("torch")
+    import json
+
+    from reaudio.engine.manifest import MANIFEST, BundleError, read_manifest
+
+    data = json.loads((tiny_bundle / MANIFEST).read_text())
+    edit(data)
+    (tiny_bundle / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=message):
+        read_manifest(tiny_bundle, verify=False)
