@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .audio_io import AudioLoadError, load_audio
 from .engine import Engine
 from .manifest import read_manifest, write_manifest
@@ -45,7 +47,11 @@ def read_clip_list(source: str | Path) -> list[ClipSpec]:
             if not sidecar.is_file():
                 problems.append(f"{audio}: no caption file {sidecar.name} beside it")
                 continue
-            caption = " ".join(sidecar.read_text(encoding="utf-8").split())
+            try:
+                caption = " ".join(sidecar.read_text(encoding="utf-8").split())
+            except UnicodeDecodeError as exc:
+                problems.append(f"{sidecar}: not valid UTF-8 (byte {exc.start}); save the caption as UTF-8")
+                continue
             clips.append(ClipSpec(audio, caption, slugify(audio.relative_to(source).with_suffix("").as_posix()),
                                   where=str(sidecar)))  # fmt: skip
     elif source.suffix.lower() in (".csv", ".jsonl") and source.is_file():
@@ -107,7 +113,19 @@ def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -
     if problems:
         raise ClipListError(problems)
     _warn_suspicious(clips, waves)
-    audio_emb, audio_tokens = engine.encode_audio(waves)
+    embs, tokens = [], []
+    for clip, wav in zip(clips, waves):
+        try:
+            emb, tok = engine.encode_audio([wav])
+        except Exception as exc:  # onnxruntime's message names no file: add ours
+            problems.append(f"{clip.where or clip.audio}: the audio encoder cannot take this clip "
+                            f"({len(wav) / engine.sample_rate:.3f} s): {str(exc).splitlines()[0][:200]}")  # fmt: skip
+            continue
+        embs.append(emb)
+        tokens.append(tok)
+    if problems:
+        raise ClipListError(problems)
+    audio_emb, audio_tokens = np.concatenate(embs), np.concatenate(tokens)
     captions = [c.caption for c in clips]
     _, cap_tokens, cap_mask = engine.embed_text(captions, length=spec.caption_tokens)
     # Keys at the prompt's token length: a caption cut to the context's L tokens embeds differently.

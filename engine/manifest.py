@@ -240,6 +240,8 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 (byte {exc.start}); the bundle is corrupted, re-export it") from exc
     try:
         manifest = Manifest.from_dict(data)
     except (TypeError, ValueError) as exc:

@@ -9,7 +9,12 @@ from pathlib import Path
 
 def read_records(path: Path, required: tuple[str, ...], problems: list[str]) -> list[tuple[int, dict]]:
     """(line number, row) pairs; bad JSON lines and a CSV header lacking ``required`` go to ``problems``."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        problems.append(f"{path}:{line}: not valid UTF-8 (byte {exc.start}); save the file as UTF-8")
+        return []
     if path.suffix.lower() == ".jsonl":
         out = []
         for line, raw in enumerate(text.splitlines(), start=1):

@@ -104,3 +104,35 @@ def test_manifest_values_are_checked(tiny_bundle, edit, message):
     (tiny_bundle / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(BundleError, match=message):
         read_manifest(tiny_bundle, verify=False)
+
+
+def test_errors_name_the_file_with_bad_bytes(tmp_path):
+    pytest.importorskip("torch")
+    from reaudio.engine.manifest import BundleError, read_manifest
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_bytes(b'{"format_version": 1, "name": "\xff"}')
+    with pytest.raises(BundleError, match="manifest.json: not UTF-8"):
+        read_manifest(tmp_path / "b")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "a.wav").write_bytes(b"")
+    (clips / "a.txt").write_bytes(b"caf\xe9 ambience")  # Latin-1
+    with pytest.raises(ClipListError, match="a.txt: not valid UTF-8"):
+        read_clip_list(clips)
+    (tmp_path / "list.csv").write_bytes(b"audio,caption\na.wav,ok\nb.wav,caf\xe9\n")
+    with pytest.raises(ClipListError, match="list.csv:3: not valid UTF-8"):
+        read_clip_list(tmp_path / "list.csv")
+
+
+def test_a_clip_too_short_for_the_audio_encoder_is_named(tiny_bundle, tmp_path):
+    pytest.importorskip("torch")
+    import numpy as np
+    import soundfile as sf
+
+    from reaudio.engine.database_ops import add_clips
+
+    sf.write(tmp_path / "blip.wav", np.full(3, 0.5, np.float32), 8000)
+    (tmp_path / "blip.txt").write_text("a blip")
+    with pytest.raises(ClipListError, match="blip.txt: the audio encoder cannot take this clip .*too short"):
+        add_clips(tiny_bundle, read_clip_list(tmp_path))
