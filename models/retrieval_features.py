@@ -25,6 +25,7 @@ class RetrievalConfig:
             "text" builds a legacy database with caption keys only).
         contexts: which neighbour features condition the UNet: any of
             "retrieved_text" (caption tokens) and "retrieved_audio" (audio tokens).
+        hybrid_weight: weight of the audio score in "hybrid" matching (the caption score gets 1 − it).
         caption_tokens: L, token features kept per retrieved caption (paper: 50).
         audio_tokens: M, pooled audio tokens per retrieved clip (paper: 32).
     """
@@ -32,6 +33,7 @@ class RetrievalConfig:
     k: int = 3
     key: str = "audio"
     contexts: tuple[str, ...] = _CONTEXTS
+    hybrid_weight: float = 0.5
     caption_tokens: int = 50
     audio_tokens: int = 32
 
@@ -43,6 +45,8 @@ class RetrievalConfig:
         bad = sorted(set(self.contexts) - set(_CONTEXTS))
         if bad:
             raise ValueError(f"RetrievalConfig.contexts: unknown {bad}; valid: {', '.join(_CONTEXTS)}")
+        if not 0.0 <= self.hybrid_weight <= 1.0:
+            raise ValueError(f"RetrievalConfig.hybrid_weight={self.hybrid_weight} must be in [0, 1]")
         if self.caption_tokens < 1 or self.audio_tokens < 1:
             raise ValueError("RetrievalConfig: caption_tokens and audio_tokens must be >= 1")
 
@@ -51,7 +55,7 @@ def database_key_settings(cfg: RetrievalConfig) -> dict:
     """The ``DatabaseInfo`` fields that follow from ``cfg.key``: which keys a new database keeps."""
     if cfg.key == "text":
         return {"key": "text", "caption_keys": False, "index_mode": ""}
-    return {"key": "audio", "caption_keys": True, "index_mode": cfg.key}
+    return {"key": "audio", "caption_keys": True, "index_mode": cfg.key, "hybrid_weight": cfg.hybrid_weight}
 
 
 class RetrievalFeatureEncoder:
