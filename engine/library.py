@@ -85,6 +85,8 @@ class Library:
     def close(self) -> None:
         """Release the folder's lock (also when the process ends)."""
         if self._lock is not None:
+            (self.folder / (LOCK_FILE + ".holder")).unlink(missing_ok=True)
+            # The lock file itself stays: removing it could let two later jobs lock different files.
             self._lock.release()
             self._lock = None
 

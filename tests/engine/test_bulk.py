@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from reaudio.engine.bulk import GenerateJob, run_job
-from reaudio.engine.library import LIBRARY_MANIFEST, Library, LibraryLocked
+from reaudio.engine.library import LIBRARY_MANIFEST, LOCK_FILE, Library, LibraryLocked
 from reaudio.engine.postprocess import PostProcess
 
 pytest.importorskip("torch")
@@ -81,7 +81,7 @@ def test_killed_run_resumes_with_every_clip_exactly_once(tiny_bundle, tmp_path):
     assert len(keys) == len(set(keys)) == n
     files = sorted(p.name for p in out.iterdir() if p.suffix == ".wav")
     assert files == sorted(e["file"] for e in entries)
-    assert not list(out.glob(".*"))  # no partial files left behind
+    assert not [p for p in out.glob(".*") if p.name != LOCK_FILE]  # no partial files left behind
     for e in entries:
         audio, _ = sf.read(out / e["file"])
         assert len(audio) == 8000

@@ -7,6 +7,7 @@ import pytest
 
 from reaudio.engine.backends import OrtRunner
 from reaudio.engine.manifest import BundleError, read_manifest
+from reaudio.engine.retrieval_db import RetrievalDB
 from reaudio.export.bundle import export_bundle
 from reaudio.models.configs import load_config
 from reaudio.models.system import build_system
@@ -48,8 +49,14 @@ def test_every_stage_runs_with_the_manifest_names_and_shapes(tiny_bundle):
 def test_manifest_lists_a_checksum_for_every_file(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
     on_disk = {p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file()}
-    assert on_disk - set(manifest.files) == {"manifest.json"}
+    # The database is the one mutable part: it carries checksums of its own per generation.
+    database = {p for p in on_disk if p.startswith("retrieval/")}
+    assert on_disk - set(manifest.files) == {"manifest.json"} | database
     assert all(len(h) == 64 for h in manifest.files.values())
+    generation = RetrievalDB(tiny_bundle / "retrieval").generation
+    listed = json.loads((generation / "checksums.json").read_text())
+    assert set(listed) == {p.name for p in generation.iterdir() if p.is_file()} - {"checksums.json"}
+    assert RetrievalDB(tiny_bundle / "retrieval", verify=True).verify_checksums()
 
 
 def test_corrupted_file_is_refused_naming_it(tiny_bundle):
