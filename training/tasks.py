@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -204,9 +205,24 @@ class LDMTask(Task):
             self.scale = self._estimate_scale(trainer)
             log.info("latent scaling factor estimated from data: %.5f", self.scale)
         trainer.resolved["latent_scaling_factor"] = self.scale
-        self.posteriors = self._cache_posteriors()
-        self.film, self.neighbours = self._conditions(self.train.clips)
         self.db = RetrievalDB(self.paths["database"]) if self.paths["database"] else None
+
+    # Computed on first use: a run resumed at its last step only writes final/ and needs neither.
+    @functools.cached_property
+    def posteriors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._cache_posteriors()
+
+    @functools.cached_property
+    def _film_and_neighbours(self) -> tuple[torch.Tensor, np.ndarray]:
+        return self._conditions(self.train.clips)
+
+    @property
+    def film(self) -> torch.Tensor:
+        return self._film_and_neighbours[0]
+
+    @property
+    def neighbours(self) -> np.ndarray:
+        return self._film_and_neighbours[1]
 
     @torch.no_grad()
     def _cache_posteriors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
