@@ -171,9 +171,13 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else torch.zeros(())
         opt.step()
         if name in self.ema:
+            # Warm-up (1 + n)/(10 + n): a plain 0.999 average still holds 22 % of the random
+            # initial weights after 1 500 steps, which shrank the LDM's noise predictions by
+            # 15 % and blew sampled latents up to 15× the data's spread.
+            decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
             with torch.no_grad():
                 for e, p in zip(self.ema[name].parameters(), self.modules[name].parameters()):
-                    e.lerp_(p, 1.0 - self.cfg.ema_decay)
+                    e.lerp_(p, 1.0 - decay)
         return float(norm)
 
     def run(self) -> dict:

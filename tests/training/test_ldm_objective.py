@@ -55,3 +55,43 @@ def test_min_snr_weights():
     snr = d.alphas_cumprod[t] / (1 - d.alphas_cumprod[t])
     assert torch.allclose(w, (torch.clamp(snr, max=5.0) / snr).float())
     assert w[0] < 0.1 and w[-1] == 1.0  # low noise down-weighted, high noise untouched
+
+
+def test_ema_warms_up_so_a_short_run_keeps_no_trace_of_the_initial_weights(tmp_path):
+    from torch import nn
+
+    from reaudio.training.trainer import Trainer
+
+    class Drift:
+        """A weight pushed from 0 to 1 by its gradient: the EMA should follow it."""
+
+        deliverables = ()  # nothing to save: the EMA is read from the trainer
+        progress = False
+
+        def setup(self, trainer):
+            self.w = nn.Linear(1, 1, bias=False)
+            nn.init.zeros_(self.w.weight)
+
+        def trainable(self):
+            return {"w": self.w}
+
+        def train_step(self, trainer, step):
+            loss = (self.w.weight - 1.0).pow(2).sum()
+            trainer.optimise("w", loss)
+            return {"loss": loss.item()}
+
+        def evaluate(self, trainer):
+            return {}
+
+        def finalize(self, trainer, folder):
+            pass
+
+    task = Drift()
+    trainer = Trainer(task, tmp_path / "run", TrainConfig(steps=300, lr=0.05, warmup_steps=0, weight_decay=0.0,
+                                                          ema_decay=0.999, log_every=1000), {})  # fmt: skip
+    trainer.run()
+    raw = task.w.weight.item()
+    ema = trainer.ema["w"].weight.item()
+    assert raw == pytest.approx(1.0, abs=0.01)
+    # Without warm-up, 0.999**300 = 74 % of the zero initialisation would remain (EMA ≈ 0.2).
+    assert ema > 0.8
