@@ -143,8 +143,6 @@ def _warn_suspicious(clips: list[ClipSpec], waves: list) -> None:
     """Silent clips and clips with identical audio are added, but said."""
     import hashlib
 
-    import numpy as np
-
     seen: dict[str, str] = {}
     for clip, wav in zip(clips, waves):
         if not len(wav) or float(np.max(np.abs(wav))) < 1e-3:  # below -60 dBFS
