@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .engine import Engine, Request, Result
@@ -15,6 +15,7 @@ from .library import Library, check_file_name, check_template
 from .manifest import MANIFEST, sha256_file
 from .postprocess import PostProcess
 from .prompts import LIMITS, PromptRow, read_prompt_file, slugify
+from .tags import ClipTags
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,15 @@ class GenerateJob:
         retrieval: "caption", "audio" or "hybrid" neighbour search (None: the bundle's).
         seed: base seed; a row without a seed uses seed + crc32(id), variation v adds v.
         variations: clips per prompt, for rows that do not set it.
-        audio_format: "wav" or "flac" (16-bit).
+        audio_format: "wav" or "flac"; subtype: "PCM_16", "PCM_24" or "FLOAT" (wav only).
         backend, device_id, threads: where to run.
         name_template: file name without extension; fields {id} {slug} {seed} {variation}.
-        postprocess: optional trimming/loudness/peak handling.
+        postprocess: optional trimming, resampling, loudness target (LUFS) and true-peak ceiling;
+            a row's ``loudness_lufs`` replaces the target for that row.
         dry_run: print the plan and stop.
         overwrite: regenerate clips finished with other settings (bundle, seed, steps, guidance,
-            sampler, k, retrieval, format); without it such a library is refused up front.
+            sampler, k, retrieval, format, subtype, sample rate, loudness); without it such a library
+            is refused up front.
         cuda_graphs: replay the denoising loop as CUDA graphs (backend "cuda").
     """
 
@@ -56,6 +59,7 @@ class GenerateJob:
     seed: int = 0
     variations: int = 1
     audio_format: str = "wav"
+    subtype: str = "PCM_16"
     backend: str = "auto"
     device_id: int = 0
     threads: int | None = None
@@ -172,8 +176,14 @@ def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_has
         "sampler": row.sampler or job.sampler or d.sampler,
         "k": row.k if row.k is not None else job.k if job.k is not None else k_default,
         "format": job.audio_format,
+        "subtype": job.subtype,
+        "resample": job.postprocess.sample_rate,
+        "loudness_lufs": row.loudness_lufs if row.loudness_lufs is not None else job.postprocess.loudness_lufs,
+        "true_peak_db": job.postprocess.true_peak_db,
     }  # fmt: skip
-    settings = entry.get("settings", {})
+    # Entries of libraries written before a setting existed hold its default.
+    settings = {"subtype": "PCM_16", "resample": None, "loudness_lufs": None, "true_peak_db": None,
+                **entry.get("settings", {})}  # fmt: skip
     found = [f"{name} {settings.get(name)!r} → {value!r}" for name, value in expected.items()
              if settings.get(name) != value and not (name == "guidance" and settings.get(name) is not None
                                                      and abs(float(settings[name]) - float(value)) < 1e-6)]  # fmt: skip
@@ -207,7 +217,7 @@ def run_job(job: GenerateJob, progress: bool = True, echo=print) -> JobSummary:
     rows = read_prompt_file(job.prompts)
     clips = plan_clips(job, rows)
     bundle = Path(job.bundle) if job.bundle else default_bundle()
-    with Library(job.out, job.audio_format, writable=not job.dry_run) as library:
+    with Library(job.out, job.audio_format, writable=not job.dry_run, subtype=job.subtype) as library:
         return _run_planned(job, rows, clips, bundle, library, progress, echo)
 
 
@@ -279,7 +289,10 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
     if not result.ok:
         summary.failed.append(f"{clip.key} ({result.error})")
         return
-    audio = job.postprocess(result.waveform, rate) if job.postprocess.active else result.waveform
+    post = job.postprocess
+    if clip.row.loudness_lufs is not None:
+        post = replace(post, loudness_lufs=clip.row.loudness_lufs)
+    audio, out_rate, gain_db = post.finish(result.waveform, rate)
     entry = {
         "key": clip.key,
         "id": clip.row.id,
@@ -287,13 +300,25 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
         "prompt": clip.row.prompt,
         "seed": clip.seed,
         "settings": {"steps": result.steps, "guidance": result.guidance, "sampler": result.sampler, "k": result.k,
-                     "retrieval": result.retrieval, "backend": engine.backend, "format": job.audio_format},  # fmt: skip
+                     "retrieval": result.retrieval, "backend": engine.backend, "format": job.audio_format,
+                     "subtype": job.subtype, "resample": post.sample_rate,
+                     "loudness_lufs": post.loudness_lufs, "true_peak_db": post.true_peak_db},  # fmt: skip
         "neighbours": result.neighbours,
         "bundle_sha256": bundle_hash,
-        "duration_s": len(audio) / rate,
-        "sample_rate": rate,
+        "duration_s": len(audio) / out_rate,
+        "sample_rate": out_rate,
+        "gain_db": gain_db,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
     }
-    library.write(clip.file_name, audio, rate, entry)
+    now = time.gmtime()
+    tags = ClipTags(
+        title=clip.row.prompt,
+        description=f"{clip.row.prompt} (reaudio, seed {clip.seed})",
+        date=time.strftime("%Y-%m-%d", now),
+        time=time.strftime("%H:%M:%S", now),
+        extra={"id": clip.key, "prompt": clip.row.prompt, "seed": str(clip.seed), "bundle": bundle_hash[:16],
+               "steps": str(result.steps), "guidance": f"{result.guidance:g}"},  # fmt: skip
+    )
+    library.write(clip.file_name, audio, out_rate, entry, tags)
     summary.written += 1
-    summary.audio_seconds += len(audio) / rate
+    summary.audio_seconds += len(audio) / out_rate

@@ -1,4 +1,4 @@
-"""The engine's command line: ``generate`` and the database commands that need no torch.
+"""The engine's command line: ``generate``, ``audition`` and the database commands that need no torch.
 
 The ``reaudio`` console script (``reaudio.training.cli``) adds the training,
 export and evaluation commands to this parser; the engine itself never imports
@@ -47,7 +47,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         threads=args.threads,
         name_template=args.name_template,
         overwrite=args.overwrite,
-        postprocess=PostProcess(trim_db=args.trim_db, loudness_db=args.loudness_db, peak_db=args.peak_db),
+        subtype=args.subtype,
+        postprocess=PostProcess(trim_db=args.trim_db, sample_rate=args.sample_rate, loudness_lufs=args.loudness_lufs,
+                                true_peak_db=args.true_peak_db),  # fmt: skip
         dry_run=args.dry_run,
         cuda_graphs=args.cuda_graphs,
     )
@@ -62,7 +64,18 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         summary = run_job(job, progress=not args.quiet, echo=echo)
     if not job.dry_run:
         echo(summary.describe())
+        if args.audition:
+            from .audition import build_audition
+
+            echo(f"audition page: {build_audition(job.out)}")
     return 1 if summary.failed else 0
+
+
+def _cmd_audition(args: argparse.Namespace) -> int:
+    from .audition import build_audition
+
+    print(build_audition(args.library, title=args.title))
+    return 0
 
 
 def _cmd_db_add(args: argparse.Namespace) -> int:
@@ -113,19 +126,27 @@ def _add_generate(sub) -> None:
                    help="match prompts to the database's captions, audio or both (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--variations", type=int, default=1, help="clips per prompt (default 1)")
-    p.add_argument("--format", choices=("wav", "flac"), default="wav", help="audio format (16-bit)")
+    p.add_argument("--format", choices=("wav", "flac"), default="wav",
+                   help="container: wav (BWF description in bext, INFO title) or flac (Vorbis comments)")
+    p.add_argument("--subtype", choices=("PCM_16", "PCM_24", "FLOAT"), default="PCM_16",
+                   help="sample format (FLOAT: wav only; default PCM_16)")
+    p.add_argument("--sample-rate", type=int, help="resample every clip to this rate, e.g. 44100 or 48000 "
+                                                    "(default: the model's)")
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
     p.add_argument("--device-id", type=int, default=0, help="GPU index")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores)")
     p.add_argument("--name-template", default="{id}-v{variation}",
                    help="file name without extension; fields {id} {slug} {seed} {variation}")  # fmt: skip
     p.add_argument("--trim-db", type=float, help="trim edges quieter than this many dB below the peak")
-    p.add_argument("--loudness-db", type=float, help="RMS loudness target in dBFS (e.g. -20)")
-    p.add_argument("--peak-db", type=float, help="peak ceiling in dBFS (e.g. -1)")
+    p.add_argument("--loudness-lufs", type=float,
+                   help="integrated loudness target, ITU-R BS.1770 (e.g. -23); a prompt row's loudness_lufs wins")
+    p.add_argument("--true-peak-db", type=float,
+                   help="true-peak ceiling in dBTP (e.g. -1), met by lowering the gain, never by clipping")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--overwrite", action="store_true",
                    help="make again the clips of --out that were made with other settings or another bundle")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (--backend cuda)")
+    p.add_argument("--audition", action="store_true", help="write --out/index.html (reaudio audition) at the end")
     r = p.add_argument_group("Ray (pip install 'reaudio[ray]')")
     r.add_argument("--ray", action="store_true", help="run on a Ray cluster with Ray Data (an actor pool of engines)")
     r.add_argument("--ray-address", help="cluster address (default: RAY_ADDRESS, else a local instance)")
@@ -160,6 +181,10 @@ def make_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction, 
 def add_engine_commands(sub, common) -> argparse._SubParsersAction:
     """Add ``generate`` and ``db add/remove/list``; returns the ``db`` action table for more actions."""
     _add_generate(sub)
+    au = sub.add_parser("audition", help="write LIBRARY/index.html: hear, filter, sort and mark a library's clips")
+    au.add_argument("library", type=Path, help="a `reaudio generate --out` folder")
+    au.add_argument("--title", help="page title (default: the folder's name and clip count)")
+    au.set_defaults(func=_cmd_audition)
     p = sub.add_parser("db", help="the bundle's retrieval database: add your own clips, remove, list")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
     dbsub.required = True

@@ -17,11 +17,15 @@ import numpy as np
 import soundfile as sf
 
 from .dataclass_io import atomic_path
+from .loudness import integrated_lufs, true_peak_db
 from .manifest import sha256_file
+from .tags import ClipTags, add_bext, sndfile_strings, tag_flac
 
 log = logging.getLogger(__name__)
 LIBRARY_MANIFEST = "library.jsonl"
-FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
+FORMATS = {"wav": "WAV", "flac": "FLAC"}
+#: Sample formats per container: FLAC holds integers only.
+SUBTYPES = {"wav": ("PCM_16", "PCM_24", "FLOAT"), "flac": ("PCM_16", "PCM_24")}
 TEMPLATE_FIELDS = ("id", "slug", "seed", "variation")
 #: Where audio that would pass full scale is brought down to (dBFS).
 OVER_PEAK_DBFS = -0.1
@@ -70,11 +74,12 @@ class Library:
     otherwise (a dry run) nothing on disk is created or changed.
     """
 
-    def __init__(self, folder: str | Path, audio_format: str = "wav", writable: bool = True) -> None:
-        if audio_format not in FORMATS:
-            raise ValueError(f"format={audio_format!r}; valid: {', '.join(FORMATS)}")
+    def __init__(self, folder: str | Path, audio_format: str = "wav", writable: bool = True,
+                 subtype: str = "PCM_16") -> None:  # fmt: skip
+        check_format(audio_format, subtype)
         self.folder = Path(folder)
         self.format = audio_format
+        self.subtype = subtype
         self.manifest_path = self.folder / LIBRARY_MANIFEST
         self._lock = None
         if writable:
@@ -137,20 +142,27 @@ class Library:
             return False
         return True
 
-    def write(self, file_name: str, waveform: np.ndarray, sample_rate: int, entry: dict) -> dict:
-        """Write the audio atomically, then append its manifest line (fsynced).
+    def write(self, file_name: str, waveform: np.ndarray, sample_rate: int, entry: dict,
+              tags: ClipTags | None = None) -> dict:  # fmt: skip
+        """Write the audio atomically (with ``tags`` embedded), then append its manifest line (fsynced).
 
         Audio that would pass full scale is scaled down to ``OVER_PEAK_DBFS`` rather than
-        hard-clipped (clipping distorts); the applied gain is recorded as ``gain_db``.
+        hard-clipped (clipping distorts); that gain is added to the entry's ``gain_db``. The
+        entry records the written clip's loudness (LUFS) and true peak (dBTP).
         """
-        kind, subtype = FORMATS[self.format]
+        from dataclasses import replace
+
         path = self.folder / file_name
         peak = float(np.max(np.abs(waveform))) if len(waveform) else 0.0
         gain = 10 ** (OVER_PEAK_DBFS / 20) / peak if peak > 1.0 else 1.0
+        audio = waveform * gain if gain != 1.0 else waveform
+        measured = {"loudness_lufs": _rounded(integrated_lufs(audio, sample_rate)),
+                    "true_peak_db": _rounded(true_peak_db(audio, sample_rate))}  # fmt: skip
         with atomic_path(path, suffix=".part") as tmp:
-            sf.write(tmp, waveform * gain if gain != 1.0 else waveform, sample_rate, format=kind, subtype=subtype)
-        entry = {**entry, "gain_db": round(20 * float(np.log10(gain)), 3), "file": file_name,
-                 "bytes": path.stat().st_size, "sha256": sha256_file(path)}  # fmt: skip
+            _write_audio(tmp, audio, sample_rate, self.format, self.subtype,
+                         tags and replace(tags, **measured))  # fmt: skip
+        entry = {**entry, "gain_db": round(entry.get("gain_db", 0.0) + 20 * float(np.log10(gain)), 3), **measured,
+                 "file": file_name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}  # fmt: skip
         with open(self.manifest_path, "a+b") as f:
             f.seek(0, os.SEEK_END)
             if f.tell():
@@ -193,6 +205,34 @@ class Library:
 
 
 LOCK_FILE = ".reaudio.lock"
+
+
+def check_format(audio_format: str, subtype: str) -> None:
+    if audio_format not in FORMATS:
+        raise ValueError(f"--format {audio_format!r}; valid: {', '.join(FORMATS)}")
+    if subtype not in SUBTYPES[audio_format]:
+        raise ValueError(f"--subtype {subtype!r} is not available for {audio_format}; valid: "
+                         f"{', '.join(SUBTYPES[audio_format])}")  # fmt: skip
+
+
+def _rounded(value: float) -> float | None:
+    return round(value, 2) if np.isfinite(value) else None  # JSON has no -inf: silence is null
+
+
+def _write_audio(path: Path, audio: np.ndarray, sample_rate: int, audio_format: str, subtype: str,
+                 tags: ClipTags | None) -> None:  # fmt: skip
+    with sf.SoundFile(path, "w", sample_rate, 1, subtype=subtype, format=FORMATS[audio_format]) as f:
+        if tags is not None and audio_format == "wav":
+            for name, value in sndfile_strings(tags).items():
+                if value:
+                    setattr(f, name, value)
+        f.write(np.asarray(audio, dtype=np.float32))
+    if tags is None:
+        return
+    if audio_format == "wav":
+        add_bext(path, tags)
+    else:
+        tag_flac(path, tags)
 
 
 def _take_lock(folder: Path):

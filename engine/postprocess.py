@@ -1,5 +1,5 @@
-"""Clip post-processing: silence trimming, RMS loudness target, peak normalisation (all optional),
-and the trailing-silence trim of clips whose duration the engine chose."""
+"""Clip post-processing: edge trimming, resampling, a BS.1770 loudness target under a true-peak
+ceiling (all optional), and the trailing-silence trim of clips whose duration the engine chose."""
 
 from __future__ import annotations
 
@@ -7,50 +7,54 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .loudness import loudness_gain_db
+
 
 @dataclass(frozen=True)
 class PostProcess:
-    """All off by default.
+    """How a clip is finished before it is written; all off by default.
 
     Attributes:
         trim_db: trim leading/trailing audio quieter than this many dB below the clip's peak.
-        loudness_db: scale so the clip's RMS level is this many dBFS (e.g. -20).
-        peak_db: then scale down (never up, unless no loudness target) so the peak is at most this dBFS.
+        sample_rate: resample to this rate (Hz) once, with soxr; None keeps the model's rate.
+        loudness_lufs: bring the clip's integrated loudness (ITU-R BS.1770) to this many LUFS.
+        true_peak_db: then lower the gain (never clip) so the 4× oversampled peak is at most this dBTP.
     """
 
     trim_db: float | None = None
-    loudness_db: float | None = None
-    peak_db: float | None = None
+    sample_rate: int | None = None
+    loudness_lufs: float | None = None
+    true_peak_db: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("trim_db", "loudness_db", "peak_db"):
+        for name, low, high in (("trim_db", -120.0, 0.0), ("loudness_lufs", -70.0, 0.0), ("true_peak_db", -60.0, 0.0)):
             value = getattr(self, name)
-            if value is not None and not -120.0 <= value <= 0.0:
-                raise ValueError(f"{name}={value} must be between -120 and 0 dB")
+            if value is not None and (not isinstance(value, (int, float)) or not low <= value <= high):
+                raise ValueError(f"{name}={value!r} must be between {low:g} and {high:g}")
+        if self.sample_rate is not None and self.sample_rate not in SAMPLE_RATES:
+            raise ValueError(f"sample_rate={self.sample_rate!r}; valid: {', '.join(map(str, SAMPLE_RATES))}")
 
-    @property
-    def active(self) -> bool:
-        return any(v is not None for v in (self.trim_db, self.loudness_db, self.peak_db))
-
-    def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    def finish(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int, float]:
+        """The finished clip, its sample rate and the loudness gain applied (dB)."""
         x = np.asarray(audio, dtype=np.float32)
-        peak = float(np.abs(x).max()) if x.size else 0.0
-        if peak == 0.0:
-            return x
-        if self.trim_db is not None:
+        if self.trim_db is not None and x.size and np.any(x):
+            peak = float(np.abs(x).max())
             loud = np.flatnonzero(np.abs(x) >= peak * 10 ** (self.trim_db / 20))
             margin = int(0.01 * sample_rate)  # keep 10 ms around the sound
             x = x[max(0, loud[0] - margin) : loud[-1] + 1 + margin]
-        if self.loudness_db is not None:
-            rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-            if rms > 0:
-                x = x * (10 ** (self.loudness_db / 20) / rms)
-        if self.peak_db is not None:
-            target = 10 ** (self.peak_db / 20)
-            peak = float(np.abs(x).max())
-            if peak > target or self.loudness_db is None:
-                x = x * (target / peak)
-        return x.astype(np.float32)
+        if self.sample_rate is not None and self.sample_rate != sample_rate and x.size:
+            import soxr
+
+            x = soxr.resample(x, sample_rate, self.sample_rate, quality="VHQ").astype(np.float32)
+            sample_rate = self.sample_rate
+        gain_db = loudness_gain_db(x, sample_rate, self.loudness_lufs, self.true_peak_db)
+        if gain_db:
+            x = (x * 10 ** (gain_db / 20)).astype(np.float32)
+        return x, sample_rate, gain_db
+
+
+#: Output rates a library may ask for (the model's own rate is always allowed by leaving it unset).
+SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 
 
 def trim_tail(audio: np.ndarray, sample_rate: int, floor_db: float = -50.0, min_seconds: float = 0.25) -> np.ndarray:

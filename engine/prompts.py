@@ -10,7 +10,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FIELDS = ("prompt", "id", "seed", "duration", "steps", "guidance", "k", "variations", "sampler")
+FIELDS = ("prompt", "id", "seed", "duration", "steps", "guidance", "k", "variations", "sampler", "loudness_lufs")
 MAX_PROMPT_CHARS = 1000
 LIMITS = {
     "duration": (0.1, 120.0),
@@ -19,6 +19,7 @@ LIMITS = {
     "k": (0, 64),
     "variations": (1, 1000),
     "seed": (0, 2**63 - 1),
+    "loudness_lufs": (-70.0, 0.0),
 }
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -37,6 +38,7 @@ class PromptRow:
     k: int | None = None
     variations: int | None = None
     sampler: str | None = None
+    loudness_lufs: float | None = None
     id_from_text: bool = False  # no id given: derived from the prompt
 
 
@@ -217,7 +219,7 @@ def _number(path, line, name, value, kind, problems):
         problems.append(f"{where}: {name}={value!r} must be {'an integer' if kind is int else 'a number'}")
         return None
     lo, hi = LIMITS[name]
-    if not (lo <= number <= hi) or (name == "duration" and number != number):
+    if not (lo <= number <= hi) or (kind is float and number != number):
         problems.append(f"{where}: {name}={value!r} is out of range; valid: {lo} to {hi}")
         return None
     return number
@@ -234,7 +236,7 @@ def _validate(path, line, record, problems, samplers) -> PromptRow | None:
         problems.append(f"{path}:{line}: prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
     values = {}
     for name, kind in (("seed", int), ("duration", float), ("steps", int), ("guidance", float), ("k", int),
-                       ("variations", int)):  # fmt: skip
+                       ("variations", int), ("loudness_lufs", float)):  # fmt: skip
         if record.get(name) is not None:
             values[name] = _number(path, line, name, record[name], kind, problems)
     sampler = record.get("sampler")

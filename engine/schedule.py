@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _SCHEDULES = ("scaled_linear", "linear")
-_PREDICTIONS = ("epsilon",)
+_PREDICTIONS = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,9 @@ class NoiseScheduleConfig:
         num_train_timesteps: number of discrete training timesteps.
         beta_start, beta_end: the first and last beta.
         beta_schedule: "scaled_linear" (linear in sqrt(beta), AudioLDM/LDM) or "linear".
-        prediction_type: what the denoiser predicts; "epsilon" (the noise).
+        prediction_type: what the denoiser predicts: "epsilon" (the noise) or "v_prediction"
+            (v = alpha·noise − sigma·z0, Salimans & Ho, 2022; diffusers' names). The exported
+            denoiser graph turns either into the noise, so the sampler is the same for both.
     """
 
     num_train_timesteps: int = 1000

@@ -173,7 +173,7 @@ def stage_module(stage: str, cfg: FamilyConfig, models: dict[str, nn.Module]) ->
             return TextEncoderGraph(models["clap"])
         return HFClapTextGraph(models["text_encoder"])
     if stage == "denoiser":
-        return DenoiserStepGraph(models["unet"])
+        return DenoiserStepGraph(models["unet"], cfg.schedule.prediction_type)
     if stage == "decoder":
         return DecoderGraph(models["vae"], models["vocoder"], cfg.mel.n_mels)
     if stage == "audio_encoder":

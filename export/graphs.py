@@ -65,10 +65,11 @@ class DenoiserStepGraph(nn.Module):
     Outputs: next latent and this step's data prediction x0 (the next step's prev_x0).
     """
 
-    def __init__(self, unet: UNet) -> None:
+    def __init__(self, unet: UNet, prediction_type: str = "epsilon") -> None:
         super().__init__()
         self.unet = unet
         self.context_names = [c.name for c in unet.cfg.contexts]
+        self.v_prediction = prediction_type == "v_prediction"
 
     def forward(self, latent, timestep, film, uncond_film, guidance, coefs, prev_x0, *context_inputs):
         contexts = {}
@@ -77,9 +78,11 @@ class DenoiserStepGraph(nn.Module):
             contexts[name] = (torch.cat([tokens, tokens]), torch.cat([mask, torch.zeros_like(mask)]))
         x2 = torch.cat([latent, latent])
         film2 = torch.cat([film, uncond_film])
-        eps_c, eps_u = self.unet(x2, torch.cat([timestep, timestep]), film2, contexts).chunk(2)
-        eps = eps_u + guidance.view(-1, 1, 1, 1) * (eps_c - eps_u)
+        out_c, out_u = self.unet(x2, torch.cat([timestep, timestep]), film2, contexts).chunk(2)
+        out = out_u + guidance.view(-1, 1, 1, 1) * (out_c - out_u)
         c = coefs.to(latent.dtype).view(-1, 5, 1, 1, 1)
+        # Guidance is linear, so guiding v and then converting equals converting each half.
+        eps = c[:, 1] * latent + c[:, 0] * out if self.v_prediction else out
         x0 = (latent - c[:, 1] * eps) / c[:, 0]
         return c[:, 2] * latent + c[:, 3] * x0 + c[:, 4] * prev_x0, x0
 

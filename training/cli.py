@@ -144,6 +144,9 @@ def _add_train(sub) -> None:
                    help="vae: train on random crops this long (default: whole training clips)")
     p.add_argument("--discriminator-width", type=float, default=1.0,
                    help="vocoder: channel multiplier of the discriminators (1.0: HiFi-GAN's)")  # fmt: skip
+    p.add_argument("--prediction", choices=("epsilon", "v_prediction"),
+                   help="ldm: what the UNet predicts (default: the config's; v_prediction converges faster "
+                        "at high noise, where an ε-model's x0 estimate is its error times 1/√ā)")  # fmt: skip
     p.add_argument("--vae", type=Path, help="ldm: the frozen VAE checkpoint folder")
     p.add_argument("--clap", type=Path, help="ldm: the frozen CLAP checkpoint folder; clap: one to continue from")
     p.add_argument("--database", type=Path, help="ldm: retrieval database built over the training manifest")

@@ -18,13 +18,29 @@ class Diffusion:
         a = self.alphas_cumprod[t].to(z0.dtype).view(-1, *([1] * (z0.dim() - 1)))
         return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
+    def target(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to output: the noise, or v = α·noise − σ·z0."""
+        if self.schedule.prediction_type == "epsilon":
+            return noise
+        a = self.alphas_cumprod[t].to(z0.dtype).view(-1, *([1] * (z0.dim() - 1)))
+        return a.sqrt() * noise - (1 - a).sqrt() * z0
+
     def loss_weights(self, t: torch.Tensor, min_snr_gamma: float = 0.0) -> torch.Tensor:
-        """Per-item weights of the ε-loss: min(SNR, γ)/SNR (min-SNR-γ, Hang et al., 2023); ones when γ = 0."""
+        """Per-item loss weights of min-SNR-γ (Hang et al., 2023); ones when γ = 0.
+
+        Both objectives are x0-errors in disguise (ε-MSE = SNR·x0-MSE, v-MSE = (SNR+1)·x0-MSE),
+        so weighting x0 by min(SNR, γ) divides by SNR for ε and by SNR+1 for v.
+        """
         if min_snr_gamma <= 0:
             return torch.ones(len(t), device=t.device)
         a = self.alphas_cumprod[t]
         snr = a / (1 - a)
-        return (snr.clamp(max=min_snr_gamma) / snr).float()
+        denominator = snr if self.schedule.prediction_type == "epsilon" else snr + 1
+        return (snr.clamp(max=min_snr_gamma) / denominator).float()
+
+    def to_epsilon(self, x: torch.Tensor, output: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        """The noise estimate behind a denoiser output at a step with √ā = alpha, √(1−ā) = sigma."""
+        return output if self.schedule.prediction_type == "epsilon" else sigma * x + alpha * output
 
 
 def ddim_step_reference(x, eps, a_t, a_prev):

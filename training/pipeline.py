@@ -10,7 +10,7 @@ from reaudio.engine.retrieval_db import RetrievalDB
 from reaudio.engine.sampler import leading_timesteps
 from reaudio.models.configs import FamilyConfig
 
-from .diffusion import ddim_step_reference
+from .diffusion import Diffusion, ddim_step_reference
 
 
 class TorchPipeline:
@@ -20,6 +20,7 @@ class TorchPipeline:
         self.cfg = cfg
         self.models = {k: m.eval() for k, m in models.items()}
         self.db = db
+        self.diffusion = Diffusion(cfg.schedule)
 
     @torch.no_grad()
     def generate(
@@ -46,7 +47,8 @@ class TorchPipeline:
             tt = torch.full((len(x),), int(t))
             eps_c = unet(x, tt, film, contexts)
             eps_u = unet(x, tt, torch.zeros_like(film), null)
-            eps = eps_u + guidance * (eps_c - eps_u)
+            out = eps_u + guidance * (eps_c - eps_u)
+            eps = self.diffusion.to_epsilon(x, out, float(acp[t]) ** 0.5, float(1 - acp[t]) ** 0.5)
             a_prev = acp[t - ratio] if t - ratio >= 0 else acp[0]
             x = ddim_step_reference(x, eps, float(acp[t]), float(a_prev))
         mel = self.models["vae"].decode(x / cfg.vae.scaling_factor)[..., : cfg.mel.n_mels]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from reaudio.models.configs import load_config
 
@@ -12,6 +13,8 @@ from .trainer import TrainConfig, Trainer
 
 def train_from_args(args: argparse.Namespace) -> dict:
     family = load_config(args.config)
+    if getattr(args, "prediction", None):
+        family = replace(family, schedule=replace(family.schedule, prediction_type=args.prediction))
     ema = args.ema_decay if args.ema_decay is not None else (0.999 if args.model == "ldm" else 0.0)
     cfg = TrainConfig(
         steps=args.steps,

@@ -303,8 +303,8 @@ class LDMTask(Task):
         contexts = self._contexts(self.neighbours[idx], keep_contexts)
         # bf16 autocast on GPU; the loss is taken in fp32.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            eps = trainer.ddp["unet"](zt, t, film, contexts)
-        per_item = (eps.float() - noise).pow(2).flatten(1).mean(1)
+            out = trainer.ddp["unet"](zt, t, film, contexts)
+        per_item = (out.float() - self.diffusion.target(z0, t, noise)).pow(2).flatten(1).mean(1)
         loss = (per_item * self.diffusion.loss_weights(t, trainer.cfg.min_snr_gamma)).mean()
         trainer.optimise("unet", loss)
         return {"loss": loss.item()}

@@ -11,7 +11,6 @@ import soundfile as sf
 
 from reaudio.engine.bulk import GenerateJob, run_job
 from reaudio.engine.library import LIBRARY_MANIFEST, LOCK_FILE, Library, LibraryLocked
-from reaudio.engine.postprocess import PostProcess
 
 pytest.importorskip("torch")
 
@@ -177,20 +176,6 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_bundle, tmp_path):
                                "--dry-run"], capture_output=True, text=True)  # fmt: skip
         assert proc.returncode == 2 and "error" in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()
-
-
-def test_postprocess_trim_loudness_peak():
-    rate = 1000
-    x = np.zeros(3000, np.float32)
-    x[1000:2000] = 0.1 * np.sin(np.arange(1000))
-    trimmed = PostProcess(trim_db=-40)(x, rate)
-    assert 1000 <= len(trimmed) <= 1030
-    loud = PostProcess(loudness_db=-20)(x, rate)
-    assert 20 * np.log10(np.sqrt(np.mean(loud.astype(np.float64) ** 2))) == pytest.approx(-20, abs=0.01)
-    peaked = PostProcess(peak_db=-1)(x, rate)
-    assert np.abs(peaked).max() == pytest.approx(10 ** (-1 / 20), rel=1e-5)
-    with pytest.raises(ValueError, match="between -120 and 0"):
-        PostProcess(peak_db=3)
 
 
 def test_cli_quiet_after_the_subcommand_prints_nothing(tiny_bundle, tmp_path):

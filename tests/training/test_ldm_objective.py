@@ -95,3 +95,55 @@ def test_ema_warms_up_so_a_short_run_keeps_no_trace_of_the_initial_weights(tmp_p
     assert raw == pytest.approx(1.0, abs=0.01)
     # Without warm-up, 0.999**300 = 74 % of the zero initialisation would remain (EMA ≈ 0.2).
     assert ema > 0.8
+
+
+def test_v_target_is_the_velocity_and_gives_back_the_clean_latent():
+    d = Diffusion(NoiseScheduleConfig(prediction_type="v_prediction"))
+    torch.manual_seed(0)
+    z0, noise = torch.randn(4, 2, 3, 5), torch.randn(4, 2, 3, 5)
+    t = torch.tensor([0, 200, 700, 999])
+    zt, v = d.q_sample(z0, t, noise), d.target(z0, t, noise)
+    a = d.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    assert torch.allclose(a.sqrt() * zt - (1 - a).sqrt() * v, z0, atol=1e-5)  # x0 from v
+    for i in range(len(t)):
+        alpha, sigma = float(a[i].sqrt()), float((1 - a[i]).sqrt())
+        assert torch.allclose(d.to_epsilon(zt[i], v[i], alpha, sigma), noise[i], atol=1e-5)
+    eps_model = Diffusion(NoiseScheduleConfig())
+    assert torch.equal(eps_model.target(z0, t, noise), noise)
+
+
+def test_min_snr_weights_for_v_prediction_divide_by_snr_plus_one():
+    d = Diffusion(NoiseScheduleConfig(prediction_type="v_prediction"))
+    t = torch.tensor([0, 100, 500, 999])
+    snr = d.alphas_cumprod[t] / (1 - d.alphas_cumprod[t])
+    assert torch.allclose(d.loss_weights(t, 5.0), (torch.clamp(snr, max=5.0) / (snr + 1)).float())
+
+
+def test_the_exported_step_of_a_v_model_equals_the_step_of_its_noise_estimate():
+    from reaudio.engine.sampler import make_plan
+    from reaudio.export.graphs import DenoiserStepGraph
+
+    class FixedOutput(torch.nn.Module):
+        """A stand-in UNet: conditional and unconditional outputs fixed per call."""
+
+        cfg = type("Cfg", (), {"contexts": ()})()
+
+        def __init__(self, cond, uncond):
+            super().__init__()
+            self.cond, self.uncond = cond, uncond
+
+        def forward(self, x, t, film, contexts):
+            return torch.cat([self.cond, self.uncond])
+
+    torch.manual_seed(1)
+    x, v_c, v_u = torch.randn(3, 2, 4, 5), torch.randn(3, 2, 4, 5), torch.randn(3, 2, 4, 5)
+    plan = make_plan(NoiseScheduleConfig(prediction_type="v_prediction"), "ddim", 10)
+    coefs = torch.tensor(plan.coefs[3], dtype=torch.float32).expand(3, 5)
+    alpha, sigma = float(coefs[0, 0]), float(coefs[0, 1])
+    args = (torch.full((3,), int(plan.timesteps[3])), torch.zeros(3, 4), torch.zeros(3, 4), torch.full((3,), 2.5), coefs, torch.zeros_like(x))
+    nxt_v, x0_v = DenoiserStepGraph(FixedOutput(v_c, v_u), "v_prediction")(x, *args)
+    eps = lambda v: sigma * x + alpha * v  # noqa: E731
+    nxt_e, x0_e = DenoiserStepGraph(FixedOutput(eps(v_c), eps(v_u)), "epsilon")(x, *args)
+    assert torch.allclose(nxt_v, nxt_e, atol=1e-5) and torch.allclose(x0_v, x0_e, atol=1e-5)
+    v = v_u + 2.5 * (v_c - v_u)
+    assert torch.allclose(x0_v, alpha * x - sigma * v, atol=1e-4)  # the v-model's own x0 formula
