@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .dataclass_io import to_dict
 from .engine import Engine, Request, Result
 from .library import Library, check_file_name, check_template
 from .manifest import MANIFEST, sha256_file
@@ -234,6 +235,8 @@ def _run_planned(job: GenerateJob, rows, clips: list[Clip], bundle: Path, librar
         engine = Engine.from_bundle(bundle, backend=job.backend, device_id=job.device_id, threads=job.threads,
                                     cuda_graphs=job.cuda_graphs)  # fmt: skip
         engine.resolve_all(requests)  # every settings error before any work, a dry run's too
+    if todo and engine.licence is not None:
+        echo(engine.licence.notice())
     if job.dry_run:
         echo(f"plan: {len(rows)} prompt(s) → {len(clips)} clip(s); {summary.skipped} already in {job.out}, "
              f"{len(todo)} to generate with bundle {bundle}, batch size {job.batch_size}")  # fmt: skip
@@ -305,19 +308,19 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
                      "loudness_lufs": post.loudness_lufs, "true_peak_db": post.true_peak_db},  # fmt: skip
         "neighbours": result.neighbours,
         "bundle_sha256": bundle_hash,
+        **({"licence": to_dict(engine.licence)} if engine.licence is not None else {}),
         "duration_s": len(audio) / out_rate,
         "sample_rate": out_rate,
         "gain_db": gain_db,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
     }
-    now = time.gmtime()
+    # No creation date or time in the tags: the same request gives a byte-identical file.
     tags = ClipTags(
         title=clip.row.prompt,
         description=f"{clip.row.prompt} (reaudio, seed {clip.seed})",
-        date=time.strftime("%Y-%m-%d", now),
-        time=time.strftime("%H:%M:%S", now),
         extra={"id": clip.key, "prompt": clip.row.prompt, "seed": str(clip.seed), "bundle": bundle_hash[:16],
-               "steps": str(result.steps), "guidance": f"{result.guidance:g}"},  # fmt: skip
+               "steps": str(result.steps), "guidance": f"{result.guidance:g}",
+               **({"licence": engine.licence.name} if engine.licence is not None else {})},  # fmt: skip
     )
     library.write(clip.file_name, audio, out_rate, entry, tags)
     summary.written += 1

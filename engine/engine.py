@@ -164,6 +164,11 @@ class Engine:
     def sample_rate(self) -> int:
         return self.manifest.sample_rate
 
+    @property
+    def licence(self):
+        """The source weights' :class:`~reaudio.engine.manifest.Licence`, or None when not recorded."""
+        return self.manifest.licence
+
     # -- encoders ---------------------------------------------------------------------
 
     def embed_text(self, texts: list[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -124,6 +124,36 @@ class Defaults:
 
 
 @dataclass(frozen=True)
+class Licence:
+    """The terms of the weights a bundle was made from, shown to whoever generates with it.
+
+    Attributes:
+        name: the licence as the source states it (a model card's ``license:``, e.g.
+            ``cc-by-nc-sa-4.0``), or "unknown".
+        source: where ``name`` came from: the model card it was read off, or ``--licence``.
+        model: the model the weights came from (a hub id or folder name).
+    """
+
+    name: str
+    source: str
+    model: str = ""
+
+    @property
+    def non_commercial(self) -> bool:
+        return "-nc" in self.name.lower() or "noncommercial" in self.name.lower().replace("-", "")
+
+    def notice(self) -> str:
+        """One line for a terminal: the licence, where it was read, and what it forbids when it says so."""
+        model = f" of {self.model}" if self.model else ""
+        line = f"model licence{model}: {self.name} ({self.source})"
+        if self.name == "unknown":
+            return line + ": check the model's terms before using its sounds"
+        if self.non_commercial:
+            return line + ": non-commercial use only; sounds made with it inherit its terms"
+        return line
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     family: str
@@ -140,11 +170,13 @@ class Manifest:
     #: The unconditional FiLM vector of guidance: "zeros" (models trained with condition
     #: dropout to zeros) or "empty_prompt" (the text encoder's embedding of "", AudioLDM).
     null_condition: str = "zeros"
+    files: dict[str, str] = field(default_factory=dict)
+    #: The source weights' licence (imported models); None: not recorded (our own models).
+    licence: Licence | None = None
 
     def __post_init__(self) -> None:
         if self.null_condition not in NULL_CONDITIONS:
             raise ValueError(f"null_condition={self.null_condition!r}; valid: {', '.join(NULL_CONDITIONS)}")
-    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def sample_rate(self) -> int:

@@ -95,8 +95,8 @@ def _result_meta(result: Result) -> dict:
 class _EngineInfo:
     """What ``_write`` reads from an engine, for results that come from remote ones."""
 
-    def __init__(self, sample_rate: int, backend: str) -> None:
-        self.sample_rate, self.backend = sample_rate, backend
+    def __init__(self, sample_rate: int, backend: str, licence=None) -> None:
+        self.sample_rate, self.backend, self.licence = sample_rate, backend, licence
 
 
 def run_job_on_ray(job: GenerateJob, address: str | None = None, num_workers: int = 2,
@@ -127,7 +127,9 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
     requests = {c.key: _request(job, c) for c in todo}
     ordered = list(requests.values())
     plan = checker.plan_batches(ordered, job.batch_size)  # validates every request, too
-    sample_rate = checker.sample_rate
+    sample_rate, licence = checker.sample_rate, checker.licence
+    if licence is not None:
+        echo(licence.notice())
     del checker
 
     if not ray.is_initialized():
@@ -161,7 +163,7 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
                 if key not in by_key or library.is_finished(key):
                     continue  # a retried batch re-delivered a clip that is already written
                 _write_remote(job, library, by_key[key], requests[key], waveform, json.loads(meta),
-                              _EngineInfo(sample_rate, str(backend)), bundle_hash, summary)  # fmt: skip
+                              _EngineInfo(sample_rate, str(backend), licence), bundle_hash, summary)  # fmt: skip
                 bar.update(1)
     finally:
         bar.close()

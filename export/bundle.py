@@ -15,6 +15,7 @@ from reaudio.engine.manifest import (
     FORMAT_VERSION,
     Defaults,
     LatentSpec,
+    Licence,
     Manifest,
     RetrievalSpec,
     TokenizerSpec,
@@ -53,7 +54,12 @@ def database_info(cfg: FamilyConfig, provenance: dict | None = None) -> Database
 
 
 def build_manifest(
-    cfg: FamilyConfig, stages: dict, defaults: Defaults, null_condition: str = "zeros", family: str | None = None
+    cfg: FamilyConfig,
+    stages: dict,
+    defaults: Defaults,
+    null_condition: str = "zeros",
+    family: str | None = None,
+    licence: Licence | None = None,
 ) -> Manifest:
     r = cfg.vae.downsample_factor
     retrieval = None
@@ -81,6 +87,7 @@ def build_manifest(
         retrieval=retrieval,
         defaults=defaults,
         null_condition=null_condition,
+        licence=licence,
     )
 
 
@@ -97,6 +104,7 @@ def export_bundle(
     tokenizer_json: str | None = None,
     null_condition: str = "zeros",
     family_name: str | None = None,
+    licence: Licence | None = None,
 ) -> Manifest:
     """Export every stage of ``models`` into the bundle folder ``out`` (written whole, then renamed).
 
@@ -147,6 +155,6 @@ def export_bundle(
         write_json_atomic(tmp / "export_report.json", report)
         cfg.save(tmp / "family.json")  # lets `reaudio plans build` derive profiles from the bundle alone
         defaults = defaults or Defaults(duration=cfg.clip_seconds)
-        manifest = write_manifest(tmp, build_manifest(cfg, stages, defaults, null_condition, family_name))
+        manifest = write_manifest(tmp, build_manifest(cfg, stages, defaults, null_condition, family_name, licence))
     log.info("bundle written: %s (%d files)", out, len(manifest.files))
     return manifest

@@ -27,8 +27,10 @@ from reaudio.models.unet import UNet, UNetConfig
 from reaudio.models.vae import AutoencoderKL, VAEConfig
 
 log = logging.getLogger(__name__)
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
-                "pytorch_model.bin")  # fmt: skip
+#: Weight file stems, in the order they are looked for; each in full precision first,
+#: then as the fp16 variant, as one file or as shards listed by an index.
+WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
+VARIANTS = ("", "fp16")
 
 
 class AudioLDMImportError(ValueError):
@@ -42,16 +44,48 @@ def _config(folder: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    for name in WEIGHT_FILES:
-        path = folder / name
-        if path.is_file():
-            if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
+def _variant_name(name: str, variant: str) -> str:
+    """diffusers/transformers variant naming: ``a.safetensors`` → ``a.fp16.safetensors``,
+    ``a.safetensors.index.json`` → ``a.safetensors.index.fp16.json``."""
+    if not variant:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
 
-                return load_file(str(path))
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    raise AudioLDMImportError(f"{folder}: no weights file ({', '.join(WEIGHT_FILES)})")
+
+def weight_files(folder: Path) -> tuple[list[Path], str]:
+    """The files holding one component's weights (one, or the shards an index lists) and their variant."""
+    for variant in VARIANTS:
+        for stem in WEIGHT_STEMS:
+            for ext in ("safetensors", "bin"):
+                single = folder / _variant_name(f"{stem}.{ext}", variant)
+                if single.is_file():
+                    return [single], variant
+                index = folder / _variant_name(f"{stem}.{ext}.index.json", variant)
+                if index.is_file():
+                    shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+                    missing = [s for s in shards if not (folder / s).is_file()]
+                    if missing:
+                        raise AudioLDMImportError(f"{index}: shard(s) missing: {', '.join(missing)}")
+                    return [folder / s for s in shards], variant
+    names = [_variant_name(f"{s}.{e}", v) for v in VARIANTS for s in WEIGHT_STEMS[:1] for e in ("safetensors", "bin")]
+    raise AudioLDMImportError(f"{folder}: no weights ({', '.join(names)}, or an *.index.json of shards)")
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    """One component's weights in fp32 (fp16 variants are widened: the graphs are exported from fp32)."""
+    files, variant = weight_files(folder)
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state.update(load_file(str(path)))
+        else:
+            state.update(torch.load(str(path), map_location="cpu", weights_only=True))
+    if variant:
+        log.info("%s: %s weights (%d file(s)), widened to fp32", folder.name, variant, len(files))
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def _require(cfg: dict, key: str, expected, where: str) -> None:
@@ -313,7 +347,9 @@ def load_audioldm(folder: str | Path) -> tuple[FamilyConfig, dict, object]:
 
     from transformers import AutoTokenizer, ClapTextModelWithProjection
 
-    text = ClapTextModelWithProjection.from_pretrained(str(folder / "text_encoder"), local_files_only=True).eval()
+    _, text_variant = weight_files(folder / "text_encoder")
+    text = ClapTextModelWithProjection.from_pretrained(str(folder / "text_encoder"), local_files_only=True,
+                                                       variant=text_variant or None).float().eval()  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True, use_fast=True)
     max_length = min(int(tokenizer.model_max_length), text.config.max_position_embeddings - 2)
 
@@ -340,10 +376,21 @@ def load_audioldm(folder: str | Path) -> tuple[FamilyConfig, dict, object]:
     return family, {"unet": unet, "vae": vae, "vocoder": vocoder, "text_encoder": text}, tokenizer
 
 
-def import_audioldm(folder: str | Path, out: str | Path, *, fp16: bool = False, overwrite: bool = False) -> Manifest:
-    """Convert the pipeline in ``folder`` into a bundle at ``out`` (k = 0, AudioLDM family)."""
-    from .bundle import export_bundle
+def import_audioldm(source: str | Path, out: str | Path, *, fp16: bool = False, overwrite: bool = False,
+                    licence: str | None = None, revision: str | None = None,
+                    cache_dir: str | Path | None = None) -> Manifest:  # fmt: skip
+    """Convert the pipeline in ``source`` (a folder, or a hub id in the local cache) into a bundle at ``out``.
 
+    The bundle (k = 0, AudioLDM family) records the weights' licence: ``licence`` if
+    given, else the model card's, else "unknown".
+    """
+    from .bundle import export_bundle
+    from .hub_cache import model_licence, resolve_model
+
+    folder = resolve_model(source, revision, cache_dir)
+    model = str(source) if not Path(source).exists() else Path(source).resolve().name
+    terms = model_licence(folder, model, licence)
+    log.info("%s", terms.notice())
     family, models, tokenizer = load_audioldm(folder)
     return export_bundle(
         family,
@@ -354,4 +401,5 @@ def import_audioldm(folder: str | Path, out: str | Path, *, fp16: bool = False, 
         tokenizer_json=tokenizer.backend_tokenizer.to_str(),
         null_condition="empty_prompt",
         family_name="audioldm",
+        licence=terms,
     )

@@ -19,6 +19,7 @@ overrides).
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass, field
 
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import pool_tokens
+
+#: RoBERTa's LayerNorm epsilon (transformers' CLAP text config defaults to BERT's 1e-12).
+ROBERTA_LAYER_NORM_EPS = 1e-5
 
 
 class LaionCheckpointError(ValueError):
@@ -93,7 +97,8 @@ class LaionCLAP(nn.Module):
         text = ClapTextConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size, num_hidden_layers=t.layers,
                               num_attention_heads=t.heads, intermediate_size=t.intermediate_size,
                               max_position_embeddings=t.max_positions, type_vocab_size=t.type_vocab_size,
-                              pad_token_id=t.pad_token_id, projection_dim=cfg.embed_dim)  # fmt: skip
+                              pad_token_id=t.pad_token_id, projection_dim=cfg.embed_dim,
+                              layer_norm_eps=ROBERTA_LAYER_NORM_EPS)  # fmt: skip
         audio = ClapAudioConfig(patch_embeds_hidden_size=a.patch_width, depths=list(a.depths),
                                 num_attention_heads=list(a.heads), window_size=a.window_size, spec_size=a.spec_size,
                                 patch_size=a.patch_size, patch_stride=[a.patch_size, a.patch_size],
@@ -206,9 +211,40 @@ _QKV = re.compile(_BLOCK + r"attn\.qkv\.(weight|bias)$")
 _FUSION = re.compile(r"fusion|mel_conv2d")
 
 
+def _numpy_scalar_globals() -> list:
+    """What unpickling NumPy scalars needs, and nothing more: the scalar constructor (under
+    NumPy 1's name, which the published checkpoints carry, and NumPy 2's), ``numpy.dtype``
+    and the concrete dtype classes of numbers and booleans."""
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # NumPy 1
+        from numpy.core.multiarray import scalar
+    dtypes = {type(np.dtype(code)) for code in "?bhilqBHILQefdgFD"}
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
+            np.dtype, *sorted(dtypes, key=lambda t: t.__name__)]  # fmt: skip
+
+
+def load_checkpoint_file(path) -> object:
+    """``torch.load`` with ``weights_only=True`` that also accepts NumPy scalars.
+
+    LAION-CLAP's published ``.pt`` files keep NumPy scalars beside the weights (training
+    metadata), which the weights-only unpickler refuses; they are allow-listed here rather
+    than turning the unpickler's safety off. Anything else still fails, with its name.
+    """
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
+        raise LaionCheckpointError(
+            f"{path}: refused by the weights-only loader ({reason}); only tensors, containers and NumPy scalars "
+            "are loaded from checkpoint files, never arbitrary objects"
+        ) from e
+
+
 def read_laion_state(path) -> dict[str, torch.Tensor]:
     """The weights of a LAION-CLAP ``.pt`` (``{"state_dict": …}`` or a bare dict), ``module.`` stripped."""
-    data = torch.load(str(path), map_location="cpu", weights_only=True)
+    data = load_checkpoint_file(path)
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LaionCheckpointError(f"{path}: not a LAION-CLAP checkpoint (no state_dict of tensors)")

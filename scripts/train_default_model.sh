@@ -6,10 +6,11 @@
 #
 # Step counts come from the environment (the defaults are the CPU run of the shipped model;
 # on a GPU raise them and add DEVICE=cuda):
-#   CLAP_STEPS VAE_STEPS LDM_STEPS BATCH LDM_BATCH DEVICE LOUDNESS
+#   CLAP_STEPS VAE_STEPS LDM_STEPS BATCH LDM_BATCH DEVICE LOUDNESS PREDICTION
 # Training audio is loudness-normalised (LOUDNESS LUFS, peaks <= -1 dBFS) for the VAE and the LDM;
 # the LDM drops FiLM and retrieved contexts independently (so k = 0 and "neighbours only" are
-# conditions it has seen) and weights its loss with min-SNR-gamma 5.
+# conditions it has seen), predicts v (PREDICTION=epsilon for the noise) and weights its loss with
+# min-SNR-gamma 5.
 set -euo pipefail
 CORPUS=${1:?corpus folder (reaudio data build-sfx --out CORPUS)}
 RUNS=${2:?folder for the training runs}
@@ -21,6 +22,7 @@ LDM_STEPS=${LDM_STEPS:-5000}
 BATCH=${BATCH:-16}
 LDM_BATCH=${LDM_BATCH:-8}
 LOUDNESS=${LOUDNESS:--20}
+PREDICTION=${PREDICTION:-v_prediction}
 mkdir -p "$RUNS"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -44,7 +46,8 @@ stamp "LDM ($LDM_STEPS steps; the vocoder is the universal HiFi-GAN)"
 reaudio train ldm --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/ldm" \
     --steps "$LDM_STEPS" --batch-size "$LDM_BATCH" --lr 2e-4 --device "$DEVICE" --checkpoint-every 250 \
     --vae "$RUNS/vae/final/vae" --clap "$RUNS/clap/final/clap" --database "$RUNS/db" --vocoder universal \
-    --loudness-db "$LOUDNESS" --cfg-dropout 0.1 --film-dropout 0.1 --context-dropout 0.1 --min-snr-gamma 5
+    --loudness-db "$LOUDNESS" --cfg-dropout 0.1 --film-dropout 0.1 --context-dropout 0.1 --min-snr-gamma 5 \
+    --prediction "$PREDICTION"
 
 stamp "export"
 [ -d "$RUNS/bundle" ] || reaudio export "$RUNS/ldm/final" --out "$RUNS/bundle" --database "$RUNS/db"

@@ -81,8 +81,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
         return _import_laion_clap(args)
     from reaudio.export.import_audioldm import import_audioldm
 
-    manifest = import_audioldm(args.folder, args.out, fp16=args.fp16, overwrite=args.overwrite)
+    manifest = import_audioldm(args.folder, args.out, fp16=args.fp16, overwrite=args.overwrite, licence=args.licence,
+                               revision=args.revision)  # fmt: skip
     print(f"bundle {args.out}: {manifest.family} ({manifest.name}), stages {', '.join(manifest.stages)}")
+    print(manifest.licence.notice())
     return 0
 
 
@@ -93,7 +95,7 @@ def _import_laion_clap(args: argparse.Namespace) -> int:
     if args.tokenizer is None:
         raise ValueError("import laion-clap needs --tokenizer tokenizer.json (the RoBERTa tokenizer the checkpoint "
                          "was trained with, e.g. roberta-base's): LAION-CLAP checkpoints do not carry it")  # fmt: skip
-    if not args.folder.is_file():
+    if not Path(args.folder).is_file():
         raise FileNotFoundError(f"{args.folder}: checkpoint file not found")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{args.out} exists and is not empty; pass --overwrite to replace it")
@@ -297,12 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="convert a public checkpoint into a bundle (offline)")
     p.add_argument("source", choices=("audioldm", "laion-clap"))
-    p.add_argument("folder", type=Path, help="audioldm: a diffusers AudioLDM pipeline folder (model_index.json, "
-                   "unet/, …); laion-clap: the checkpoint file (e.g. 630k-audioset-best.pt)")  # fmt: skip
+    p.add_argument("folder", metavar="SOURCE",
+                   help="audioldm: a diffusers AudioLDM pipeline folder (model_index.json, unet/, …) or a hub id "
+                   "already in the Hugging Face cache (e.g. cvssp/audioldm-s-full-v2; never downloaded); "
+                   "laion-clap: the checkpoint file (e.g. 630k-audioset-best.pt)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="bundle folder (audioldm) or checkpoint folder (laion-clap)")
     p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends (audioldm)")
     p.add_argument("--tokenizer", type=Path, help="laion-clap: the RoBERTa tokenizer.json it was trained with")
     p.add_argument("--text-heads", type=int, help="laion-clap: text attention heads (default: width / 64)")
+    p.add_argument("--revision", help="audioldm hub id: the cached revision (branch, tag or commit; default main)")
+    p.add_argument("--licence", help="audioldm: the weights' licence to record when the model card does not state "
+                   "it (e.g. cc-by-nc-sa-4.0); overrides the card's")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_import)
 

@@ -131,8 +131,10 @@ def test_a_job_writes_48k_24_bit_at_the_row_loudness(tiny_bundle, tmp_path):
     cli = [sys.executable, "-m", "reaudio.training.cli", "generate", str(prompts), "--out", str(out),
            "--bundle", str(tiny_bundle), "--backend", "cpu", "--sample-rate", "48000", "--subtype", "PCM_24",
            "--loudness-lufs", "-30", "--true-peak-db", "-1", "--quiet", "--duration", "1.0"]  # fmt: skip
-    proc = subprocess.run(cli, capture_output=True, text=True)
+    proc = subprocess.run([*cli, "--audition"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "a short high beep" in page and "a low electrical hum" in page
     entries = {e["id"]: e for e in map(json.loads, (out / "library.jsonl").read_text().splitlines())}
     for clip_id, target in (("beep", -18.0), ("hum", -30.0)):
         entry = entries[clip_id]

@@ -195,3 +195,58 @@ def test_cli_without_tokenizer_says_what_is_missing(checkpoint, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "reaudio.training.cli", "import", "laion-clap", str(checkpoint),
                            "--out", str(tmp_path / "c")], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode != 0 and "--tokenizer" in proc.stderr
+
+
+def _with_numpy1_names(path):
+    """Rewrite a torch checkpoint's pickle so NumPy scalars carry NumPy 1's module name, as the
+    published checkpoints (saved before NumPy 2) do."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as src:
+        parts = {name: src.read(name) for name in src.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for name, data in parts.items():
+            if name.endswith("data.pkl"):
+                data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+            dst.writestr(name, data)
+
+
+def test_checkpoints_holding_numpy_scalars_load_weights_only(original, tmp_path):
+    path = tmp_path / "630k-audioset-best.pt"
+    torch.save({"epoch": np.int64(45), "best_val": np.float64(0.7315), "lr": np.float32(1e-4),
+                "state_dict": {f"module.{k}": v for k, v in laion_layout(original).items()}}, path)  # fmt: skip
+    with pytest.raises(Exception, match="numpy"):  # what plain weights-only loading does with them
+        torch.load(str(path), weights_only=True)
+    _with_numpy1_names(path)
+    with pytest.raises(Exception, match=r"numpy\.core\.multiarray\.scalar"):
+        torch.load(str(path), weights_only=True)
+    imported = import_laion_clap(path, original.cfg.tokenizer, text_heads=2)
+    ids, mask = imported.tokenizer(["a dog barks"])
+    with torch.no_grad():
+        torch.testing.assert_close(imported.embed_text(torch.from_numpy(ids), torch.from_numpy(mask)),
+                                   original.embed_text(torch.from_numpy(ids), torch.from_numpy(mask)))  # fmt: skip
+
+
+class _NotAWeight:
+    pass
+
+
+def test_arbitrary_objects_in_a_checkpoint_are_still_refused(original, tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({"state_dict": laion_layout(original), "hook": _NotAWeight()}, path)
+    with pytest.raises(LaionCheckpointError, match=r"refused by the weights-only loader.*_NotAWeight"):
+        import_laion_clap(path, original.cfg.tokenizer, text_heads=2)
+
+
+def test_text_tower_layer_norms_use_robertas_epsilon(original):
+    norms = [m for m in original.model.text_model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 1 + 2 * original.cfg.text.layers  # embeddings + two per layer
+    assert {m.eps for m in norms} == {1e-5}
+    # and it is the value the computation uses: the embedding LayerNorm on a near-constant input
+    emb = original.model.text_model.embeddings.LayerNorm
+    x = torch.full((1, 1, emb.normalized_shape[0]), 0.5) + 1e-4 * torch.randn(1, 1, emb.normalized_shape[0])
+    with torch.no_grad():
+        expected = torch.nn.functional.layer_norm(x, emb.normalized_shape, emb.weight, emb.bias, eps=1e-5)
+        wrong = torch.nn.functional.layer_norm(x, emb.normalized_shape, emb.weight, emb.bias, eps=1e-12)
+        torch.testing.assert_close(emb(x), expected)
+        assert (emb(x) - wrong).abs().max() > 1e-2
