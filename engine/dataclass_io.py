@@ -49,7 +49,18 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         non_none = [a for a in args if a is not type(None)]
-        return _convert(non_none[0], value, where) if len(non_none) == 1 else value
+        if len(non_none) == 1:
+            return _convert(non_none[0], value, where)
+        classes = [a for a in non_none if dataclasses.is_dataclass(a)]
+        if classes and isinstance(value, dict):  # the one dataclass whose keys these are
+            errors = []
+            for option in classes:
+                try:
+                    return from_dict(option, value, where)
+                except ValueError as exc:
+                    errors.append(f"as {option.__name__}: {exc}")
+            raise ValueError(f"{where}: fits none of {[c.__name__ for c in classes]} ({'; '.join(errors)})")
+        return value
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
     if origin is tuple:

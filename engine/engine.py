@@ -182,8 +182,9 @@ class Engine:
         if "audio_encoder" not in self.runners:
             raise ValueError(f"{self.bundle}: this bundle has no audio encoder (an imported model without our CLAP)")
         embs, tokens = [], []
+        front = self.manifest.audio_frontend
         for wav in waveforms:
-            mel = log_mel(wav, self.manifest.mel)[None]
+            mel = (front.features(wav, self.sample_rate) if front else log_mel(wav, self.manifest.mel))[None]
             e, t = self.runners["audio_encoder"].run({"mel": mel})
             embs.append(e[0])
             tokens.append(t[0])

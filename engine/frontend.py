@@ -197,3 +197,15 @@ def _compress(mel: np.ndarray, cfg: MelConfig) -> np.ndarray:
     elif cfg.log == "log10":
         mel = np.log10(np.maximum(mel, cfg.log_floor))
     return (mel - cfg.norm_mean) / cfg.norm_std
+
+
+def fit_window(wave: np.ndarray, length: int) -> np.ndarray:
+    """LAION-CLAP's fixed window: short clips repeated whole then zero-padded ("repeatpad"),
+    longer ones centre-cropped (LAION crops at random when training; the centre is deterministic)."""
+    if len(wave) == 0:
+        raise ValueError("empty audio clip")
+    if len(wave) >= length:
+        start = (len(wave) - length) // 2
+        return wave[start : start + length]
+    repeated = np.tile(wave, length // len(wave))
+    return np.pad(repeated, (0, length - len(repeated)))

@@ -11,8 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .dataclass_io import from_dict, to_dict, write_json_atomic
-from .frontend import MelConfig
+from .frontend import MelConfig, fit_window, log_mel
 from .schedule import NoiseScheduleConfig
 
 FORMAT_VERSION = 1
@@ -124,6 +126,30 @@ class Defaults:
 
 
 @dataclass(frozen=True)
+class AudioFrontend:
+    """The audio encoder's own view of a clip, where it is not the generation front end
+    (an imported LAION-CLAP: 48 kHz, its own mel bands, a fixed window).
+
+    Attributes:
+        mel: its log-mel front end; clips are resampled to ``mel.sample_rate`` first.
+        window_seconds: clips are repeat-padded or centre-cropped to this length.
+    """
+
+    mel: MelConfig
+    window_seconds: float
+
+    def features(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """One mono clip at ``sample_rate`` → the encoder's input (frames, n_mels), float32."""
+        wave = np.asarray(wave, dtype=np.float64)
+        if sample_rate != self.mel.sample_rate:
+            import soxr
+
+            wave = soxr.resample(wave, sample_rate, self.mel.sample_rate)
+        wave = fit_window(wave, round(self.window_seconds * self.mel.sample_rate))
+        return log_mel(wave.astype(np.float32), self.mel)
+
+
+@dataclass(frozen=True)
 class Licence:
     """The terms of the weights a bundle was made from, shown to whoever generates with it.
 
@@ -173,6 +199,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     #: The source weights' licence (imported models); None: not recorded (our own models).
     licence: Licence | None = None
+    #: The audio encoder's front end when it is not ``mel`` (None: ``mel`` at any length).
+    audio_frontend: AudioFrontend | None = None
 
     def __post_init__(self) -> None:
         if self.null_condition not in NULL_CONDITIONS:

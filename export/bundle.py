@@ -25,7 +25,7 @@ from reaudio.engine.retrieval_db import DatabaseInfo, RetrievalDB
 from reaudio.models.configs import FamilyConfig
 from reaudio.models.retrieval_features import database_key_settings
 
-from .contracts import stages_for
+from .contracts import audio_frontend, stages_for
 from .fp16 import convert_to_fp16
 from .onnx_export import DEFAULT_OPSET, check_parity, export_stage, ort_session
 
@@ -88,6 +88,7 @@ def build_manifest(
         defaults=defaults,
         null_condition=null_condition,
         licence=licence,
+        audio_frontend=audio_frontend(cfg),
     )
 
 
@@ -141,7 +142,7 @@ def export_bundle(
                 log.info("%s fp16 parity: worst %.2e of peak", stage, max(r.rel for r in half))
             stages[stage] = spec.spec(rel, fp16_rel)
         (tmp / "tokenizer").mkdir()
-        tokenizer_text = tokenizer_json or models["clap"].tokenizer.to_str()
+        tokenizer_text = tokenizer_json or models["clap"].tokenizer_json()
         (tmp / "tokenizer" / "tokenizer.json").write_text(tokenizer_text, encoding="utf-8")
         if cfg.retrieval.k > 0:
             if database is not None:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reaudio.engine.manifest import StageSpec, TensorSpec
+from reaudio.engine.manifest import AudioFrontend, StageSpec, TensorSpec
 from reaudio.models.configs import FamilyConfig
+from reaudio.models.laion_clap import LaionCLAPConfig
 
 from .graphs import (
     AudioEncoderGraph,
@@ -126,6 +127,11 @@ def _f(name: str, *shape: int | str) -> TensorSpec:
     return TensorSpec(name, "float32", tuple(shape))
 
 
+def audio_frontend(cfg: FamilyConfig) -> AudioFrontend | None:
+    """The audio encoder's own front end: LAION-CLAP's; None when it is the family's mel (our CLAP)."""
+    return cfg.clap.audio.frontend() if isinstance(cfg.clap, LaionCLAPConfig) else None
+
+
 def contract(stage: str, cfg: FamilyConfig) -> StageContract:
     """The contract of ``stage`` for models of ``cfg``."""
     c, _, f = cfg.latent_shape(cfg.vae.downsample_factor)
@@ -152,9 +158,15 @@ def contract(stage: str, cfg: FamilyConfig) -> StageContract:
     if stage == "decoder":
         return StageContract(stage, (_f("latent", "batch", c, "frames", f),), (_f("waveform", "batch", "samples"),))
     if stage == "audio_encoder":
+        # LAION-CLAP sees fixed windows through its own front end; ours any length of the family's mel.
+        front = audio_frontend(cfg)
+        mel = ("batch", "mel_frames", cfg.mel.n_mels)
+        if front is not None:
+            samples = round(front.window_seconds * front.mel.sample_rate)
+            mel = ("batch", front.mel.num_frames(samples), front.mel.n_mels)
         return StageContract(
             stage,
-            (_f("mel", "batch", "mel_frames", cfg.mel.n_mels),),
+            (_f("mel", *mel),),
             (_f("audio_embedding", "batch", cfg.clap.embed_dim),
              _f("audio_tokens", "batch", cfg.retrieval.audio_tokens, cfg.clap.audio.width)),
         )  # fmt: skip

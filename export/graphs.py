@@ -6,24 +6,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reaudio.models.clap import CLAP
 from reaudio.models.hifigan import HiFiGANGenerator
 from reaudio.models.unet import UNet
 from reaudio.models.vae import AutoencoderKL
 
 
 class TextEncoderGraph(nn.Module):
-    """(input_ids, attention_mask) → unit-norm CLAP text embedding and token features."""
+    """(input_ids, attention_mask) → unit-norm CLAP text embedding and token features (ours or LAION's CLAP)."""
 
-    def __init__(self, clap: CLAP) -> None:
+    def __init__(self, clap: nn.Module) -> None:
         super().__init__()
         self.clap = clap
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.clap.text_tokens(input_ids, attention_mask)
-        weights = attention_mask.to(tokens.dtype).unsqueeze(-1)
-        pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return F.normalize(self.clap.text_proj(pooled), dim=-1), tokens
+        return self.clap.encode_text(input_ids, attention_mask)
 
 
 class HFClapTextGraph(nn.Module):
@@ -39,19 +35,15 @@ class HFClapTextGraph(nn.Module):
 
 
 class AudioEncoderGraph(nn.Module):
-    """Log-mel (B, T, n_mels) → unit-norm CLAP audio embedding and M pooled audio tokens."""
+    """Log-mel (B, T, n_mels) → unit-norm CLAP audio embedding and M pooled audio tokens (ours or LAION's)."""
 
-    def __init__(self, clap: CLAP, num_tokens: int) -> None:
+    def __init__(self, clap: nn.Module, num_tokens: int) -> None:
         super().__init__()
         self.clap = clap
         self.num_tokens = num_tokens
 
     def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from reaudio.models.layers import pool_tokens
-
-        tokens = self.clap.audio_encoder(mel)
-        emb = F.normalize(self.clap.audio_proj(tokens.mean(1)), dim=-1)
-        return emb, pool_tokens(tokens, self.num_tokens)
+        return self.clap.encode_audio(mel, self.num_tokens)
 
 
 class DenoiserStepGraph(nn.Module):

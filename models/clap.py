@@ -130,12 +130,19 @@ class CLAP(nn.Module):
         """Caption token features (B, L, hidden) — the retrieved-caption context."""
         return token_features(self.text_encoder, ids, mask)
 
-    def embed_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Unit-norm text embeddings (B, embed_dim) from mask-weighted mean token features."""
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit-norm text embeddings (B, embed_dim) from mask-weighted mean token features, the tokens)."""
         tokens = self.text_tokens(ids, mask)
         weights = mask.to(tokens.dtype).unsqueeze(-1)
         pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return F.normalize(self.text_proj(pooled), dim=-1)
+        return F.normalize(self.text_proj(pooled), dim=-1), tokens
+
+    def embed_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unit-norm text embeddings (B, embed_dim)."""
+        return self.encode_text(ids, mask)[0]
+
+    def tokenizer_json(self) -> str:
+        return self.tokenizer.to_str()
 
     def audio_input(self, audio, mel) -> torch.Tensor:
         """One mono clip at the front end's rate → the audio tower's input, its log-mel (1, T, n_mels)."""
@@ -148,6 +155,11 @@ class CLAP(nn.Module):
     def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Unit-norm audio embeddings (B, embed_dim)."""
         return F.normalize(self.audio_proj(self.audio_encoder(mel).mean(1)), dim=-1)
+
+    def encode_audio(self, mel: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit-norm audio embeddings, ``num_tokens`` pooled audio tokens) in one pass of the tower."""
+        tokens = self.audio_encoder(mel)
+        return F.normalize(self.audio_proj(tokens.mean(1)), dim=-1), pool_tokens(tokens, num_tokens)
 
     def contrastive_loss(self, text_emb: torch.Tensor, audio_emb: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE over the batch; pair i of each side matches."""

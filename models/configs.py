@@ -12,6 +12,7 @@ from reaudio.engine.schedule import NoiseScheduleConfig
 
 from .clap import AudioTowerConfig, CLAPConfig
 from .hifigan import HiFiGANConfig
+from .laion_clap import LaionCLAPConfig
 from .retrieval_features import RetrievalConfig
 from .text_tower import TextTowerConfig
 from .unet import ContextConfig, UNetConfig
@@ -34,7 +35,8 @@ class FamilyConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     vocoder: HiFiGANConfig = field(default_factory=HiFiGANConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
-    clap: CLAPConfig = field(default_factory=CLAPConfig)
+    #: Our CLAP, or an imported LAION-CLAP (its own audio front end: no mel constraint).
+    clap: CLAPConfig | LaionCLAPConfig = field(default_factory=CLAPConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
 
@@ -48,7 +50,7 @@ class FamilyConfig:
             problems.append(
                 f"vocoder upsampling product {self.vocoder.hop_length} != mel.hop_length={self.mel.hop_length}"
             )
-        if self.clap.audio.n_mels != self.mel.n_mels:
+        if isinstance(self.clap, CLAPConfig) and self.clap.audio.n_mels != self.mel.n_mels:
             problems.append(f"clap.audio.n_mels={self.clap.audio.n_mels} != mel.n_mels={self.mel.n_mels}")
         if self.unet.film_dim not in (0, self.clap.embed_dim):
             problems.append(f"unet.film_dim={self.unet.film_dim} must be 0 or clap.embed_dim={self.clap.embed_dim}")

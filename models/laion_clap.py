@@ -8,9 +8,14 @@ build --clap DIR`` loads like one of ours.
 
 Supported: non-fusion checkpoints with a RoBERTa text branch and an HTSAT audio
 branch (e.g. ``630k-audioset-best.pt``, ``music_audioset_epoch_15_esc_90.14.pt``).
-The audio front end is transformers' ``ClapFeatureExtractor`` with LAION's
-settings (48 kHz, 64 mel bands 50–14 000 Hz, hop 480, 10-s windows; shorter clips
-repeat-padded, longer ones centre-cropped so the result is deterministic).
+The audio front end is LAION's (48 kHz, 64 mel bands 50–14 000 Hz, hop 480, power
+in dB, 10-s windows; shorter clips repeat-padded, longer ones centre-cropped so the
+result is deterministic), computed by the engine's NumPy front end — the same code
+the exported ``audio_encoder`` stage is fed by — and tested against transformers'
+``ClapFeatureExtractor``.
+
+Exported as a bundle's ``text_encoder`` and ``audio_encoder`` stages (``reaudio
+export`` of a system trained against it), the manifest records that front end.
 
 Sizes are read off the weights; the only one the weights cannot tell is the
 text tower's head count (RoBERTa's 64-wide heads are assumed, ``text_heads``
@@ -27,6 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from reaudio.engine.frontend import MelConfig, fit_window  # noqa: F401  (fit_window: re-exported)
+from reaudio.engine.manifest import AudioFrontend
 
 from .layers import pool_tokens
 
@@ -50,6 +58,10 @@ class LaionTextConfig:
     pad_token_id: int = 1
     max_tokens: int = 77
 
+    @property
+    def max_length(self) -> int:  # the name our own text tower's config uses
+        return self.max_tokens
+
 
 @dataclass(frozen=True)
 class LaionAudioConfig:
@@ -70,6 +82,15 @@ class LaionAudioConfig:
     @property
     def width(self) -> int:
         return self.patch_width * 2 ** (len(self.depths) - 1)
+
+    def frontend(self) -> AudioFrontend:
+        """LAION's audio front end (what transformers' ``ClapFeatureExtractor`` computes for
+        non-fusion models: periodic Hann, centred reflect-padded STFT, power, Slaney mel,
+        10·log10 with a 1e-10 floor), as the engine's NumPy front end."""
+        mel = MelConfig(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
+                        win_length=self.n_fft, n_mels=self.mel_bins, fmin=self.fmin, fmax=self.fmax,
+                        padding="center", power=2.0, log="log10", log_floor=1e-10, norm_std=0.1)  # fmt: skip
+        return AudioFrontend(mel=mel, window_seconds=self.max_seconds)
 
 
 @dataclass(frozen=True)
@@ -107,77 +128,58 @@ class LaionCLAP(nn.Module):
         config = ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=cfg.embed_dim)
         self.model = ClapModel(config).eval()
         self.tokenizer = TextTokenizer(Tokenizer.from_str(cfg.tokenizer), t.max_tokens) if cfg.tokenizer else None
-        self._features = None
 
     # -- text ---------------------------------------------------------------------------
 
     def text_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """RoBERTa's last hidden states (B, L, hidden): the retrieved-caption context."""
-        return self.model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.encode_text(ids, mask)[1]
 
     def embed_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Unit-norm text embeddings (B, embed_dim): projection of RoBERTa's pooled output."""
-        pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
-        return F.normalize(self.model.text_projection(pooled), dim=-1)
+        return self.encode_text(ids, mask)[0]
 
     # -- audio --------------------------------------------------------------------------
 
     def audio_input(self, audio: np.ndarray, mel) -> torch.Tensor:
         """One mono clip at ``mel.cfg.sample_rate`` → HTSAT's log-mel input (1, 1, frames, mel_bins)."""
-        import soxr
-
-        a = self.cfg.audio
-        wave = np.asarray(audio, dtype=np.float64)
-        if mel.cfg.sample_rate != a.sample_rate:
-            wave = soxr.resample(wave, mel.cfg.sample_rate, a.sample_rate)
-        wave = fit_window(wave, round(a.max_seconds * a.sample_rate)).astype(np.float32)
-        feats = self._feature_extractor()(wave, sampling_rate=a.sample_rate, return_tensors="np")["input_features"]
-        return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
-
-    def _feature_extractor(self):
-        if self._features is None:
-            from transformers import ClapFeatureExtractor
-
-            a = self.cfg.audio
-            self._features = ClapFeatureExtractor(
-                feature_size=a.mel_bins, sampling_rate=a.sample_rate, hop_length=a.hop_length,
-                fft_window_size=a.n_fft, max_length_s=a.max_seconds, frequency_min=a.fmin, frequency_max=a.fmax,
-                truncation="rand_trunc", padding="repeatpad",  # inputs arrive cut to the window: never random
-            )  # fmt: skip
-        return self._features
-
-    def _audio_states(self, features: torch.Tensor) -> torch.Tensor:
-        out = self.model.audio_model(input_features=features)
-        return out.last_hidden_state, out.pooler_output
+        feats = self.cfg.audio.frontend().features(audio, mel.cfg.sample_rate)
+        return torch.from_numpy(np.ascontiguousarray(feats[None, None], dtype=np.float32))
 
     def audio_tokens(self, features: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """HTSAT's final feature map as a token sequence, pooled to ``num_tokens`` (B, M, width)."""
-        states, _ = self._audio_states(features)
-        if states.dim() == 4:  # (B, C, F, T) → time-major tokens
-            states = states.flatten(2).transpose(1, 2)
-        return pool_tokens(states, num_tokens)
+        return self.encode_audio(features, num_tokens)[1]
 
     def embed_audio(self, features: torch.Tensor) -> torch.Tensor:
         """Unit-norm audio embeddings (B, embed_dim)."""
-        _, pooled = self._audio_states(features)
-        return F.normalize(self.model.audio_projection(pooled), dim=-1)
+        return self.encode_audio(features, 1)[0]
 
+    # -- both outputs of a tower in one pass (the exported stages) -------------------------
 
-def fit_window(wave: np.ndarray, length: int) -> np.ndarray:
-    """LAION's 'repeatpad' for short clips (whole repeats, then zeros); longer clips centre-cropped."""
-    if len(wave) == 0:
-        raise ValueError("empty audio clip")
-    if len(wave) >= length:
-        start = (len(wave) - length) // 2
-        return wave[start : start + length]
-    repeated = np.tile(wave, length // len(wave))
-    return np.pad(repeated, (0, length - len(repeated)))
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit-norm text embeddings, RoBERTa's last hidden states)."""
+        out = self.model.text_model(input_ids=ids, attention_mask=mask)
+        return F.normalize(self.model.text_projection(out.pooler_output), dim=-1), out.last_hidden_state
+
+    def encode_audio(self, features: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit-norm audio embeddings, ``num_tokens`` pooled HTSAT tokens) of log-mel features
+        (B, 1, frames, mel_bins), or (B, frames, mel_bins) as the exported stage takes them."""
+        if features.dim() == 3:
+            features = features.unsqueeze(1)
+        out = self.model.audio_model(input_features=features)
+        states = out.last_hidden_state
+        if states.dim() == 4:  # (B, C, F, T) → time-major tokens
+            states = states.flatten(2).transpose(1, 2)
+        return F.normalize(self.model.audio_projection(out.pooler_output), dim=-1), pool_tokens(states, num_tokens)
+
+    def tokenizer_json(self) -> str:
+        return self.cfg.tokenizer
 
 
 # -- checkpoint mapping ------------------------------------------------------------------
 
 #: LAION-only tensors with no counterpart in the model: the fixed STFT/mel front end (done
-#: by the feature extractor), HTSAT's frame-wise classifier, the training-loss MLPs, and
+#: in NumPy, see ``LaionAudioConfig.frontend``), HTSAT's frame-wise classifier, the training-loss MLPs, and
 #: buffers that are rebuilt.
 DROPPED = (
     r"audio_branch\.spectrogram_extractor\..*",

@@ -7,9 +7,10 @@ from pathlib import Path
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config, save_checkpoint
-from .clap import CLAP
+from .clap import CLAP, CLAPConfig
 from .configs import FamilyConfig, load_config
 from .hifigan import HiFiGANGenerator
+from .laion_clap import LaionCLAP
 from .unet import UNet
 from .vae import AutoencoderKL
 
@@ -23,7 +24,7 @@ def build_system(cfg: FamilyConfig) -> dict[str, nn.Module]:
         "vae": AutoencoderKL(cfg.vae),
         "vocoder": HiFiGANGenerator(cfg.vocoder),
         "unet": UNet(cfg.unet),
-        "clap": CLAP(cfg.clap),
+        "clap": CLAP(cfg.clap) if isinstance(cfg.clap, CLAPConfig) else LaionCLAP(cfg.clap),
     }
 
 

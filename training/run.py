@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import replace
 
 from reaudio.models.configs import load_config
 
 from .tasks import LDMTask, VAETask, VocoderTask
 from .trainer import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
 
 
 def train_from_args(args: argparse.Namespace) -> dict:
@@ -47,9 +50,27 @@ def train_from_args(args: argparse.Namespace) -> dict:
     else:
         if args.vae is None or args.clap is None:
             raise ValueError("train ldm needs --vae and --clap checkpoint folders (and --database when k > 0)")
+        family = with_checkpoint_clap(family, args.clap)
         task = LDMTask(family, args.data, args.vae, args.clap, args.database, args.vocoder)
     task.progress = not getattr(args, "quiet", False)
     resolved = {"model": args.model, "family": family.to_dict(), "data": str(args.data),
                 "inputs": {k: str(getattr(args, k)) for k in ("vae", "clap", "database", "vocoder")
                            if getattr(args, k, None)}}  # fmt: skip
     return Trainer(task, args.out, cfg, resolved).run()
+
+
+def with_checkpoint_clap(family, clap_folder):
+    """``family`` conditioned on an imported LAION-CLAP checkpoint: its clap section is the
+    checkpoint's (sizes, tokenizer), and the UNet's FiLM and context widths follow it (they
+    must equal the CLAP's anyway). Our own CLAP's config is kept as the named config states it."""
+    from reaudio.models.checkpoint import read_checkpoint_config
+    from reaudio.models.unet import ContextConfig
+
+    kind, clap_cfg, _ = read_checkpoint_config(clap_folder)
+    if kind != "laion-clap" or family.clap == clap_cfg:
+        return family
+    widths = {"retrieved_text": clap_cfg.text.hidden_size, "retrieved_audio": clap_cfg.audio.width}
+    unet = replace(family.unet, film_dim=clap_cfg.embed_dim if family.unet.film_dim else 0,
+                   contexts=tuple(ContextConfig(c.name, widths[c.name]) for c in family.unet.contexts))  # fmt: skip
+    log.info("LAION-CLAP %s: FiLM %d-d, contexts %s", clap_folder, unet.film_dim, {c.name: c.dim for c in unet.contexts})
+    return replace(family, clap=clap_cfg, unet=unet)

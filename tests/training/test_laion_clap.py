@@ -250,3 +250,80 @@ def test_text_tower_layer_norms_use_robertas_epsilon(original):
         wrong = torch.nn.functional.layer_norm(x, emb.normalized_shape, emb.weight, emb.bias, eps=1e-12)
         torch.testing.assert_close(emb(x), expected)
         assert (emb(x) - wrong).abs().max() > 1e-2
+
+
+def test_laion_keyed_database_trains_exports_and_generates(original, checkpoint, tiny_manifest, tmp_path, clip):
+    """import laion-clap → db build → train ldm → export → generate, and the bundle's own
+    text/audio encoder stages reproduce the torch towers (what `db add` relies on)."""
+    import json
+
+    from reaudio.engine.engine import Engine, Request
+    from reaudio.engine.manifest import read_manifest
+    from reaudio.models.configs import load_config
+    from reaudio.training.cli import main as cli
+
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text(original.cfg.tokenizer)
+    clap = tmp_path / "clap"
+    assert cli(["-q", "import", "laion-clap", str(checkpoint), "--tokenizer", str(tok), "--text-heads", "2",
+                "--out", str(clap)]) == 0  # fmt: skip
+    assert cli(["-q", "db", "build", "--clap", str(clap), "--data", str(tiny_manifest), "--config", "tiny",
+                "--out", str(tmp_path / "db")]) == 0  # fmt: skip
+    run = tmp_path / "ldm"
+    assert cli(["-q", "train", "ldm", "--config", "tiny", "--data", str(tiny_manifest), "--out", str(run),
+                "--steps", "2", "--batch-size", "4", "--vae", str(_tiny_part(tmp_path, "vae")), "--clap", str(clap),
+                "--database", str(tmp_path / "db"), "--vocoder", str(_tiny_part(tmp_path, "vocoder"))]) == 0  # fmt: skip
+    family = json.loads((run / "final" / "family.json").read_text())
+    assert family["clap"]["text"]["hidden_size"] == 128 and family["unet"]["film_dim"] == 16
+    assert {c["name"]: c["dim"] for c in family["unet"]["contexts"]} == {"retrieved_text": 128, "retrieved_audio": 16}
+    bundle = tmp_path / "bundle"
+    assert cli(["-q", "export", str(run / "final"), "--out", str(bundle), "--database", str(tmp_path / "db")]) == 0
+
+    manifest = read_manifest(bundle)
+    assert manifest.audio_frontend is not None and manifest.audio_frontend.mel.sample_rate == 48000
+    assert manifest.stages["audio_encoder"].inputs[0].shape == ("batch", 1001, 64)
+    engine = Engine.from_bundle(bundle, backend="cpu")
+    emb, tokens, mask = engine.embed_text(["a dog barks", "rain falls on a tin roof"])
+    ids, tmask = original.tokenizer(["a dog barks", "rain falls on a tin roof"])
+    with torch.no_grad():
+        ref_emb, ref_tokens = original.encode_text(torch.from_numpy(ids), torch.from_numpy(tmask))
+        ref_audio = original.encode_audio(original.audio_input(clip, LogMel(load_config("tiny").mel)), 4)
+    np.testing.assert_allclose(emb, ref_emb.numpy(), atol=1e-4)
+    np.testing.assert_allclose(tokens[mask], ref_tokens.numpy()[tmask.astype(bool)], atol=1e-4)
+    audio_emb, audio_tokens = engine.encode_audio([clip])  # the clip at the bundle's 8 kHz
+    np.testing.assert_allclose(audio_emb, ref_audio[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(audio_tokens, ref_audio[1].numpy(), atol=1e-4)
+    (result,) = engine.generate([Request("a dog barks", steps=3, seed=1)])
+    assert result.ok and len(result.neighbours) == 2 and np.isfinite(result.waveform).all()
+
+
+def _tiny_part(tmp_path, name):
+    """A random component of the tiny family saved as a checkpoint (the frozen VAE, the vocoder)."""
+    from reaudio.models.checkpoint import save_checkpoint
+    from reaudio.models.configs import load_config
+    from reaudio.models.hifigan import HiFiGANGenerator
+    from reaudio.models.vae import AutoencoderKL
+
+    folder = tmp_path / "parts" / name
+    if not folder.exists():
+        torch.manual_seed(0)
+        cfg = load_config("tiny")
+        save_checkpoint(folder, AutoencoderKL(cfg.vae) if name == "vae" else HiFiGANGenerator(cfg.vocoder))
+    return folder
+
+
+def test_numpy_front_end_matches_transformers_clap_feature_extractor(original):
+    from transformers import ClapFeatureExtractor
+
+    a = original.cfg.audio
+    extractor = ClapFeatureExtractor(feature_size=a.mel_bins, sampling_rate=a.sample_rate, hop_length=a.hop_length,
+                                     fft_window_size=a.n_fft, max_length_s=a.max_seconds, frequency_min=a.fmin,
+                                     frequency_max=a.fmax, truncation="rand_trunc", padding="repeatpad")  # fmt: skip
+    rng = np.random.default_rng(3)
+    t = np.arange(a.sample_rate * 3) / a.sample_rate
+    for wave in (0.1 * rng.standard_normal(len(t)) * np.exp(-t), 0.5 * np.sin(2 * np.pi * 1000 * t)):
+        window = fit_window(wave.astype(np.float32), round(a.max_seconds * a.sample_rate))  # 3 s → 10 s repeat-pad
+        expected = extractor(window, sampling_rate=a.sample_rate, return_tensors="np")["input_features"][0, 0]
+        ours = a.frontend().features(wave, a.sample_rate)
+        assert ours.shape == expected.shape == (1001, 64)
+        np.testing.assert_allclose(ours, expected, atol=1e-3)  # dB values, -100 … +20
