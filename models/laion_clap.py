@@ -233,14 +233,18 @@ def load_checkpoint_file(path) -> object:
     metadata), which the weights-only unpickler refuses; they are allow-listed here rather
     than turning the unpickler's safety off. Anything else still fails, with its name.
     """
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch ≥ 2.5
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        if allow is None:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        with allow(_numpy_scalar_globals()):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
+        upgrade = "" if allow else " (torch ≥ 2.5 loads the NumPy scalars of published checkpoints)"
         raise LaionCheckpointError(
             f"{path}: refused by the weights-only loader ({reason}); only tensors, containers and NumPy scalars "
-            "are loaded from checkpoint files, never arbitrary objects"
+            f"are loaded from checkpoint files, never arbitrary objects{upgrade}"
         ) from e
 
 
