@@ -58,9 +58,9 @@ def card_licence(folder: Path) -> str | None:
         return None
     from huggingface_hub import ModelCard
 
-    value = ModelCard.load(card).data.to_dict().get("license")
+    data = ModelCard.load(card).data.to_dict()
+    value = data.get("license")
     if value == "other":  # the card names it in license_name / license_link
-        data = ModelCard.load(card).data.to_dict()
         value = data.get("license_name") or data.get("license_link") or value
     return str(value) if value else None
 
