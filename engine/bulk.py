@@ -45,6 +45,9 @@ class GenerateJob:
             sampler, k, retrieval, format, subtype, sample rate, loudness); without it such a library
             is refused up front.
         cuda_graphs: replay the denoising loop as CUDA graphs (backend "cuda").
+        loop: make seamless loops, for rows that do not set ``loop`` (see :class:`Request`).
+        window, overlap: seconds of a denoising window and of the overlap between windows, for
+            clips longer than a window and loops (None: the bundle's).
     """
 
     prompts: Path
@@ -69,6 +72,9 @@ class GenerateJob:
     dry_run: bool = False
     cuda_graphs: bool = False
     overwrite: bool = False
+    loop: bool = False
+    window: float | None = None
+    overlap: float | None = None
 
 
 @dataclass
@@ -181,10 +187,13 @@ def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_has
         "resample": job.postprocess.sample_rate,
         "loudness_lufs": row.loudness_lufs if row.loudness_lufs is not None else job.postprocess.loudness_lufs,
         "true_peak_db": job.postprocess.true_peak_db,
+        "loop": _loops(job, row),
+        "window": job.window,
+        "overlap": job.overlap,
     }  # fmt: skip
     # Entries of libraries written before a setting existed hold its default.
-    settings = {"subtype": "PCM_16", "resample": None, "loudness_lufs": None, "true_peak_db": None,
-                **entry.get("settings", {})}  # fmt: skip
+    settings = {"subtype": "PCM_16", "resample": None, "loudness_lufs": None, "true_peak_db": None, "loop": False,
+                "window": None, "overlap": None, **entry.get("settings", {})}  # fmt: skip
     found = [f"{name} {settings.get(name)!r} → {value!r}" for name, value in expected.items()
              if settings.get(name) != value and not (name == "guidance" and settings.get(name) is not None
                                                      and abs(float(settings[name]) - float(value)) < 1e-6)]  # fmt: skip
@@ -195,6 +204,10 @@ def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_has
     if entry.get("bundle_sha256") != bundle_hash:
         found.append("another bundle")
     return ", ".join(found)
+
+
+def _loops(job: GenerateJob, row: PromptRow) -> bool:
+    return row.loop if row.loop is not None else job.loop
 
 
 def _request(job: GenerateJob, clip: Clip) -> Request:
@@ -208,6 +221,9 @@ def _request(job: GenerateJob, clip: Clip) -> Request:
         sampler=row.sampler or job.sampler,
         k=row.k if row.k is not None else job.k,
         retrieval=job.retrieval,
+        loop=_loops(job, row),
+        window=job.window,
+        overlap=job.overlap,
         id=clip.key,
         variation=clip.variation,
     )
@@ -295,7 +311,8 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
     post = job.postprocess
     if clip.row.loudness_lufs is not None:
         post = replace(post, loudness_lufs=clip.row.loudness_lufs)
-    audio, out_rate, gain_db = post.finish(result.waveform, rate)
+    loop = bool(result.request.loop)
+    audio, out_rate, gain_db = post.finish(result.waveform, rate, loop=loop)
     entry = {
         "key": clip.key,
         "id": clip.row.id,
@@ -305,7 +322,9 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
         "settings": {"steps": result.steps, "guidance": result.guidance, "sampler": result.sampler, "k": result.k,
                      "retrieval": result.retrieval, "backend": engine.backend, "format": job.audio_format,
                      "subtype": job.subtype, "resample": post.sample_rate,
-                     "loudness_lufs": post.loudness_lufs, "true_peak_db": post.true_peak_db},  # fmt: skip
+                     "loudness_lufs": post.loudness_lufs, "true_peak_db": post.true_peak_db, "loop": loop,
+                     "window": job.window, "overlap": job.overlap},  # fmt: skip
+        "loop": loop,
         "neighbours": result.neighbours,
         "bundle_sha256": bundle_hash,
         **({"licence": to_dict(engine.licence)} if engine.licence is not None else {}),
@@ -316,6 +335,7 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
     }
     # No creation date or time in the tags: the same request gives a byte-identical file.
     tags = ClipTags(
+        loop=loop,
         title=clip.row.prompt,
         description=f"{clip.row.prompt} (reaudio, seed {clip.seed})",
         extra={"id": clip.key, "prompt": clip.row.prompt, "seed": str(clip.seed), "bundle": bundle_hash[:16],

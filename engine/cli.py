@@ -52,6 +52,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                 true_peak_db=args.true_peak_db),  # fmt: skip
         dry_run=args.dry_run,
         cuda_graphs=args.cuda_graphs,
+        loop=args.loop,
+        window=args.window,
+        overlap=args.overlap,
     )
     echo = (lambda *a, **k: None) if args.quiet and not args.dry_run else print
     if args.ray:
@@ -142,6 +145,15 @@ def _add_generate(sub) -> None:
                    help="integrated loudness target, ITU-R BS.1770 (e.g. -23); a prompt row's loudness_lufs wins")
     p.add_argument("--true-peak-db", type=float,
                    help="true-peak ceiling in dBTP (e.g. -1), met by lowering the gain, never by clipping")
+    g = p.add_argument_group("long clips and loops")
+    g.add_argument("--loop", action="store_true",
+                   help="seamless loops: each clip's end continues into its start (a prompt row's loop column wins); "
+                        "WAV files get a smpl loop, FLAC files LOOPSTART/LOOPLENGTH")
+    g.add_argument("--window", type=float, metavar="SECONDS",
+                   help="seconds one denoising window spans; longer clips are made of overlapping windows "
+                        "(default: the bundle's, its training length)")
+    g.add_argument("--overlap", type=float, metavar="SECONDS",
+                   help="seconds neighbouring windows share, at most half a window (default: a quarter window)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--overwrite", action="store_true",
                    help="make again the clips of --out that were made with other settings or another bundle")

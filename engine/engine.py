@@ -20,6 +20,8 @@ from .prompts import LIMITS
 from .retrieval_db import RetrievalDB
 from .sampler import SAMPLERS, initial_noise, make_plan
 from .tokenize import TextTokenizer
+from .windowed import WINDOWS_PER_CALL, decode_windowed, denoise_windowed
+from .windows import WindowPlan, plan_decode, plan_windows
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,15 @@ class Request:
         retrieval: how the prompt finds neighbours: "caption", "audio" or "hybrid" (None:
             the bundle's default; a database offers the modes whose keys it holds).
         initial_latent: explicit initial noise (C, T, F) instead of the seeded one, to
-            compare with other implementations; fixes the duration to its frames.
+            compare with other implementations; fixes the duration to its frames and, unless
+            ``window`` or ``loop`` is set, generates in one shot as other implementations do.
         negative_prompt: steer away from this text: its embedding replaces the null
             condition in the unconditional half of guidance.
+        loop: make a seamless loop: the clip's end continues into its start (denoised and
+            decoded with windows that wrap around); its tail is never trimmed.
+        window, overlap: seconds one denoising window spans and neighbouring windows share
+            (None: the bundle's). A clip longer than the window, or a loop, is denoised window
+            by window and decoded the same way, so memory depends on the window, not the clip.
         id, variation: labels carried into the result.
     """
 
@@ -57,6 +65,9 @@ class Request:
     retrieval: str | None = None
     initial_latent: np.ndarray | None = None
     negative_prompt: str | None = None
+    loop: bool = False
+    window: float | None = None
+    overlap: float | None = None
     id: str | None = None
     variation: int = 0
 
@@ -95,6 +106,16 @@ class _Resolved:
     k: int
     retrieval: str = ""
     natural: bool = False  # the duration came from the neighbours: trim the tail
+    loop: bool = False
+    window: int = 0  # frames
+    overlap: int = 0  # frames
+
+    def windows(self) -> WindowPlan:
+        return plan_windows(self.frames, self.window, self.overlap, circular=self.loop)
+
+    @property
+    def windowed(self) -> bool:
+        return self.loop or self.frames > self.window
 
 
 class Engine:
@@ -255,7 +276,31 @@ class Engine:
             # Enough latent frames that the decoded waveform covers every requested sample.
             frames = -(-samples // (latent.downsample * mel.hop_length))
         natural = natural_duration is not None and request.duration is None and request.initial_latent is None
-        return _Resolved(index, request, samples, frames, steps, guidance, sampler, k, retrieval, natural)
+        window, overlap = self._window_frames(request, index)
+        if request.initial_latent is not None and request.window is None and not request.loop:
+            window = max(window, frames)
+        if request.loop:  # the loop's period is the whole latent: round up to a whole latent frame
+            samples = frames * latent.downsample * mel.hop_length
+        return _Resolved(index, request, samples, frames, steps, guidance, sampler, k, retrieval,
+                         natural and not request.loop, bool(request.loop), window, overlap)  # fmt: skip
+
+    def _window_frames(self, request: Request, index: int) -> tuple[int, int]:
+        """The request's denoising window and overlap in latent frames."""
+        d = self.manifest.defaults
+        if not isinstance(request.loop, (bool, np.bool_)):
+            raise ValueError(f"request {index}: loop={request.loop!r} must be true or false")
+        window = d.window_seconds if request.window is None else float(request.window)
+        overlap = (d.overlap_seconds if request.window is None else window / 4) if request.overlap is None \
+            else float(request.overlap)  # fmt: skip
+        lo, hi = LIMITS["duration"]
+        if not lo <= window <= hi:
+            raise ValueError(f"request {index}: window={window} s out of range {lo}..{hi} s")
+        if not 0 <= overlap <= window / 2:
+            raise ValueError(f"request {index}: overlap={overlap} s must be in 0..{window / 2:g} s (half the window)")
+        per_frame = self.manifest.latent.downsample * self.manifest.mel.hop_length
+        # Counted like a clip's frames, so a clip of the window's length is one window.
+        frames = max(2, -(-round(window * self.sample_rate) // per_frame))
+        return frames, min(frames // 2, round(overlap * self.sample_rate / per_frame))
 
     @property
     def default_retrieval(self) -> str:
@@ -304,8 +349,12 @@ class Engine:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         groups: dict[tuple, list[_Resolved]] = {}
         for r in resolved:
-            groups.setdefault((r.frames, r.steps, r.sampler), []).append(r)
-        return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+            groups.setdefault((r.frames, r.steps, r.sampler, r.windowed and (r.loop, r.window, r.overlap)),
+                              []).append(r)  # fmt: skip
+        # Windowed clips (long ones, loops) run after the others, so a 5-minute ambience does not hold
+        # back a library's short clips; within each kind, in order of first appearance.
+        ordered = sorted(groups.values(), key=lambda g: g[0].windowed)
+        return [g[i : i + batch_size] for g in ordered for i in range(0, len(g), batch_size)]
 
     def _stream(self, requests: list[Request], batch_size: int) -> Iterator[tuple[int, Result]]:
         resolved = self.resolve_all(requests)  # all errors before any work
@@ -380,6 +429,14 @@ class Engine:
     def _denoise(self, runners: dict, batch: list[_Resolved], conditions: dict) -> np.ndarray:
         plan = make_plan(self.manifest.schedule, batch[0].sampler, batch[0].steps)
         latent = self._initial_latents(batch)
+        if batch[0].windowed:
+            # Host loop over windows on every backend: a window's graph call is the unit of work.
+            log.info("%d clip(s) of %.1f s%s: %d windows of %.1f s each, %d steps", len(batch),
+                     batch[0].samples / self.sample_rate, " (loop)" if batch[0].loop else "", len(batch[0].windows()),
+                     batch[0].window * self.manifest.latent.downsample * self.manifest.mel.hop_length
+                     / self.sample_rate, plan.timesteps.size)  # fmt: skip
+            return denoise_windowed(runners["denoiser"], plan, latent, conditions, batch[0].windows(),
+                                    per_call=max(WINDOWS_PER_CALL, len(batch)))  # fmt: skip
         if runners is self.runners and self.backend == "trt-native":
             from .trt_native import denoise_trt
 
@@ -396,12 +453,21 @@ class Engine:
             return denoise_device(runners["denoiser"], plan, latent, conditions, self.device_id)
         return denoise_host(runners["denoiser"], plan, latent, conditions)
 
+    def _decode(self, runners: dict, batch: list[_Resolved], latent: np.ndarray) -> np.ndarray:
+        r = batch[0]
+        if not r.windowed:
+            return runners["decoder"].run({"latent": latent})[0]
+        # Decoder windows span the denoising window; their context is half the overlap.
+        plan = plan_decode(r.frames, r.window, max(1, r.overlap // 2), circular=r.loop)
+        return decode_windowed(runners["decoder"], latent, plan,
+                               self.manifest.latent.downsample * self.manifest.mel.hop_length)  # fmt: skip
+
     def _run_batch(self, batch, conditions, neighbours, prep_s) -> Iterator[tuple[int, Result]]:
         t0 = time.perf_counter()
         try:
             latent = self._denoise(self.runners, batch, conditions)
             t1 = time.perf_counter()
-            (audio,) = self.runners["decoder"].run({"latent": latent})
+            audio = self._decode(self.runners, batch, latent)
         except (RuntimeError, MemoryError) as exc:  # onnxruntime's allocation failures among them
             # One batch that cannot run (too long for this machine's memory, say) fails only its clips.
             log.error("a batch of %d clip(s) of %.1f s failed: %s", len(batch), batch[0].samples / self.sample_rate,
@@ -447,7 +513,7 @@ class Engine:
             self._fp32_runners = make_runners(self.bundle, self.manifest, "cpu", precision="fp32")
         single = {k: v[i : i + 1] for k, v in conditions.items()}
         latent = self._denoise(self._fp32_runners, [r], single)
-        (audio,) = self._fp32_runners["decoder"].run({"latent": latent})
+        audio = self._decode(self._fp32_runners, [r], latent)
         wav = audio[0, : r.samples]
         if np.isfinite(wav).all():
             log.warning("clip %s was non-finite in fp16; regenerated in fp32", r.request.id or r.index)

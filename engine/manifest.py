@@ -117,12 +117,29 @@ class TokenizerSpec:
 
 @dataclass(frozen=True)
 class Defaults:
-    """Generation defaults a request may override."""
+    """Generation defaults a request may override.
+
+    Attributes:
+        duration: seconds of a clip (the length the model was trained on).
+        window: seconds one denoising window spans; longer clips and loops are made of
+            overlapping windows (None: ``duration``).
+        overlap: seconds neighbouring windows share (None: a quarter of the window).
+    """
 
     steps: int = 25
     guidance: float = 2.5
     sampler: str = "ddim"
     duration: float = 5.0
+    window: float | None = None
+    overlap: float | None = None
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window if self.window is not None else self.duration
+
+    @property
+    def overlap_seconds(self) -> float:
+        return self.overlap if self.overlap is not None else self.window_seconds / 4
 
 
 @dataclass(frozen=True)

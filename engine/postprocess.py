@@ -34,10 +34,16 @@ class PostProcess:
         if self.sample_rate is not None and self.sample_rate not in SAMPLE_RATES:
             raise ValueError(f"sample_rate={self.sample_rate!r}; valid: {', '.join(map(str, SAMPLE_RATES))}")
 
-    def finish(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int, float]:
-        """The finished clip, its sample rate and the loudness gain applied (dB)."""
+    def finish(self, audio: np.ndarray, sample_rate: int, loop: bool = False) -> tuple[np.ndarray, int, float]:
+        """The finished clip, its sample rate and the loudness gain applied (dB).
+
+        A ``loop`` is never trimmed (that would cut the loop) and is resampled as one period of a
+        periodic signal, so its seam stays seamless.
+        """
         x = np.asarray(audio, dtype=np.float32)
-        if self.trim_db is not None and x.size and np.any(x):
+        if loop and self.sample_rate is not None and self.sample_rate != sample_rate and x.size:
+            x, sample_rate = resample_loop(x, sample_rate, self.sample_rate), self.sample_rate
+        if self.trim_db is not None and x.size and np.any(x) and not loop:
             peak = float(np.abs(x).max())
             loud = np.flatnonzero(np.abs(x) >= peak * 10 ** (self.trim_db / 20))
             margin = int(0.01 * sample_rate)  # keep 10 ms around the sound
@@ -51,6 +57,24 @@ class PostProcess:
         if gain_db:
             x = (x * 10 ** (gain_db / 20)).astype(np.float32)
         return x, sample_rate, gain_db
+
+
+def resample_loop(x: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+    """One period of a loop at ``new_rate``: band-limited resampling through its Fourier series,
+    which treats the clip as periodic, so no edge effect lands on the seam. The length is
+    rounded to whole samples (the pitch moves by less than half a sample per loop)."""
+    n = len(x)
+    m = max(1, round(n * new_rate / rate))
+    spectrum = np.fft.rfft(np.asarray(x, dtype=np.float64))
+    bins = m // 2 + 1
+    out = np.zeros(bins, dtype=np.complex128)
+    keep = min(bins, len(spectrum))
+    out[:keep] = spectrum[:keep]
+    if m % 2 == 0 and keep == bins:  # the new Nyquist bin holds a real cosine only
+        out[-1] = out[-1].real
+    elif n % 2 == 0 and keep == len(spectrum) < bins:  # the old Nyquist bin counted once; now twice
+        out[keep - 1] *= 0.5
+    return (np.fft.irfft(out, n=m) * (m / n)).astype(np.float32)
 
 
 #: Output rates a library may ask for (the model's own rate is always allowed by leaving it unset).

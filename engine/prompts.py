@@ -10,10 +10,11 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FIELDS = ("prompt", "id", "seed", "duration", "steps", "guidance", "k", "variations", "sampler", "loudness_lufs")
+FIELDS = ("prompt", "id", "seed", "duration", "steps", "guidance", "k", "variations", "sampler", "loudness_lufs",
+          "loop")
 MAX_PROMPT_CHARS = 1000
 LIMITS = {
-    "duration": (0.1, 120.0),
+    "duration": (0.1, 600.0),
     "steps": (1, 1000),
     "guidance": (0.0, 50.0),
     "k": (0, 64),
@@ -39,6 +40,7 @@ class PromptRow:
     variations: int | None = None
     sampler: str | None = None
     loudness_lufs: float | None = None
+    loop: bool | None = None
     id_from_text: bool = False  # no id given: derived from the prompt
 
 
@@ -205,6 +207,20 @@ def _exact_int(value) -> int:
         return int(as_float)
 
 
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _flag(path, line, name, value, problems) -> bool | None:
+    """A yes/no column: JSON true/false, or (CSV) true/false, yes/no, 1/0 in any case."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    problems.append(f"{path}:{line}: {name}={value!r} must be true or false (or yes/no, 1/0)")
+    return None
+
+
 def _number(path, line, name, value, kind, problems):
     where = f"{path}:{line}"
     if isinstance(value, bool):
@@ -239,6 +255,8 @@ def _validate(path, line, record, problems, samplers) -> PromptRow | None:
                        ("variations", int), ("loudness_lufs", float)):  # fmt: skip
         if record.get(name) is not None:
             values[name] = _number(path, line, name, record[name], kind, problems)
+    if record.get("loop") is not None:
+        values["loop"] = _flag(path, line, "loop", record["loop"], problems)
     sampler = record.get("sampler")
     if sampler is not None and sampler not in samplers:
         problems.append(f"{path}:{line}: sampler={sampler!r}; valid: {', '.join(samplers)}")

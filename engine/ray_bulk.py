@@ -41,7 +41,8 @@ from .prompts import read_prompt_file
 
 log = logging.getLogger(__name__)
 #: Request fields carried through the dataset (one row per clip).
-_FIELDS = ("prompt", "duration", "seed", "steps", "guidance", "sampler", "k", "retrieval", "id", "variation")
+_FIELDS = ("prompt", "duration", "seed", "steps", "guidance", "sampler", "k", "retrieval", "loop", "window", "overlap",
+           "id", "variation")
 
 
 def _import_ray():

@@ -3,6 +3,9 @@
 WAV: a Broadcast Wave ``bext`` chunk (EBU Tech 3285 v2: description, originator,
 date, loudness and true peak) and the RIFF INFO title/comment (written by libsndfile).
 FLAC: Vorbis comments (TITLE, DESCRIPTION, COMMENT and reaudio's own fields), via mutagen.
+A loop also carries its loop points: in WAV a ``smpl`` chunk (the sampler chunk of the
+RIFF multimedia spec, one forward loop over the whole file), in FLAC the LOOPSTART and
+LOOPLENGTH comments that game engines and trackers read.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class ClipTags:
     date: str = ""  # yyyy-mm-dd
     time: str = ""  # hh:mm:ss
     extra: dict[str, str] = field(default_factory=dict)  # prompt, seed, bundle…: FLAC fields, WAV comment
+    loop: bool = False  # the whole file is a seamless loop
 
     def comment(self) -> str:
         return "; ".join(f"{k}={v}" for k, v in self.extra.items())
@@ -65,8 +69,20 @@ def bext_chunk(tags: ClipTags) -> bytes:
     return b"bext" + struct.pack("<I", len(body)) + body
 
 
+def smpl_chunk(sample_rate: int, frames: int) -> bytes:
+    """A sampler chunk with one forward loop over all ``frames`` (end is the last frame, inclusive)."""
+    period_ns = round(1e9 / sample_rate)
+    # manufacturer, product, sample period, MIDI unity note (60: middle C), pitch fraction,
+    # SMPTE format, SMPTE offset, loop count, sampler data bytes
+    head = struct.pack("<9I", 0, 0, period_ns, 60, 0, 0, 0, 1, 0)
+    # cue point id, type (0: forward), start, end, fraction, play count (0: forever)
+    loop = struct.pack("<6I", 0, 0, 0, max(0, frames - 1), 0, 0)
+    return b"smpl" + struct.pack("<I", len(head) + len(loop)) + head + loop
+
+
 def add_bext(path: str | Path, tags: ClipTags) -> None:
-    """Insert a ``bext`` chunk after the ``fmt `` chunk of the RIFF/WAVE file at ``path`` (in place)."""
+    """Insert a ``bext`` chunk after the ``fmt `` chunk of the RIFF/WAVE file at ``path`` (in place),
+    and for a loop a ``smpl`` chunk after it."""
     path = Path(path)
     data = path.read_bytes()
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
@@ -79,13 +95,19 @@ def add_bext(path: str | Path, tags: ClipTags) -> None:
         pos = end
     if not any(cid == b"fmt " for cid, _ in chunks):
         raise ValueError(f"{path}: no fmt chunk")
+    fmt = dict(chunks)[b"fmt "]
+    sample_rate, block_align = struct.unpack("<I", fmt[12:16])[0], struct.unpack("<H", fmt[20:22])[0]
+    data_bytes = next((struct.unpack("<I", raw[4:8])[0] for cid, raw in chunks if cid == b"data"), 0)
+    frames = data_bytes // max(1, block_align)
     out = []
     for cid, raw in chunks:
-        if cid == b"bext":
+        if cid in (b"bext", b"smpl"):
             continue  # replaced
         out.append(raw)
         if cid == b"fmt ":
             out.append(bext_chunk(tags))
+            if tags.loop:
+                out.append(smpl_chunk(sample_rate, frames))
     body = b"WAVE" + b"".join(out)
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
@@ -106,4 +128,7 @@ def tag_flac(path: str | Path, tags: ClipTags) -> None:
         audio["REAUDIO_TRUE_PEAK_DBTP"] = f"{tags.true_peak_db:.2f}"
     for key, value in tags.extra.items():
         audio[f"REAUDIO_{key.upper()}"] = value
+    if tags.loop:
+        audio["LOOPSTART"] = "0"
+        audio["LOOPLENGTH"] = str(audio.info.total_samples)
     audio.save()
