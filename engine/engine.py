@@ -431,12 +431,19 @@ class Engine:
         latent = self._initial_latents(batch)
         if batch[0].windowed:
             # Host loop over windows on every backend: a window's graph call is the unit of work.
+            windows = batch[0].windows()
+            frame_s = self.manifest.latent.downsample * self.manifest.mel.hop_length / self.sample_rate
             log.info("%d clip(s) of %.1f s%s: %d windows of %.1f s each, %d steps", len(batch),
-                     batch[0].samples / self.sample_rate, " (loop)" if batch[0].loop else "", len(batch[0].windows()),
-                     batch[0].window * self.manifest.latent.downsample * self.manifest.mel.hop_length
-                     / self.sample_rate, plan.timesteps.size)  # fmt: skip
-            return denoise_windowed(runners["denoiser"], plan, latent, conditions, batch[0].windows(),
-                                    per_call=max(WINDOWS_PER_CALL, len(batch)))  # fmt: skip
+                     batch[0].samples / self.sample_rate, " (loop)" if batch[0].loop else "", len(windows),
+                     batch[0].window * frame_s, len(plan))  # fmt: skip
+            every = max(1, len(plan) // 5)
+
+            def on_step(done: int, steps: int) -> None:
+                if len(windows) * len(batch) > WINDOWS_PER_CALL and (done % every == 0 or done == steps):
+                    log.info("… step %d of %d", done, steps)
+
+            return denoise_windowed(runners["denoiser"], plan, latent, conditions, windows,
+                                    per_call=max(WINDOWS_PER_CALL, len(batch)), on_step=on_step)  # fmt: skip
         if runners is self.runners and self.backend == "trt-native":
             from .trt_native import denoise_trt
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .loop import step_feeds
@@ -21,7 +23,7 @@ def _chunks(batch: int, windows: int, per_call: int) -> list[list[tuple[int, int
 
 def denoise_windowed(
     runner, plan: SamplerPlan, latent: np.ndarray, conditions: dict[str, np.ndarray], windows: WindowPlan,
-    per_call: int = WINDOWS_PER_CALL,
+    per_call: int = WINDOWS_PER_CALL, on_step: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:  # fmt: skip
     """The host loop of :func:`~reaudio.engine.loop.denoise_host` over ``windows`` of the latent.
 
@@ -29,7 +31,8 @@ def denoise_windowed(
     (the next latent and the data prediction the second-order sampler reuses) are blended
     with the window weights. Both are affine in the window's inputs with coefficients shared
     by all windows, so blending them is MultiDiffusion's least-squares average of the
-    windows' proposals. ``per_call`` caps the windows in one graph call.
+    windows' proposals. ``per_call`` caps the windows in one graph call; ``on_step(done, steps)``
+    is called after each step (progress for clips that take minutes).
     """
     latent = np.asarray(latent, dtype=np.float32)
     batch = len(latent)
@@ -53,6 +56,8 @@ def denoise_windowed(
                 next_latent[b][:, f] += weights[w, 0] * out_latent[j]
                 x0[b][:, f] += weights[w, 0] * out_x0[j]
         latent, prev_x0 = next_latent, x0
+        if on_step is not None:
+            on_step(i + 1, len(plan))
     return latent
 
 
