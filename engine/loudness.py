@@ -24,9 +24,11 @@ def integrated_lufs(wav: np.ndarray, sample_rate: int) -> float:
     x = np.asarray(wav, dtype=np.float64)
     if len(x) == 0 or not np.any(x):
         return SILENCE
-    block = min(BLOCK_SECONDS, len(x) / sample_rate)
     if len(x) < 2:
         return SILENCE
+    # A clip shorter than one 400-ms block is one block of its own length, less half a sample:
+    # pyloudnorm refuses a block that is longer than the clip, which len/rate can be after rounding.
+    block = min(BLOCK_SECONDS, (len(x) - 0.5) / sample_rate)
     value = float(pyloudnorm.Meter(sample_rate, block_size=block).integrated_loudness(x))
     return value if np.isfinite(value) else SILENCE
 

@@ -38,6 +38,14 @@ def test_a_1khz_sine_reads_as_bs1770_says():
     assert integrated_lufs(np.zeros(SR), SR) == float("-inf")
 
 
+def test_clips_shorter_than_a_block_are_measured_at_every_length():
+    # Below 400 ms the clip is one block; lengths whose len/rate rounds up past the clip were refused.
+    rng = np.random.default_rng(0)
+    for n in [104, 105, 118, 119, 180, 182, *range(2, 9000, 97)]:
+        value = integrated_lufs(rng.normal(0, 0.1, n).astype(np.float32), 22050)
+        assert value == float("-inf") or -40 < value < 0, (n, value)
+
+
 def test_gating_leaves_out_silence_and_quiet_passages():
     pink = _pink(8.0, -20.0)
     alone = integrated_lufs(pink, SR)
