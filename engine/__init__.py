@@ -2,6 +2,18 @@
 
 This package must import with numpy and the runtime dependencies alone; it never
 imports torch, transformers or the training side (a test enforces it).
+
+The public API: ``from reaudio.engine import Engine, Request, Result``.
 """
 
 __version__ = "0.1.0"
+__all__ = ["Engine", "Request", "Result"]
+
+
+def __getattr__(name: str):
+    # Loaded on first use, so importing one engine module does not load onnxruntime.
+    if name in __all__:
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

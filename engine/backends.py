@@ -28,13 +28,35 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+#: A one-node ONNX model (Relu on a float[1]), serialised: enough to see whether a provider starts.
+_PROBE_MODEL = (
+    b"\x08\x08\x12\x00:7\n\x0c\n\x01x\x12\x01y\"\x04Relu\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12\x04"
+    b"\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r"
+)
+
+
+def provider_initialises(provider: str) -> bool:
+    """True when an onnxruntime session actually runs on ``provider``. Listed is not enough: the
+    TensorRT provider is listed by every onnxruntime-gpu build and falls back to CPU without its libraries."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(_PROBE_MODEL, opts, providers=[provider, "CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any failure to start means "not usable"
+        log.info("%s does not start: %s", provider, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+    return session.get_providers()[0] == provider
+
+
 def resolve_backend(name: str, bundle: Path) -> str:
     """Pick a concrete backend for ``name`` ("auto" → the best available) and check it can run."""
     if name not in BACKENDS:
         raise ValueError(f"backend={name!r}; valid: {', '.join(BACKENDS)}")
     providers = available_providers()
     if name == "auto":
-        if "TensorrtExecutionProvider" in providers:
+        if "TensorrtExecutionProvider" in providers and provider_initialises("TensorrtExecutionProvider"):
             choice = "tensorrt"
         elif "CUDAExecutionProvider" in providers:
             choice = "cuda"
@@ -90,6 +112,18 @@ class OrtRunner:
         return self.session.run(self.output_names, feeds)
 
 
+def ort_trt_cache(bundle: Path) -> Path:
+    """Where the TensorRT provider keeps its engines for ``bundle``: under the cache root, keyed by
+    the bundle's manifest, never inside the bundle (which may be read-only or shared)."""
+    import hashlib
+
+    from .default_model import cache_root
+    from .manifest import MANIFEST
+
+    digest = hashlib.sha256((Path(bundle) / MANIFEST).read_bytes()).hexdigest()[:16]
+    return cache_root() / "ort-trt" / digest
+
+
 def ort_providers(backend: str, device_id: int, bundle: Path) -> list:
     if backend == "cpu":
         return ["CPUExecutionProvider"]
@@ -97,7 +131,7 @@ def ort_providers(backend: str, device_id: int, bundle: Path) -> list:
     if backend == "cuda":
         return [cuda, "CPUExecutionProvider"]
     if backend == "tensorrt":
-        cache = bundle / "plans" / "ort-trt"
+        cache = ort_trt_cache(bundle)
         cache.mkdir(parents=True, exist_ok=True)
         trt = (
             "TensorrtExecutionProvider",

@@ -19,7 +19,7 @@ from .postprocess import trim_tail
 from .prompts import LIMITS
 from .retrieval_db import RetrievalDB
 from .sampler import SAMPLERS, initial_noise, make_plan
-from .tokenize import TextTokenizer
+from .text_tokenizer import TextTokenizer
 from .windowed import WINDOWS_PER_CALL, decode_windowed, denoise_windowed
 from .windows import WindowPlan, plan_decode, plan_windows
 
@@ -149,7 +149,8 @@ class Engine:
             shapes = {i.name: list(i.shape) for i in spec.inputs}
             self._graphs = CudaGraphDenoiser(str(path), device_id, runners["denoiser"].input_dtypes, input_shapes=shapes)
         elif cuda_graphs:
-            log.warning("CUDA graphs need backend 'cuda' (got %r); running without them", backend)
+            raise ValueError(f"--cuda-graphs needs backend 'cuda' (this engine runs on {backend!r}); "
+                             "pass --backend cuda on a machine with onnxruntime-gpu, or leave out --cuda-graphs")  # fmt: skip
 
     @classmethod
     def from_bundle(

@@ -114,7 +114,6 @@ AUDIOLDM_MEL = MelConfig()
 HIFIGAN_22K_MEL = MelConfig(
     sample_rate=22050, n_fft=1024, hop_length=256, win_length=1024, n_mels=80, fmin=0.0, fmax=8000.0
 )
-MEL_PRESETS: dict[str, MelConfig] = {"audioldm": AUDIOLDM_MEL, "hifigan-22k": HIFIGAN_22K_MEL}
 
 
 def _hz_to_mel(freq: np.ndarray, scale: str) -> np.ndarray:

@@ -57,12 +57,6 @@ class StageSpec:
     outputs: tuple[TensorSpec, ...]
     fp16_file: str | None = None
 
-    def input(self, name: str) -> TensorSpec:
-        for spec in self.inputs:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
 
 @dataclass(frozen=True)
 class LatentSpec:
@@ -79,9 +73,6 @@ class LatentSpec:
     downsample: int
     freq: int
     scaling_factor: float
-
-    def frames_for(self, mel_frames: int) -> int:
-        return -(-mel_frames // self.downsample)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ class LaionCLAP(nn.Module):
         from tokenizers import Tokenizer
         from transformers import ClapAudioConfig, ClapConfig, ClapModel, ClapTextConfig
 
-        from reaudio.engine.tokenize import TextTokenizer
+        from reaudio.engine.text_tokenizer import TextTokenizer
 
         self.cfg = cfg
         t, a = cfg.text, cfg.audio

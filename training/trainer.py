@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import logging
 import os
 import time
@@ -256,7 +255,3 @@ def trim_metrics(path: Path, step: int) -> int:
             writer.writeheader()
             writer.writerows(kept)
     return len(rows) - len(kept)
-
-
-def save_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")

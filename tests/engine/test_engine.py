@@ -126,7 +126,25 @@ def test_non_finite_audio_is_reported_not_returned(tiny_artifacts, monkeypatch):
     assert good.ok
 
 
-def test_cuda_graphs_without_cuda_warn_and_run_normally(tiny_artifacts, caplog):
-    e = Engine.from_bundle(tiny_artifacts / "bundle", backend="cpu", cuda_graphs=True)
-    assert "CUDA graphs need backend 'cuda'" in caplog.text
-    assert e.generate([Request("a beep", steps=3)])[0].ok
+def test_cuda_graphs_on_a_backend_without_cuda_are_refused(tiny_artifacts):
+    with pytest.raises(ValueError, match="--cuda-graphs needs backend 'cuda'.*'cpu'"):
+        Engine.from_bundle(tiny_artifacts / "bundle", backend="cpu", cuda_graphs=True)
+
+
+def test_auto_takes_the_tensorrt_provider_only_when_it_starts(tiny_artifacts, monkeypatch):
+    from reaudio.engine import backends
+
+    # onnxruntime-gpu lists TensorRT whether or not its libraries load; here it cannot start.
+    monkeypatch.setattr(backends, "available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert not backends.provider_initialises("TensorrtExecutionProvider")
+    assert backends.provider_initialises("CPUExecutionProvider")
+    assert backends.resolve_backend("auto", tiny_artifacts / "bundle") == "cpu"
+
+
+def test_tensorrt_engine_caches_live_under_the_cache_root(tiny_artifacts, tmp_path, monkeypatch):
+    from reaudio.engine.backends import ort_providers
+
+    monkeypatch.setenv("REAUDIO_CACHE", str(tmp_path / "cache"))
+    (trt, *_rest) = ort_providers("tensorrt", 0, tiny_artifacts / "bundle")
+    cache = trt[1]["trt_engine_cache_path"]
+    assert cache.startswith(str(tmp_path / "cache")) and not (tiny_artifacts / "bundle" / "plans").exists()

@@ -9,7 +9,7 @@ from reaudio.models.configs import NAMED_CONFIGS, FamilyConfig, load_config
 from reaudio.models.hifigan import HiFiGANGenerator
 from reaudio.models.unet import UNet
 from reaudio.models.vae import AutoencoderKL
-from reaudio.training.inspect import count_parameters
+from reaudio.training.model_sizes import count_parameters
 
 
 @pytest.mark.parametrize("name", sorted(NAMED_CONFIGS))
