@@ -3,9 +3,8 @@
     python benchmarks/gpu/gpu_checks.py --phase build --out $OUT   # needs torch + diffusers only
     python benchmarks/gpu/gpu_checks.py --phase ort --out $OUT     # needs onnxruntime-gpu too
 
-Two phases because onnxruntime-gpu (255 MB) reaches the machine in parts over
-several calls (README.md beside this file): ``build`` does the work that needs
-no onnxruntime while the parts arrive, ``ort`` the rest. Both keep their state
+Two phases: ``build`` needs torch and diffusers only, ``ort`` needs onnxruntime-gpu
+too (README.md beside this file says what to install). Both keep their state
 in ``--work`` (default /tmp/reaudio-gpu) and write ``$OUT/<phase>.json`` after
 every step, so a run cut short still reports what it did; a failing step is
 recorded with its traceback and the next step still runs.
