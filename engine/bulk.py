@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .dataclass_io import to_dict
+from .default_model import resolve_bundle
 from .engine import Engine, Request, Result
 from .library import Library, check_file_name, check_template
 from .manifest import MANIFEST, sha256_file
@@ -114,10 +115,6 @@ class JobSummary:
         return text
 
 
-def default_bundle() -> Path:
-    from .default_model import assembled_bundle
-
-    return assembled_bundle()
 
 
 def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
@@ -233,7 +230,7 @@ def run_job(job: GenerateJob, progress: bool = True, echo=print) -> JobSummary:
     """Run (or with ``dry_run`` describe) a bulk job; finished clips of earlier runs are skipped."""
     rows = read_prompt_file(job.prompts)
     clips = plan_clips(job, rows)
-    bundle = Path(job.bundle) if job.bundle else default_bundle()
+    bundle = resolve_bundle(job.bundle, echo=lambda message: log.warning("%s", message))
     with Library(job.out, job.audio_format, writable=not job.dry_run, subtype=job.subtype) as library:
         return _run_planned(job, rows, clips, bundle, library, progress, echo)
 

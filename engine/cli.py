@@ -1,8 +1,6 @@
-"""The engine's command line: ``generate``, ``audition`` and the database commands that need no torch.
-
-The ``reaudio`` console script (``reaudio.training.cli``) adds the training,
-export and evaluation commands to this parser; the engine itself never imports
-the training side.
+"""The ``reaudio`` console script: ``generate``, ``audition`` and the database commands, which need
+no torch, plus the training side's commands (``reaudio.training.cli``, torch-free at import;
+each says what to install when torch is missing).
 """
 
 from __future__ import annotations
@@ -237,11 +235,22 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         return 130
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The runtime-only command line (generate, db add/remove/list)."""
+def build_parser() -> argparse.ArgumentParser:
+    """``reaudio``'s parser: the engine's commands, then the training side's where it is installed."""
     parser, sub, common = make_parser()
-    add_engine_commands(sub, common)
-    return run(parser, argv)
+    dbsub = add_engine_commands(sub, common)
+    try:
+        from reaudio.training.cli import add_training_commands
+    except ImportError:  # a runtime-only distribution without the training package
+        log.debug("training commands not installed")
+    else:
+        add_training_commands(sub, common, dbsub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``reaudio`` console script."""
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,35 @@ def assembled_bundle() -> Path:
         "which needs torch: pip install torch==2.13.0 'reaudio[default]' and run `reaudio default-model "
         "assemble` (or any `reaudio generate` without --bundle). Or pass --bundle PATH."
     )
+
+
+def resolve_bundle(bundle: str | Path | None = None, echo=print, rebuild: bool = False) -> Path:
+    """The bundle a job runs: ``bundle`` when given; else the assembled default model; else, where
+    torch is installed, the default model assembled now (once, about a minute); else
+    :class:`DefaultModelMissing`, whose message names the fix. ``rebuild`` assembles it again."""
+    if bundle is not None:
+        return Path(bundle)
+    if not rebuild:
+        try:
+            return assembled_bundle()
+        except DefaultModelMissing as missing:
+            try:
+                import torch  # noqa: F401  (only to know whether assembly can run here)
+            except ImportError:
+                raise missing from None
+    import shutil
+    import time
+
+    # The one place the runtime reaches the build side: the default model's one-time assembly
+    # exports ONNX graphs with torch, on installs that have it.
+    from importlib import import_module
+
+    assemble = import_module("reaudio.export.default_pack").assemble
+    target = bundle_path()
+    echo(f"assembling the default model into {target} (once; from the pack and the wheels' MiniLM and HiFi-GAN)…")
+    start = time.perf_counter()
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    assemble(pack_path(), target, overwrite=True)
+    echo(f"default model ready in {time.perf_counter() - start:.0f} s")
+    return target

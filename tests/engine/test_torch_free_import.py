@@ -42,3 +42,45 @@ def test_blocker_really_blocks_torch():
     code = BLOCKER.split("import pkgutil")[0] + "import torch\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0 and "blocked import of torch" in proc.stderr
+
+
+RUNTIME_ONLY = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    BLOCKED = ("torch", "transformers")  # what a runtime-only install (pip install reaudio) lacks
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                raise ImportError(f"blocked import of {name}")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    from reaudio.engine.cli import main  # the console script's entry point
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def _reaudio_without_torch(*args):
+    return subprocess.run([sys.executable, "-c", RUNTIME_ONLY, *map(str, args)], capture_output=True, text=True)
+
+
+def test_the_console_script_runs_without_torch(tiny_artifacts, tmp_path):
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["reaudio"] == "reaudio.engine.cli:main"
+    shown = _reaudio_without_torch("--help")
+    assert shown.returncode == 0 and "generate" in shown.stdout and "train" in shown.stdout
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a beep\n")
+    made = _reaudio_without_torch("generate", prompts, "--bundle", tiny_artifacts / "bundle", "--out", tmp_path / "lib",
+                                  "--steps", "2", "-q")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert len((tmp_path / "lib" / "library.jsonl").read_text().splitlines()) == 1
+    train = _reaudio_without_torch("train", "vae", "--config", "tiny", "--data", tmp_path / "m.jsonl", "--out",
+                                   tmp_path / "run")  # fmt: skip
+    assert train.returncode != 0 and "needs torch: pip install 'reaudio[train]'" in train.stderr
+    assert "Traceback" not in train.stderr
