@@ -38,7 +38,7 @@ def test_wheel_declares_the_console_script_and_runtime_only_base(wheel):
     with zipfile.ZipFile(wheel) as zf:
         meta = zf.read(next(n for n in zf.namelist() if n.endswith("METADATA"))).decode()
         entry = zf.read(next(n for n in zf.namelist() if n.endswith("entry_points.txt"))).decode()
-    assert "reaudio = reaudio.training.cli:main" in entry
+    assert "reaudio = reaudio.engine.cli:main" in entry
     base = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert base and not any("torch" in line or "transformers" in line for line in base)
     assert any("torch" in line and 'extra == "train"' in line for line in meta.splitlines())
