@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reaudio.engine.dataclass_io import atomic_dir, to_dict, write_json_atomic
+from reaudio.engine.dataclass_io import atomic_dir, from_dict, to_dict, write_json_atomic
 from reaudio.engine.manifest import Defaults, sha256_file
 from reaudio.engine.retrieval_db import Items, RetrievalDB
 from reaudio.models.clap import CLAP
@@ -99,8 +99,13 @@ def _vae_decoder_part(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
     return {k: v for k, v in vae.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
 
 
-def write_pack(system: str | Path, database: str | Path, out: str | Path, provenance: dict | None = None) -> dict:
-    """Pack a trained system folder (``reaudio train ldm`` final/) and its database into ``out``."""
+def write_pack(system: str | Path, database: str | Path, out: str | Path, provenance: dict | None = None,
+               defaults: dict | None = None) -> dict:  # fmt: skip
+    """Pack a trained system folder (``reaudio train ldm`` final/) and its database into ``out``.
+
+    ``defaults``: generation defaults measured for this model (e.g. ``{"guidance": 6.0}``), written
+    into the bundle's manifest when the pack is assembled.
+    """
     from reaudio.models.system import load_system
 
     cfg, models = load_system([system])
@@ -122,6 +127,7 @@ def write_pack(system: str | Path, database: str | Path, out: str | Path, proven
             "format": PACK_FORMAT,
             "database": {"info": to_dict(db.info)},
             "provenance": provenance or {},
+            **({"defaults": defaults} if defaults else {}),
         }
         cfg.save(tmp / "family.json")
         meta["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -193,6 +199,11 @@ def _pack_database(pack: Path, meta: dict, cfg: FamilyConfig, clap: CLAP, folder
                         np.concatenate(cap_keys) if info.caption_keys else None))  # fmt: skip
 
 
+def pack_defaults(meta: dict, clip_seconds: float) -> Defaults:
+    """The bundle's generation defaults: the training length, and what pack.json's ``defaults`` sets."""
+    return from_dict(Defaults, {"duration": clip_seconds, **meta.get("defaults", {})}, "pack.json defaults")
+
+
 def assemble(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the bundle of ``pack`` to ``out`` (deterministic: same pack and wheels → same graphs)."""
     pack, out = Path(pack), Path(out)
@@ -202,5 +213,5 @@ def assemble(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path
     with tempfile.TemporaryDirectory(prefix="reaudio-pack-db-") as tmp:
         _pack_database(pack, meta, cfg, models["clap"], Path(tmp) / "db")
         export_bundle(cfg, models, out, database=Path(tmp) / "db", overwrite=overwrite,
-                      defaults=Defaults(duration=cfg.clip_seconds))  # fmt: skip
+                      defaults=pack_defaults(meta, cfg.clip_seconds))  # fmt: skip
     return out

@@ -35,6 +35,8 @@ def test_generate_without_bundle_assembles_and_uses_the_default_model(tmp_path, 
     assert bundle.parent == tmp_path / "cache"
     manifest = read_manifest(bundle, verify=True)  # checksums of every bundle file hold
     assert manifest.name == "sfx-small" and manifest.retrieval.k > 0
+    measured = verify_pack(default_model.pack_path()).get("defaults", {})
+    assert measured and manifest.defaults.guidance == measured["guidance"]  # the pack's measured default
     entry = json.loads((tmp_path / "lib" / "library.jsonl").read_text().splitlines()[0])
     assert len(entry["neighbours"]) == manifest.retrieval.k  # the retrieval database is live
     audio, rate = sf.read(str(tmp_path / "lib" / entry["file"]))
@@ -53,3 +55,12 @@ def test_without_torch_generate_explains_how_to_assemble(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "not assembled yet" in err and "reaudio default-model assemble" in err and "--bundle" in err
     assert not (tmp_path / "lib" / "library.jsonl").exists()
+
+
+def test_pack_defaults_are_checked():
+    from reaudio.export.default_pack import pack_defaults
+
+    assert pack_defaults({"defaults": {"guidance": 6.0}}, 4.0).guidance == 6.0
+    assert pack_defaults({}, 4.0).duration == 4.0
+    with pytest.raises((TypeError, ValueError), match="guidance"):
+        pack_defaults({"defaults": {"guidance": "loud"}}, 4.0)

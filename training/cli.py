@@ -339,7 +339,9 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
         return 0
     from reaudio.export.default_pack import write_pack
 
-    meta = write_pack(args.system, args.database, args.out, provenance={"system": str(args.system)})
+    defaults = {"guidance": args.guidance} if args.guidance is not None else None
+    meta = write_pack(args.system, args.database, args.out, provenance={"system": str(args.system)},
+                      defaults=defaults)  # fmt: skip
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{args.out}: {len(meta['files'])} files, {size / 2**20:.1f} MiB")
     return 0
@@ -355,6 +357,7 @@ def _add_default_model(sub, common) -> None:
     k = dsub.add_parser("pack", parents=[common], help="maintainers: pack a trained system + database (torch)")
     k.add_argument("system", type=Path, help="system folder (train ldm's final/)")
     k.add_argument("--database", type=Path, required=True)
+    k.add_argument("--guidance", type=float, help="the model's default guidance scale, as measured (reaudio eval)")
     k.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_default_model)
 

@@ -67,8 +67,9 @@ def _reaudio_without_torch(*args):
 
 
 def test_the_console_script_runs_without_torch(tiny_artifacts, tmp_path):
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["reaudio"] == "reaudio.engine.cli:main"
