@@ -6,6 +6,7 @@ each says what to install when torch is missing).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -239,12 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     """``reaudio``'s parser: the engine's commands, then the training side's where it is installed."""
     parser, sub, common = make_parser()
     dbsub = add_engine_commands(sub, common)
+    # A plug-in by name: the engine does not depend on the training side, which may be absent.
     try:
-        from reaudio.training.cli import add_training_commands
-    except ImportError:  # a runtime-only distribution without the training package
+        training_cli = importlib.import_module("reaudio.training.cli")
+    except ImportError:
         log.debug("training commands not installed")
     else:
-        add_training_commands(sub, common, dbsub)
+        training_cli.add_training_commands(sub, common, dbsub)
     return parser
 
 

@@ -64,6 +64,18 @@ def assembled_bundle() -> Path:
     )
 
 
+def _torch_installed() -> bool:
+    """Whether torch could be imported here, without importing it."""
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def resolve_bundle(bundle: str | Path | None = None, echo=print, rebuild: bool = False) -> Path:
     """The bundle a job runs: ``bundle`` when given; else the assembled default model; else, where
     torch is installed, the default model assembled now (once, about a minute); else
@@ -74,9 +86,7 @@ def resolve_bundle(bundle: str | Path | None = None, echo=print, rebuild: bool =
         try:
             return assembled_bundle()
         except DefaultModelMissing as missing:
-            try:
-                import torch  # noqa: F401  (only to know whether assembly can run here)
-            except ImportError:
+            if not _torch_installed():
                 raise missing from None
     import shutil
     import time

@@ -4,18 +4,27 @@ import subprocess
 import sys
 import textwrap
 
-BLOCKER = textwrap.dedent(
+
+def _blocking(*blocked: str) -> str:
+    """Python source that makes importing any of ``blocked`` (and their submodules) fail."""
+    return textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        BLOCKED = {blocked!r}
+
+        class Blocker(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                    raise ImportError(f"blocked import of {{name}}")
+                return None
+
+        sys.meta_path.insert(0, Blocker())
+        """
+    )
+
+
+BLOCKER = _blocking("torch", "transformers", "reaudio.models", "reaudio.training", "reaudio.export") + textwrap.dedent(
     """
-    import importlib.abc, sys
-    BLOCKED = ("torch", "transformers", "reaudio.models", "reaudio.training", "reaudio.export")
-
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-                raise ImportError(f"blocked import of {name}")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
     import pkgutil, importlib
     import reaudio.engine as engine
     names = [m.name for m in pkgutil.walk_packages(engine.__path__, "reaudio.engine.")]
@@ -44,18 +53,9 @@ def test_blocker_really_blocks_torch():
     assert proc.returncode != 0 and "blocked import of torch" in proc.stderr
 
 
-RUNTIME_ONLY = textwrap.dedent(
+# What a runtime-only install (pip install reaudio, no extras) lacks.
+RUNTIME_ONLY = _blocking("torch", "transformers") + textwrap.dedent(
     """
-    import importlib.abc, sys
-    BLOCKED = ("torch", "transformers")  # what a runtime-only install (pip install reaudio) lacks
-
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-                raise ImportError(f"blocked import of {name}")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
     from reaudio.engine.cli import main  # the console script's entry point
     sys.exit(main(sys.argv[1:]))
     """
