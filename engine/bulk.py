@@ -230,7 +230,7 @@ def run_job(job: GenerateJob, progress: bool = True, echo=print) -> JobSummary:
     """Run (or with ``dry_run`` describe) a bulk job; finished clips of earlier runs are skipped."""
     rows = read_prompt_file(job.prompts)
     clips = plan_clips(job, rows)
-    bundle = resolve_bundle(job.bundle, echo=lambda message: log.warning("%s", message))
+    bundle = resolve_bundle(job.bundle, echo=lambda message: log.info("%s", message))
     with Library(job.out, job.audio_format, writable=not job.dry_run, subtype=job.subtype) as library:
         return _run_planned(job, rows, clips, bundle, library, progress, echo)
 

@@ -107,7 +107,7 @@ def run_job_on_ray(job: GenerateJob, address: str | None = None, num_workers: in
     ray = _import_ray()
     rows = read_prompt_file(job.prompts)
     clips = plan_clips(job, rows)
-    bundle = resolve_bundle(job.bundle, echo=lambda message: log.warning("%s", message))
+    bundle = resolve_bundle(job.bundle, echo=lambda message: log.info("%s", message))
     with Library(job.out, job.audio_format, writable=not job.dry_run, subtype=job.subtype) as library:
         return _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num_gpus_per_worker,
                                 progress, echo, fail_once_marker)  # fmt: skip
