@@ -36,7 +36,7 @@ def denoise_windowed(
     """
     latent = np.asarray(latent, dtype=np.float32)
     batch = len(latent)
-    weights = windows.weights.astype(np.float32)[:, None, :, None]  # (windows, 1, length, 1)
+    weights = windows.weights.astype(np.float32)[:, :, None]  # (windows, length, 1): broadcast over (C, length, F)
     chunks = _chunks(batch, len(windows), per_call)
     prev_x0 = np.zeros_like(latent)
     for i in range(len(plan)):
@@ -53,8 +53,8 @@ def denoise_windowed(
             out_latent, out_x0 = runner.run(feeds)
             for j, ((b, w), f) in enumerate(zip(chunk, frames)):
                 # A window's frames are distinct, so fancy-index accumulation adds each once.
-                next_latent[b][:, f] += weights[w, 0] * out_latent[j]
-                x0[b][:, f] += weights[w, 0] * out_x0[j]
+                next_latent[b][:, f] += weights[w] * out_latent[j]
+                x0[b][:, f] += weights[w] * out_x0[j]
         latent, prev_x0 = next_latent, x0
         if on_step is not None:
             on_step(i + 1, len(plan))
