@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .candidates import Ranked, check_rankable, stream_ranked
 from .dataclass_io import to_dict
 from .default_model import resolve_bundle
 from .engine import Engine, Request, Result
@@ -49,6 +50,11 @@ class GenerateJob:
         loop: make seamless loops, for rows that do not set ``loop`` (see :class:`Request`).
         window, overlap: seconds of a denoising window and of the overlap between windows, for
             clips longer than a window and loops (None: the bundle's).
+        negative_prompt, init_audio, init, strength: defaults for rows that do not set them
+            (see :class:`Request`); ``init_audio`` is a path.
+        audio_root: where the database items' relative audio paths start (``init`` "neighbour").
+        candidates: clips generated per output (different seeds); the one whose CLAP audio
+            embedding is closest to the prompt's is written. keep_candidates: write them all, ranked.
     """
 
     prompts: Path
@@ -76,6 +82,13 @@ class GenerateJob:
     loop: bool = False
     window: float | None = None
     overlap: float | None = None
+    negative_prompt: str | None = None
+    init_audio: Path | None = None
+    init: str | None = None
+    strength: float | None = None
+    audio_root: Path | None = None
+    candidates: int = 1
+    keep_candidates: bool = False
 
 
 @dataclass
@@ -122,6 +135,9 @@ def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
     lo, hi = LIMITS["variations"]
     if isinstance(job.variations, bool) or not isinstance(job.variations, int) or not lo <= job.variations <= hi:
         raise ValueError(f"--variations {job.variations!r} must be an integer from {lo} to {hi}")
+    lo, hi = LIMITS["candidates"]
+    if isinstance(job.candidates, bool) or not isinstance(job.candidates, int) or not lo <= job.candidates <= hi:
+        raise ValueError(f"--candidates {job.candidates!r} must be an integer from {lo} to {hi}")
     ext = job.audio_format
     clips, names = [], {}
     for row in rows:
@@ -187,10 +203,12 @@ def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_has
         "loop": _loops(job, row),
         "window": job.window,
         "overlap": job.overlap,
+        **_start_settings(job, row, d.strength),
     }  # fmt: skip
     # Entries of libraries written before a setting existed hold its default.
     settings = {"subtype": "PCM_16", "resample": None, "loudness_lufs": None, "true_peak_db": None, "loop": False,
-                "window": None, "overlap": None, **entry.get("settings", {})}  # fmt: skip
+                "window": None, "overlap": None, "negative_prompt": None, "init": None, "strength": None,
+                "candidates": 1, **entry.get("settings", {})}  # fmt: skip
     found = [f"{name} {settings.get(name)!r} → {value!r}" for name, value in expected.items()
              if settings.get(name) != value and not (name == "guidance" and settings.get(name) is not None
                                                      and abs(float(settings[name]) - float(value)) < 1e-6)]  # fmt: skip
@@ -207,6 +225,29 @@ def _loops(job: GenerateJob, row: PromptRow) -> bool:
     return row.loop if row.loop is not None else job.loop
 
 
+def _start(job: GenerateJob, row: PromptRow) -> tuple[str | None, str | None]:
+    """The row's start clip: (init_audio path, init kind); a row's own wins over the job's."""
+    if row.init_audio is not None or row.init is not None:
+        return row.init_audio, row.init
+    return (str(job.init_audio) if job.init_audio is not None else None), job.init
+
+
+def _start_settings(job: GenerateJob, row: PromptRow, default_strength: float) -> dict:
+    """What a finished clip records of its start clip and ranking (resume keys)."""
+    audio, init = _start(job, row)
+    strength = row.strength if row.strength is not None else job.strength
+    return {
+        "negative_prompt": row.negative_prompt or job.negative_prompt,
+        "init": init or (Path(audio).name if audio else None),
+        "strength": (strength if strength is not None else default_strength) if audio or init else None,
+        "candidates": _candidates(job, row),
+    }
+
+
+def _candidates(job: GenerateJob, row: PromptRow) -> int:
+    return row.candidates if row.candidates is not None else job.candidates
+
+
 def _request(job: GenerateJob, clip: Clip) -> Request:
     row = clip.row
     return Request(
@@ -221,9 +262,17 @@ def _request(job: GenerateJob, clip: Clip) -> Request:
         loop=_loops(job, row),
         window=job.window,
         overlap=job.overlap,
+        negative_prompt=row.negative_prompt or job.negative_prompt,
+        init_audio=_start(job, row)[0],
+        init=_start(job, row)[1],
+        strength=row.strength if row.strength is not None else job.strength if _any_start(job, row) else None,
         id=clip.key,
         variation=clip.variation,
     )
+
+
+def _any_start(job: GenerateJob, row: PromptRow) -> bool:
+    return any(v is not None for v in _start(job, row))
 
 
 def run_job(job: GenerateJob, progress: bool = True, echo=print) -> JobSummary:
@@ -246,8 +295,10 @@ def _run_planned(job: GenerateJob, rows, clips: list[Clip], bundle: Path, librar
     requests = [_request(job, c) for c in todo]
     if todo:
         engine = Engine.from_bundle(bundle, backend=job.backend, device_id=job.device_id, threads=job.threads,
-                                    cuda_graphs=job.cuda_graphs)  # fmt: skip
+                                    cuda_graphs=job.cuda_graphs, audio_root=job.audio_root)  # fmt: skip
         engine.resolve_all(requests)  # every settings error before any work, a dry run's too
+        counts = [_candidates(job, c.row) for c in todo]
+        check_rankable(engine, max(counts))
     if todo and engine.licence is not None:
         echo(engine.licence.notice())
     if job.dry_run:
@@ -261,7 +312,6 @@ def _run_planned(job: GenerateJob, rows, clips: list[Clip], bundle: Path, librar
     if not todo:
         return summary
     bundle_hash = sha256_file(bundle / MANIFEST)
-    by_key = {c.key: c for c in todo}
 
     from tqdm import tqdm
 
@@ -273,8 +323,8 @@ def _run_planned(job: GenerateJob, rows, clips: list[Clip], bundle: Path, librar
         # File encoding and writing overlap the next batch's generation.
         while (item := writes.get()) is not None:
             try:
-                clip, result = item
-                _write(job, library, clip, result, bundle_hash, engine, summary)
+                clip, ranked = item
+                _write(job, library, clip, ranked, bundle_hash, engine, summary)
             except BaseException as exc:  # surfaced in the main thread
                 failure.append(exc)
             finally:
@@ -286,10 +336,10 @@ def _run_planned(job: GenerateJob, rows, clips: list[Clip], bundle: Path, librar
     thread = threading.Thread(target=writer, name="reaudio-writer", daemon=True)
     thread.start()
     try:
-        for result in engine.stream(requests, batch_size=job.batch_size):
+        for i, ranked in stream_ranked(engine, requests, counts, batch_size=job.batch_size):
             if failure:
                 raise failure[0]
-            writes.put((by_key[result.request.id], result))
+            writes.put((todo[i], ranked))
     finally:
         writes.put(None)
         thread.join()
@@ -300,11 +350,25 @@ def _run_planned(job: GenerateJob, rows, clips: list[Clip], bundle: Path, librar
     return summary
 
 
-def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, engine: Engine, summary: JobSummary):
-    rate = engine.sample_rate
+def _write(job, library: Library, clip: Clip, ranked: Ranked, bundle_hash: str, engine: Engine, summary: JobSummary):
+    result = ranked.best
     if not result.ok:
         summary.failed.append(f"{clip.key} ({result.error})")
         return
+    tried = [{"seed": r.seed, "clap_score": None if s is None else round(s, 5), **({"error": r.error} if r.error else {})}
+             for r, s in zip(ranked.results, ranked.scores)] if len(ranked.results) > 1 else []  # fmt: skip
+    _write_one(job, library, clip, result, bundle_hash, engine, summary, {"candidates": tried} if tried else {})
+    if job.keep_candidates:
+        stem, ext = clip.file_name.rsplit(".", 1)
+        for n, other in enumerate(ranked.results[1:], start=2):
+            if other.ok:
+                extra = replace(clip, key=f"{clip.key}~c{n}", file_name=f"{stem}-c{n}.{ext}", seed=other.seed)
+                _write_one(job, library, extra, other, bundle_hash, engine, summary, {"rank": n}, counted=False)
+
+
+def _write_one(job, library: Library, clip: Clip, result: Result, bundle_hash: str, engine: Engine,
+               summary: JobSummary, extra: dict, counted: bool = True):  # fmt: skip
+    rate = engine.sample_rate
     post = job.postprocess
     if clip.row.loudness_lufs is not None:
         post = replace(post, loudness_lufs=clip.row.loudness_lufs)
@@ -320,7 +384,9 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
                      "retrieval": result.retrieval, "backend": engine.backend, "format": job.audio_format,
                      "subtype": job.subtype, "resample": post.sample_rate,
                      "loudness_lufs": post.loudness_lufs, "true_peak_db": post.true_peak_db, "loop": loop,
-                     "window": job.window, "overlap": job.overlap},  # fmt: skip
+                     "window": job.window, "overlap": job.overlap,
+                     **_start_settings(job, clip.row, engine.manifest.defaults.strength)},  # fmt: skip
+        **({"start": {"from": result.init_from, "strength": result.strength}} if result.init_from else {}),
         "loop": loop,
         "neighbours": result.neighbours,
         "bundle_sha256": bundle_hash,
@@ -329,6 +395,7 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
         "sample_rate": out_rate,
         "gain_db": gain_db,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        **extra,
     }
     # No creation date or time in the tags: the same request gives a byte-identical file.
     tags = ClipTags(
@@ -340,5 +407,6 @@ def _write(job, library: Library, clip: Clip, result: Result, bundle_hash: str, 
                **({"licence": engine.licence.name} if engine.licence is not None else {})},  # fmt: skip
     )
     library.write(clip.file_name, audio, out_rate, entry, tags)
-    summary.written += 1
-    summary.audio_seconds += len(audio) / out_rate
+    if counted:
+        summary.written += 1
+        summary.audio_seconds += len(audio) / out_rate

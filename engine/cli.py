@@ -54,6 +54,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         loop=args.loop,
         window=args.window,
         overlap=args.overlap,
+        negative_prompt=args.negative_prompt,
+        init_audio=args.init_audio,
+        init=args.init,
+        strength=args.strength,
+        audio_root=args.audio_root,
+        candidates=args.candidates,
+        keep_candidates=args.keep_candidates,
     )
     echo = (lambda *a, **k: None) if args.quiet and not args.dry_run else print
     if args.ray:
@@ -153,6 +160,24 @@ def _add_generate(sub) -> None:
                         "(default: the bundle's, its training length)")
     g.add_argument("--overlap", type=float, metavar="SECONDS",
                    help="seconds neighbouring windows share, at most half a window (default: a quarter window)")
+    s = p.add_argument_group("starting from real audio (bundles with a vae_encoder stage)")
+    s.add_argument("--init-audio", type=Path, metavar="FILE",
+                   help="audio-to-audio: start every clip from this file (a prompt row's init_audio column wins)")
+    s.add_argument("--init", choices=("neighbour",),
+                   help="neighbour: start each clip from its top retrieved clip's audio (an init column wins)")
+    s.add_argument("--strength", type=float,
+                   help="how far a clip may move from its start clip, in (0, 1] (default: the bundle's, 0.6)")
+    s.add_argument("--audio-root", type=Path, metavar="DIR",
+                   help="folder the database's relative audio paths start from (the embedded default model's: a "
+                        "corpus built by `reaudio data build-sfx --out DIR`)")
+    c = p.add_argument_group("candidates ranked by CLAP")
+    c.add_argument("--candidates", type=int, default=1, metavar="N",
+                   help="generate N clips per output (seeds seed + j·2^32) and write the one whose CLAP audio "
+                        "embedding is closest to the prompt's (a candidates column wins; default 1)")
+    c.add_argument("--keep-candidates", action="store_true",
+                   help="also write the other candidates, ranked: NAME-c2, NAME-c3, …")
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="steer every clip away from this text (a prompt row's negative_prompt column wins)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--overwrite", action="store_true",
                    help="make again the clips of --out that were made with other settings or another bundle")

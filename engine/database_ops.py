@@ -133,7 +133,8 @@ def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -
     info = engine.db.info
     keys = audio_emb if info.key == "audio" else text_emb
     records = [{"id": c.id, "caption": c.caption, "label": c.label, "source": str(c.audio),
-                "duration": round(len(w) / engine.sample_rate, 3)} for c, w in zip(clips, waves)]  # fmt: skip
+                "audio": str(Path(c.audio).resolve()), "duration": round(len(w) / engine.sample_rate, 3)}
+               for c, w in zip(clips, waves)]  # fmt: skip
     cap_tokens = cap_tokens * cap_mask[..., None]
     # One rename commits the change; the database checks itself (manifest.json is not touched).
     return engine.db.add(Items(records, keys, audio_tokens, cap_tokens, cap_mask, text_emb if info.caption_keys else None))

@@ -13,12 +13,13 @@ import numpy as np
 
 from .backends import BackendUnavailable, has_native_plans, make_runners, resolve_backend
 from .frontend import log_mel
+from .init_audio import encode_latents, fit_to, read_init_audio
 from .loop import denoise_device, denoise_host
 from .manifest import Manifest, read_manifest
 from .postprocess import trim_tail
-from .prompts import LIMITS
+from .prompts import INIT_KINDS, LIMITS
 from .retrieval_db import RetrievalDB
-from .sampler import SAMPLERS, initial_noise, make_plan
+from .sampler import SAMPLERS, initial_noise, make_plan, noised_start
 from .text_tokenizer import TextTokenizer
 from .windowed import WINDOWS_PER_CALL, decode_windowed, denoise_windowed
 from .windows import WindowPlan, plan_decode, plan_windows
@@ -52,6 +53,14 @@ class Request:
         window, overlap: seconds one denoising window spans and neighbouring windows share
             (None: the bundle's). A clip longer than the window, or a loop, is denoised window
             by window and decoded the same way, so memory depends on the window, not the clip.
+        init_audio: start from this clip (a path, or mono samples at the bundle's rate) instead
+            of noise: audio-to-audio (SDEdit). The clip's duration is the input's unless given.
+            Needs a bundle with a ``vae_encoder`` stage.
+        init: "neighbour": start from the top retrieved clip's audio (its duration unless
+            given); the database's items must reach their audio (see ``Engine.audio_root``).
+        strength: how far from the start clip the result may move, in (0, 1] (None: the
+            bundle's default, 0.6): the last ``int(steps · strength)`` steps run from the clip
+            noised to that level; 1.0 ignores the clip (plain generation from the seed's noise).
         id, variation: labels carried into the result.
     """
 
@@ -68,6 +77,9 @@ class Request:
     loop: bool = False
     window: float | None = None
     overlap: float | None = None
+    init_audio: np.ndarray | str | Path | None = None
+    init: str | None = None
+    strength: float | None = None
     id: str | None = None
     variation: int = 0
 
@@ -88,6 +100,8 @@ class Result:
     neighbours: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    strength: float = 1.0
+    init_from: str = ""
 
     @property
     def ok(self) -> bool:
@@ -109,6 +123,9 @@ class _Resolved:
     loop: bool = False
     window: int = 0  # frames
     overlap: int = 0  # frames
+    strength: float = 1.0  # < 1: denoised from init_wave
+    init_wave: np.ndarray | None = None
+    init_from: str = ""  # where init_wave came from: "audio" or the neighbour's id
 
     def windows(self) -> WindowPlan:
         return plan_windows(self.frames, self.window, self.overlap, circular=self.loop)
@@ -129,9 +146,11 @@ class Engine:
 
     def __init__(
         self, bundle: Path, manifest: Manifest, backend: str, device_id: int, runners: dict, cuda_graphs: bool = False,
-        verify: bool = True,
+        verify: bool = True, audio_root: str | Path | None = None,
     ) -> None:
         self.bundle = bundle
+        #: Where the database items' relative ``audio`` paths start (neighbour-seeded generation).
+        self.audio_root = Path(audio_root) if audio_root is not None else None
         self.manifest = manifest
         self.backend = backend
         self.device_id = device_id
@@ -162,10 +181,13 @@ class Engine:
         precision: str = "auto",
         verify: bool = True,
         cuda_graphs: bool = False,
+        audio_root: str | Path | None = None,
     ) -> Engine:
         """Load a bundle folder; ``backend`` is "auto", "cpu", "cuda", "tensorrt" or "trt-native".
 
         ``cuda_graphs`` replays the denoising loop as CUDA graphs (backend "cuda" only).
+        ``audio_root``: the folder the database items' relative audio paths start from (the
+        embedded default model's: a corpus built by ``reaudio data build-sfx``).
         """
         bundle = Path(path)
         manifest = read_manifest(bundle, verify=verify)
@@ -180,7 +202,8 @@ class Engine:
         if runners is None:
             runners = make_runners(bundle, manifest, chosen, device_id, threads, precision)
         log.info("loaded %s (%s, %s) on %s", bundle, manifest.name, manifest.family, chosen)
-        return cls(bundle, manifest, chosen, device_id, runners, cuda_graphs=cuda_graphs, verify=verify)
+        return cls(bundle, manifest, chosen, device_id, runners, cuda_graphs=cuda_graphs, verify=verify,
+                   audio_root=audio_root)  # fmt: skip
 
     @property
     def sample_rate(self) -> int:
@@ -212,6 +235,20 @@ class Engine:
             tokens.append(t[0])
         return np.stack(embs), np.stack(tokens)
 
+    def encode_latents(self, waveforms: list[np.ndarray], frames: int) -> np.ndarray:
+        """Scaled VAE latents (N, C, frames, F) of mono clips at the bundle's rate, each cut or
+        padded to ``frames`` latent frames and brought to the level the model trained at."""
+        if "vae_encoder" not in self.runners:
+            raise ValueError(f"{self.bundle}: this bundle has no VAE encoder (vae_encoder stage), so clips cannot "
+                             "enter its latent space; export the model again with this reaudio (from a VAE with its encoder)")  # fmt: skip
+        window, _ = self._window_frames(Request("-"), 0)
+        return encode_latents(self.runners["vae_encoder"], self.manifest.mel, waveforms, frames, self._per_frame,
+                              chunk=window)  # fmt: skip
+
+    @property
+    def _per_frame(self) -> int:
+        return self.manifest.latent.downsample * self.manifest.mel.hop_length
+
     # -- generation -------------------------------------------------------------------
 
     def generate(self, requests: Iterable[Request], batch_size: int = 8) -> list[Result]:
@@ -227,10 +264,16 @@ class Engine:
         for _, result in self._stream(list(requests), batch_size):
             yield result
 
-    def resolve(self, request: Request, index: int = 0, natural_duration: float | None = None) -> _Resolved:
+    def stream_indexed(self, requests: Iterable[Request], batch_size: int = 8) -> Iterator[tuple[int, Result]]:
+        """:meth:`stream`, each result with its request's index."""
+        yield from self._stream(list(requests), batch_size)
+
+    def resolve(self, request: Request, index: int = 0, natural_duration: float | None = None,
+                neighbour_init: tuple[str, Path] | None = None) -> _Resolved:  # fmt: skip
         """Fill defaults and validate one request (``ValueError`` names the field).
 
-        ``natural_duration`` replaces the bundle's default duration (see :meth:`resolve_all`).
+        ``natural_duration`` replaces the bundle's default duration, ``neighbour_init`` (id, audio
+        path) is the clip an ``init="neighbour"`` request starts from (see :meth:`resolve_all`).
         """
         d = self.manifest.defaults
         if not isinstance(request.prompt, str) or not request.prompt.strip():
@@ -257,6 +300,9 @@ class Engine:
             raise ValueError(f"request {index}: seed={request.seed!r} must be an integer in 0..2**63-1")
         if not 0 <= request.seed < 2**63:
             raise ValueError(f"request {index}: seed={request.seed} must be in 0..2**63-1")
+        strength, init_wave, init_from = self._resolve_init(request, index, k, neighbour_init)
+        if init_wave is not None and request.duration is None and request.init_audio is not None:
+            natural_duration = len(init_wave) / self.sample_rate
         mel, latent = self.manifest.mel, self.manifest.latent
         if request.initial_latent is not None:
             shape = request.initial_latent.shape
@@ -276,14 +322,47 @@ class Engine:
             samples = round(duration * mel.sample_rate)
             # Enough latent frames that the decoded waveform covers every requested sample.
             frames = -(-samples // (latent.downsample * mel.hop_length))
-        natural = natural_duration is not None and request.duration is None and request.initial_latent is None
+        natural = natural_duration is not None and request.duration is None and request.initial_latent is None \
+            and request.init_audio is None  # fmt: skip
         window, overlap = self._window_frames(request, index)
         if request.initial_latent is not None and request.window is None and not request.loop:
             window = max(window, frames)
         if request.loop:  # the loop's period is the whole latent: round up to a whole latent frame
             samples = frames * latent.downsample * mel.hop_length
         return _Resolved(index, request, samples, frames, steps, guidance, sampler, k, retrieval,
-                         natural and not request.loop, bool(request.loop), window, overlap)  # fmt: skip
+                         natural and not request.loop, bool(request.loop), window, overlap, strength,
+                         None if init_wave is None else fit_to(init_wave, samples), init_from)  # fmt: skip
+
+    def _resolve_init(self, request: Request, index: int, k: int,
+                      neighbour_init: tuple[str, Path] | None) -> tuple[float, np.ndarray | None, str]:  # fmt: skip
+        """Strength, start waveform and its origin of a request (1.0, None, "" when it starts from noise)."""
+        where = f"request {index}"
+        if request.init is not None and request.init not in INIT_KINDS:
+            raise ValueError(f"{where}: init={request.init!r}; valid: {', '.join(INIT_KINDS)} (or init_audio=PATH)")
+        if request.init is not None and request.init_audio is not None:
+            raise ValueError(f"{where}: give init_audio or init, not both")
+        if request.init is None and request.init_audio is None:
+            if request.strength is not None:
+                raise ValueError(f"{where}: strength={request.strength} needs init_audio or init=neighbour")
+            return 1.0, None, ""
+        if request.initial_latent is not None:
+            raise ValueError(f"{where}: initial_latent and init_audio/init exclude each other")
+        strength = self.manifest.defaults.strength if request.strength is None else float(request.strength)
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"{where}: strength={strength} must be in (0, 1] (1.0: ignore the start clip)")
+        if "vae_encoder" not in self.runners:
+            raise ValueError(f"{where}: {self.bundle} has no VAE encoder (vae_encoder stage), so it cannot start "
+                             "from a clip; export the model again with this reaudio (from a VAE with its encoder)")  # fmt: skip
+        if request.init_audio is not None:
+            return strength, read_init_audio(request.init_audio, self.sample_rate, where), "audio"
+        if k < 1:
+            raise ValueError(f"{where}: init=neighbour needs retrieval (k >= 1; this request has k={k})")
+        if neighbour_init is None:
+            raise ValueError(f"{where}: init=neighbour: the database found no neighbour for this prompt")
+        item_id, path = neighbour_init
+        from .audio_io import load_audio
+
+        return strength, load_audio(path, self.sample_rate), item_id
 
     def _window_frames(self, request: Request, index: int) -> tuple[int, int]:
         """The request's denoising window and overlap in latent frames."""
@@ -310,22 +389,43 @@ class Engine:
         return {"text": "caption"}.get(key, key) or self.db.info.default_mode
 
     def resolve_all(self, requests: list[Request]) -> list[_Resolved]:
-        """:meth:`resolve` for every request, with natural durations looked up in one batch."""
-        natural = self._natural_durations(requests)
-        return [self.resolve(r, i, natural.get(i)) for i, r in enumerate(requests)]
+        """:meth:`resolve` for every request, with natural durations and start neighbours looked up in one batch."""
+        natural, starts = self._natural_durations(requests)
+        return [self.resolve(r, i, natural.get(i), starts.get(i)) for i, r in enumerate(requests)]
 
-    def _natural_durations(self, requests: list[Request]) -> dict[int, float]:
-        """Median duration of each eligible request's neighbours, clamped to the training length."""
-        if not self.manifest.retrieval or not len(self.db) or "duration" not in self.db.items[0]:
-            return {}
+    def neighbour_audio(self, item: dict) -> Path:
+        """The audio file of a database item (``ValueError`` when the database cannot reach it)."""
+        audio = item.get("audio")
+        if not audio:
+            raise ValueError(f"database item {item.get('id')!r} records no audio file (databases built before "
+                             "items recorded their audio list clips without it; `db add` the clips again)")  # fmt: skip
+        path = Path(audio)
+        if not path.is_absolute():
+            if self.audio_root is None:
+                raise ValueError(f"database item {item.get('id')!r}: its audio {audio!r} is relative to a corpus "
+                                 "folder; pass --audio-root (the embedded default model's corpus: "
+                                 "`reaudio data build-sfx --out DIR`)")  # fmt: skip
+            path = self.audio_root / path
+        if not path.is_file():
+            raise ValueError(f"database item {item.get('id')!r}: audio file {path} not found")
+        return path
+
+    def _natural_durations(self, requests: list[Request]) -> tuple[dict[int, float], dict[int, tuple[str, Path]]]:
+        """Median duration of each eligible request's neighbours, clamped to the training length;
+        for ``init="neighbour"`` requests the top neighbour's duration, and its (id, audio file)."""
+        if not self.manifest.retrieval or not len(self.db):
+            return {}, {}
         k_default = self.manifest.retrieval.k
-        todo = [i for i, r in enumerate(requests) if r.duration is None and r.initial_latent is None
+        durations = "duration" in self.db.items[0]
+        todo = [i for i, r in enumerate(requests) if (r.init == "neighbour" or durations and r.duration is None
+                and r.initial_latent is None and r.init_audio is None) and isinstance(r.k, (int, type(None)))
                 and (k_default if r.k is None else r.k) > 0 and isinstance(r.prompt, str) and r.prompt.strip()]  # fmt: skip
         if not todo:
-            return {}
+            return {}, {}
         film, _, _ = self.embed_text([requests[i].prompt for i in todo])
         longest = self.manifest.defaults.duration
         out: dict[int, float] = {}
+        starts: dict[int, tuple[str, Path]] = {}
         modes = [requests[i].retrieval or self.default_retrieval for i in todo]
         for mode in sorted(set(modes)):
             if mode not in self.db.info.modes:
@@ -334,10 +434,18 @@ class Engine:
             ks = [k_default if requests[todo[j]].k is None else int(requests[todo[j]].k) for j in sel]
             rows = self.db.search(film[sel], max(ks), mode=mode)
             for j, k, row in zip(sel, ks, rows):
+                request = requests[todo[j]]
                 found = [float(self.db.items[r].get("duration", longest)) for r in row[:k] if r >= 0]
-                if found:
+                if request.init == "neighbour" and found:
+                    item = self.db.items[row[0]]
+                    try:
+                        starts[todo[j]] = (item["id"], self.neighbour_audio(item))
+                    except ValueError as exc:
+                        raise ValueError(f"request {todo[j]}: init=neighbour: {exc}") from None
+                    found = found[:1]
+                if found and request.duration is None and durations:
                     out[todo[j]] = float(np.clip(np.median(found), 0.25, longest))
-        return out
+        return out, starts
 
     def plan_batches(self, requests: list[Request], batch_size: int) -> list[list[int]]:
         """Indices of ``requests`` per batch, as :meth:`stream` would run them (a distributed job
@@ -350,8 +458,8 @@ class Engine:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         groups: dict[tuple, list[_Resolved]] = {}
         for r in resolved:
-            groups.setdefault((r.frames, r.steps, r.sampler, r.windowed and (r.loop, r.window, r.overlap)),
-                              []).append(r)  # fmt: skip
+            groups.setdefault((r.frames, r.steps, r.sampler, r.strength,
+                               r.windowed and (r.loop, r.window, r.overlap)), []).append(r)  # fmt: skip
         # Windowed clips (long ones, loops) run after the others, so a 5-minute ambience does not hold
         # back a library's short clips; within each kind, in order of first appearance.
         ordered = sorted(groups.values(), key=lambda g: g[0].windowed)
@@ -417,19 +525,25 @@ class Engine:
                 uncond[i] = row
         return uncond
 
-    def _initial_latents(self, batch: list[_Resolved]) -> np.ndarray:
+    def _initial_latents(self, batch: list[_Resolved], plan=None) -> np.ndarray:
+        """Each clip's starting latent: its seed's noise, or its start clip noised to the plan's first step."""
         c, f = self.manifest.latent.channels, self.manifest.latent.freq
         out = []
-        for r in batch:
+        starts = [i for i, r in enumerate(batch) if r.init_wave is not None and r.strength < 1.0]
+        clean = self.encode_latents([batch[i].init_wave for i in starts], batch[0].frames) if starts else []
+        for i, r in enumerate(batch):
             if r.request.initial_latent is not None:
                 out.append(np.asarray(r.request.initial_latent, dtype=np.float32))
-            else:
-                out.append(initial_noise(r.request.seed, (c, r.frames, f)))
+                continue
+            noise = initial_noise(r.request.seed, (c, r.frames, f))
+            out.append(noised_start(plan, clean[starts.index(i)], noise) if i in starts else noise)
         return np.stack(out)
 
     def _denoise(self, runners: dict, batch: list[_Resolved], conditions: dict) -> np.ndarray:
-        plan = make_plan(self.manifest.schedule, batch[0].sampler, batch[0].steps)
-        latent = self._initial_latents(batch)
+        plan = make_plan(self.manifest.schedule, batch[0].sampler, batch[0].steps, batch[0].strength)
+        latent = self._initial_latents(batch, plan)
+        if not len(plan):  # a strength too small for one step: the start clip as encoded
+            return latent
         if batch[0].windowed:
             # Host loop over windows on every backend: a window's graph call is the unit of work.
             windows = batch[0].windows()
@@ -483,7 +597,8 @@ class Engine:
             for i, r in enumerate(batch):
                 yield r.index, Result(request=r.request, waveform=None, sample_rate=self.sample_rate,
                                       seed=r.request.seed, steps=r.steps, guidance=r.guidance, sampler=r.sampler,
-                                      k=r.k, retrieval=r.retrieval, neighbours=neighbours[i],
+                                      k=r.k, retrieval=r.retrieval, neighbours=neighbours[i], strength=r.strength,
+                                      init_from=r.init_from,
                                       error=f"the batch failed: {str(exc)[:200] or type(exc).__name__}")  # fmt: skip
             return
         t2 = time.perf_counter()
@@ -509,6 +624,8 @@ class Engine:
                 neighbours=neighbours[i],
                 timings=timings,
                 error=error,
+                strength=r.strength,
+                init_from=r.init_from,
             )
 
     def _retry_fp32(self, r: _Resolved, conditions: dict, i: int) -> tuple[np.ndarray | None, str | None]:

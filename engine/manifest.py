@@ -115,6 +115,7 @@ class Defaults:
         window: seconds one denoising window spans; longer clips and loops are made of
             overlapping windows (None: ``duration``).
         overlap: seconds neighbouring windows share (None: a quarter of the window).
+        strength: how far a clip started from real audio (init_audio, init) may move from it.
     """
 
     steps: int = 25
@@ -123,6 +124,7 @@ class Defaults:
     duration: float = 5.0
     window: float | None = None
     overlap: float | None = None
+    strength: float = 0.6
 
     @property
     def window_seconds(self) -> float:

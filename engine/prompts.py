@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FIELDS = ("prompt", "id", "seed", "duration", "steps", "guidance", "k", "variations", "sampler", "loudness_lufs",
-          "loop")
+          "loop", "negative_prompt", "init_audio", "init", "strength", "candidates")
+INIT_KINDS = ("neighbour",)
 MAX_PROMPT_CHARS = 1000
 LIMITS = {
     "duration": (0.1, 600.0),
@@ -21,6 +22,7 @@ LIMITS = {
     "variations": (1, 1000),
     "seed": (0, 2**63 - 1),
     "loudness_lufs": (-70.0, 0.0),
+    "candidates": (1, 16),
 }
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -41,6 +43,11 @@ class PromptRow:
     sampler: str | None = None
     loudness_lufs: float | None = None
     loop: bool | None = None
+    negative_prompt: str | None = None
+    init_audio: str | None = None  # resolved against the prompt file's folder
+    init: str | None = None
+    strength: float | None = None
+    candidates: int | None = None
     id_from_text: bool = False  # no id given: derived from the prompt
 
 
@@ -241,6 +248,59 @@ def _number(path, line, name, value, kind, problems):
     return number
 
 
+def _start_clip(path, line, record, problems) -> dict:
+    """init_audio (a readable audio file, relative to the prompt file), init and strength."""
+    out: dict = {}
+    where = f"{path}:{line}"
+    audio, init, strength = record.get("init_audio"), record.get("init"), record.get("strength")
+    if init is not None:
+        if init not in INIT_KINDS:
+            problems.append(f"{where}: init={init!r}; valid: {', '.join(INIT_KINDS)} (or an init_audio file)")
+        else:
+            out["init"] = init
+    if audio is not None:
+        if init is not None:
+            problems.append(f"{where}: give init_audio or init, not both")
+        elif not isinstance(audio, str):
+            problems.append(f"{where}: init_audio={audio!r} must be a path to an audio file")
+        else:
+            file = path.parent / audio
+            problem = audio_file_problem(file)
+            if problem:
+                problems.append(f"{where}: init_audio {audio!r}: {problem}")
+            else:
+                out["init_audio"] = str(file)
+    if strength is not None:
+        try:
+            value = float(strength) if not isinstance(strength, bool) else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not 0.0 < value <= 1.0:
+            problems.append(f"{where}: strength={strength!r} must be a number in (0, 1] (1: ignore the start clip)")
+        elif audio is None and init is None:
+            problems.append(f"{where}: strength needs init_audio or init on the same row")
+        else:
+            out["strength"] = value
+    return out
+
+
+def audio_file_problem(file: Path) -> str:
+    """Why ``file`` cannot start a clip ("" when it can): missing, unreadable, empty or too long."""
+    import soundfile as sf
+
+    if not file.is_file():
+        return f"no such file ({file})"
+    try:
+        info = sf.info(str(file))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        return f"unreadable audio ({exc})"
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    lo, hi = LIMITS["duration"]
+    if not lo <= seconds <= hi:
+        return f"{seconds:.2f} s long; a start clip must be {lo}..{hi} s"
+    return ""
+
+
 def _validate(path, line, record, problems, samplers) -> PromptRow | None:
     before = len(problems)
     prompt = record.get("prompt")
@@ -257,6 +317,15 @@ def _validate(path, line, record, problems, samplers) -> PromptRow | None:
             values[name] = _number(path, line, name, record[name], kind, problems)
     if record.get("loop") is not None:
         values["loop"] = _flag(path, line, "loop", record["loop"], problems)
+    if record.get("candidates") is not None:
+        values["candidates"] = _number(path, line, "candidates", record["candidates"], int, problems)
+    values.update(_start_clip(path, line, record, problems))
+    negative = record.get("negative_prompt")
+    if negative is not None:
+        if not isinstance(negative, str) or len(negative) > MAX_PROMPT_CHARS:
+            problems.append(f"{path}:{line}: negative_prompt must be text of at most {MAX_PROMPT_CHARS} characters")
+        elif negative.strip():
+            values["negative_prompt"] = " ".join(negative.split())
     sampler = record.get("sampler")
     if sampler is not None and sampler not in samplers:
         problems.append(f"{path}:{line}: sampler={sampler!r}; valid: {', '.join(samplers)}")

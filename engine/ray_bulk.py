@@ -28,11 +28,13 @@ from .bulk import (
     Clip,
     GenerateJob,
     JobSummary,
+    _candidates,
     _request,
     _write,
     plan_clips,
     reconcile,
 )
+from .candidates import Ranked
 from .default_model import resolve_bundle
 from .engine import Engine, Request, Result
 from .library import Library
@@ -42,7 +44,7 @@ from .prompts import read_prompt_file
 log = logging.getLogger(__name__)
 #: Request fields carried through the dataset (one row per clip).
 _FIELDS = ("prompt", "duration", "seed", "steps", "guidance", "sampler", "k", "retrieval", "loop", "window", "overlap",
-           "id", "variation")
+           "negative_prompt", "init_audio", "init", "strength", "id", "variation")
 
 
 def _import_ray():
@@ -66,9 +68,9 @@ class EngineWorker:
     """
 
     def __init__(self, bundle: str, backend: str = "auto", threads: int | None = None,
-                 fail_once_marker: str | None = None) -> None:  # fmt: skip
+                 fail_once_marker: str | None = None, audio_root: str | None = None) -> None:  # fmt: skip
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so device 0 is the right one.
-        self.engine = Engine.from_bundle(bundle, backend=backend, threads=threads)
+        self.engine = Engine.from_bundle(bundle, backend=backend, threads=threads, audio_root=audio_root)
         self.fail_once_marker = fail_once_marker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -90,7 +92,8 @@ class EngineWorker:
 def _result_meta(result: Result) -> dict:
     return {"seed": result.seed, "steps": result.steps, "guidance": result.guidance, "sampler": result.sampler,
             "k": result.k, "retrieval": result.retrieval, "neighbours": result.neighbours, "timings": result.timings,
-            "error": result.error, "sample_rate": result.sample_rate}  # fmt: skip
+            "error": result.error, "sample_rate": result.sample_rate, "strength": result.strength,
+            "init_from": result.init_from}  # fmt: skip
 
 
 class _EngineInfo:
@@ -123,8 +126,11 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
         if job.dry_run:
             echo(f"plan (ray, {num_workers} worker(s)): {len(todo)} of {len(clips)} clip(s) to generate")
         return summary
+    if any(_candidates(job, c.row) > 1 for c in todo):
+        raise ValueError("--candidates > 1 runs without --ray for now (ranking needs every candidate of a clip "
+                         "in one place); run the job without --ray, or with --candidates 1")  # fmt: skip
     # Settings errors surface here, before the cluster is touched.
-    checker = Engine.from_bundle(bundle, backend="cpu", threads=1)
+    checker = Engine.from_bundle(bundle, backend="cpu", threads=1, audio_root=job.audio_root)
     requests = {c.key: _request(job, c) for c in todo}
     ordered = list(requests.values())
     plan = checker.plan_batches(ordered, job.batch_size)  # validates every request, too
@@ -147,7 +153,8 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
     outputs = dataset.map_batches(
         EngineWorker,
         fn_constructor_kwargs={"bundle": str(bundle.resolve()), "backend": job.backend, "threads": job.threads,
-                               "fail_once_marker": fail_once_marker},  # fmt: skip
+                               "fail_once_marker": fail_once_marker,
+                               "audio_root": str(job.audio_root.resolve()) if job.audio_root else None},  # fmt: skip
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_gpus=num_gpus_per_worker or None,
@@ -176,5 +183,6 @@ def _write_remote(job, library, clip, request, waveform, meta, engine, bundle_ha
     result = Result(request=request, waveform=waveform if meta["error"] is None else None,
                     sample_rate=meta["sample_rate"], seed=meta["seed"], steps=meta["steps"],
                     guidance=meta["guidance"], sampler=meta["sampler"], k=meta["k"], retrieval=meta["retrieval"],
-                    neighbours=meta["neighbours"], timings=meta["timings"], error=meta["error"])  # fmt: skip
-    _write(job, library, clip, result, bundle_hash, engine, summary)
+                    neighbours=meta["neighbours"], timings=meta["timings"], error=meta["error"],
+                    strength=meta["strength"], init_from=meta["init_from"])  # fmt: skip
+    _write(job, library, clip, Ranked(request, [result], [None]), bundle_hash, engine, summary)

