@@ -36,7 +36,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reaudio.engine.dataclass_io import atomic_dir, from_dict, to_dict, umask_mode, write_json_atomic
+from reaudio.engine.dataclass_io import (
+    atomic_dir,
+    from_dict,
+    to_dict,
+    umask_mode,
+    write_json_atomic,
+)
 from reaudio.engine.manifest import Defaults, sha256_file
 from reaudio.engine.retrieval_db import Items, RetrievalDB
 from reaudio.models.clap import CLAP
