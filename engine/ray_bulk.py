@@ -34,7 +34,7 @@ from .bulk import (
     plan_clips,
     reconcile,
 )
-from .candidates import Ranked
+from .candidates import Ranked, check_rankable, expand, rank
 from .default_model import resolve_bundle
 from .engine import Engine, Request, Result
 from .library import Library
@@ -99,8 +99,8 @@ def _result_meta(result: Result) -> dict:
 class _EngineInfo:
     """What ``_write`` reads from an engine, for results that come from remote ones."""
 
-    def __init__(self, sample_rate: int, backend: str, licence=None) -> None:
-        self.sample_rate, self.backend, self.licence = sample_rate, backend, licence
+    def __init__(self, sample_rate: int, backend: str, licence=None, manifest=None) -> None:
+        self.sample_rate, self.backend, self.licence, self.manifest = sample_rate, backend, licence, manifest
 
 
 def run_job_on_ray(job: GenerateJob, address: str | None = None, num_workers: int = 2,
@@ -126,18 +126,20 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
         if job.dry_run:
             echo(f"plan (ray, {num_workers} worker(s)): {len(todo)} of {len(clips)} clip(s) to generate")
         return summary
-    if any(_candidates(job, c.row) > 1 for c in todo):
-        raise ValueError("--candidates > 1 runs without --ray for now (ranking needs every candidate of a clip "
-                         "in one place); run the job without --ray, or with --candidates 1")  # fmt: skip
-    # Settings errors surface here, before the cluster is touched.
+    # Settings errors surface here, before the cluster is touched. The driver's engine stays to
+    # rank candidates (text and CLAP audio encoders only: cheap next to denoising).
     checker = Engine.from_bundle(bundle, backend="cpu", threads=1, audio_root=job.audio_root)
     requests = {c.key: _request(job, c) for c in todo}
-    ordered = list(requests.values())
+    counts = {c.key: _candidates(job, c.row) for c in todo}
+    check_rankable(checker, max(counts.values()))
+    ordered = expand(list(requests.values()), list(counts.values()))
+    # Candidate j of clip `key` arrives under its own request id: map it back.
+    owner = dict(zip((r.id for r in ordered), ((key, j) for key, n in counts.items() for j in range(n))))
+    by_id = {r.id: r for r in ordered}
     plan = checker.plan_batches(ordered, job.batch_size)  # validates every request, too
     sample_rate, licence = checker.sample_rate, checker.licence
     if licence is not None:
         echo(licence.notice())
-    del checker
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
@@ -165,13 +167,21 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
 
     bar = tqdm(total=len(todo), unit="clip", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
+    tries: dict[str, dict[int, Result]] = {}
     try:
         for batch in outputs.iter_batches(batch_size=None, batch_format="numpy"):
-            for key, waveform, meta, backend in zip(batch["id"], batch["waveform"], batch["meta"], batch["backend"]):
+            for rid, waveform, meta, backend in zip(batch["id"], batch["waveform"], batch["meta"], batch["backend"]):
+                key, j = owner.get(rid, (None, 0))
                 if key not in by_key or library.is_finished(key):
                     continue  # a retried batch re-delivered a clip that is already written
-                _write_remote(job, library, by_key[key], requests[key], waveform, json.loads(meta),
-                              _EngineInfo(sample_rate, str(backend), licence), bundle_hash, summary)  # fmt: skip
+                tries.setdefault(key, {})[j] = _remote_result(by_id[rid], waveform, json.loads(meta))
+                if len(tries[key]) < counts[key]:
+                    continue
+                arrived = tries.pop(key)
+                got = [arrived[i] for i in range(counts[key])]
+                ranked = rank(checker, requests[key], got) if counts[key] > 1 else Ranked(requests[key], got, [None])
+                info = _EngineInfo(sample_rate, str(backend), licence, checker.manifest)
+                _write(job, library, by_key[key], ranked, bundle_hash, info, summary)
                 bar.update(1)
     finally:
         bar.close()
@@ -179,10 +189,9 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
     return summary
 
 
-def _write_remote(job, library, clip, request, waveform, meta, engine, bundle_hash, summary) -> None:
-    result = Result(request=request, waveform=waveform if meta["error"] is None else None,
+def _remote_result(request: Request, waveform, meta: dict) -> Result:
+    return Result(request=request, waveform=waveform if meta["error"] is None else None,
                     sample_rate=meta["sample_rate"], seed=meta["seed"], steps=meta["steps"],
                     guidance=meta["guidance"], sampler=meta["sampler"], k=meta["k"], retrieval=meta["retrieval"],
                     neighbours=meta["neighbours"], timings=meta["timings"], error=meta["error"],
                     strength=meta["strength"], init_from=meta["init_from"])  # fmt: skip
-    _write(job, library, clip, Ranked(request, [result], [None]), bundle_hash, engine, summary)

@@ -70,3 +70,17 @@ def test_ray_resumes_a_library_started_by_the_local_job(local_ray, tiny_bundle, 
     summary = run_job_on_ray(job, num_workers=2, progress=False)
     assert (summary.skipped, summary.written) == (4, len(PROMPTS) - 4)
     assert len(_entries(tmp_path / "lib")) == len(PROMPTS)
+
+
+def test_ray_job_with_candidates_matches_the_single_process_job(local_ray, tiny_bundle, tmp_path):
+    from dataclasses import replace
+
+    job = replace(_job(tiny_bundle, tmp_path, "ray"), candidates=3)
+    assert run_job_on_ray(job, num_workers=2, progress=False).written == len(PROMPTS)
+    assert run_job(replace(job, out=tmp_path / "single"), progress=False).written == len(PROMPTS)
+    on_ray = {e["key"]: (e["sha256"], e["candidates"]) for e in _entries(tmp_path / "ray")}
+    local = {e["key"]: (e["sha256"], e["candidates"]) for e in _entries(tmp_path / "single")}
+    assert on_ray.keys() == local.keys()
+    for key in local:  # the same winner, the same ranking (scores to float round-off)
+        assert on_ray[key][0] == local[key][0]
+        assert [c["seed"] for c in on_ray[key][1]] == [c["seed"] for c in local[key][1]]

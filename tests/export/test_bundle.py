@@ -33,7 +33,7 @@ def _feeds(spec, batch=2, frames=11, tokens=7, k=2, l_cap=8, m_aud=4):
 
 def test_every_stage_runs_with_the_manifest_names_and_shapes(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
-    assert set(manifest.stages) == {"text_encoder", "denoiser", "decoder", "audio_encoder"}
+    assert set(manifest.stages) == {"text_encoder", "denoiser", "decoder", "audio_encoder", "vae_encoder"}
     assert manifest.family == "re-audioldm" and manifest.retrieval.k == 2
     for name, spec in manifest.stages.items():
         runner = OrtRunner(tiny_bundle / spec.file, spec, ["CPUExecutionProvider"], 1)

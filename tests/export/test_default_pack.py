@@ -81,3 +81,53 @@ def test_default_model_locations_follow_the_cache_variable(tiny_pack, monkeypatc
     assemble(pack, expected)
     assert default_model.assembled_bundle() == expected
     assert json.loads((expected / "manifest.json").read_text())["name"] == "tiny"
+
+
+def test_a_pack_without_an_encoder_gains_one_and_its_items_their_audio(tiny_pack, tiny_artifacts, tmp_path):
+    import shutil
+
+    from reaudio.export.default_pack import add_vae_encoder, link_item_audio
+    from reaudio.models.checkpoint import save_checkpoint
+    from reaudio.models.system import load_system
+
+    pack = tmp_path / "pack"
+    shutil.copytree(tiny_pack[0], pack)
+    (pack / "vae_encoder.safetensors").unlink()  # a pack from before encoders were packed
+    meta = json.loads((pack / "pack.json").read_text())
+    del meta["files"]["vae_encoder.safetensors"]
+    (pack / "pack.json").write_text(json.dumps(meta))
+    without = Engine.from_bundle(assemble(pack, tmp_path / "without"), backend="cpu")
+    assert "vae_encoder" not in without.manifest.stages
+    with pytest.raises(ValueError, match="no VAE encoder"):
+        without.generate([Request("x", init_audio=np.zeros(8000, np.float32))])
+
+    _, models = load_system([tiny_artifacts / "system"])
+    save_checkpoint(tmp_path / "run" / "final" / "vae", models["vae"])
+    add_vae_encoder(pack, tmp_path / "run" / "final" / "vae")
+    manifest = tmp_path / "corpus" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    items = [json.loads(line) for line in (pack / "db" / "items.jsonl").read_text().splitlines()]
+    manifest.write_text("".join(json.dumps({"id": i["id"], "audio": f"audio/{i['id']}.flac"}) + "\n" for i in items[:3]))
+    assert link_item_audio(pack, manifest) == 3
+    meta = verify_pack(pack)  # checksums follow the new files
+    assert "vae_encoder.safetensors" in meta["files"] and meta["provenance"]["vae_encoder"]["checkpoint"] == "run/final/vae"
+    linked = [json.loads(line) for line in (pack / "db" / "items.jsonl").read_text().splitlines()]
+    assert [i.get("audio") for i in linked[:4]] == [f"audio/{i['id']}.flac" for i in items[:3]] + [None]
+    engine = Engine.from_bundle(assemble(pack, tmp_path / "with"), backend="cpu")
+    assert "vae_encoder" in engine.manifest.stages
+    assert engine.db.items[0]["audio"] == linked[0]["audio"]
+
+    other = load_config_with_wider_vae()
+    save_checkpoint(tmp_path / "wrong" / "final" / "vae", other)
+    with pytest.raises(ValueError, match="does not match the pack's"):
+        add_vae_encoder(pack, tmp_path / "wrong" / "final" / "vae")
+
+
+def load_config_with_wider_vae():
+    from dataclasses import replace
+
+    from reaudio.models.configs import load_config
+    from reaudio.models.vae import AutoencoderKL
+
+    cfg = load_config("tiny").vae
+    return AutoencoderKL(replace(cfg, ch=cfg.ch * 2))

@@ -200,3 +200,18 @@ def test_recall_at_k_by_hand():
     sim = np.array([[0.9, 0.1, 0.0], [0.8, 0.5, 0.1], [0.0, 0.2, 0.1]])
     # Row 0: rank 0; row 1: one item above (0.8) → rank 1; row 2: one above (0.2) → rank 1.
     assert recall_at(sim, (1, 2)) == {"r@1": 1 / 3, "r@2": 1.0}
+
+
+def test_frozen_decoder_training_changes_only_the_encoder(tiny_manifest, tmp_path):
+    from safetensors.torch import load_file
+
+    _train("vae", tiny_manifest, tmp_path / "full", steps=3)
+    source = tmp_path / "full" / "final" / "vae"
+    losses = _train("vae", tiny_manifest, tmp_path / "enc", "--frozen-decoder", str(source), steps=30)
+    assert _mean(losses[-5:]) < _mean(losses[:5])
+    before = load_file(str(source / "model.safetensors"))
+    after = load_file(str(tmp_path / "enc" / "final" / "vae" / "model.safetensors"))
+    decoder = [k for k in before if k.startswith("decoder.")]
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert decoder and all(torch.equal(before[k], after[k]) for k in decoder)
+    assert any(not torch.equal(before[k], after[k]) for k in encoder)
