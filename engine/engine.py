@@ -13,7 +13,7 @@ import numpy as np
 
 from .backends import BackendUnavailable, has_native_plans, make_runners, resolve_backend
 from .frontend import log_mel
-from .init_audio import encode_latents, fit_to, read_init_audio
+from .init_audio import check_init_audio, encode_latents, fit_to, read_init_audio
 from .loop import denoise_device, denoise_host
 from .manifest import Manifest, read_manifest
 from .postprocess import trim_tail
@@ -123,9 +123,9 @@ class _Resolved:
     loop: bool = False
     window: int = 0  # frames
     overlap: int = 0  # frames
-    strength: float = 1.0  # < 1: denoised from init_wave
-    init_wave: np.ndarray | None = None
-    init_from: str = ""  # where init_wave came from: "audio" or the neighbour's id
+    strength: float = 1.0  # < 1: denoised from init_source
+    init_source: np.ndarray | Path | str | None = None  # read when its batch runs, not before
+    init_from: str = ""  # where init_source came from: "audio" or the neighbour's id
 
     def windows(self) -> WindowPlan:
         return plan_windows(self.frames, self.window, self.overlap, circular=self.loop)
@@ -241,7 +241,7 @@ class Engine:
         if "vae_encoder" not in self.runners:
             raise ValueError(f"{self.bundle}: this bundle has no VAE encoder (vae_encoder stage), so clips cannot "
                              "enter its latent space; export the model again with this reaudio (from a VAE with its encoder)")  # fmt: skip
-        window, _ = self._window_frames(Request("-"), 0)
+        window = self._seconds_to_frames(self.manifest.defaults.window_seconds)
         return encode_latents(self.runners["vae_encoder"], self.manifest.mel, waveforms, frames, self._per_frame,
                               chunk=window)  # fmt: skip
 
@@ -300,9 +300,9 @@ class Engine:
             raise ValueError(f"request {index}: seed={request.seed!r} must be an integer in 0..2**63-1")
         if not 0 <= request.seed < 2**63:
             raise ValueError(f"request {index}: seed={request.seed} must be in 0..2**63-1")
-        strength, init_wave, init_from = self._resolve_init(request, index, k, neighbour_init)
-        if init_wave is not None and request.duration is None and request.init_audio is not None:
-            natural_duration = len(init_wave) / self.sample_rate
+        strength, init_source, init_seconds, init_from = self._resolve_init(request, index, k, neighbour_init)
+        if request.init_audio is not None and request.duration is None:
+            natural_duration = init_seconds
         mel, latent = self.manifest.mel, self.manifest.latent
         if request.initial_latent is not None:
             shape = request.initial_latent.shape
@@ -331,11 +331,12 @@ class Engine:
             samples = frames * latent.downsample * mel.hop_length
         return _Resolved(index, request, samples, frames, steps, guidance, sampler, k, retrieval,
                          natural and not request.loop, bool(request.loop), window, overlap, strength,
-                         None if init_wave is None else fit_to(init_wave, samples), init_from)  # fmt: skip
+                         init_source, init_from)  # fmt: skip
 
     def _resolve_init(self, request: Request, index: int, k: int,
-                      neighbour_init: tuple[str, Path] | None) -> tuple[float, np.ndarray | None, str]:  # fmt: skip
-        """Strength, start waveform and its origin of a request (1.0, None, "" when it starts from noise)."""
+                      neighbour_init: tuple[str, Path] | None) -> tuple[float, object, float, str]:  # fmt: skip
+        """Strength, start clip (path or samples), its seconds and its origin of a request
+        (1.0, None, 0.0, "" when it starts from noise). Files are checked here, read when their batch runs."""
         where = f"request {index}"
         if request.init is not None and request.init not in INIT_KINDS:
             raise ValueError(f"{where}: init={request.init!r}; valid: {', '.join(INIT_KINDS)} (or init_audio=PATH)")
@@ -344,7 +345,7 @@ class Engine:
         if request.init is None and request.init_audio is None:
             if request.strength is not None:
                 raise ValueError(f"{where}: strength={request.strength} needs init_audio or init=neighbour")
-            return 1.0, None, ""
+            return 1.0, None, 0.0, ""
         if request.initial_latent is not None:
             raise ValueError(f"{where}: initial_latent and init_audio/init exclude each other")
         strength = self.manifest.defaults.strength if request.strength is None else float(request.strength)
@@ -354,15 +355,14 @@ class Engine:
             raise ValueError(f"{where}: {self.bundle} has no VAE encoder (vae_encoder stage), so it cannot start "
                              "from a clip; export the model again with this reaudio (from a VAE with its encoder)")  # fmt: skip
         if request.init_audio is not None:
-            return strength, read_init_audio(request.init_audio, self.sample_rate, where), "audio"
+            seconds = check_init_audio(request.init_audio, self.sample_rate, where)
+            return strength, request.init_audio, seconds, "audio"
         if k < 1:
             raise ValueError(f"{where}: init=neighbour needs retrieval (k >= 1; this request has k={k})")
         if neighbour_init is None:
             raise ValueError(f"{where}: init=neighbour: the database found no neighbour for this prompt")
         item_id, path = neighbour_init
-        from .audio_io import load_audio
-
-        return strength, load_audio(path, self.sample_rate), item_id
+        return strength, path, 0.0, item_id
 
     def _window_frames(self, request: Request, index: int) -> tuple[int, int]:
         """The request's denoising window and overlap in latent frames."""
@@ -377,10 +377,12 @@ class Engine:
             raise ValueError(f"request {index}: window={window} s out of range {lo}..{hi} s")
         if not 0 <= overlap <= window / 2:
             raise ValueError(f"request {index}: overlap={overlap} s must be in 0..{window / 2:g} s (half the window)")
-        per_frame = self.manifest.latent.downsample * self.manifest.mel.hop_length
-        # Counted like a clip's frames, so a clip of the window's length is one window.
-        frames = max(2, -(-round(window * self.sample_rate) // per_frame))
-        return frames, min(frames // 2, round(overlap * self.sample_rate / per_frame))
+        frames = self._seconds_to_frames(window)
+        return frames, min(frames // 2, round(overlap * self.sample_rate / self._per_frame))
+
+    def _seconds_to_frames(self, window: float) -> int:
+        """A window's latent frames, counted like a clip's, so a clip of the window's length is one window."""
+        return max(2, -(-round(window * self.sample_rate) // self._per_frame))
 
     @property
     def default_retrieval(self) -> str:
@@ -529,8 +531,10 @@ class Engine:
         """Each clip's starting latent: its seed's noise, or its start clip noised to the plan's first step."""
         c, f = self.manifest.latent.channels, self.manifest.latent.freq
         out = []
-        starts = [i for i, r in enumerate(batch) if r.init_wave is not None and r.strength < 1.0]
-        clean = self.encode_latents([batch[i].init_wave for i in starts], batch[0].frames) if starts else []
+        starts = [i for i, r in enumerate(batch) if r.init_source is not None and r.strength < 1.0]
+        waves = [fit_to(read_init_audio(batch[i].init_source, self.sample_rate, f"request {batch[i].index}"),
+                        batch[i].samples) for i in starts]  # fmt: skip
+        clean = self.encode_latents(waves, batch[0].frames) if starts else []
         for i, r in enumerate(batch):
             if r.request.initial_latent is not None:
                 out.append(np.asarray(r.request.initial_latent, dtype=np.float32))

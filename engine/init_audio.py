@@ -33,6 +33,21 @@ def read_init_audio(value, sample_rate: int, where: str) -> np.ndarray:
     return wave
 
 
+def check_init_audio(value, sample_rate: int, where: str) -> float:
+    """Seconds of ``Request.init_audio``, checked without decoding it all (a path: its header)."""
+    if isinstance(value, (str, Path)):
+        import soundfile as sf
+
+        from .prompts import audio_file_problem
+
+        problem = audio_file_problem(Path(value))
+        if problem:
+            raise AudioLoadError(f"{where}: init_audio {value}: {problem}")
+        info = sf.info(str(value))
+        return info.frames / info.samplerate
+    return len(read_init_audio(value, sample_rate, where)) / sample_rate
+
+
 def fit_to(wave: np.ndarray, samples: int) -> np.ndarray:
     """``wave`` cut or zero-padded to ``samples``."""
     return np.pad(wave[:samples], (0, max(0, samples - len(wave))))

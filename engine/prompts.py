@@ -267,7 +267,7 @@ def _start_clip(path, line, record, problems) -> dict:
             file = path.parent / audio
             problem = audio_file_problem(file)
             if problem:
-                problems.append(f"{where}: init_audio {audio!r}: {problem}")
+                problems.append(f"{where}: init_audio {audio!r} ({file}): {problem}")
             else:
                 out["init_audio"] = str(file)
     if strength is not None:
@@ -289,7 +289,7 @@ def audio_file_problem(file: Path) -> str:
     import soundfile as sf
 
     if not file.is_file():
-        return f"no such file ({file})"
+        return "no such file"
     try:
         info = sf.info(str(file))
     except (sf.LibsndfileError, RuntimeError) as exc:

@@ -96,7 +96,7 @@ def test_strength_one_ignores_the_clip_and_a_tiny_strength_returns_its_decode(ti
 def test_start_clip_errors_are_named_before_any_work(tiny_bundle, tmp_path):
     engine = Engine.from_bundle(tiny_bundle, backend="cpu")
     cases = [
-        (Request("x", init_audio=tmp_path / "missing.wav"), "missing.wav: no such audio file"),
+        (Request("x", init_audio=tmp_path / "missing.wav"), "missing.wav: no such file"),
         (Request("x", init_audio=np.zeros(10), strength=1.5), r"strength=1.5 must be in \(0, 1\]"),
         (Request("x", strength=0.5), "strength=0.5 needs init_audio or init=neighbour"),
         (Request("x", init="nearest"), "init='nearest'; valid: neighbour"),
