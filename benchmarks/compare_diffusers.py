@@ -1,19 +1,21 @@
 """Side-by-side throughput: diffusers' AudioLDMPipeline vs the reaudio engine, same weights.
 
-    python benchmarks/compare_diffusers.py [--size audioldm-s] [--threads 2] [--batches 1 4]
+    python benchmarks/compare_diffusers.py [--size audioldm-s] [--threads 2] [--batches 1 4] [--precisions fp32 int8]
 
 Builds a random-initialised diffusers AudioLDM pipeline (AudioLDM-S sizes by
-default; nothing is downloaded), imports it into a bundle, then times both in
-this one process on the same prompts, initial latents, steps and guidance:
-warm-up, then alternating runs, median of --repeats. Also checks that both
-produce the same waveforms. Prints a table and writes JSON with --json.
+default; nothing is downloaded), imports it into a bundle (quantised too when
+int8 is asked for: ``reaudio quantize``'s calibration), then times diffusers and
+the engine at each precision in this one process on the same prompts, initial
+latents, steps and guidance: warm-up, then alternating runs, median of
+--repeats; per-stage times come from ``reaudio bench``'s stage timers. Also
+checks how close each precision's waveforms are to diffusers'. Prints a table
+and writes JSON with --json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=2.5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=("fp32", "int8"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -46,8 +49,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from diffusers import AudioLDMPipeline
 
+    from reaudio.engine.bench import machine_info, timed_stages
     from reaudio.engine.engine import Engine, Request
+    from reaudio.engine.manifest import read_manifest
     from reaudio.export.import_audioldm import import_audioldm
+    from reaudio.export.int8 import CALIBRATION_PROMPTS, Calibration, quantize_bundle, snr_db
     from tests.make_tiny_audioldm import make
 
     work = args.work / args.size
@@ -59,10 +65,16 @@ def main() -> None:
         print(f"importing into {bundle} …", flush=True)
         import_audioldm(pipeline_dir, bundle, overwrite=True)
 
+    if "int8" in args.precisions and read_manifest(bundle).stages["denoiser"].int8_file is None:
+        print(f"quantising {bundle} (calibration on the bundle's own generations) …", flush=True)
+        calibration = Calibration(prompts=CALIBRATION_PROMPTS[:16], threads=args.threads)  # a speed test: 16 suffice
+        quantize_bundle(bundle, calibration=calibration, progress=print)
+
     pipe = AudioLDMPipeline.from_pretrained(str(pipeline_dir), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    engine = Engine.from_bundle(bundle, backend="cpu", threads=args.threads)
-    m = engine.manifest
+    engines = {p: Engine.from_bundle(bundle, backend="cpu", threads=args.threads, precision=p)
+               for p in args.precisions}  # fmt: skip
+    m = engines[args.precisions[0]].manifest
     r, hop, sr = m.latent.downsample, m.mel.hop_length, m.sample_rate
     frames = -(-round(args.seconds * sr) // (r * hop))
     seconds = frames * r * hop / sr  # both sides get exactly this length
@@ -77,44 +89,56 @@ def main() -> None:
             return pipe(prompts, audio_length_in_s=seconds, num_inference_steps=args.steps,
                         guidance_scale=args.guidance, latents=torch.from_numpy(latents), output_type="np").audios  # fmt: skip
 
-        def run_engine(prompts=prompts, latents=latents, batch=batch):
+        def run_engine(engine, prompts=prompts, latents=latents, batch=batch):
             reqs = [Request(p, initial_latent=lat, steps=args.steps, guidance=args.guidance, sampler="ddim")
                     for p, lat in zip(prompts, latents)]  # fmt: skip
             return np.stack([res.waveform for res in engine.generate(reqs, batch_size=batch)])
 
-        ref, ours = run_diffusers(), run_engine()  # warm-up, and the equivalence check
-        rel = float(np.abs(ref - ours).max() / np.abs(ref).max())
-        times = {"diffusers": [], "reaudio": []}
+        ref = run_diffusers()  # warm-up, and the reference waveforms
+        closeness = {}
+        for precision, engine in engines.items():
+            ours = run_engine(engine)
+            closeness[precision] = {"max_abs_diff_rel_peak": float(np.abs(ref - ours).max() / np.abs(ref).max()),
+                                    "snr_db_vs_diffusers": snr_db(ref, ours)}  # fmt: skip
+        times = {"diffusers": [], **{p: [] for p in engines}}
+        stages = {p: {} for p in engines}
         for _ in range(args.repeats):
-            for name, fn in (("diffusers", run_diffusers), ("reaudio", run_engine)):
+            for name in times:
                 start = time.perf_counter()
-                fn()
+                if name == "diffusers":
+                    run_diffusers()
+                else:
+                    with timed_stages(engines[name]) as calls:
+                        run_engine(engines[name])
+                    for stage, spent in calls.items():
+                        per = spent if stage == "denoiser" else [sum(spent)]
+                        stages[name].setdefault(stage, []).extend(per)
                 times[name].append(time.perf_counter() - start)
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {
-            "batch": batch,
-            "diffusers_s": med["diffusers"],
-            "reaudio_s": med["reaudio"],
-            "diffusers_clips_per_s": batch / med["diffusers"],
-            "reaudio_clips_per_s": batch / med["reaudio"],
-            "throughput_ratio": med["diffusers"] / med["reaudio"],
-            "max_abs_diff_rel_peak": rel,
-            "runs": times,
-        }
+        row = {"batch": batch, "diffusers_s": med["diffusers"], "diffusers_clips_per_s": batch / med["diffusers"],
+               "runs": times, "engine": {}}  # fmt: skip
+        for p in engines:
+            row["engine"][p] = {
+                "seconds": med[p], "clips_per_s": batch / med[p], "throughput_ratio": med["diffusers"] / med[p],
+                "stage_median_s": {k: statistics.median(v) for k, v in stages[p].items()}, **closeness[p],
+            }  # fmt: skip
+            print(f"batch {batch}: diffusers {med['diffusers']:.2f} s, reaudio {p} {med[p]:.2f} s "
+                  f"(median of {args.repeats}) → {med['diffusers'] / med[p]:.2f}× throughput; "
+                  f"waveform SNR vs diffusers {closeness[p]['snr_db_vs_diffusers']:.1f} dB, max diff "
+                  f"{closeness[p]['max_abs_diff_rel_peak']:.1e} of peak; stages "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in row["engine"][p]["stage_median_s"].items()),
+                  flush=True)  # fmt: skip
         rows.append(row)
-        print(f"batch {batch}: diffusers {med['diffusers']:.2f} s, reaudio {med['reaudio']:.2f} s "
-              f"(median of {args.repeats}) → {row['throughput_ratio']:.2f}× throughput; "
-              f"waveforms agree to {rel:.1e} of peak", flush=True)  # fmt: skip
 
     report = {
         "size": args.size, "threads": args.threads, "seconds": seconds, "steps": args.steps,
-        "guidance": args.guidance, "machine": platform.platform(), "processor": platform.processor(),
-        "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
+        "guidance": args.guidance, "machine": machine_info(), "torch": torch.__version__,
         "diffusers": __import__("diffusers").__version__, "results": rows,
     }  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
-    print(json.dumps({r["batch"]: round(r["throughput_ratio"], 2) for r in rows}))
+    print(json.dumps({r["batch"]: {p: round(e["throughput_ratio"], 2) for p, e in r["engine"].items()}
+                      for r in rows}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -94,6 +94,14 @@ class OrtRunner:
     """One stage as an onnxruntime session."""
 
     def __init__(self, path: Path, spec: StageSpec, providers: list, threads: int | None) -> None:
+        self.spec = spec
+        self.session = self.session_for(path, providers, threads)
+        self.output_names = [o.name for o in spec.outputs]
+        self.input_dtypes = {i.name: np.dtype("bool" if i.dtype == "bool" else i.dtype) for i in spec.inputs}
+
+    @staticmethod
+    def session_for(path: Path, providers: list, threads: int | None):
+        """An onnxruntime session with the engine's settings (all graph optimisations, ``threads``)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -102,10 +110,7 @@ class OrtRunner:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        self.spec = spec
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        self.output_names = [o.name for o in spec.outputs]
-        self.input_dtypes = {i.name: np.dtype("bool" if i.dtype == "bool" else i.dtype) for i in spec.inputs}
+        return ort.InferenceSession(str(path), opts, providers=providers)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}
@@ -147,20 +152,53 @@ def ort_providers(backend: str, device_id: int, bundle: Path) -> list:
     raise ValueError(f"no onnxruntime providers for backend {backend!r}")
 
 
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
+
+def stage_file(spec: StageSpec, backend: str, precision: str) -> str:
+    """The graph a stage runs: fp16 on GPU backends under "auto" (or when asked), the fused fp16
+    graph in their place on CUDA, int8 when asked; a stage without that variant runs its fp32 graph."""
+    if precision == "int8":
+        return spec.int8_file or spec.file
+    use_fp16 = precision == "fp16" or (precision == "auto" and backend in ("cuda", "tensorrt"))
+    if use_fp16 and backend == "cuda" and spec.fused_file:
+        return spec.fused_file
+    return spec.fp16_file if use_fp16 and spec.fp16_file else spec.file
+
+
+def check_precision(bundle: Path, manifest: Manifest, backend: str, precision: str) -> None:
+    """Refuse a precision this bundle or backend cannot give, saying how to get it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        if backend != "cpu":
+            raise BackendUnavailable(f"precision 'int8' runs on the CPU backend only (asked for {backend!r}); "
+                                     "pass --backend cpu, or use fp16 on a GPU")
+        if not any(s.int8_file for s in manifest.stages.values()):
+            raise BackendUnavailable(f"{bundle}: this bundle has no int8 graphs; add them with "
+                                     f"`reaudio quantize {bundle}` (needs the export extra)")
+    if precision == "fp16" and not any(s.fp16_file for s in manifest.stages.values()):
+        raise BackendUnavailable(f"{bundle}: this bundle has no fp16 graphs; export it with --fp16")
+
+
 def make_runners(
-    bundle: Path, manifest: Manifest, backend: str, device_id: int = 0, threads: int | None = None,
+    bundle: Path,
+    manifest: Manifest,
+    backend: str,
+    device_id: int = 0,
+    threads: int | None = None,
     precision: str = "auto",
-) -> dict[str, OrtRunner]:  # fmt: skip
-    """A runner per stage. ``precision`` "auto" uses fp16 graphs on GPU backends when exported."""
+) -> dict[str, OrtRunner]:
+    """A runner per stage; ``precision`` picks each stage's graph (see :func:`stage_file`)."""
     if backend == "trt-native":
         from .trt_native import make_trt_runners
 
         return make_trt_runners(bundle, manifest, device_id)
+    check_precision(bundle, manifest, backend, precision)
     providers = ort_providers(backend, device_id, bundle)
-    use_fp16 = precision == "fp16" or (precision == "auto" and backend in ("cuda", "tensorrt"))
     runners = {}
     for name, spec in manifest.stages.items():
-        file = spec.fp16_file if use_fp16 and spec.fp16_file else spec.file
+        file = stage_file(spec, backend, precision)
         runners[name] = OrtRunner(bundle / file, spec, providers, threads)
         log.debug("stage %s: %s on %s", name, file, backend)
     return runners

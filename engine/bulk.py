@@ -39,6 +39,7 @@ class GenerateJob:
         variations: clips per prompt, for rows that do not set it.
         audio_format: "wav" or "flac"; subtype: "PCM_16", "PCM_24" or "FLOAT" (wav only).
         backend, device_id, threads: where to run.
+        precision: "auto", "fp32", "fp16" or "int8" (the CPU's quantised graphs, see ``reaudio quantize``).
         name_template: file name without extension; fields {id} {slug} {seed} {variation}.
         postprocess: optional trimming, resampling, loudness target (LUFS) and true-peak ceiling;
             a row's ``loudness_lufs`` replaces the target for that row.
@@ -74,6 +75,7 @@ class GenerateJob:
     backend: str = "auto"
     device_id: int = 0
     threads: int | None = None
+    precision: str = "auto"
     name_template: str = "{id}-v{variation}"
     postprocess: PostProcess = field(default_factory=PostProcess)
     dry_run: bool = False
@@ -203,12 +205,13 @@ def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_has
         "loop": _loops(job, row),
         "window": job.window,
         "overlap": job.overlap,
+        "int8": job.precision == "int8",
         **_start_settings(job, row, d.strength),
     }  # fmt: skip
     # Entries of libraries written before a setting existed hold its default.
     settings = {"subtype": "PCM_16", "resample": None, "loudness_lufs": None, "true_peak_db": None, "loop": False,
                 "window": None, "overlap": None, "negative_prompt": None, "init": None, "strength": None,
-                "candidates": 1, **entry.get("settings", {})}  # fmt: skip
+                "candidates": 1, "int8": False, **entry.get("settings", {})}  # fmt: skip
     found = [f"{name} {settings.get(name)!r} → {value!r}" for name, value in expected.items()
              if settings.get(name) != value and not (name == "guidance" and settings.get(name) is not None
                                                      and abs(float(settings[name]) - float(value)) < 1e-6)]  # fmt: skip
@@ -295,7 +298,7 @@ def _run_planned(job: GenerateJob, rows, clips: list[Clip], bundle: Path, librar
     requests = [_request(job, c) for c in todo]
     if todo:
         engine = Engine.from_bundle(bundle, backend=job.backend, device_id=job.device_id, threads=job.threads,
-                                    cuda_graphs=job.cuda_graphs, audio_root=job.audio_root)  # fmt: skip
+                                    precision=job.precision, cuda_graphs=job.cuda_graphs, audio_root=job.audio_root)
         engine.resolve_all(requests)  # every settings error before any work, a dry run's too
         counts = [_candidates(job, c.row) for c in todo]
         check_rankable(engine, max(counts))
@@ -384,7 +387,7 @@ def _write_one(job, library: Library, clip: Clip, result: Result, bundle_hash: s
                      "retrieval": result.retrieval, "backend": engine.backend, "format": job.audio_format,
                      "subtype": job.subtype, "resample": post.sample_rate,
                      "loudness_lufs": post.loudness_lufs, "true_peak_db": post.true_peak_db, "loop": loop,
-                     "window": job.window, "overlap": job.overlap,
+                     "window": job.window, "overlap": job.overlap, "int8": job.precision == "int8",
                      **_start_settings(job, clip.row, engine.manifest.defaults.strength)},  # fmt: skip
         **({"start": {"from": result.init_from, "strength": result.strength}} if result.init_from else {}),
         "loop": loop,

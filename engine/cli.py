@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .backends import BackendUnavailable
+from .backends import PRECISIONS, BackendUnavailable
 from .library import LibraryLocked
 
 log = logging.getLogger("reaudio")
@@ -44,6 +44,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         backend=args.backend,
         device_id=args.device_id,
         threads=args.threads,
+        precision=args.precision,
         name_template=args.name_template,
         overwrite=args.overwrite,
         subtype=args.subtype,
@@ -78,6 +79,49 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
             echo(f"audition page: {build_audition(job.out)}")
     return 1 if summary.failed else 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import BenchSettings, format_table, run_bench
+    from .default_model import resolve_bundle
+    from .engine import Engine
+
+    settings = BenchSettings(batch_sizes=tuple(args.batch_sizes), duration=args.duration, steps=args.steps,
+                             repeats=args.repeats, warmup=args.warmup, sampler=args.sampler)  # fmt: skip
+    engine = Engine.from_bundle(resolve_bundle(args.bundle), backend=args.backend, device_id=args.device_id,
+                                threads=args.threads, precision=args.precision, cuda_graphs=args.cuda_graphs)  # fmt: skip
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    report = run_bench(engine, settings, progress=say)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+        return 0
+    print(format_table(report))
+    if args.json:
+        from .dataclass_io import write_json_atomic
+
+        write_json_atomic(args.json, report)
+        print(f"report: {args.json}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency benchmark: per-stage p50/p95, clips/s, real-time factor, memory")
+    p.add_argument("--bundle", type=Path, help="model bundle folder (default: the embedded default model)")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="as for generate")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="N", help="default: 1 8")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per clip (default 4)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--sampler", choices=("ddim", "dpmpp-2m"), help="sampler (default: the bundle's)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per batch size; medians reported (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--device-id", type=int, default=0, help="GPU index")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (cuda)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': JSON on stdout only)")
+    p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_audition(args: argparse.Namespace) -> int:
@@ -144,6 +188,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
     p.add_argument("--device-id", type=int, default=0, help="GPU index")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: fp16 graphs on GPU backends when the bundle has them, else fp32; int8: the "
+                        "quantised CPU graphs made by `reaudio quantize` (faster, slightly different sound)")
     p.add_argument("--name-template", default="{id}-v{variation}",
                    help="file name without extension; fields {id} {slug} {seed} {variation}")  # fmt: skip
     p.add_argument("--trim-db", type=float, help="trim edges quieter than this many dB below the peak")
@@ -217,6 +264,7 @@ def make_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction, 
 def add_engine_commands(sub, common) -> argparse._SubParsersAction:
     """Add ``generate`` and ``db add/remove/list``; returns the ``db`` action table for more actions."""
     _add_generate(sub)
+    _add_bench(sub)
     au = sub.add_parser("audition", help="write LIBRARY/index.html: hear, filter, sort and mark a library's clips")
     au.add_argument("library", type=Path, help="a `reaudio generate --out` folder")
     au.add_argument("--title", help="page title (default: the folder's name and clip count)")

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BackendUnavailable, has_native_plans, make_runners, resolve_backend
+from .backends import (
+    BackendUnavailable,
+    has_native_plans,
+    make_runners,
+    resolve_backend,
+    stage_file,
+)
 from .frontend import log_mel
 from .init_audio import check_init_audio, encode_latents, fit_to, read_init_audio
 from .loop import denoise_device, denoise_host
@@ -146,9 +152,11 @@ class Engine:
 
     def __init__(
         self, bundle: Path, manifest: Manifest, backend: str, device_id: int, runners: dict, cuda_graphs: bool = False,
-        verify: bool = True, audio_root: str | Path | None = None,
+        verify: bool = True, audio_root: str | Path | None = None, precision: str = "auto",
     ) -> None:
         self.bundle = bundle
+        #: What the runners compute in: "auto" (fp16 graphs on GPU backends), "fp32", "fp16" or "int8".
+        self.precision = precision
         #: Where the database items' relative ``audio`` paths start (neighbour-seeded generation).
         self.audio_root = Path(audio_root) if audio_root is not None else None
         self.manifest = manifest
@@ -164,7 +172,7 @@ class Engine:
             from .cuda_graphs import CudaGraphDenoiser
 
             spec = manifest.stages["denoiser"]
-            path = bundle / (spec.fp16_file or spec.file)
+            path = bundle / stage_file(spec, backend, precision)
             shapes = {i.name: list(i.shape) for i in spec.inputs}
             self._graphs = CudaGraphDenoiser(str(path), device_id, runners["denoiser"].input_dtypes, input_shapes=shapes)
         elif cuda_graphs:
@@ -203,7 +211,7 @@ class Engine:
             runners = make_runners(bundle, manifest, chosen, device_id, threads, precision)
         log.info("loaded %s (%s, %s) on %s", bundle, manifest.name, manifest.family, chosen)
         return cls(bundle, manifest, chosen, device_id, runners, cuda_graphs=cuda_graphs, verify=verify,
-                   audio_root=audio_root)  # fmt: skip
+                   audio_root=audio_root, precision=precision)  # fmt: skip
 
     @property
     def sample_rate(self) -> int:
@@ -632,10 +640,15 @@ class Engine:
                 init_from=r.init_from,
             )
 
+    def _reduced_precision(self) -> bool:
+        """True when some stage runs a graph other than its fp32 one."""
+        if self.backend == "trt-native":
+            return True
+        return any(stage_file(s, self.backend, self.precision) != s.file for s in self.manifest.stages.values())
+
     def _retry_fp32(self, r: _Resolved, conditions: dict, i: int) -> tuple[np.ndarray | None, str | None]:
         """One retry of a non-finite clip with the fp32 graphs on CPU; else a reported failure."""
-        uses_fp16 = any(s.fp16_file for s in self.manifest.stages.values()) and self.backend != "cpu"
-        if not uses_fp16:
+        if not self._reduced_precision():
             log.warning("clip %s came out non-finite; not written", r.request.id or r.index)
             return None, "non-finite audio (NaN/inf) from the model"
         if self._fp32_runners is None:
@@ -645,6 +658,6 @@ class Engine:
         audio = self._decode(self._fp32_runners, [r], latent)
         wav = audio[0, : r.samples]
         if np.isfinite(wav).all():
-            log.warning("clip %s was non-finite in fp16; regenerated in fp32", r.request.id or r.index)
+            log.warning("clip %s was non-finite in reduced precision; regenerated in fp32", r.request.id or r.index)
             return wav, None
         return None, "non-finite audio (NaN/inf), also after an fp32 retry"

@@ -50,12 +50,21 @@ class StageSpec:
         file: fp32 ONNX graph, relative to the bundle.
         inputs, outputs: the graph's I/O contract.
         fp16_file: the fp16 variant for GPU backends, if exported.
+        int8_file: the int8 (quantised) variant for the CPU backend, if made.
+        fused_file: the fp16 variant with onnxruntime's fused CUDA kernels (``--optimize gpu``);
+            the CUDA backend only.
     """
 
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     fp16_file: str | None = None
+    int8_file: str | None = None
+    fused_file: str | None = None
+
+    def variants(self) -> tuple[str, ...]:
+        """Every graph file of this stage: fp32, then the variants that exist."""
+        return tuple(f for f in (self.file, self.fp16_file, self.int8_file, self.fused_file) if f)
 
 
 @dataclass(frozen=True)
@@ -253,7 +262,10 @@ def _check_ranges(m: Manifest) -> None:
     if missing:
         problems.append(f"stages: missing {missing}")
     paths = [("tokenizer.file", m.tokenizer.file)] + [(f"stages.{n}.file", s.file) for n, s in m.stages.items()]
-    paths += [(f"stages.{n}.fp16_file", s.fp16_file) for n, s in m.stages.items() if s.fp16_file]
+    for n, spec in m.stages.items():
+        for kind in ("fp16_file", "int8_file", "fused_file"):
+            if getattr(spec, kind):
+                paths.append((f"stages.{n}.{kind}", getattr(spec, kind)))
     if m.retrieval:
         paths.append(("retrieval.folder", m.retrieval.folder))
     for name, rel in paths:
@@ -336,6 +348,6 @@ def verify_files(bundle: Path, manifest: Manifest) -> None:
                 f"the bundle is corrupted or was edited; re-export it"
             )
     for stage, spec in manifest.stages.items():
-        for rel in (spec.file, spec.fp16_file):
-            if rel and rel not in manifest.files:
+        for rel in spec.variants():
+            if rel not in manifest.files:
                 raise BundleError(f"{bundle / rel}: stage {stage!r} file is not in the manifest's checksums")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import check_precision
 from .bulk import (
     Clip,
     GenerateJob,
@@ -68,9 +69,11 @@ class EngineWorker:
     """
 
     def __init__(self, bundle: str, backend: str = "auto", threads: int | None = None,
-                 fail_once_marker: str | None = None, audio_root: str | None = None) -> None:  # fmt: skip
+                 fail_once_marker: str | None = None, audio_root: str | None = None,
+                 precision: str = "auto") -> None:  # fmt: skip
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so device 0 is the right one.
-        self.engine = Engine.from_bundle(bundle, backend=backend, threads=threads, audio_root=audio_root)
+        self.engine = Engine.from_bundle(bundle, backend=backend, threads=threads, audio_root=audio_root,
+                                         precision=precision)  # fmt: skip
         self.fail_once_marker = fail_once_marker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,6 +132,8 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
     # Settings errors surface here, before the cluster is touched. The driver's engine stays to
     # rank candidates (text and CLAP audio encoders only: cheap next to denoising).
     checker = Engine.from_bundle(bundle, backend="cpu", threads=1, audio_root=job.audio_root)
+    if job.precision == "int8":  # said here, before any worker starts
+        check_precision(bundle, checker.manifest, "cpu", "int8")
     requests = {c.key: _request(job, c) for c in todo}
     counts = {c.key: _candidates(job, c.row) for c in todo}
     check_rankable(checker, max(counts.values()))
@@ -155,7 +160,7 @@ def _run_ray_planned(ray, job, clips, bundle, library, address, num_workers, num
     outputs = dataset.map_batches(
         EngineWorker,
         fn_constructor_kwargs={"bundle": str(bundle.resolve()), "backend": job.backend, "threads": job.threads,
-                               "fail_once_marker": fail_once_marker,
+                               "fail_once_marker": fail_once_marker, "precision": job.precision,
                                "audio_root": str(job.audio_root.resolve()) if job.audio_root else None},  # fmt: skip
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=num_workers),

@@ -58,8 +58,9 @@ class StageContract:
             for spec in (*self.inputs, *self.outputs)
         }
 
-    def spec(self, file: str, fp16_file: str | None = None) -> StageSpec:
-        return StageSpec(file=file, inputs=self.inputs, outputs=self.outputs, fp16_file=fp16_file)
+    def spec(self, file: str, fp16_file: str | None = None, fused_file: str | None = None) -> StageSpec:
+        return StageSpec(file=file, inputs=self.inputs, outputs=self.outputs, fp16_file=fp16_file,
+                         fused_file=fused_file)
 
     def dims(self, cfg: FamilyConfig, limits: Limits, which: int) -> dict[str, int]:
         """Values of the dynamic axes at min (0), opt (1) or max (2) of ``limits``."""

@@ -378,7 +378,7 @@ def load_audioldm(folder: str | Path) -> tuple[FamilyConfig, dict, object]:
 
 def import_audioldm(source: str | Path, out: str | Path, *, fp16: bool = False, overwrite: bool = False,
                     licence: str | None = None, revision: str | None = None,
-                    cache_dir: str | Path | None = None) -> Manifest:  # fmt: skip
+                    cache_dir: str | Path | None = None, optimize: str | None = None) -> Manifest:  # fmt: skip
     """Convert the pipeline in ``source`` (a folder, or a hub id in the local cache) into a bundle at ``out``.
 
     The bundle (k = 0, AudioLDM family) records the weights' licence: ``licence`` if
@@ -397,6 +397,7 @@ def import_audioldm(source: str | Path, out: str | Path, *, fp16: bool = False, 
         models,
         out,
         fp16=fp16,
+        optimize=optimize,
         overwrite=overwrite,
         tokenizer_json=tokenizer.backend_tokenizer.to_str(),
         null_condition="empty_prompt",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .sfx_sources import HELDOUT_PACKAGES, PACKAGES
@@ -51,12 +52,46 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     cfg, models = load_system(args.checkpoints, args.config)
     manifest = export_bundle(
-        cfg, models, args.out, fp16=args.fp16, database=args.database, opset=args.opset, overwrite=args.overwrite
+        cfg, models, args.out, fp16=args.fp16, optimize=args.optimize, database=args.database, opset=args.opset,
+        overwrite=args.overwrite,
     )
     print(f"bundle {args.out}: {len(manifest.files)} files, stages {', '.join(manifest.stages)}")
+    if args.int8:
+        _quantize(args.out, None, args)
     if args.trt:
         return _build_plans(args.out)
     return 0
+
+
+def _need_quantisation() -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit("this command needs onnx: pip install 'reaudio[export]' (no torch needed)") from exc
+
+
+def _quantize(bundle: Path, out: Path | None, args: argparse.Namespace) -> int:
+    _need_quantisation()
+    from reaudio.engine.default_model import resolve_bundle
+    from reaudio.export.int8 import Calibration, quantize_bundle
+
+    calibration = Calibration(steps=getattr(args, "calibration_steps", 10), threads=getattr(args, "threads", None))
+    prompts = getattr(args, "calibration_prompts", None)
+    if prompts is not None:
+        from reaudio.engine.prompts import read_prompt_file
+
+        calibration = replace(calibration, prompts=tuple(row.prompt for row in read_prompt_file(prompts)))
+    bundle = resolve_bundle(bundle)
+    manifest = quantize_bundle(bundle, out, calibration, overwrite=getattr(args, "overwrite", False), progress=print)
+    where = out or bundle
+    quantised = [name for name, spec in manifest.stages.items() if spec.int8_file]
+    print(f"bundle {where}: int8 graphs for {', '.join(quantised)}; use them with --precision int8 "
+          f"(quality vs fp32: {where / 'int8_report.json'})")
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    return _quantize(args.bundle, args.out, args)
 
 
 def _build_plans(bundle: Path) -> int:
@@ -81,9 +116,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from reaudio.export.import_audioldm import import_audioldm
 
     manifest = import_audioldm(args.folder, args.out, fp16=args.fp16, overwrite=args.overwrite, licence=args.licence,
-                               revision=args.revision)  # fmt: skip
+                               revision=args.revision, optimize=args.optimize)  # fmt: skip
     print(f"bundle {args.out}: {manifest.family} ({manifest.name}), stages {', '.join(manifest.stages)}")
     print(manifest.licence.notice())
+    if args.int8:
+        _quantize(args.out, None, args)
     return 0
 
 
@@ -169,7 +206,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out = args.out / sub if sub else (args.out if k is None else args.out / f"k{k}")
         return EvalConfig(bundle=bundle or args.bundle, data=args.data, out=out, split=args.split, k=k,
                           steps=args.steps, guidance=args.guidance, seed=args.seed, limit=args.limit,
-                          backbone=args.backbone, backend=args.backend, retrieval=args.retrieval, init=args.init,
+                          backbone=args.backbone, backend=args.backend, precision=args.precision,
+                          retrieval=args.retrieval, init=args.init,
                           strength=args.strength, candidates=args.candidates)  # fmt: skip
 
     if args.compare:
@@ -216,6 +254,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--limit", type=int, help="score at most this many test clips")
     p.add_argument("--backbone", default="aisfx", help="aisfx, or package.module:factory for your own weights")
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
+                   help="which of the bundle's graphs to score (int8: after `reaudio quantize`)")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -298,6 +338,10 @@ def add_training_commands(sub, common, dbsub) -> None:
     p.add_argument("--config", help="family config name or JSON (default: the system folder's family.json)")
     p.add_argument("--database", type=Path, help="retrieval database folder to include")
     p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends")
+    p.add_argument("--int8", action="store_true", help="also write int8 graphs for the CPU (see `reaudio quantize`)")
+    p.add_argument("--optimize", choices=("gpu",),
+                   help="gpu: also a fused fp16 denoiser for CUDA (onnxruntime's attention, GroupNorm and NHWC "
+                        "convolution kernels; needs --fp16)")  # fmt: skip
     p.add_argument("--trt", action="store_true", help="then build TensorRT plans (needs a GPU and tensorrt)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
@@ -311,6 +355,10 @@ def add_training_commands(sub, common, dbsub) -> None:
                    "laion-clap: the checkpoint file (e.g. 630k-audioset-best.pt)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="bundle folder (audioldm) or checkpoint folder (laion-clap)")
     p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends (audioldm)")
+    p.add_argument("--int8", action="store_true", help="also write int8 graphs for the CPU (audioldm)")
+    p.add_argument("--optimize", choices=("gpu",),
+                   help="gpu: also a fused fp16 denoiser for CUDA (onnxruntime's attention, GroupNorm and NHWC "
+                        "convolution kernels; needs --fp16)")  # fmt: skip
     p.add_argument("--tokenizer", type=Path, help="laion-clap: the RoBERTa tokenizer.json it was trained with")
     p.add_argument("--text-heads", type=int, help="laion-clap: text attention heads (default: width / 64)")
     p.add_argument("--revision", help="audioldm hub id: the cached revision (branch, tag or commit; default main)")
@@ -318,6 +366,18 @@ def add_training_commands(sub, common, dbsub) -> None:
                    "it (e.g. cc-by-nc-sa-4.0); overrides the card's")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("quantize",
+                       help="add int8 denoiser/decoder graphs for the CPU (--precision int8), calibrated on "
+                            "prompts the bundle itself generates (needs onnx, not torch)")  # fmt: skip
+    p.add_argument("bundle", type=Path, nargs="?", help="bundle folder (default: the embedded default model)")
+    p.add_argument("--out", type=Path, help="write a quantised copy here instead of adding to BUNDLE")
+    p.add_argument("--calibration-prompts", type=Path, metavar="FILE",
+                   help="prompt file (.txt/.csv/.jsonl) to calibrate on (default: 32 built-in varied prompts)")
+    p.add_argument("--calibration-steps", type=int, default=10, help="denoising steps per calibration clip")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("plans", help="TensorRT plans for a bundle")
     psub = p.add_subparsers(dest="plans_command", metavar="ACTION")

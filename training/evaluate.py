@@ -67,6 +67,7 @@ class EvalConfig:
     backbone: str = "aisfx"
     min_label_clips: int = 5
     backend: str = "auto"
+    precision: str = "auto"
     retrieval: str | None = None
     init: str | None = None
     strength: float | None = None
@@ -111,7 +112,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     train = [c for c in clips if c.split == "train"]
     if len(test) < 2:
         raise ValueError(f"{cfg.data}: need at least 2 '{cfg.split}' clips to score, found {len(test)}")
-    engine = Engine.from_bundle(cfg.bundle, backend=cfg.backend, audio_root=Path(cfg.data).parent)
+    engine = Engine.from_bundle(cfg.bundle, backend=cfg.backend, precision=cfg.precision,
+                                audio_root=Path(cfg.data).parent)
     sr = engine.sample_rate
     real = [load_audio(c.audio, sr) for c in test]
     durations = [min(max(len(w) / sr, 0.5), engine.manifest.defaults.duration) for w in real]

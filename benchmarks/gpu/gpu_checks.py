@@ -9,20 +9,24 @@ in ``--work`` (default /tmp/reaudio-gpu) and write ``$OUT/<phase>.json`` after
 every step, so a run cut short still reports what it did; a failing step is
 recorded with its traceback and the next step still runs.
 
-build: environment; a random AudioLDM-S-sized diffusers pipeline and its
-       imported fp16 bundle; diffusers fp16 alone (10-s clips, 25 DDIM steps,
-       batch 1/4/8, median of 3 after a warm-up); the pipeline's FLOPs per clip
+build: environment; a random AudioLDM-S-sized diffusers pipeline, its imported
+       fp16 bundle and a copy with the fused fp16 denoiser (``--optimize gpu``:
+       onnxruntime's transformer optimizer); diffusers fp16 alone (10-s clips,
+       25 DDIM steps, median of 3 after a warm-up); the pipeline's FLOPs per clip
        (torch's FlopCounterMode) and a measured fp16 matmul peak.
 ort:   parity of every stage of a random `tiny` bundle on ORT-CUDA fp32/fp16 vs
-       ORT-CPU fp32; then diffusers fp16, the engine (fp16 graphs, IO binding)
-       and the engine with CUDA graphs, alternating in one process on the same
-       prompts and latents; throughput ratios and waveform differences.
+       ORT-CPU fp32, and of the fused denoiser against the unfused one; then, alternating
+       in one process on the same prompts and latents: diffusers fp16 (eager and
+       ``torch.compile``d UNet), the engine's plain fp16 graphs, the fused graph, and the
+       fused graph with CUDA graphs; throughput ratios, waveform differences, and the
+       share of the compute floor (FLOPs per clip at the measured fp16 matmul peak).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,8 +79,10 @@ def environment(work: Path) -> dict:
     previous = marker.read_text() if marker.is_file() else None
     work.mkdir(parents=True, exist_ok=True)
     marker.write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()  # fmt: skip
+    gpu = "no nvidia-smi on this machine"
+    if shutil.which("nvidia-smi"):
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                              "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()  # fmt: skip
     info = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "work_marker_from_earlier_call": previous}  # fmt: skip
     try:
@@ -114,7 +120,30 @@ def build(work: Path) -> dict:
         start = time.perf_counter()
         import_audioldm(work / SIZE / "pipeline", work / SIZE / "bundle", fp16=True, overwrite=True)
         times["import_bundle_s"] = time.perf_counter() - start
+    if not (work / SIZE / "bundle-fused" / "manifest.json").is_file():
+        start = time.perf_counter()
+        times["fused_ops"] = fused_copy(work / SIZE / "bundle", work / SIZE / "bundle-fused")
+        times["fuse_s"] = time.perf_counter() - start
     return times
+
+
+def fused_copy(bundle: Path, out: Path) -> dict:
+    """``bundle`` plus the fused fp16 denoiser, as ``reaudio import … --fp16 --optimize gpu`` writes it."""
+    import shutil
+    from dataclasses import replace
+
+    from reaudio.engine.manifest import read_manifest, write_manifest
+    from reaudio.export.bundle import FP16_SCOPES
+    from reaudio.export.gpu_fusion import fuse_denoiser
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(bundle, out)
+    manifest = read_manifest(out)
+    spec = manifest.stages["denoiser"]
+    rel = "denoiser/model.fp16.fused.onnx"
+    counts = fuse_denoiser(out / spec.file, out / rel, fp16=True, fp32_outside=FP16_SCOPES["denoiser"])
+    write_manifest(out, replace(manifest, stages={**manifest.stages, "denoiser": replace(spec, fused_file=rel)}))
+    return counts
 
 
 class Workload:
@@ -125,6 +154,7 @@ class Workload:
 
         self.pipeline_dir = work / SIZE / "pipeline"
         self.bundle = work / SIZE / "bundle"
+        self.fused_bundle = work / SIZE / "bundle-fused"
         self.manifest = read_manifest(self.bundle, verify=False)
         self.frames, self.seconds = clip_frames(self.manifest)
 
@@ -135,13 +165,15 @@ class Workload:
         return prompts, np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
 
 
-def diffusers_runner(load: Workload):
+def diffusers_runner(load: Workload, compiled: bool = False):
     import torch
     from diffusers import AudioLDMPipeline
 
     dtype = torch.float16 if DEVICE == "cuda" else torch.float32
     pipe = AudioLDMPipeline.from_pretrained(str(load.pipeline_dir), torch_dtype=dtype).to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
+    if compiled:  # what a diffusers user would reach for first; compiled on the warm-up call
+        pipe.unet = torch.compile(pipe.unet)
 
     def run(batch: int) -> np.ndarray:
         prompts, latents = load.inputs(batch)
@@ -154,10 +186,11 @@ def diffusers_runner(load: Workload):
     return pipe, run
 
 
-def engine_runner(load: Workload, cuda_graphs: bool):
+def engine_runner(load: Workload, cuda_graphs: bool, fused: bool = False):
     from reaudio.engine.engine import Engine, Request
 
-    engine = Engine.from_bundle(load.bundle, backend=DEVICE, cuda_graphs=cuda_graphs, verify=False)
+    bundle = load.fused_bundle if fused else load.bundle
+    engine = Engine.from_bundle(bundle, backend=DEVICE, cuda_graphs=cuda_graphs, verify=False)
     providers = {name: r.session.get_providers() for name, r in engine.runners.items()}
 
     def run(batch: int) -> np.ndarray:
@@ -173,7 +206,8 @@ def engine_runner(load: Workload, cuda_graphs: bool):
     return providers, run
 
 
-def timed(runners: dict, batches: list[int], work: Path, save_outputs: bool = False) -> list[dict]:
+def timed(runners: dict, batches: list[int], work: Path, save_outputs: bool = False,
+          floor_s_per_clip: float | None = None) -> list[dict]:  # fmt: skip
     """Warm-up, then ``REPEATS`` rounds alternating the runners; medians, ratios, waveform differences."""
     rows = []
     for batch in batches:
@@ -195,6 +229,11 @@ def timed(runners: dict, batches: list[int], work: Path, save_outputs: bool = Fa
                "clips_per_s": {n: batch / t for n, t in med.items()}, "errors": errors}  # fmt: skip
         if "diffusers_fp16" in med:
             row["speedup_vs_diffusers"] = {n: med["diffusers_fp16"] / t for n, t in med.items()}
+        if "diffusers_fp16_compiled" in med:
+            row["speedup_vs_compiled_diffusers"] = {n: med["diffusers_fp16_compiled"] / t for n, t in med.items()}
+        if floor_s_per_clip:
+            # The floor: every FLOP at the measured fp16 matmul peak; 1.0 would be perfect.
+            row["share_of_compute_floor"] = {n: floor_s_per_clip * batch / t for n, t in med.items()}
         if "diffusers_fp16" in outputs:
             ref = outputs["diffusers_fp16"]
             n = min(ref.shape[-1], *(o.shape[-1] for o in outputs.values()))
@@ -260,12 +299,41 @@ def parity(work: Path) -> list[dict]:
     return rows
 
 
+def fused_parity(load: Workload) -> list[dict]:
+    """The fused fp16 denoiser (CUDA) against the unfused fp16 and fp32 ones, on the same step inputs."""
+    import onnxruntime as ort
+
+    from reaudio.engine.manifest import read_manifest
+    from reaudio.export.contracts import contract
+    from reaudio.models.configs import load_config
+
+    cfg = load_config(load.bundle / "family.json")
+    spec = load.manifest.stages["denoiser"]
+    provider = ["CUDAExecutionProvider"] if DEVICE == "cuda" else ["CPUExecutionProvider"]
+    fused_spec = read_manifest(load.fused_bundle, verify=False).stages["denoiser"]
+    rows = []
+    for batch in (1, 8):
+        args = contract("denoiser", cfg).sample_inputs(cfg, batch=batch, frames=load.frames)
+        feeds = {s.name: a.numpy() for s, a in zip(spec.inputs, args)}
+        ref = ort.InferenceSession(str(load.bundle / spec.file), providers=provider).run(None, feeds)
+        for label, path in (("fp16", load.bundle / spec.fp16_file),
+                            ("fused_fp16", load.fused_bundle / (fused_spec.fused_file or fused_spec.file))):  # fmt: skip
+            if DEVICE != "cuda" and label == "fused_fp16":
+                # Its kernels are CUDA-only: the dry run checks the plumbing on the fp32 graph.
+                label, path = "fused_fp16 (dry run: fp32 graph)", load.fused_bundle / fused_spec.file
+            got = ort.InferenceSession(str(path), providers=provider).run(None, feeds)
+            for out_spec, e, a in zip(spec.outputs, ref, got):
+                rows.append({"batch": batch, "graph": label, "output": out_spec.name,
+                             "rel_vs_fp32": float(np.abs(a - e).max() / (np.abs(e).max() or 1.0))})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", choices=("build", "ort"), required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/reaudio-gpu"))
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--quick", action="store_true", help="build: no FLOP count or diffusers-alone run; ort: no parity")
     parser.add_argument("--dry-run-cpu", action="store_true", help="tiny pipeline on the CPU, 3 steps: checks the script")
     args = parser.parse_args()
@@ -291,16 +359,29 @@ def main() -> None:
             report.step("diffusers_alone", timed, {"diffusers_fp16": run}, args.batches, args.work, True)
     else:
         report.step("build", build, args.work)  # nothing to do when the build phase ran on this machine
+        load = Workload(args.work)
         if not args.quick:
             report.step("parity_tiny", parity, args.work)
-        load = Workload(args.work)
+            report.step("parity_fused", fused_parity, load)
+        floor = None
+        previous = args.out / "build.json"
+        if previous.is_file():
+            floor = json.loads(previous.read_text()).get("flops", {}).get("floor_s_per_clip_at_measured_peak")
         runners = {"diffusers_fp16": diffusers_runner(load)[1]}
-        for name, graphs in (("reaudio_cuda_fp16", False), ("reaudio_cuda_graphs", True)):
-            made = report.step(f"load_{name}", engine_runner, load, graphs)
+        compiled = report.step("load_diffusers_fp16_compiled", diffusers_runner, load, True)
+        if compiled:
+            report.data["load_diffusers_fp16_compiled"] = "ok"
+            runners["diffusers_fp16_compiled"] = compiled[1]
+        for name, graphs, fused in (("reaudio_fp16", False, False), ("reaudio_fused", False, True),
+                                    ("reaudio_fused_cuda_graphs", True, True)):  # fmt: skip
+            if graphs and DEVICE != "cuda":
+                report.data[f"load_{name}"] = "skipped: CUDA graphs need a GPU (dry run)"
+                continue
+            made = report.step(f"load_{name}", engine_runner, load, graphs, fused)
             if made:
                 report.data[f"load_{name}"] = made[0]
                 runners[name] = made[1]
-        report.step("side_by_side", timed, runners, args.batches, args.work)
+        report.step("side_by_side", timed, runners, args.batches, args.work, False, floor)
     print(json.dumps(report.data, indent=1, default=to_json)[-8000:], flush=True)
 
 

@@ -1,0 +1,85 @@
+"""`reaudio bench`: per-stage latencies, throughput and the machine, as a table and as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reaudio.engine.bench import BenchSettings, format_table, percentile, run_bench, timed_stages
+from reaudio.engine.engine import Engine
+
+FAST = BenchSettings(batch_sizes=(1, 2), duration=1.0, steps=3, repeats=2, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_artifacts):
+    return Engine.from_bundle(tiny_artifacts / "bundle", backend="cpu", threads=1)
+
+
+def test_report_has_every_stage_and_consistent_figures(engine):
+    report = run_bench(engine, FAST)
+    assert [row["batch"] for row in report["results"]] == [1, 2]
+    for row in report["results"]:
+        stages = row["stages"]
+        assert set(stages) == {"text_encoder", "retrieval", "denoiser", "decoder"}
+        assert stages["denoiser"]["calls"] == FAST.steps * FAST.repeats  # one call per step, per timed run
+        assert stages["decoder"]["calls"] == FAST.repeats
+        assert 0 < stages["denoiser"]["p50"] <= stages["denoiser"]["p95"]
+        run = row["run_s"]["p50"]
+        assert row["clips_per_s"] == pytest.approx(row["batch"] / run)
+        assert row["real_time_factor"] == pytest.approx(run / (row["batch"] * FAST.duration))
+        # The stages happen inside a run, so together they cannot take longer than it.
+        assert stages["denoiser"]["p50"] * FAST.steps + stages["decoder"]["p50"] <= row["run_s"]["p95"] * 1.05
+        assert row["peak_rss_mb"] > 10
+    machine = report["machine"]
+    assert machine["threads"] == 1 and machine["onnxruntime"] and machine["cpu"]
+    assert report["backend"] == "cpu" and report["precision"] == "auto"
+    json.dumps(report)  # JSON-ready as it is
+
+
+def test_stage_timers_are_removed_afterwards(engine):
+    runners, search = dict(engine.runners), engine.db.search
+    with timed_stages(engine) as calls:
+        engine.embed_text(["a dog"])
+    assert len(calls["text_encoder"]) == 1
+    assert engine.runners == runners and engine.db.search == search
+
+
+def test_table_names_stages_and_throughput(engine):
+    table = format_table(run_bench(engine, BenchSettings(batch_sizes=(1,), duration=1.0, steps=2, repeats=1)))
+    for word in ("text encoder", "retrieval", "denoiser step", "decoder", "clips/s", "real-time factor", "machine:"):
+        assert word in table
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"batch_sizes": ()}, "batch_sizes"), ({"batch_sizes": (0,)}, "batch_sizes"), ({"repeats": 0}, "repeats"),
+     ({"duration": -1.0}, "duration")],
+)  # fmt: skip
+def test_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BenchSettings(**kwargs)
+
+
+def test_percentile():
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
+    assert percentile([1.0] * 19 + [100.0], 95) > 1.0
+
+
+def test_cli_json_on_stdout(tiny_artifacts, capsys):
+    from reaudio.engine.cli import main
+
+    code = main(["bench", "--bundle", str(tiny_artifacts / "bundle"), "--backend", "cpu", "--batch-sizes", "1",
+                 "--duration", "1", "--steps", "2", "--repeats", "1", "--threads", "1", "--json", "-", "-q"])  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["results"][0]["stages"]["denoiser"]["calls"] == 2
+
+
+def test_cli_int8_without_int8_graphs_is_a_clear_error(tiny_artifacts, capsys):
+    from reaudio.engine.cli import main
+
+    code = main(["bench", "--bundle", str(tiny_artifacts / "bundle"), "--backend", "cpu", "--precision", "int8"])
+    assert code == 2
+    assert "reaudio quantize" in capsys.readouterr().err
