@@ -122,9 +122,6 @@ class _Feeds:
     def get_next(self) -> dict | None:
         return next(self._it, None)
 
-    def rewind(self) -> None:  # only needed by calibration methods that read the data twice
-        raise NotImplementedError
-
 
 def quantize_graph(src: Path, dst: Path, feeds: list[dict], scopes: tuple[str, ...]) -> Path:
     """Write the static int8 (QDQ) copy of ``src`` calibrated on ``feeds``."""
