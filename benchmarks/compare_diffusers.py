@@ -26,8 +26,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PROMPTS = ["footsteps on gravel", "a wooden door creaks open", "rain falls on a tin roof", "a dog barks twice",
-           "glass shatters on stone", "wind howls through a gap", "a crackling campfire", "a bell tolls once"]  # fmt: skip
 
 
 def main() -> None:
@@ -49,7 +47,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from diffusers import AudioLDMPipeline
 
-    from reaudio.engine.bench import machine_info, timed_stages
+    from reaudio.engine.bench import PROMPTS, machine_info, timed_stages
     from reaudio.engine.engine import Engine, Request
     from reaudio.engine.manifest import read_manifest
     from reaudio.export.import_audioldm import import_audioldm
@@ -81,7 +79,7 @@ def main() -> None:
 
     rows = []
     for batch in args.batches:
-        prompts = PROMPTS[:batch]
+        prompts = list(PROMPTS[:batch])
         latents = np.random.default_rng(batch).standard_normal(
             (batch, m.latent.channels, frames, m.latent.freq)).astype(np.float32)  # fmt: skip
 
