@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="audioldm-s", choices=("audioldm-s", "tiny"))
@@ -47,9 +46,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from diffusers import AudioLDMPipeline
 
-    from reaudio.engine.bench import PROMPTS, machine_info, timed_stages
-    from reaudio.engine.engine import Engine, Request
-    from reaudio.engine.manifest import read_manifest
+    from reaudio.engine.bundle.manifest import read_bundle_manifest
+    from reaudio.engine.jobs.bench import PROMPTS, machine_info, timed_stages
+    from reaudio.engine.pipeline import Engine, Request
     from reaudio.export.import_audioldm import import_audioldm
     from reaudio.export.int8 import CALIBRATION_PROMPTS, Calibration, quantize_bundle, snr_db
     from tests.make_tiny_audioldm import make
@@ -63,15 +62,14 @@ def main() -> None:
         print(f"importing into {bundle} …", flush=True)
         import_audioldm(pipeline_dir, bundle, overwrite=True)
 
-    if "int8" in args.precisions and read_manifest(bundle).stages["denoiser"].int8_file is None:
+    if "int8" in args.precisions and read_bundle_manifest(bundle).stages["denoiser"].int8_file is None:
         print(f"quantising {bundle} (calibration on the bundle's own generations) …", flush=True)
         calibration = Calibration(prompts=CALIBRATION_PROMPTS[:16], threads=args.threads)  # a speed test: 16 suffice
         quantize_bundle(bundle, calibration=calibration, progress=print)
 
     pipe = AudioLDMPipeline.from_pretrained(str(pipeline_dir), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    engines = {p: Engine.from_bundle(bundle, backend="cpu", threads=args.threads, precision=p)
-               for p in args.precisions}  # fmt: skip
+    engines = {p: Engine.from_bundle(bundle, backend="cpu", threads=args.threads, precision=p) for p in args.precisions}
     m = engines[args.precisions[0]].manifest
     r, hop, sr = m.latent.downsample, m.mel.hop_length, m.sample_rate
     frames = -(-round(args.seconds * sr) // (r * hop))
@@ -80,24 +78,37 @@ def main() -> None:
     rows = []
     for batch in args.batches:
         prompts = list(PROMPTS[:batch])
-        latents = np.random.default_rng(batch).standard_normal(
-            (batch, m.latent.channels, frames, m.latent.freq)).astype(np.float32)  # fmt: skip
+        latents = (
+            np.random.default_rng(batch)
+            .standard_normal((batch, m.latent.channels, frames, m.latent.freq))
+            .astype(np.float32)
+        )
 
         def run_diffusers(prompts=prompts, latents=latents):
-            return pipe(prompts, audio_length_in_s=seconds, num_inference_steps=args.steps,
-                        guidance_scale=args.guidance, latents=torch.from_numpy(latents), output_type="np").audios  # fmt: skip
+            return pipe(
+                prompts,
+                audio_length_in_s=seconds,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                latents=torch.from_numpy(latents),
+                output_type="np",
+            ).audios
 
         def run_engine(engine, prompts=prompts, latents=latents, batch=batch):
-            reqs = [Request(p, initial_latent=lat, steps=args.steps, guidance=args.guidance, sampler="ddim")
-                    for p, lat in zip(prompts, latents)]  # fmt: skip
+            reqs = [
+                Request(p, initial_latent=lat, steps=args.steps, guidance=args.guidance, sampler="ddim")
+                for p, lat in zip(prompts, latents)
+            ]
             return np.stack([res.waveform for res in engine.generate(reqs, batch_size=batch)])
 
         ref = run_diffusers()  # warm-up, and the reference waveforms
         closeness = {}
         for precision, engine in engines.items():
             ours = run_engine(engine)
-            closeness[precision] = {"max_abs_diff_rel_peak": float(np.abs(ref - ours).max() / np.abs(ref).max()),
-                                    "snr_db_vs_diffusers": snr_db(ref, ours)}  # fmt: skip
+            closeness[precision] = {
+                "max_abs_diff_rel_peak": float(np.abs(ref - ours).max() / np.abs(ref).max()),
+                "snr_db_vs_diffusers": snr_db(ref, ours),
+            }
         times = {"diffusers": [], **{p: [] for p in engines}}
         stages = {p: {} for p in engines}
         for _ in range(args.repeats):
@@ -113,30 +124,45 @@ def main() -> None:
                         stages[name].setdefault(stage, []).extend(per)
                 times[name].append(time.perf_counter() - start)
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"batch": batch, "diffusers_s": med["diffusers"], "diffusers_clips_per_s": batch / med["diffusers"],
-               "runs": times, "engine": {}}  # fmt: skip
+        row = {
+            "batch": batch,
+            "diffusers_s": med["diffusers"],
+            "diffusers_clips_per_s": batch / med["diffusers"],
+            "runs": times,
+            "engine": {},
+        }
         for p in engines:
             row["engine"][p] = {
-                "seconds": med[p], "clips_per_s": batch / med[p], "throughput_ratio": med["diffusers"] / med[p],
-                "stage_median_s": {k: statistics.median(v) for k, v in stages[p].items()}, **closeness[p],
-            }  # fmt: skip
-            print(f"batch {batch}: diffusers {med['diffusers']:.2f} s, reaudio {p} {med[p]:.2f} s "
-                  f"(median of {args.repeats}) → {med['diffusers'] / med[p]:.2f}× throughput; "
-                  f"waveform SNR vs diffusers {closeness[p]['snr_db_vs_diffusers']:.1f} dB, max diff "
-                  f"{closeness[p]['max_abs_diff_rel_peak']:.1e} of peak; stages "
-                  + ", ".join(f"{k} {v:.2f} s" for k, v in row["engine"][p]["stage_median_s"].items()),
-                  flush=True)  # fmt: skip
+                "seconds": med[p],
+                "clips_per_s": batch / med[p],
+                "throughput_ratio": med["diffusers"] / med[p],
+                "stage_median_s": {k: statistics.median(v) for k, v in stages[p].items()},
+                **closeness[p],
+            }
+            print(
+                f"batch {batch}: diffusers {med['diffusers']:.2f} s, reaudio {p} {med[p]:.2f} s "
+                f"(median of {args.repeats}) → {med['diffusers'] / med[p]:.2f}× throughput; "
+                f"waveform SNR vs diffusers {closeness[p]['snr_db_vs_diffusers']:.1f} dB, max diff "
+                f"{closeness[p]['max_abs_diff_rel_peak']:.1e} of peak; stages "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in row["engine"][p]["stage_median_s"].items()),
+                flush=True,
+            )
         rows.append(row)
 
     report = {
-        "size": args.size, "threads": args.threads, "seconds": seconds, "steps": args.steps,
-        "guidance": args.guidance, "machine": machine_info(), "torch": torch.__version__,
-        "diffusers": __import__("diffusers").__version__, "results": rows,
-    }  # fmt: skip
+        "size": args.size,
+        "threads": args.threads,
+        "seconds": seconds,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "machine": machine_info(),
+        "torch": torch.__version__,
+        "diffusers": __import__("diffusers").__version__,
+        "results": rows,
+    }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
-    print(json.dumps({r["batch"]: {p: round(e["throughput_ratio"], 2) for p, e in r["engine"].items()}
-                      for r in rows}))  # fmt: skip
+    print(json.dumps({r["batch"]: {p: round(e["throughput_ratio"], 2) for p, e in r["engine"].items()} for r in rows}))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def bench_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bench_engine(bench_bundle):
-    from reaudio.engine.engine import Engine
+    from reaudio.engine.pipeline import Engine
 
     threads = int(os.environ.get("REAUDIO_BENCH_THREADS", "0")) or None
     return Engine.from_bundle(bench_bundle, backend=os.environ.get("REAUDIO_BENCH_BACKEND", "cpu"), threads=threads)

@@ -1,6 +1,6 @@
 """HNSW settings sweep on the retrieval benchmark's synthetic keys: recall@10 and queries/s per setting.
 
-    python -m benchmarks.hnsw_sweep 100000        # items; 1000 queries, k = 10
+python -m benchmarks.hnsw_sweep 100000        # items; 1000 queries, k = 10
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ def main() -> None:
             found = np.asarray(index.search(queries, 10).keys)
             seconds = time.perf_counter() - start
             recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
-            print(f"n={n} connectivity={connectivity} expansion_add={expansion_add} dtype={dtype} "
-                  f"expansion_search={expansion} build_s={build:.1f} recall@10={recall:.4f} "
-                  f"queries/s={len(queries) / seconds:.0f}", flush=True)  # fmt: skip
+            print(
+                f"n={n} connectivity={connectivity} expansion_add={expansion_add} dtype={dtype} "
+                f"expansion_search={expansion} build_s={build:.1f} recall@10={recall:.4f} "
+                f"queries/s={len(queries) / seconds:.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-AMBIENCES = ("rain falling on a roof", "wind blowing through trees", "a river flowing", "a crowd murmurs",
-             "a fire crackles", "an engine hums")  # fmt: skip
+AMBIENCES = (
+    "rain falling on a roof",
+    "wind blowing through trees",
+    "a river flowing",
+    "a crowd murmurs",
+    "a fire crackles",
+    "an engine hums",
+)
 
 
 def _one(bundle: str, seconds: float, one_shot: bool, steps: int) -> dict:
@@ -33,31 +39,35 @@ def _one(bundle: str, seconds: float, one_shot: bool, steps: int) -> dict:
     import resource
     import time
 
-    from reaudio.engine.engine import Engine, Request
+    from reaudio.engine.pipeline import Engine, Request
 
     engine = Engine.from_bundle(bundle, backend="cpu")
     loaded_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    request = Request(
-        AMBIENCES[0], duration=seconds, seed=0, steps=steps, window=seconds if one_shot else None
-    )
+    request = Request(AMBIENCES[0], duration=seconds, seed=0, steps=steps, window=seconds if one_shot else None)
     start = time.perf_counter()
     (result,) = engine.generate([request])
     wall = time.perf_counter() - start
     resolved = engine.resolve(request)
-    return {"seconds": seconds, "one_shot": one_shot, "steps": steps, "wall_s": round(wall, 2),
-            "windows": len(resolved.windows()) if resolved.windowed else 1,
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "after_load_rss_mib": round(loaded_kib / 1024, 1), "ok": result.ok}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "one_shot": one_shot,
+        "steps": steps,
+        "wall_s": round(wall, 2),
+        "windows": len(resolved.windows()) if resolved.windowed else 1,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "after_load_rss_mib": round(loaded_kib / 1024, 1),
+        "ok": result.ok,
+    }
 
 
 def scale(args) -> list[dict]:
     rows = []
-    for seconds, one_shot in [(s, False) for s in args.durations] + [
-        (s, True) for s in args.one_shot
-    ]:
-        code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r}); "
-                f"from benchmarks.long_clips import _one; "
-                f"print(json.dumps(_one({str(args.bundle)!r}, {seconds}, {one_shot}, {args.steps})))")  # fmt: skip
+    for seconds, one_shot in [(s, False) for s in args.durations] + [(s, True) for s in args.one_shot]:
+        code = (
+            f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r}); "
+            f"from benchmarks.long_clips import _one; "
+            f"print(json.dumps(_one({str(args.bundle)!r}, {seconds}, {one_shot}, {args.steps})))"
+        )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if proc.returncode != 0:
             row = {
@@ -73,9 +83,9 @@ def scale(args) -> list[dict]:
 
 
 def joints(args) -> dict:
-    from reaudio.engine.engine import Engine, Request
-    from reaudio.engine.seams import MEASURES, compare, loop_seam
-    from reaudio.engine.windows import plan_decode
+    from reaudio.engine.audio.seams import MEASURES, compare, loop_seam
+    from reaudio.engine.denoising.windows import plan_decode
+    from reaudio.engine.pipeline import Engine, Request
 
     engine = Engine.from_bundle(args.bundle, backend="cpu")
     per_frame = engine.manifest.latent.downsample * engine.manifest.mel.hop_length
@@ -85,10 +95,7 @@ def joints(args) -> dict:
         (result,) = engine.generate([request])
         r = engine.resolve(request)
         windows = r.windows()
-        edges = sorted(
-            {int(w[0]) for w in windows.indices[1:]}
-            | {int(w[-1]) + 1 for w in windows.indices[:-1]}
-        )
+        edges = sorted({int(w[0]) for w in windows.indices[1:]} | {int(w[-1]) + 1 for w in windows.indices[:-1]})
         decode = plan_decode(r.frames, r.window, max(1, r.overlap // 2))
         joins = [(w.start + decode.fade) for w in decode.windows[1:]]
         x = result.waveform
@@ -104,8 +111,12 @@ def joints(args) -> dict:
                 grid=per_frame,
                 circular=False,
             )
-            entry[name] = {"count": len(frames), "percentile": report.percentile,
-                           "at_joint": report.at_joint, "interior_median": report.interior_median}  # fmt: skip
+            entry[name] = {
+                "count": len(frames),
+                "percentile": report.percentile,
+                "at_joint": report.at_joint,
+                "interior_median": report.interior_median,
+            }
         out["long"].append(entry)
         print(json.dumps(entry), flush=True)
         looped, plain = engine.generate(
@@ -118,34 +129,52 @@ def joints(args) -> dict:
         for name, clip in (("loop", looped), ("plain", plain)):
             report = loop_seam(clip.waveform, engine.sample_rate, grid=per_frame)
             row[name] = {"percentile": report.percentile, "worst": report.worst_percentile()}
-        tiled = compare(np.tile(looped.waveform, 2), [len(looped.waveform)], engine.sample_rate, grid=per_frame,
-                        circular=False)  # fmt: skip
+        tiled = compare(
+            np.tile(looped.waveform, 2), [len(looped.waveform)], engine.sample_rate, grid=per_frame, circular=False
+        )
         row["loop_played_twice_click_percentile"] = tiled.percentile["click"]
         out["loops"].append(row)
         print(json.dumps(row), flush=True)
     for kind in ("denoise_window_edges", "decode_joins"):
-        out[f"median_percentile_{kind}"] = {m: float(np.median([e[kind]["percentile"][m] for e in out["long"]]))
-                                             for m in MEASURES}  # fmt: skip
+        out[f"median_percentile_{kind}"] = {
+            m: float(np.median([e[kind]["percentile"][m] for e in out["long"]])) for m in MEASURES
+        }
     for kind in ("loop", "plain"):
-        out[f"median_percentile_seam_{kind}"] = {m: float(np.median([e[kind]["percentile"][m] for e in out["loops"]]))
-                                                 for m in MEASURES}  # fmt: skip
+        out[f"median_percentile_seam_{kind}"] = {
+            m: float(np.median([e[kind]["percentile"][m] for e in out["loops"]])) for m in MEASURES
+        }
     return out
 
 
 #: Corpus labels of ambient, continuing sounds.
-AMBIENCE_LABELS = ("birdsong_daytime", "wind", "desert_wind", "waterfall", "fire_crackle", "rain", "air_hum",
-                   "bubbling", "rumble", "bees", "bee", "river", "stream", "crowd", "engine_hum")  # fmt: skip
+AMBIENCE_LABELS = (
+    "birdsong_daytime",
+    "wind",
+    "desert_wind",
+    "waterfall",
+    "fire_crackle",
+    "rain",
+    "air_hum",
+    "bubbling",
+    "rumble",
+    "bees",
+    "bee",
+    "river",
+    "stream",
+    "crowd",
+    "engine_hum",
+)
 
 
 def quality(args) -> dict:
-    from reaudio.engine.audio_io import load_audio
-    from reaudio.engine.engine import Engine, Request
+    from reaudio.engine.audio.audio_io import load_audio
+    from reaudio.engine.pipeline import Engine, Request
     from reaudio.training.backbones import embed_at, load_backbone
-    from reaudio.training.data import read_manifest
+    from reaudio.training.data import read_corpus
     from reaudio.training.evaluate import _spread
     from reaudio.training.metrics import fad
 
-    clips = read_manifest(args.data)
+    clips = read_corpus(args.data)
     real = [c for c in clips if c.split == "test" and c.label in AMBIENCE_LABELS]
     others = [c for c in clips if c.split == "train" and c.label in AMBIENCE_LABELS]
     prompts = _spread(real, args.clips)
@@ -153,8 +182,12 @@ def quality(args) -> dict:
     sr, seg = engine.sample_rate, int(4 * engine.sample_rate)
     backbone = load_backbone("aisfx")
     real_emb = embed_at(backbone, [load_audio(c.audio, sr) for c in real], sr)
-    sets: dict[str, list[np.ndarray]] = {"one_shot_4s": [], "long_first_4s": [], "long_middle_4s": [],
-                                         "long_last_4s": []}  # fmt: skip
+    sets: dict[str, list[np.ndarray]] = {
+        "one_shot_4s": [],
+        "long_first_4s": [],
+        "long_middle_4s": [],
+        "long_last_4s": [],
+    }
     long_seconds = args.long_seconds
     middle = int((long_seconds / 2 - 2) * sr)
     for i, clip in enumerate(prompts):

@@ -18,7 +18,7 @@ import time
 import numpy as np
 from usearch.index import Index, MetricKind, search
 
-from reaudio.engine.retrieval_db import RetrievalDB
+from reaudio.engine.retrieval.database import RetrievalDB
 
 K = 10
 
@@ -33,7 +33,7 @@ def recall(found: np.ndarray, exact: np.ndarray, leave_one_out: bool) -> float:
 
 
 def measure_ivf(keys: np.ndarray, queries: np.ndarray, leave_one_out: bool, probes: list[int]) -> list[dict]:
-    from reaudio.engine.ivf import IvfIndex, IvfSearcher, default_lists
+    from reaudio.engine.retrieval.ivf import IvfIndex, IvfSearcher, default_lists
 
     extra = 1 if leave_one_out else 0
     exact = np.asarray(search(keys, queries, K + extra, MetricKind.Cos, exact=True).keys)
@@ -44,27 +44,54 @@ def measure_ivf(keys: np.ndarray, queries: np.ndarray, leave_one_out: bool, prob
         start = time.perf_counter()
         found = searcher.search(queries, K + extra, probe)
         seconds = time.perf_counter() - start
-        rows.append({"items": len(keys), "queries": len(queries), "index": "ivf", "lists": lists, "probe": probe,
-                     "recall_at_10": recall(found, exact, leave_one_out),
-                     "queries_per_s": round(len(queries) / seconds)})  # fmt: skip
+        rows.append(
+            {
+                "items": len(keys),
+                "queries": len(queries),
+                "index": "ivf",
+                "lists": lists,
+                "probe": probe,
+                "recall_at_10": recall(found, exact, leave_one_out),
+                "queries_per_s": round(len(queries) / seconds),
+            }
+        )
     return rows
 
 
-def measure(keys: np.ndarray, queries: np.ndarray, leave_one_out: bool, connectivity: int, expansion_add: int,
-            expansions: list[int]) -> list[dict]:  # fmt: skip
+def measure(
+    keys: np.ndarray,
+    queries: np.ndarray,
+    leave_one_out: bool,
+    connectivity: int,
+    expansion_add: int,
+    expansions: list[int],
+) -> list[dict]:
     extra = 1 if leave_one_out else 0
     exact = np.asarray(search(keys, queries, K + extra, MetricKind.Cos, exact=True).keys)
     rows = []
     for expansion in expansions:
-        index = Index(ndim=keys.shape[1], metric="cos", dtype="f16", connectivity=connectivity,
-                      expansion_add=expansion_add, expansion_search=expansion)  # fmt: skip
+        index = Index(
+            ndim=keys.shape[1],
+            metric="cos",
+            dtype="f16",
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion,
+        )
         index.add(np.arange(len(keys)), keys)
         start = time.perf_counter()
         found = np.asarray(index.search(queries, K + extra).keys)
         seconds = time.perf_counter() - start
-        rows.append({"items": len(keys), "queries": len(queries), "connectivity": connectivity,
-                     "expansion_search": expansion, "recall_at_10": recall(found, exact, leave_one_out),
-                     "queries_per_s": round(len(queries) / seconds)})  # fmt: skip
+        rows.append(
+            {
+                "items": len(keys),
+                "queries": len(queries),
+                "connectivity": connectivity,
+                "expansion_search": expansion,
+                "recall_at_10": recall(found, exact, leave_one_out),
+                "queries_per_s": round(len(queries) / seconds),
+            }
+        )
     return rows
 
 
@@ -78,8 +105,9 @@ def main() -> None:
     db = RetrievalDB(args.db)
     keys = np.asarray(db.arrays["keys"], dtype=np.float32)
     queries = np.load(args.queries).astype(np.float32) if args.queries else keys
-    for row in measure(keys, queries, args.queries is None, db.info.connectivity, db.info.expansion_add,
-                       args.expansion):  # fmt: skip
+    for row in measure(
+        keys, queries, args.queries is None, db.info.connectivity, db.info.expansion_add, args.expansion
+    ):
         print(json.dumps(row))
     for row in measure_ivf(keys, queries, args.queries is None, args.probe):
         print(json.dumps(row))

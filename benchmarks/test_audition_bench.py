@@ -13,8 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-from reaudio.engine.audition import THUMBNAILS, build_audition
-from reaudio.engine.library import Library
+from reaudio.engine.jobs.audition import THUMBNAILS, build_audition
+from reaudio.engine.jobs.library import Library
 
 CLIPS = int(os.environ.get("REAUDIO_BENCH_AUDITION_CLIPS", "1000"))
 SR = 22050
@@ -27,11 +27,21 @@ def library(tmp_path_factory):
     t = np.arange(2 * SR) / SR
     with Library(folder) as lib:
         for i in range(CLIPS):
-            audio = (0.2 * np.sin(2 * np.pi * (100 + 7 * i) * t) * np.exp(-2 * t)
-                     + 0.01 * rng.standard_normal(len(t))).astype(np.float32)  # fmt: skip
-            lib.write(f"clip{i:04d}.wav", audio, SR, {"key": f"clip{i:04d}#0", "id": f"clip{i:04d}",
-                                                       "prompt": f"test sound {i}", "seed": i,
-                                                       "duration_s": 2.0})  # fmt: skip
+            audio = (
+                0.2 * np.sin(2 * np.pi * (100 + 7 * i) * t) * np.exp(-2 * t) + 0.01 * rng.standard_normal(len(t))
+            ).astype(np.float32)
+            lib.write(
+                f"clip{i:04d}.wav",
+                audio,
+                SR,
+                {
+                    "key": f"clip{i:04d}#0",
+                    "id": f"clip{i:04d}",
+                    "prompt": f"test sound {i}",
+                    "seed": i,
+                    "duration_s": 2.0,
+                },
+            )
     return folder
 
 

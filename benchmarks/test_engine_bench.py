@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import peak_rss_mb
-from reaudio.engine.engine import Request
-from reaudio.engine.loop import step_feeds
-from reaudio.engine.sampler import make_plan
+from reaudio.engine.denoising.loop import step_feeds
+from reaudio.engine.denoising.sampler import make_plan
+from reaudio.engine.pipeline import Request
 
 BATCHES = [1, 4, 8]
 SECONDS = 5.0
@@ -50,8 +50,9 @@ def test_decoder(benchmark, bench_engine, batch):
 @pytest.mark.parametrize("batch", BATCHES)
 def test_end_to_end(benchmark, bench_engine, batch):
     requests = [Request(f"sound effect number {i}", duration=SECONDS, steps=STEPS, seed=i) for i in range(batch)]
-    results = benchmark.pedantic(bench_engine.generate, args=(requests,), kwargs={"batch_size": batch},
-                                 rounds=3, warmup_rounds=1)  # fmt: skip
+    results = benchmark.pedantic(
+        bench_engine.generate, args=(requests,), kwargs={"batch_size": batch}, rounds=3, warmup_rounds=1
+    )
     assert all(r.ok for r in results)
     median = benchmark.stats.stats.median
     benchmark.extra_info["clips_per_s"] = batch / median

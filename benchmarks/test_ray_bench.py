@@ -15,8 +15,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from reaudio.engine.bulk import GenerateJob  # noqa: E402
-from reaudio.engine.ray_bulk import run_job_on_ray  # noqa: E402
+from reaudio.engine.jobs.bulk import GenerateJob  # noqa: E402
+from reaudio.engine.jobs.ray_bulk import run_job_on_ray  # noqa: E402
 
 pytestmark = pytest.mark.ray
 CLIPS = int(os.environ.get("REAUDIO_BENCH_RAY_CLIPS", "32"))
@@ -36,8 +36,16 @@ def test_ray_clips_per_second(benchmark, local_ray, bench_bundle, tmp_path, work
     counter = itertools.count()
 
     def run():
-        job = GenerateJob(prompts=prompts, out=tmp_path / f"lib{next(counter)}", bundle=bench_bundle, batch_size=4,
-                          steps=10, duration=4.0, threads=1, backend="cpu")  # fmt: skip
+        job = GenerateJob(
+            prompts=prompts,
+            out=tmp_path / f"lib{next(counter)}",
+            bundle=bench_bundle,
+            batch_size=4,
+            steps=10,
+            duration=4.0,
+            threads=1,
+            backend="cpu",
+        )
         return run_job_on_ray(job, num_workers=workers, progress=False)
 
     run()  # warm-up: actors start, bundles load

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import peak_rss_mb
-from reaudio.engine.retrieval_db import DatabaseInfo, Items, RetrievalDB
+from reaudio.engine.retrieval.database import DatabaseInfo, Items, RetrievalDB
 
 SIZES = [int(s) for s in os.environ.get("REAUDIO_BENCH_DB_SIZES", "10000,100000").split(",")]
 #: HNSW graph settings "connectivity,expansion_add,expansion_search" (default: DatabaseInfo's).
@@ -46,15 +46,32 @@ def clustered_keys(n: int, dim: int, seed: int = 0, clusters: int | None = None)
 def database(request, tmp_path_factory):
     n = request.param
     keys = clustered_keys(n, DIM)
-    info = DatabaseInfo(key="audio", embed_dim=DIM, audio_tokens=1, audio_dim=1, caption_tokens=1, caption_dim=1,
-                        exact_threshold=0, connectivity=HNSW[0], expansion_add=HNSW[1],
-                        expansion_search=HNSW[2], index=INDEX, ivf_lists=IVF[0],
-                        ivf_probe=IVF[1])  # never exact  # fmt: skip
+    info = DatabaseInfo(
+        key="audio",
+        embed_dim=DIM,
+        audio_tokens=1,
+        audio_dim=1,
+        caption_tokens=1,
+        caption_dim=1,
+        exact_threshold=0,
+        connectivity=HNSW[0],
+        expansion_add=HNSW[1],
+        expansion_search=HNSW[2],
+        index=INDEX,
+        ivf_lists=IVF[0],
+        ivf_probe=IVF[1],
+    )  # never exact
     folder = tmp_path_factory.mktemp(f"db{n}")
     start = time.perf_counter()
-    db = RetrievalDB.create(folder, info).add(Items(
-        [{"id": str(i)} for i in range(n)], keys, np.zeros((n, 1, 1), np.float16), np.zeros((n, 1, 1), np.float16),
-        np.ones((n, 1), bool)))  # fmt: skip
+    db = RetrievalDB.create(folder, info).add(
+        Items(
+            [{"id": str(i)} for i in range(n)],
+            keys,
+            np.zeros((n, 1, 1), np.float16),
+            np.zeros((n, 1, 1), np.float16),
+            np.ones((n, 1), bool),
+        )
+    )
     build_s = time.perf_counter() - start
     queries = clustered_keys(QUERIES, DIM, seed=1, clusters=max(1, n // 100))  # same clusters, new points
     from usearch.index import MetricKind, search
@@ -67,6 +84,14 @@ def test_query_throughput_and_recall(benchmark, database):
     n, db, queries, exact, build_s = database
     found = benchmark.pedantic(db.search, args=(queries, K), rounds=3, warmup_rounds=1)
     recall = np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact)])
-    benchmark.extra_info.update(items=n, index=INDEX, hnsw=HNSW, ivf=IVF, build_s=round(build_s, 2), recall_at_10=float(recall),
-                                queries_per_s=QUERIES / benchmark.stats.stats.median, peak_rss_mb=peak_rss_mb())  # fmt: skip
+    benchmark.extra_info.update(
+        items=n,
+        index=INDEX,
+        hnsw=HNSW,
+        ivf=IVF,
+        build_s=round(build_s, 2),
+        recall_at_10=float(recall),
+        queries_per_s=QUERIES / benchmark.stats.stats.median,
+        peak_rss_mb=peak_rss_mb(),
+    )
     assert recall >= 0.99, f"recall@10 {recall:.3f} at {n} items"

@@ -12,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .backends import PRECISIONS, BackendUnavailable
-from .library import LibraryLocked
+from .jobs.library import LibraryLocked
+from .stages.backends import PRECISIONS
+from .stages.runners import BackendUnavailable
 
 log = logging.getLogger("reaudio")
 
@@ -24,8 +25,8 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .bulk import GenerateJob, run_job
-    from .postprocess import PostProcess
+    from .audio.postprocess import PostProcess
+    from .jobs.bulk import GenerateJob, run_job
 
     job = GenerateJob(
         prompts=args.prompts,
@@ -48,8 +49,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         name_template=args.name_template,
         overwrite=args.overwrite,
         subtype=args.subtype,
-        postprocess=PostProcess(trim_db=args.trim_db, sample_rate=args.sample_rate, loudness_lufs=args.loudness_lufs,
-                                true_peak_db=args.true_peak_db),  # fmt: skip
+        postprocess=PostProcess(
+            trim_db=args.trim_db,
+            sample_rate=args.sample_rate,
+            loudness_lufs=args.loudness_lufs,
+            true_peak_db=args.true_peak_db,
+        ),
         dry_run=args.dry_run,
         cuda_graphs=args.cuda_graphs,
         loop=args.loop,
@@ -65,17 +70,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     )
     echo = (lambda *a, **k: None) if args.quiet and not args.dry_run else print
     if args.ray:
-        from .ray_bulk import run_job_on_ray
+        from .jobs.ray_bulk import run_job_on_ray
 
-        summary = run_job_on_ray(job, address=args.ray_address, num_workers=args.ray_workers,
-                                 num_gpus_per_worker=args.num_gpus_per_worker, progress=not args.quiet,
-                                 echo=echo)  # fmt: skip
+        summary = run_job_on_ray(
+            job,
+            address=args.ray_address,
+            num_workers=args.ray_workers,
+            num_gpus_per_worker=args.num_gpus_per_worker,
+            progress=not args.quiet,
+            echo=echo,
+        )
     else:
         summary = run_job(job, progress=not args.quiet, echo=echo)
     if not job.dry_run:
         echo(summary.describe())
         if args.audition:
-            from .audition import build_audition
+            from .jobs.audition import build_audition
 
             echo(f"audition page: {build_audition(job.out)}")
     return 1 if summary.failed else 0
@@ -84,14 +94,26 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from .bench import BenchSettings, format_table, run_bench
-    from .default_model import resolve_bundle
-    from .engine import Engine
+    from .bundle.default_model import resolve_bundle
+    from .jobs.bench import BenchSettings, format_table, run_bench
+    from .pipeline import Engine
 
-    settings = BenchSettings(batch_sizes=tuple(args.batch_sizes), duration=args.duration, steps=args.steps,
-                             repeats=args.repeats, warmup=args.warmup, sampler=args.sampler)  # fmt: skip
-    engine = Engine.from_bundle(resolve_bundle(args.bundle), backend=args.backend, device_id=args.device_id,
-                                threads=args.threads, precision=args.precision, cuda_graphs=args.cuda_graphs)  # fmt: skip
+    settings = BenchSettings(
+        batch_sizes=tuple(args.batch_sizes),
+        duration=args.duration,
+        steps=args.steps,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        sampler=args.sampler,
+    )
+    engine = Engine.from_bundle(
+        resolve_bundle(args.bundle),
+        backend=args.backend,
+        device_id=args.device_id,
+        threads=args.threads,
+        precision=args.precision,
+        cuda_graphs=args.cuda_graphs,
+    )
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     report = run_bench(engine, settings, progress=say)
     if args.json == "-":
@@ -99,7 +121,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     print(format_table(report))
     if args.json:
-        from .dataclass_io import write_json_atomic
+        from .bundle.dataclass_io import write_json_atomic
 
         write_json_atomic(args.json, report)
         print(f"report: {args.json}")
@@ -125,40 +147,40 @@ def _add_bench(sub) -> None:
 
 
 def _cmd_audition(args: argparse.Namespace) -> int:
-    from .audition import build_audition
+    from .jobs.audition import build_audition
 
     print(build_audition(args.library, title=args.title))
     return 0
 
 
 def _cmd_db_add(args: argparse.Namespace) -> int:
-    from . import database_ops
+    from .jobs import db_commands
 
-    db = database_ops.add_clips(args.bundle, database_ops.read_clip_list(args.clips), backend=args.backend)
+    db = db_commands.add_clips(args.bundle, db_commands.read_clip_list(args.clips), backend=args.backend)
     print(f"{args.bundle}: database now holds {len(db)} clip(s)")
     return 0
 
 
 def _cmd_db_remove(args: argparse.Namespace) -> int:
-    from . import database_ops
+    from .jobs import db_commands
 
-    before = len(database_ops.list_clips(args.bundle))
-    db = database_ops.remove_clips(args.bundle, list(dict.fromkeys(args.ids)))
+    before = len(db_commands.list_clips(args.bundle))
+    db = db_commands.remove_clips(args.bundle, list(dict.fromkeys(args.ids)))
     print(f"{args.bundle}: removed {before - len(db)}; {len(db)} clip(s) left")
     return 0
 
 
 def _cmd_db_repair(args: argparse.Namespace) -> int:
-    from . import database_ops
+    from .jobs import db_commands
 
-    print(database_ops.repair(args.bundle))
+    print(db_commands.repair(args.bundle))
     return 0
 
 
 def _cmd_db_list(args: argparse.Namespace) -> int:
-    from . import database_ops
+    from .jobs import db_commands
 
-    for item in database_ops.list_clips(args.bundle):
+    for item in db_commands.list_clips(args.bundle):
         print(f"{item['id']}\t{item.get('label', '')}\t{item.get('caption', '')}")
     return 0
 
@@ -173,62 +195,127 @@ def _add_generate(sub) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
     p.add_argument("--sampler", choices=("ddim", "dpmpp-2m"), help="sampler (default: the bundle's)")
     p.add_argument("--k", type=int, help="retrieved neighbours per prompt, 0 for none (default: the bundle's)")
-    p.add_argument("--duration", type=float,
-                   help="seconds per clip (default: the neighbours' median duration, else the bundle's)")
-    p.add_argument("--retrieval", choices=("caption", "audio", "hybrid"),
-                   help="match prompts to the database's captions, audio or both (default: the bundle's)")
+    p.add_argument(
+        "--duration", type=float, help="seconds per clip (default: the neighbours' median duration, else the bundle's)"
+    )
+    p.add_argument(
+        "--retrieval",
+        choices=("caption", "audio", "hybrid"),
+        help="match prompts to the database's captions, audio or both (default: the bundle's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--variations", type=int, default=1, help="clips per prompt (default 1)")
-    p.add_argument("--format", choices=("wav", "flac"), default="wav",
-                   help="container: wav (BWF description in bext, INFO title) or flac (Vorbis comments)")
-    p.add_argument("--subtype", choices=("PCM_16", "PCM_24", "FLOAT"), default="PCM_16",
-                   help="sample format (FLOAT: wav only; default PCM_16)")
-    p.add_argument("--sample-rate", type=int, help="resample every clip to this rate, e.g. 44100 or 48000 "
-                                                    "(default: the model's)")
+    p.add_argument(
+        "--format",
+        choices=("wav", "flac"),
+        default="wav",
+        help="container: wav (BWF description in bext, INFO title) or flac (Vorbis comments)",
+    )
+    p.add_argument(
+        "--subtype",
+        choices=("PCM_16", "PCM_24", "FLOAT"),
+        default="PCM_16",
+        help="sample format (FLOAT: wav only; default PCM_16)",
+    )
+    p.add_argument(
+        "--sample-rate", type=int, help="resample every clip to this rate, e.g. 44100 or 48000 (default: the model's)"
+    )
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
     p.add_argument("--device-id", type=int, default=0, help="GPU index")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto: fp16 graphs on GPU backends when the bundle has them, else fp32; int8: the "
-                        "quantised CPU graphs made by `reaudio quantize` (faster, slightly different sound)")
-    p.add_argument("--name-template", default="{id}-v{variation}",
-                   help="file name without extension; fields {id} {slug} {seed} {variation}")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: fp16 graphs on GPU backends when the bundle has them, else fp32; int8: the "
+        "quantised CPU graphs made by `reaudio quantize` (faster, slightly different sound)",
+    )
+    p.add_argument(
+        "--name-template",
+        default="{id}-v{variation}",
+        help="file name without extension; fields {id} {slug} {seed} {variation}",
+    )
     p.add_argument("--trim-db", type=float, help="trim edges quieter than this many dB below the peak")
-    p.add_argument("--loudness-lufs", type=float,
-                   help="integrated loudness target, ITU-R BS.1770 (e.g. -23); a prompt row's loudness_lufs wins")
-    p.add_argument("--true-peak-db", type=float,
-                   help="true-peak ceiling in dBTP (e.g. -1), met by lowering the gain, never by clipping")
+    p.add_argument(
+        "--loudness-lufs",
+        type=float,
+        help="integrated loudness target, ITU-R BS.1770 (e.g. -23); a prompt row's loudness_lufs wins",
+    )
+    p.add_argument(
+        "--true-peak-db",
+        type=float,
+        help="true-peak ceiling in dBTP (e.g. -1), met by lowering the gain, never by clipping",
+    )
     g = p.add_argument_group("long clips and loops")
-    g.add_argument("--loop", action="store_true",
-                   help="seamless loops: each clip's end continues into its start (a prompt row's loop column wins); "
-                        "WAV files get a smpl loop, FLAC files LOOPSTART/LOOPLENGTH")
-    g.add_argument("--window", type=float, metavar="SECONDS",
-                   help="seconds one denoising window spans; longer clips are made of overlapping windows "
-                        "(default: the bundle's, its training length)")
-    g.add_argument("--overlap", type=float, metavar="SECONDS",
-                   help="seconds neighbouring windows share, at most half a window (default: a quarter window)")
+    g.add_argument(
+        "--loop",
+        action="store_true",
+        help="seamless loops: each clip's end continues into its start (a prompt row's loop column wins); "
+        "WAV files get a smpl loop, FLAC files LOOPSTART/LOOPLENGTH",
+    )
+    g.add_argument(
+        "--window",
+        type=float,
+        metavar="SECONDS",
+        help="seconds one denoising window spans; longer clips are made of overlapping windows "
+        "(default: the bundle's, its training length)",
+    )
+    g.add_argument(
+        "--overlap",
+        type=float,
+        metavar="SECONDS",
+        help="seconds neighbouring windows share, at most half a window (default: a quarter window)",
+    )
     s = p.add_argument_group("starting from real audio (bundles with a vae_encoder stage)")
-    s.add_argument("--init-audio", type=Path, metavar="FILE",
-                   help="audio-to-audio: start every clip from this file (a prompt row's init_audio column wins)")
-    s.add_argument("--init", choices=("neighbour",),
-                   help="neighbour: start each clip from its top retrieved clip's audio (an init column wins)")
-    s.add_argument("--strength", type=float,
-                   help="how far a clip may move from its start clip, in (0, 1] (default: the bundle's, 0.6)")
-    s.add_argument("--audio-root", type=Path, metavar="DIR",
-                   help="folder the database's relative audio paths start from (the embedded default model's: a "
-                        "corpus built by `reaudio data build-sfx --out DIR`)")
+    s.add_argument(
+        "--init-audio",
+        type=Path,
+        metavar="FILE",
+        help="audio-to-audio: start every clip from this file (a prompt row's init_audio column wins)",
+    )
+    s.add_argument(
+        "--init",
+        choices=("neighbour",),
+        help="neighbour: start each clip from its top retrieved clip's audio (an init column wins)",
+    )
+    s.add_argument(
+        "--strength",
+        type=float,
+        help="how far a clip may move from its start clip, in (0, 1] (default: the bundle's, 0.6)",
+    )
+    s.add_argument(
+        "--audio-root",
+        type=Path,
+        metavar="DIR",
+        help="folder the database's relative audio paths start from (the embedded default model's: a "
+        "corpus built by `reaudio data build-sfx --out DIR`)",
+    )
     c = p.add_argument_group("candidates ranked by CLAP")
-    c.add_argument("--candidates", type=int, default=1, metavar="N",
-                   help="generate N clips per output (seeds seed + j·2^32) and write the one whose CLAP audio "
-                        "embedding is closest to the prompt's (a candidates column wins; default 1)")
-    c.add_argument("--keep-candidates", action="store_true",
-                   help="also write the other candidates, ranked: NAME-c2, NAME-c3, …")
-    p.add_argument("--negative-prompt", metavar="TEXT",
-                   help="steer every clip away from this text (a prompt row's negative_prompt column wins)")
+    c.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        metavar="N",
+        help="generate N clips per output (seeds seed + j·2^32) and write the one whose CLAP audio "
+        "embedding is closest to the prompt's (a candidates column wins; default 1)",
+    )
+    c.add_argument(
+        "--keep-candidates", action="store_true", help="also write the other candidates, ranked: NAME-c2, NAME-c3, …"
+    )
+    p.add_argument(
+        "--negative-prompt",
+        metavar="TEXT",
+        help="steer every clip away from this text (a prompt row's negative_prompt column wins)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    p.add_argument("--overwrite", action="store_true",
-                   help="make again the clips of --out that were made with other settings or another bundle")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (--backend cuda)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="make again the clips of --out that were made with other settings or another bundle",
+    )
+    p.add_argument(
+        "--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (--backend cuda)"
+    )
     p.add_argument("--audition", action="store_true", help="write --out/index.html (reaudio audition) at the end")
     r = p.add_argument_group("Ray (pip install 'reaudio[ray]')")
     r.add_argument("--ray", action="store_true", help="run on a Ray cluster with Ray Data (an actor pool of engines)")
@@ -272,7 +359,9 @@ def add_engine_commands(sub, common) -> argparse._SubParsersAction:
     p = sub.add_parser("db", help="the bundle's retrieval database: add your own clips, remove, list")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
     dbsub.required = True
-    a = dbsub.add_parser("add", parents=[common], help="add (audio, caption) clips: CSV/JSONL or a folder with .txt sidecars")
+    a = dbsub.add_parser(
+        "add", parents=[common], help="add (audio, caption) clips: CSV/JSONL or a folder with .txt sidecars"
+    )
     a.add_argument("clips", type=Path)
     a.add_argument("--bundle", type=Path, required=True)
     a.add_argument("--backend", default="cpu", choices=("auto", "cpu", "cuda"))
@@ -281,8 +370,11 @@ def add_engine_commands(sub, common) -> argparse._SubParsersAction:
     r.add_argument("ids", nargs="+")
     r.add_argument("--bundle", type=Path, required=True)
     r.set_defaults(func=_cmd_db_remove)
-    f = dbsub.add_parser("repair", parents=[common],
-                         help="make a bundle load again after a db add/remove of an older reaudio was interrupted")
+    f = dbsub.add_parser(
+        "repair",
+        parents=[common],
+        help="make a bundle load again after a db add/remove of an older reaudio was interrupted",
+    )
     f.add_argument("--bundle", type=Path, required=True)
     f.set_defaults(func=_cmd_db_repair)
     l_ = dbsub.add_parser("list", parents=[common], help="list the database's clips")
@@ -301,8 +393,11 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         print(f"reaudio {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (NotADirectoryError, PermissionError, IsADirectoryError) as exc:
-        print(f"reaudio {args.command}: error: {exc.filename or exc}: {exc.strerror or exc} "
-              "(choose a folder you can write to)", file=sys.stderr)  # fmt: skip
+        print(
+            f"reaudio {args.command}: error: {exc.filename or exc}: {exc.strerror or exc} "
+            "(choose a folder you can write to)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("reaudio: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -10,18 +10,18 @@ from pathlib import Path
 
 from torch import nn
 
-from reaudio.engine.dataclass_io import atomic_dir, write_json_atomic
-from reaudio.engine.manifest import (
+from reaudio.engine.bundle.dataclass_io import atomic_dir, write_json_atomic
+from reaudio.engine.bundle.manifest import (
     FORMAT_VERSION,
+    BundleManifest,
     Defaults,
     LatentSpec,
     Licence,
-    Manifest,
     RetrievalSpec,
     TokenizerSpec,
-    write_manifest,
+    write_bundle_manifest,
 )
-from reaudio.engine.retrieval_db import DatabaseInfo, RetrievalDB
+from reaudio.engine.retrieval.database import DatabaseInfo, RetrievalDB
 from reaudio.models.configs import FamilyConfig
 from reaudio.models.retrieval_features import database_key_settings
 
@@ -66,7 +66,7 @@ def build_manifest(
     null_condition: str = "zeros",
     family: str | None = None,
     licence: Licence | None = None,
-) -> Manifest:
+) -> BundleManifest:
     r = cfg.vae.downsample_factor
     retrieval = None
     if cfg.retrieval.k > 0:
@@ -79,7 +79,7 @@ def build_manifest(
             caption_dim=cfg.clap.text.hidden_size,
             audio_dim=cfg.clap.audio.width,
         )
-    return Manifest(
+    return BundleManifest(
         format_version=FORMAT_VERSION,
         family=family or ("re-audioldm" if retrieval else "audioldm"),
         name=cfg.name,
@@ -113,7 +113,7 @@ def export_bundle(
     null_condition: str = "zeros",
     family_name: str | None = None,
     licence: Licence | None = None,
-) -> Manifest:
+) -> BundleManifest:
     """Export every stage of ``models`` into the bundle folder ``out`` (written whole, then renamed).
 
     ``models`` holds vae, vocoder, unet and either our ``clap`` or an imported Hugging
@@ -175,6 +175,8 @@ def export_bundle(
         write_json_atomic(tmp / "export_report.json", report)
         cfg.save(tmp / "family.json")  # lets `reaudio plans build` derive profiles from the bundle alone
         defaults = defaults or Defaults(duration=cfg.clip_seconds)
-        manifest = write_manifest(tmp, build_manifest(cfg, stages, defaults, null_condition, family_name, licence))
+        manifest = write_bundle_manifest(
+            tmp, build_manifest(cfg, stages, defaults, null_condition, family_name, licence)
+        )
     log.info("bundle written: %s (%d files)", out, len(manifest.files))
     return manifest

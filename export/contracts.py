@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reaudio.engine.manifest import AudioFrontend, StageSpec, TensorSpec
+from reaudio.engine.bundle.manifest import AudioFrontend, StageSpec, TensorSpec
 from reaudio.models.configs import FamilyConfig
 from reaudio.models.laion_clap import LaionCLAPConfig
 
@@ -59,8 +59,9 @@ class StageContract:
         }
 
     def spec(self, file: str, fp16_file: str | None = None, fused_file: str | None = None) -> StageSpec:
-        return StageSpec(file=file, inputs=self.inputs, outputs=self.outputs, fp16_file=fp16_file,
-                         fused_file=fused_file)
+        return StageSpec(
+            file=file, inputs=self.inputs, outputs=self.outputs, fp16_file=fp16_file, fused_file=fused_file
+        )
 
     def dims(self, cfg: FamilyConfig, limits: Limits, which: int) -> dict[str, int]:
         """Values of the dynamic axes at min (0), opt (1) or max (2) of ``limits``."""
@@ -91,8 +92,7 @@ class StageContract:
     ) -> tuple[torch.Tensor, ...]:
         """Random inputs in the stage's order, valid for its graph."""
         k = cfg.retrieval.k if k is None else k
-        limits = Limits(batch=(batch,) * 3, latent_frames=(frames,) * 3, text_tokens=(tokens,) * 3,
-                        neighbours=(k,) * 3)  # fmt: skip
+        limits = Limits(batch=(batch,) * 3, latent_frames=(frames,) * 3, text_tokens=(tokens,) * 3, neighbours=(k,) * 3)
         shapes = self.shapes(cfg, limits, 0)
         g = torch.Generator().manual_seed(seed)
         out = []
@@ -110,7 +110,7 @@ class StageContract:
             elif spec.name == "guidance":
                 out.append(torch.full(shape, 2.5))
             elif spec.name == "coefs":
-                from reaudio.engine.sampler import make_plan
+                from reaudio.engine.denoising.sampler import make_plan
 
                 plan = make_plan(cfg.schedule, "dpmpp-2m", 10)
                 out.append(torch.from_numpy(plan.coefs[3]).float().expand(shape).contiguous())
@@ -140,19 +140,28 @@ def contract(stage: str, cfg: FamilyConfig) -> StageContract:
     if stage == "text_encoder":
         return StageContract(
             stage,
-            (TensorSpec("input_ids", "int64", ("batch", "text_tokens")),
-             TensorSpec("attention_mask", "int64", ("batch", "text_tokens"))),
-            (_f("text_embedding", "batch", cfg.clap.embed_dim),
-             _f("token_features", "batch", "text_tokens", cfg.clap.text.hidden_size)),
-        )  # fmt: skip
+            (
+                TensorSpec("input_ids", "int64", ("batch", "text_tokens")),
+                TensorSpec("attention_mask", "int64", ("batch", "text_tokens")),
+            ),
+            (
+                _f("text_embedding", "batch", cfg.clap.embed_dim),
+                _f("token_features", "batch", "text_tokens", cfg.clap.text.hidden_size),
+            ),
+        )
     if stage == "denoiser":
         if not cfg.unet.film_dim:
             raise ValueError("export needs a UNet with a FiLM condition (film_dim > 0)")
         latent = ("batch", c, "frames", f)
-        inputs = [_f("latent", *latent), TensorSpec("timestep", "int64", ("batch",)),
-                  _f("film", "batch", cfg.unet.film_dim), _f("uncond_film", "batch", cfg.unet.film_dim),
-                  _f("guidance", "batch"), _f("coefs", "batch", 5),
-                  _f("prev_x0", *latent)]  # fmt: skip
+        inputs = [
+            _f("latent", *latent),
+            TensorSpec("timestep", "int64", ("batch",)),
+            _f("film", "batch", cfg.unet.film_dim),
+            _f("uncond_film", "batch", cfg.unet.film_dim),
+            _f("guidance", "batch"),
+            _f("coefs", "batch", 5),
+            _f("prev_x0", *latent),
+        ]
         for ctx in cfg.unet.contexts:
             axis = "text_context" if ctx.name == "retrieved_text" else "audio_context"
             inputs += [_f(ctx.name, "batch", axis, ctx.dim), TensorSpec(f"{ctx.name}_mask", "bool", ("batch", axis))]
@@ -169,12 +178,15 @@ def contract(stage: str, cfg: FamilyConfig) -> StageContract:
         return StageContract(
             stage,
             (_f("mel", *mel),),
-            (_f("audio_embedding", "batch", cfg.clap.embed_dim),
-             _f("audio_tokens", "batch", cfg.retrieval.audio_tokens, cfg.clap.audio.width)),
-        )  # fmt: skip
+            (
+                _f("audio_embedding", "batch", cfg.clap.embed_dim),
+                _f("audio_tokens", "batch", cfg.retrieval.audio_tokens, cfg.clap.audio.width),
+            ),
+        )
     if stage == "vae_encoder":
-        return StageContract(stage, (_f("mel", "batch", "mel_frames", cfg.mel.n_mels),),
-                             (_f("latent", "batch", c, "frames", f),))  # fmt: skip
+        return StageContract(
+            stage, (_f("mel", "batch", "mel_frames", cfg.mel.n_mels),), (_f("latent", "batch", c, "frames", f),)
+        )
     raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
 
 

@@ -36,15 +36,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reaudio.engine.dataclass_io import (
+from reaudio.engine.bundle.dataclass_io import (
     atomic_dir,
     from_dict,
     to_dict,
     umask_mode,
     write_json_atomic,
 )
-from reaudio.engine.manifest import Defaults, sha256_file
-from reaudio.engine.retrieval_db import Items, RetrievalDB
+from reaudio.engine.bundle.manifest import Defaults, sha256_file
+from reaudio.engine.retrieval.database import Items, RetrievalDB
 from reaudio.models.clap import CLAP
 from reaudio.models.configs import FamilyConfig, load_config
 from reaudio.models.hifigan import HiFiGANGenerator
@@ -112,8 +112,11 @@ def _vae_encoder_part(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
 
 
 def _checksums(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "pack.json"}  # fmt: skip
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "pack.json"
+    }
 
 
 def link_item_audio(pack: str | Path, corpus_manifest: str | Path) -> int:
@@ -138,8 +141,9 @@ def link_item_audio(pack: str | Path, corpus_manifest: str | Path) -> int:
             linked += 1
     with atomic_dir(pack) as tmp:
         shutil.copytree(pack, tmp, dirs_exist_ok=True)
-        (tmp / "db" / "items.jsonl").write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items),
-                                               encoding="utf-8")  # fmt: skip
+        (tmp / "db" / "items.jsonl").write_text(
+            "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8"
+        )
         meta = {**meta, "files": _checksums(tmp)}
         write_json_atomic(tmp / "pack.json", meta)
     return linked
@@ -180,8 +184,13 @@ def add_vae_encoder(pack: str | Path, vae: str | Path, provenance: dict | None =
     return meta
 
 
-def write_pack(system: str | Path, database: str | Path, out: str | Path, provenance: dict | None = None,
-               defaults: dict | None = None) -> dict:  # fmt: skip
+def write_pack(
+    system: str | Path,
+    database: str | Path,
+    out: str | Path,
+    provenance: dict | None = None,
+    defaults: dict | None = None,
+) -> dict:
     """Pack a trained system folder (``reaudio train ldm`` final/) and its database into ``out``.
 
     ``defaults``: generation defaults measured for this model (e.g. ``{"guidance": 6.0}``), written
@@ -235,8 +244,9 @@ def _load_part(model: nn.Module, state: dict[str, torch.Tensor], allowed_missing
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(allowed_missing)]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{what}: pack weights do not fit the model: missing {missing[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")  # fmt: skip
+        raise ValueError(
+            f"{what}: pack weights do not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
 
 
 def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
@@ -282,8 +292,16 @@ def _pack_database(pack: Path, meta: dict, cfg: FamilyConfig, clap: CLAP, folder
         cap_keys.append(clap.embed_text(torch.from_numpy(ids), torch.from_numpy(am)).numpy())
     info = replace(database_info(cfg, info.get("provenance", {})), count=0)
     db = RetrievalDB.create(folder, info)
-    return db.add(Items(records, keys, tokens, np.concatenate(cap_tokens), np.concatenate(cap_masks),
-                        np.concatenate(cap_keys) if info.caption_keys else None))  # fmt: skip
+    return db.add(
+        Items(
+            records,
+            keys,
+            tokens,
+            np.concatenate(cap_tokens),
+            np.concatenate(cap_masks),
+            np.concatenate(cap_keys) if info.caption_keys else None,
+        )
+    )
 
 
 def pack_defaults(meta: dict, clip_seconds: float) -> Defaults:
@@ -299,6 +317,12 @@ def assemble(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path
     cfg, models = load_pack_models(pack)
     with tempfile.TemporaryDirectory(prefix="reaudio-pack-db-") as tmp:
         _pack_database(pack, meta, cfg, models["clap"], Path(tmp) / "db")
-        export_bundle(cfg, models, out, database=Path(tmp) / "db", overwrite=overwrite,
-                      defaults=pack_defaults(meta, cfg.clip_seconds))  # fmt: skip
+        export_bundle(
+            cfg,
+            models,
+            out,
+            database=Path(tmp) / "db",
+            overwrite=overwrite,
+            defaults=pack_defaults(meta, cfg.clip_seconds),
+        )
     return out

@@ -74,7 +74,11 @@ def dedupe_nodes(graph) -> int:
 
 
 def convert_to_fp16(
-    src: str | Path, dst: str | Path, *, fp16_scopes: tuple[str, ...] | None = None, extra_fp32_ops: tuple[str, ...] = ()
+    src: str | Path,
+    dst: str | Path,
+    *,
+    fp16_scopes: tuple[str, ...] | None = None,
+    extra_fp32_ops: tuple[str, ...] = (),
 ) -> Path:
     """Write an fp16 copy of ``src`` with float32 inputs and outputs.
 

@@ -20,11 +20,26 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: Fusions with CUDA kernels only; ``cpu_kernels_only`` turns them off.
-CUDA_ONLY_FUSIONS = ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
-                     "enable_bias_add", "enable_packed_qkv", "enable_packed_kv")  # fmt: skip
+CUDA_ONLY_FUSIONS = (
+    "enable_nhwc_conv",
+    "enable_group_norm",
+    "enable_skip_group_norm",
+    "enable_bias_splitgelu",
+    "enable_bias_add",
+    "enable_packed_qkv",
+    "enable_packed_kv",
+)
 #: The ops the fusions produce, counted in the export log and checked by tests.
-FUSED_OPS = ("MultiHeadAttention", "GroupNorm", "SkipGroupNorm", "NhwcConv", "BiasSplitGelu", "BiasAdd",
-             "LayerNormalization", "SkipLayerNormalization")  # fmt: skip
+FUSED_OPS = (
+    "MultiHeadAttention",
+    "GroupNorm",
+    "SkipGroupNorm",
+    "NhwcConv",
+    "BiasSplitGelu",
+    "BiasAdd",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+)
 
 
 def _num_heads_from_reshape(self, reshape_q, is_torch2: bool = False) -> int:
@@ -57,9 +72,13 @@ def _patch_attention_fusion() -> None:
 
 
 def fuse_denoiser(
-    src: str | Path, dst: str | Path, *, fp16: bool = True, cpu_kernels_only: bool = False,
+    src: str | Path,
+    dst: str | Path,
+    *,
+    fp16: bool = True,
+    cpu_kernels_only: bool = False,
     fp32_outside: tuple[str, ...] = ("/unet/",),
-) -> dict[str, int]:  # fmt: skip
+) -> dict[str, int]:
     """Write the fused copy of the fp32 denoiser ``src`` to ``dst``; returns fused-op counts.
 
     With ``fp16``, the UNet runs in fp16 and every node outside ``fp32_outside`` (guidance and
@@ -76,14 +95,21 @@ def fuse_denoiser(
     for name in ("onnxruntime.transformers", "fusion_base", "onnx_model"):
         logging.getLogger(name).setLevel(logging.WARNING)
     src, dst = Path(src), Path(dst)
-    outside = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node
-               if not n.name.startswith(fp32_outside)}  # fmt: skip
+    outside = {
+        n.name for n in onnx.load(str(src), load_external_data=False).graph.node if not n.name.startswith(fp32_outside)
+    }
     options = FusionOptions("unet")
     if cpu_kernels_only:
         for flag in CUDA_ONLY_FUSIONS:
             setattr(options, flag, False)
-    model = optimize_model(str(src), model_type="unet", opt_level=0, optimization_options=options,
-                           use_gpu=not cpu_kernels_only, only_onnxruntime=False)  # fmt: skip
+    model = optimize_model(
+        str(src),
+        model_type="unet",
+        opt_level=0,
+        optimization_options=options,
+        use_gpu=not cpu_kernels_only,
+        only_onnxruntime=False,
+    )
     counts = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
     if fp16:
         keep = [n.name for n in model.model.graph.node if n.name in outside]

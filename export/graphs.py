@@ -50,7 +50,7 @@ class DenoiserStepGraph(nn.Module):
     """One denoising step: UNet on conditional and null halves, guidance, sampler update.
 
     Inputs: latent (B, C, T, F), timestep (B,), film (B, D), uncond_film (B, D),
-    guidance (B,), coefs (B, 5) from ``reaudio.engine.sampler``, prev_x0 (B, C, T, F),
+    guidance (B,), coefs (B, 5) from ``reaudio.engine.denoising.sampler``, prev_x0 (B, C, T, F),
     then per context its tokens (B, N, D) and mask (B, N). The unconditional half
     gets ``uncond_film`` (zeros for models trained with condition dropout to zeros;
     the embedding of "" or a negative prompt for AudioLDM) and all-false context masks.

@@ -11,7 +11,7 @@ import logging
 import re
 from pathlib import Path
 
-from reaudio.engine.manifest import Licence
+from reaudio.engine.bundle.manifest import Licence
 
 log = logging.getLogger(__name__)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import torch
 
-from reaudio.engine.frontend import AUDIOLDM_MEL, MelConfig
-from reaudio.engine.manifest import Manifest
-from reaudio.engine.schedule import NoiseScheduleConfig
-from reaudio.models.checkpoint import CheckpointError, load_state_strict
+from reaudio.engine.audio.frontend import AUDIOLDM_MEL, MelConfig
+from reaudio.engine.bundle.manifest import BundleManifest
+from reaudio.engine.denoising.schedule import NoiseScheduleConfig
 from reaudio.models.clap import AudioTowerConfig, CLAPConfig
 from reaudio.models.configs import FamilyConfig
 from reaudio.models.hifigan import HiFiGANConfig, HiFiGANGenerator
+from reaudio.models.key_maps import (
+    convert_unet_state,
+    convert_vae_state,
+    convert_vocoder_state,
+    load_state_strict,
+)
 from reaudio.models.retrieval_features import RetrievalConfig
 from reaudio.models.text_tower import TextTowerConfig
 from reaudio.models.unet import UNet, UNetConfig
@@ -109,14 +113,26 @@ def unet_config(cfg: dict, where: str = "unet/config.json") -> UNetConfig:
     for t in down + up:
         if t not in ("DownBlock2D", "CrossAttnDownBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"):
             raise AudioLDMImportError(f"{where}: block type {t!r} is not supported")
-    for key, expected in (("class_embed_type", "simple_projection"), ("class_embeddings_concat", True),
-                          ("use_linear_projection", False), ("flip_sin_to_cos", True), ("freq_shift", 0),
-                          ("act_fn", "silu"), ("norm_eps", 1e-5), ("time_embedding_type", "positional"),
-                          ("transformer_layers_per_block", 1), ("resnet_time_scale_shift", "default"),
-                          ("only_cross_attention", False), ("dual_cross_attention", False),
-                          ("mid_block_type", "UNetMidBlock2DCrossAttn"), ("encoder_hid_dim", None),
-                          ("addition_embed_type", None), ("time_cond_proj_dim", None),
-                          ("conv_in_kernel", 3), ("conv_out_kernel", 3)):  # fmt: skip
+    for key, expected in (
+        ("class_embed_type", "simple_projection"),
+        ("class_embeddings_concat", True),
+        ("use_linear_projection", False),
+        ("flip_sin_to_cos", True),
+        ("freq_shift", 0),
+        ("act_fn", "silu"),
+        ("norm_eps", 1e-5),
+        ("time_embedding_type", "positional"),
+        ("transformer_layers_per_block", 1),
+        ("resnet_time_scale_shift", "default"),
+        ("only_cross_attention", False),
+        ("dual_cross_attention", False),
+        ("mid_block_type", "UNetMidBlock2DCrossAttn"),
+        ("encoder_hid_dim", None),
+        ("addition_embed_type", None),
+        ("time_cond_proj_dim", None),
+        ("conv_in_kernel", 3),
+        ("conv_out_kernel", 3),
+    ):
         _require(cfg, key, expected, where)
     cross = cfg.get("cross_attention_dim")
     cross = list(cross) if isinstance(cross, (list, tuple)) else [cross] * len(channels)
@@ -143,60 +159,15 @@ def unet_config(cfg: dict, where: str = "unet/config.json") -> UNetConfig:
     )
 
 
-_TRANSFORMER = [
-    (r"transformer_blocks\.(\d+)\.attn2\.", r"blocks.\1.self_attn2."),
-    (r"transformer_blocks\.(\d+)\.ff\.net\.0\.proj\.", r"blocks.\1.ff.proj_in."),
-    (r"transformer_blocks\.(\d+)\.ff\.net\.2\.", r"blocks.\1.ff.proj_out."),
-    (r"transformer_blocks\.", "blocks."),
-    (r"\.to_out\.0\.", ".to_out."),
-]
-_RESNET = [(r"\.time_emb_proj\.", ".emb_proj."), (r"\.conv_shortcut\.", ".skip.")]
-
-
-def _sub_all(key: str, rules) -> str:
-    for pattern, repl in rules:
-        key = re.sub(pattern, repl, key)
-    return key
-
-
-def convert_unet_state(state: dict[str, torch.Tensor], cfg: UNetConfig) -> dict[str, torch.Tensor]:
-    n = cfg.num_res_blocks
-    out = {}
-    for key, value in state.items():
-        new = key
-        new = re.sub(r"^time_embedding\.linear_1\.", "time_embed.0.", new)
-        new = re.sub(r"^time_embedding\.linear_2\.", "time_embed.2.", new)
-        new = re.sub(r"^class_embedding\.", "film_embed.", new)
-        new = re.sub(r"^conv_norm_out\.", "norm_out.", new)
-        m = re.match(r"^down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)$", new)
-        if m:
-            level, kind, idx, rest = int(m[1]), m[2], int(m[3]), m[4]
-            new = f"down_stages.{level * n + idx}.{'res' if kind == 'resnets' else 'attn'}.{rest}"
-        m = re.match(r"^down_blocks\.(\d+)\.downsamplers\.0\.(.*)$", new)
-        if m:
-            new = f"downsamplers.{m[1]}.{m[2]}"
-        m = re.match(r"^up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)$", new)
-        if m:
-            block, kind, idx, rest = int(m[1]), m[2], int(m[3]), m[4]
-            new = f"up_stages.{block * (n + 1) + idx}.{'res' if kind == 'resnets' else 'attn'}.{rest}"
-        m = re.match(r"^up_blocks\.(\d+)\.upsamplers\.0\.(.*)$", new)
-        if m:
-            new = f"upsamplers.{m[1]}.{m[2]}"
-        new = re.sub(r"^mid_block\.resnets\.0\.", "mid_res1.", new)
-        new = re.sub(r"^mid_block\.resnets\.1\.", "mid_res2.", new)
-        new = re.sub(r"^mid_block\.attentions\.0\.", "mid_attn.", new)
-        new = _sub_all(new, _TRANSFORMER + _RESNET)
-        out[new] = value
-    return out
-
-
-# -- VAE ----------------------------------------------------------------------------------
-
-
 def vae_config(cfg: dict, where: str = "vae/config.json") -> VAEConfig:
     channels = list(cfg["block_out_channels"])
-    for key, expected in (("act_fn", "silu"), ("mid_block_add_attention", True), ("use_quant_conv", True),
-                          ("use_post_quant_conv", True), ("force_upcast", cfg.get("force_upcast", True))):  # fmt: skip
+    for key, expected in (
+        ("act_fn", "silu"),
+        ("mid_block_add_attention", True),
+        ("use_quant_conv", True),
+        ("use_post_quant_conv", True),
+        ("force_upcast", cfg.get("force_upcast", True)),
+    ):
         _require(cfg, key, expected, where)
     if any(c % channels[0] for c in channels):
         raise AudioLDMImportError(f"{where}: block_out_channels {channels} are not multiples of the first")
@@ -214,58 +185,6 @@ def vae_config(cfg: dict, where: str = "vae/config.json") -> VAEConfig:
     )
 
 
-def convert_vae_state(state: dict[str, torch.Tensor], cfg: VAEConfig) -> dict[str, torch.Tensor]:
-    n = cfg.num_res_blocks
-    out: dict[str, torch.Tensor] = {}
-    attn_parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        new = key
-        new = re.sub(r"^quant_conv\.", "encoder.quant_conv.", new)
-        new = re.sub(r"^post_quant_conv\.", "decoder.post_quant_conv.", new)
-        new = re.sub(r"\.conv_norm_out\.", ".norm_out.", new)
-        m = re.match(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)$", new)
-        if m:
-            new = f"encoder.down.{int(m[1]) * (n + 1) + int(m[2])}.{m[3]}"
-        m = re.match(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.(.*)$", new)
-        if m:
-            new = f"encoder.down.{int(m[1]) * (n + 1) + n}.{m[2]}"
-        m = re.match(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)$", new)
-        if m:
-            new = f"decoder.up.{2 * int(m[1])}.{m[2]}.{m[3]}"
-        m = re.match(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.*)$", new)
-        if m:
-            new = f"decoder.up.{2 * int(m[1]) + 1}.{m[2]}"
-        new = re.sub(r"\.mid_block\.resnets\.0\.", ".mid.0.", new)
-        new = re.sub(r"\.mid_block\.resnets\.1\.", ".mid.2.", new)
-        new = re.sub(r"\.conv_shortcut\.", ".skip.", new)
-        m = re.match(r"^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)$", new)
-        if m:
-            part = m[2]
-            if part == "group_norm":
-                out[f"{m[1]}.mid.1.norm.{m[3]}"] = value
-            else:
-                attn_parts.setdefault(f"{m[1]}:{m[3]}", {})[part] = value
-            continue
-        out[new] = value
-    # Separate q/k/v Linear layers become one fused 1×1 convolution; the output Linear a 1×1 conv.
-    for tag, parts in attn_parts.items():
-        side, kind = tag.split(":")
-        prefix = f"{side}.mid.1"
-        missing = {"to_q", "to_k", "to_v", "to_out.0"} - set(parts)
-        if missing:
-            raise CheckpointError(f"vae: attention of the {side} misses {sorted(missing)} ({kind})")
-        qkv = torch.cat([parts["to_q"], parts["to_k"], parts["to_v"]])
-        proj = parts["to_out.0"]
-        if kind == "weight":
-            qkv, proj = qkv[:, :, None, None], proj[:, :, None, None]
-        out[f"{prefix}.qkv.{kind}"] = qkv
-        out[f"{prefix}.proj.{kind}"] = proj
-    return out
-
-
-# -- vocoder ------------------------------------------------------------------------------
-
-
 def vocoder_config(cfg: dict, where: str = "vocoder/config.json") -> HiFiGANConfig:
     _require(cfg, "normalize_before", False, where)
     _require(cfg, "leaky_relu_slope", 0.1, where)
@@ -279,22 +198,23 @@ def vocoder_config(cfg: dict, where: str = "vocoder/config.json") -> HiFiGANConf
     )
 
 
-def convert_vocoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # mean/scale only serve normalize_before, which is refused above.
-    return {re.sub(r"^upsampler\.", "ups.", k): v for k, v in state.items() if k not in ("mean", "scale")}
-
-
-# -- scheduler ----------------------------------------------------------------------------
-
-
 def schedule_config(cfg: dict, where: str = "scheduler/scheduler_config.json") -> NoiseScheduleConfig:
     """The engine's sampler math equals diffusers' DDIM with these settings (AudioLDM's)."""
-    for key, expected in (("prediction_type", "epsilon"), ("steps_offset", 1), ("set_alpha_to_one", False),
-                          ("timestep_spacing", "leading"), ("thresholding", False), ("clip_sample", False),
-                          ("rescale_betas_zero_snr", False), ("trained_betas", None)):  # fmt: skip
+    for key, expected in (
+        ("prediction_type", "epsilon"),
+        ("steps_offset", 1),
+        ("set_alpha_to_one", False),
+        ("timestep_spacing", "leading"),
+        ("thresholding", False),
+        ("clip_sample", False),
+        ("rescale_betas_zero_snr", False),
+        ("trained_betas", None),
+    ):
         _require(cfg, key, expected, where)
     if cfg.get("beta_schedule") not in ("scaled_linear", "linear"):
-        raise AudioLDMImportError(f"{where}: beta_schedule={cfg.get('beta_schedule')!r}; supported: scaled_linear, linear")
+        raise AudioLDMImportError(
+            f"{where}: beta_schedule={cfg.get('beta_schedule')!r}; supported: scaled_linear, linear"
+        )
     return NoiseScheduleConfig(
         num_train_timesteps=cfg.get("num_train_timesteps", 1000),
         beta_start=cfg["beta_start"],
@@ -316,8 +236,15 @@ def mel_for(vocoder: HiFiGANConfig, sample_rate: int) -> MelConfig:
     if (sample_rate, hop, vocoder.n_mels) == (AUDIOLDM_MEL.sample_rate, AUDIOLDM_MEL.hop_length, AUDIOLDM_MEL.n_mels):
         return AUDIOLDM_MEL
     n_fft = 4 * hop
-    return MelConfig(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, win_length=n_fft, n_mels=vocoder.n_mels,
-                     fmin=0.0, fmax=sample_rate / 2)  # fmt: skip
+    return MelConfig(
+        sample_rate=sample_rate,
+        n_fft=n_fft,
+        hop_length=hop,
+        win_length=n_fft,
+        n_mels=vocoder.n_mels,
+        fmin=0.0,
+        fmax=sample_rate / 2,
+    )
 
 
 def load_audioldm(folder: str | Path) -> tuple[FamilyConfig, dict, object]:
@@ -348,8 +275,13 @@ def load_audioldm(folder: str | Path) -> tuple[FamilyConfig, dict, object]:
     from transformers import AutoTokenizer, ClapTextModelWithProjection
 
     _, text_variant = weight_files(folder / "text_encoder")
-    text = ClapTextModelWithProjection.from_pretrained(str(folder / "text_encoder"), local_files_only=True,
-                                                       variant=text_variant or None).float().eval()  # fmt: skip
+    text = (
+        ClapTextModelWithProjection.from_pretrained(
+            str(folder / "text_encoder"), local_files_only=True, variant=text_variant or None
+        )
+        .float()
+        .eval()
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True, use_fast=True)
     max_length = min(int(tokenizer.model_max_length), text.config.max_position_embeddings - 2)
 
@@ -376,9 +308,17 @@ def load_audioldm(folder: str | Path) -> tuple[FamilyConfig, dict, object]:
     return family, {"unet": unet, "vae": vae, "vocoder": vocoder, "text_encoder": text}, tokenizer
 
 
-def import_audioldm(source: str | Path, out: str | Path, *, fp16: bool = False, overwrite: bool = False,
-                    licence: str | None = None, revision: str | None = None,
-                    cache_dir: str | Path | None = None, optimize: str | None = None) -> Manifest:  # fmt: skip
+def import_audioldm(
+    source: str | Path,
+    out: str | Path,
+    *,
+    fp16: bool = False,
+    overwrite: bool = False,
+    licence: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    optimize: str | None = None,
+) -> BundleManifest:
     """Convert the pipeline in ``source`` (a folder, or a hub id in the local cache) into a bundle at ``out``.
 
     The bundle (k = 0, AudioLDM family) records the weights' licence: ``licence`` if

@@ -24,8 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from reaudio.engine.dataclass_io import atomic_dir, write_json_atomic
-from reaudio.engine.manifest import Manifest, read_manifest, write_manifest
+from reaudio.engine.bundle.dataclass_io import atomic_dir, write_json_atomic
+from reaudio.engine.bundle.manifest import (
+    BundleManifest,
+    read_bundle_manifest,
+    write_bundle_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +40,39 @@ REPORT = "int8_report.json"
 
 #: Calibration prompts: varied sources, textures and envelopes, so every layer sees typical ranges.
 CALIBRATION_PROMPTS = (
-    "footsteps on gravel", "a wooden door creaks open", "rain falls on a tin roof", "a dog barks twice",
-    "glass shatters on a stone floor", "wind howls through a gap", "a crackling campfire", "a church bell tolls",
-    "a car engine starts and idles", "birds chirping in a forest at dawn", "a crowd applauds", "thunder rumbles",
-    "a kettle whistles", "typing on a mechanical keyboard", "a helicopter passes overhead", "waves on a beach",
-    "a cat meows", "a metal pot is struck with a spoon", "water drips into a bucket", "a chainsaw cuts wood",
-    "a baby laughs", "an old telephone rings", "paper is crumpled", "a horse gallops on a dirt road",
-    "a siren wails in the distance", "a toilet flushes", "a zipper is pulled", "a sword is drawn from its sheath",
-    "a synth pad swells", "an explosion echoes", "a clock ticks", "a man coughs",
-)  # fmt: skip
+    "footsteps on gravel",
+    "a wooden door creaks open",
+    "rain falls on a tin roof",
+    "a dog barks twice",
+    "glass shatters on a stone floor",
+    "wind howls through a gap",
+    "a crackling campfire",
+    "a church bell tolls",
+    "a car engine starts and idles",
+    "birds chirping in a forest at dawn",
+    "a crowd applauds",
+    "thunder rumbles",
+    "a kettle whistles",
+    "typing on a mechanical keyboard",
+    "a helicopter passes overhead",
+    "waves on a beach",
+    "a cat meows",
+    "a metal pot is struck with a spoon",
+    "water drips into a bucket",
+    "a chainsaw cuts wood",
+    "a baby laughs",
+    "an old telephone rings",
+    "paper is crumpled",
+    "a horse gallops on a dirt road",
+    "a siren wails in the distance",
+    "a toilet flushes",
+    "a zipper is pulled",
+    "a sword is drawn from its sheath",
+    "a synth pad swells",
+    "an explosion echoes",
+    "a clock ticks",
+    "a man coughs",
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +115,7 @@ class _Recorder:
 
 def record_feeds(bundle: Path, calibration: Calibration, progress: Callable[[str], None] = log.info) -> dict:
     """Inputs the fp32 engine gives the quantised stages while generating the calibration prompts."""
-    from reaudio.engine.engine import Engine, Request
+    from reaudio.engine.pipeline import Engine, Request
 
     engine = Engine.from_bundle(bundle, backend="cpu", threads=calibration.threads, precision="fp32")
     duration = calibration.duration or min(engine.manifest.defaults.duration, 5.0)
@@ -98,8 +126,7 @@ def record_feeds(bundle: Path, calibration: Calibration, progress: Callable[[str
     for start in range(0, len(prompts), size):
         chunk = prompts[start : start + size]
         progress(f"calibration: prompts {start + 1}-{start + len(chunk)} of {len(prompts)}")
-        requests = [Request(p, seed=start + i, steps=calibration.steps, duration=duration)
-                    for i, p in enumerate(chunk)]  # fmt: skip
+        requests = [Request(p, seed=start + i, steps=calibration.steps, duration=duration) for i, p in enumerate(chunk)]
         for result in engine.generate(requests, batch_size=size):
             if result.error:
                 raise RuntimeError(f"calibration prompt {result.request.prompt!r} failed: {result.error}")
@@ -169,8 +196,11 @@ def _unquantise_outside(path: Path, scopes: tuple[str, ...]) -> None:
 
     model = onnx.load(str(path))
     quantised_from = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    original = {n.output[0]: quantised_from[n.input[0]] for n in model.graph.node
-                if n.op_type == "DequantizeLinear" and n.input[0] in quantised_from}  # fmt: skip
+    original = {
+        n.output[0]: quantised_from[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in quantised_from
+    }
     changed = 0
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.name.startswith(scopes):
@@ -209,7 +239,7 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
 def compare_graphs(fp32: Path, int8: Path, feeds: list[dict], threads: int | None, mel=None) -> dict:
     """Per output, the worst over ``feeds`` of the int8 graph against the fp32 one: SNR (dB) and,
     for a waveform with ``mel`` (the bundle's MelConfig), the mean log-mel difference."""
-    from reaudio.engine.backends import OrtRunner
+    from reaudio.engine.stages.backends import OrtRunner
 
     sessions = [OrtRunner.session_for(p, ["CPUExecutionProvider"], threads) for p in (fp32, int8)]
     names = [o.name for o in sessions[0].get_outputs()]
@@ -228,7 +258,7 @@ def compare_graphs(fp32: Path, int8: Path, feeds: list[dict], threads: int | Non
 def log_mel_l1(reference: np.ndarray, other: np.ndarray, mel) -> float:
     """Mean absolute difference of the two waveforms' log-mel spectrograms, in the bundle's own
     log-mel units (natural-log magnitude for AudioLDM and the default model)."""
-    from reaudio.engine.frontend import log_mel
+    from reaudio.engine.audio.frontend import log_mel
 
     return float(np.mean(np.abs(log_mel(reference, mel) - log_mel(other, mel))))
 
@@ -239,7 +269,7 @@ def quantize_bundle(
     calibration: Calibration | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] = log.info,
-) -> Manifest:
+) -> BundleManifest:
     """Add int8 denoiser and decoder graphs to ``bundle`` (or to a copy at ``out``).
 
     In place, the new files are written under temporary names and the manifest is
@@ -249,7 +279,7 @@ def quantize_bundle(
 
     bundle = Path(bundle)
     calibration = calibration or Calibration()
-    read_manifest(bundle)  # a corrupted bundle is refused before any work
+    read_bundle_manifest(bundle)  # a corrupted bundle is refused before any work
     if out is not None:
         out = Path(out)
         if out.exists() and not overwrite:
@@ -262,16 +292,17 @@ def quantize_bundle(
     try:
         lock.acquire()
     except Timeout:
-        raise BundleBusy(f"{bundle}: another process is quantising this bundle ({lock.lock_file} is held); "
-                         "wait for it to finish") from None
+        raise BundleBusy(
+            f"{bundle}: another process is quantising this bundle ({lock.lock_file} is held); wait for it to finish"
+        ) from None
     try:
         return _add_int8(bundle, calibration, progress)
     finally:
         lock.release()
 
 
-def _add_int8(bundle: Path, calibration: Calibration, progress: Callable[[str], None]) -> Manifest:
-    manifest = read_manifest(bundle)
+def _add_int8(bundle: Path, calibration: Calibration, progress: Callable[[str], None]) -> BundleManifest:
+    manifest = read_bundle_manifest(bundle)
     feeds = record_feeds(bundle, calibration, progress)
     staging = bundle / ".int8-partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -281,8 +312,9 @@ def _add_int8(bundle: Path, calibration: Calibration, progress: Callable[[str], 
         rel = Path(spec.file).with_name("model.int8.onnx").as_posix()
         progress(f"quantising {stage} ({len(recorded)} calibration inputs)")
         written = quantize_graph(bundle / spec.file, staging / rel, recorded, INT8_SCOPES[stage])
-        report[stage] = compare_graphs(bundle / spec.file, written, spread(recorded, 4), calibration.threads,
-                                       manifest.mel)
+        report[stage] = compare_graphs(
+            bundle / spec.file, written, spread(recorded, 4), calibration.threads, manifest.mel
+        )
         progress(f"{stage}: int8 vs fp32 on calibration inputs: {report[stage]}")
         stages[stage] = replace(spec, int8_file=rel)
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
@@ -291,4 +323,4 @@ def _add_int8(bundle: Path, calibration: Calibration, progress: Callable[[str], 
         os.replace(path, target)
     shutil.rmtree(staging, ignore_errors=True)
     write_json_atomic(bundle / REPORT, report)
-    return write_manifest(bundle, replace(manifest, stages={**manifest.stages, **stages}))
+    return write_bundle_manifest(bundle, replace(manifest, stages={**manifest.stages, **stages}))

@@ -62,8 +62,14 @@ def save_onnx(model, path: Path) -> None:
 
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     if weight_bytes > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)  # fmt: skip
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(model, str(path))
 
@@ -83,8 +89,14 @@ def consolidate_external_data(path: Path) -> None:
     if not locations or locations == {path.name + ".data"}:
         return
     model = onnx.load(str(path))  # pulls every tensor back in
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)  # fmt: skip
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=1024,
+    )
     for name in locations - {path.name + ".data"}:
         (path.parent / name).unlink(missing_ok=True)
 
@@ -134,5 +146,7 @@ def check_parity(
                 raise AssertionError(f"{stage}/{out_spec.name}: shape {a.shape} from ONNX, {e.shape} from torch")
             max_abs = float(np.abs(a.astype(np.float64) - e).max())
             scale = float(np.abs(e).max()) or 1.0
-            results.append(ParityResult(stage, f"batch={batch} frames={frames}", out_spec.name, max_abs, max_abs / scale))
+            results.append(
+                ParityResult(stage, f"batch={batch} frames={frames}", out_spec.name, max_abs, max_abs / scale)
+            )
     return results

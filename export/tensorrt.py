@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from reaudio.engine.manifest import read_manifest
-from reaudio.engine.plans import PLANS, plan_name
+from reaudio.engine.bundle.manifest import read_bundle_manifest
+from reaudio.engine.bundle.plans import PLANS, plan_name
 from reaudio.models.configs import FamilyConfig
 
 from .contracts import Limits, contract
@@ -107,7 +107,7 @@ def build_bundle_plans(
     import tensorrt as trt
 
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
+    manifest = read_bundle_manifest(bundle)
     limits = limits or Limits()
     gpu = gpu_name() or "unknown-gpu"
     built = []

@@ -60,9 +60,7 @@ class GEGLUFeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Self-attention, one cross-attention per named context, feed-forward; pre-LayerNorm."""
 
-    def __init__(
-        self, dim: int, heads: int, contexts: dict[str, int], extra_self_attention: bool
-    ) -> None:
+    def __init__(self, dim: int, heads: int, contexts: dict[str, int], extra_self_attention: bool) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads)
@@ -91,9 +89,14 @@ class SpatialTransformer(nn.Module):
     """Transformer blocks over the (T × F) positions of a feature map."""
 
     def __init__(
-        self, channels: int, heads: int, depth: int, contexts: dict[str, int], extra_self_attention: bool,
+        self,
+        channels: int,
+        heads: int,
+        depth: int,
+        contexts: dict[str, int],
+        extra_self_attention: bool,
         norm_groups: int = 32,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.norm = group_norm(channels, norm_groups)
         self.proj_in = nn.Conv2d(channels, channels, 1)

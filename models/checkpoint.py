@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reaudio.engine.dataclass_io import atomic_path, from_dict, to_dict, write_json_atomic
+from reaudio.engine.bundle.dataclass_io import atomic_path, from_dict, to_dict, write_json_atomic
 
 from .clap import CLAP, CLAPConfig
 from .hifigan import HiFiGANConfig, HiFiGANGenerator
+from .key_maps import CheckpointError, load_state_strict  # noqa: F401  (CheckpointError: re-exported)
 from .laion_clap import LaionCLAP, LaionCLAPConfig
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
@@ -29,10 +29,6 @@ MODEL_TYPES: dict[str, tuple[type[nn.Module], type]] = {
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder is missing a file or disagrees with its config."""
 
 
 def model_type_of(model: nn.Module) -> str:
@@ -64,26 +60,6 @@ def read_checkpoint_config(folder: str | Path) -> tuple[str, Any, dict[str, Any]
     if kind not in MODEL_TYPES:
         raise CheckpointError(f"{path}: unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
     return kind, from_dict(MODEL_TYPES[kind][1], meta.get("config", {}), where=f"{path}:config"), meta
-
-
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model``, naming every missing, unexpected or mis-shaped key."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-            if items:
-                shown = ", ".join(items[:10]) + (f", … ({len(items)} in all)" if len(items) > 10 else "")
-                parts.append(f"{label}: {shown}")
-        raise CheckpointError(f"{source} does not match the model config: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
 
 
 def load_checkpoint(folder: str | Path, map_location: str = "cpu") -> nn.Module:

@@ -33,10 +33,6 @@ class AudioTowerConfig:
     heads: int = 4
     norm_groups: int = 8
 
-    @property
-    def time_reduction(self) -> int:
-        return 2 ** len(self.stem_channels)
-
 
 @dataclass(frozen=True)
 class CLAPConfig:
@@ -78,7 +74,7 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device) -> torch.T
 
 
 class AudioTower(nn.Module):
-    """Log-mel (B, T, n_mels) → tokens (B, ceil(T / r), width), r = ``time_reduction``."""
+    """Log-mel (B, T, n_mels) → tokens (B, ceil(T / r), width), r = 2 ** len(stem_channels)."""
 
     def __init__(self, cfg: AudioTowerConfig) -> None:
         super().__init__()
@@ -86,7 +82,11 @@ class AudioTower(nn.Module):
         layers: list[nn.Module] = []
         ch, freq = 1, cfg.n_mels
         for out in cfg.stem_channels:
-            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), group_norm(out, cfg.norm_groups, eps=1e-5), nn.GELU()]
+            layers += [
+                nn.Conv2d(ch, out, 3, stride=2, padding=1),
+                group_norm(out, cfg.norm_groups, eps=1e-5),
+                nn.GELU(),
+            ]
             ch, freq = out, (freq + 1) // 2
         self.stem = nn.Sequential(*layers)
         self.to_tokens = nn.Linear(ch * freq, cfg.width)

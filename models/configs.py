@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from reaudio.engine.dataclass_io import from_dict, to_dict, write_json_atomic
-from reaudio.engine.frontend import AUDIOLDM_MEL, HIFIGAN_22K_MEL, MelConfig
-from reaudio.engine.schedule import NoiseScheduleConfig
+from reaudio.engine.audio.frontend import AUDIOLDM_MEL, HIFIGAN_22K_MEL, MelConfig
+from reaudio.engine.bundle.dataclass_io import from_dict, to_dict, write_json_atomic
+from reaudio.engine.denoising.schedule import NoiseScheduleConfig
 
 from .clap import AudioTowerConfig, CLAPConfig
 from .hifigan import HiFiGANConfig
@@ -104,27 +104,45 @@ def _tiny() -> FamilyConfig:
     mel = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, win_length=256, n_mels=16, fmin=0.0, fmax=4000.0)
     text = TextTowerConfig(
         pretrained=None,
-        random_bert={"num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-                     "max_position_embeddings": 64},
+        random_bert={
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+        },
         hidden_size=32,
         max_length=32,
-    )  # fmt: skip
+    )
     return FamilyConfig(
         name="tiny",
         clip_seconds=1.0,
         mel=mel,
         vae=VAEConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4, norm_groups=2),
         vocoder=HiFiGANConfig(
-            n_mels=16, upsample_initial_channel=32, upsample_rates=(4, 4, 4), upsample_kernel_sizes=(8, 8, 8),
-            resblock_kernel_sizes=(3,), resblock_dilations=((1, 3),),
-        ),  # fmt: skip
+            n_mels=16,
+            upsample_initial_channel=32,
+            upsample_rates=(4, 4, 4),
+            upsample_kernel_sizes=(8, 8, 8),
+            resblock_kernel_sizes=(3,),
+            resblock_dilations=((1, 3),),
+        ),
         unet=UNetConfig(
-            in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-            attention_resolutions=(1, 2), num_head_channels=8, film_dim=16, contexts=_contexts(32, 16),
+            in_channels=4,
+            out_channels=4,
+            model_channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(1, 2),
+            num_head_channels=8,
+            film_dim=16,
+            contexts=_contexts(32, 16),
             norm_groups=4,
-        ),  # fmt: skip
-        clap=CLAPConfig(text=text, audio=AudioTowerConfig(n_mels=16, stem_channels=(8, 16), width=16, layers=1,
-                                                          heads=2, norm_groups=4), embed_dim=16),  # fmt: skip
+        ),
+        clap=CLAPConfig(
+            text=text,
+            audio=AudioTowerConfig(n_mels=16, stem_channels=(8, 16), width=16, layers=1, heads=2, norm_groups=4),
+            embed_dim=16,
+        ),
         retrieval=RetrievalConfig(k=2, caption_tokens=8, audio_tokens=4),
     )
 
@@ -139,16 +157,26 @@ def _sfx_small() -> FamilyConfig:
         mel=HIFIGAN_22K_MEL,
         vae=VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=8, embed_dim=8, norm_groups=8),
         vocoder=HiFiGANConfig(
-            n_mels=80, upsample_initial_channel=512, upsample_rates=(8, 8, 2, 2),
+            n_mels=80,
+            upsample_initial_channel=512,
+            upsample_rates=(8, 8, 2, 2),
             upsample_kernel_sizes=(16, 16, 4, 4),
-        ),  # fmt: skip
+        ),
         unet=UNetConfig(
-            in_channels=8, out_channels=8, model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2,
-            attention_resolutions=(2, 4), num_head_channels=32, film_dim=256, contexts=_contexts(384, 128),
+            in_channels=8,
+            out_channels=8,
+            model_channels=32,
+            channel_mult=(1, 2, 4),
+            num_res_blocks=2,
+            attention_resolutions=(2, 4),
+            num_head_channels=32,
+            film_dim=256,
+            contexts=_contexts(384, 128),
             norm_groups=8,
-        ),  # fmt: skip
-        clap=CLAPConfig(audio=AudioTowerConfig(n_mels=80, stem_channels=(16, 32, 64), width=128, layers=2,
-                                               heads=4), embed_dim=256),  # fmt: skip
+        ),
+        clap=CLAPConfig(
+            audio=AudioTowerConfig(n_mels=80, stem_channels=(16, 32, 64), width=128, layers=2, heads=4), embed_dim=256
+        ),
         # Hybrid, audio weight 0.25: test-split neighbour precision@3 as caption matching (0.796 vs
         # 0.797), and clips a user adds come back for their own captions (top-3 0.98 vs 0.61).
         retrieval=RetrievalConfig(k=3, key="hybrid", hybrid_weight=0.25, caption_tokens=32, audio_tokens=8),
@@ -165,8 +193,10 @@ def _audioldm(name: str, model_channels: int) -> FamilyConfig:
         vae=VAEConfig(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=8, embed_dim=8),
         vocoder=HiFiGANConfig(),
         unet=UNetConfig(model_channels=model_channels, film_dim=512, contexts=_contexts(384, 768)),
-        clap=CLAPConfig(audio=AudioTowerConfig(n_mels=64, stem_channels=(64, 128, 256), width=768, layers=6,
-                                               heads=12), embed_dim=512),  # fmt: skip
+        clap=CLAPConfig(
+            audio=AudioTowerConfig(n_mels=64, stem_channels=(64, 128, 256), width=768, layers=6, heads=12),
+            embed_dim=512,
+        ),
         retrieval=RetrievalConfig(k=10, caption_tokens=50, audio_tokens=32),
     )
 

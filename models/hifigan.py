@@ -59,9 +59,7 @@ class ResBlock(nn.Module):
         self.convs1 = nn.ModuleList(
             weight_norm(nn.Conv1d(ch, ch, kernel, dilation=d, padding=_pad(kernel, d))) for d in dilations
         )
-        self.convs2 = nn.ModuleList(
-            weight_norm(nn.Conv1d(ch, ch, kernel, padding=_pad(kernel))) for _ in dilations
-        )
+        self.convs2 = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, kernel, padding=_pad(kernel))) for _ in dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c1, c2 in zip(self.convs1, self.convs2):
@@ -138,9 +136,15 @@ class ScaleDiscriminator(nn.Module):
     def __init__(self, width: float = 1.0) -> None:
         super().__init__()
         w = lambda c: _width(c, width)  # noqa: E731
-        spec = [(1, w(128), 15, 1, 1), (w(128), w(128), 41, 2, 4), (w(128), w(256), 41, 2, 16),
-                (w(256), w(512), 41, 4, 16), (w(512), w(1024), 41, 4, 16), (w(1024), w(1024), 41, 1, 16),
-                (w(1024), w(1024), 5, 1, 1)]  # fmt: skip
+        spec = [
+            (1, w(128), 15, 1, 1),
+            (w(128), w(128), 41, 2, 4),
+            (w(128), w(256), 41, 2, 16),
+            (w(256), w(512), 41, 4, 16),
+            (w(512), w(1024), 41, 4, 16),
+            (w(1024), w(1024), 41, 1, 16),
+            (w(1024), w(1024), 5, 1, 1),
+        ]
         self.convs = nn.ModuleList(
             weight_norm(nn.Conv1d(i, o, k, s, groups=g, padding=k // 2)) for i, o, k, s, g in spec
         )
@@ -191,6 +195,4 @@ def generator_adversarial_loss(fake: list) -> torch.Tensor:
 
 
 def feature_matching_loss(real: list, fake: list) -> torch.Tensor:
-    return 2 * sum(
-        F.l1_loss(ff, rf.detach()) for r, f in zip(real, fake) for rf, ff in zip(r[1], f[1])
-    )
+    return 2 * sum(F.l1_loss(ff, rf.detach()) for r, f in zip(real, fake) for rf, ff in zip(r[1], f[1]))

@@ -33,17 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reaudio.engine.frontend import MelConfig, fit_window  # noqa: F401  (fit_window: re-exported)
-from reaudio.engine.manifest import AudioFrontend
+from reaudio.engine.audio.frontend import MelConfig, fit_window  # noqa: F401  (fit_window: re-exported)
+from reaudio.engine.bundle.manifest import AudioFrontend
 
+from .key_maps import LaionCheckpointError, load_state_strict, to_model_keys  # noqa: F401  (re-exported)
 from .layers import pool_tokens
 
 #: RoBERTa's LayerNorm epsilon (transformers' CLAP text config defaults to BERT's 1e-12).
 ROBERTA_LAYER_NORM_EPS = 1e-5
-
-
-class LaionCheckpointError(ValueError):
-    """The checkpoint is not a supported LAION-CLAP layout; the message names the keys."""
 
 
 @dataclass(frozen=True)
@@ -87,9 +84,20 @@ class LaionAudioConfig:
         """LAION's audio front end (what transformers' ``ClapFeatureExtractor`` computes for
         non-fusion models: periodic Hann, centred reflect-padded STFT, power, Slaney mel,
         10·log10 with a 1e-10 floor), as the engine's NumPy front end."""
-        mel = MelConfig(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
-                        win_length=self.n_fft, n_mels=self.mel_bins, fmin=self.fmin, fmax=self.fmax,
-                        padding="center", power=2.0, log="log10", log_floor=1e-10, norm_std=0.1)  # fmt: skip
+        mel = MelConfig(
+            sample_rate=self.sample_rate,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.n_fft,
+            n_mels=self.mel_bins,
+            fmin=self.fmin,
+            fmax=self.fmax,
+            padding="center",
+            power=2.0,
+            log="log10",
+            log_floor=1e-10,
+            norm_std=0.1,
+        )
         return AudioFrontend(mel=mel, window_seconds=self.max_seconds)
 
 
@@ -111,20 +119,35 @@ class LaionCLAP(nn.Module):
         from tokenizers import Tokenizer
         from transformers import ClapAudioConfig, ClapConfig, ClapModel, ClapTextConfig
 
-        from reaudio.engine.text_tokenizer import TextTokenizer
+        from reaudio.engine.stages.text_tokenizer import TextTokenizer
 
         self.cfg = cfg
         t, a = cfg.text, cfg.audio
-        text = ClapTextConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size, num_hidden_layers=t.layers,
-                              num_attention_heads=t.heads, intermediate_size=t.intermediate_size,
-                              max_position_embeddings=t.max_positions, type_vocab_size=t.type_vocab_size,
-                              pad_token_id=t.pad_token_id, projection_dim=cfg.embed_dim,
-                              layer_norm_eps=ROBERTA_LAYER_NORM_EPS)  # fmt: skip
-        audio = ClapAudioConfig(patch_embeds_hidden_size=a.patch_width, depths=list(a.depths),
-                                num_attention_heads=list(a.heads), window_size=a.window_size, spec_size=a.spec_size,
-                                patch_size=a.patch_size, patch_stride=[a.patch_size, a.patch_size],
-                                num_mel_bins=a.mel_bins, hidden_size=a.width, projection_dim=cfg.embed_dim,
-                                enable_fusion=False)  # fmt: skip
+        text = ClapTextConfig(
+            vocab_size=t.vocab_size,
+            hidden_size=t.hidden_size,
+            num_hidden_layers=t.layers,
+            num_attention_heads=t.heads,
+            intermediate_size=t.intermediate_size,
+            max_position_embeddings=t.max_positions,
+            type_vocab_size=t.type_vocab_size,
+            pad_token_id=t.pad_token_id,
+            projection_dim=cfg.embed_dim,
+            layer_norm_eps=ROBERTA_LAYER_NORM_EPS,
+        )
+        audio = ClapAudioConfig(
+            patch_embeds_hidden_size=a.patch_width,
+            depths=list(a.depths),
+            num_attention_heads=list(a.heads),
+            window_size=a.window_size,
+            spec_size=a.spec_size,
+            patch_size=a.patch_size,
+            patch_stride=[a.patch_size, a.patch_size],
+            num_mel_bins=a.mel_bins,
+            hidden_size=a.width,
+            projection_dim=cfg.embed_dim,
+            enable_fusion=False,
+        )
         config = ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=cfg.embed_dim)
         self.model = ClapModel(config).eval()
         self.tokenizer = TextTokenizer(Tokenizer.from_str(cfg.tokenizer), t.max_tokens) if cfg.tokenizer else None
@@ -178,41 +201,10 @@ class LaionCLAP(nn.Module):
 
 # -- checkpoint mapping ------------------------------------------------------------------
 
+
 #: LAION-only tensors with no counterpart in the model: the fixed STFT/mel front end (done
 #: in NumPy, see ``LaionAudioConfig.frontend``), HTSAT's frame-wise classifier, the training-loss MLPs, and
 #: buffers that are rebuilt.
-DROPPED = (
-    r"audio_branch\.spectrogram_extractor\..*",
-    r"audio_branch\.logmel_extractor\..*",
-    r"audio_branch\.tscam_conv\..*",
-    r"audio_branch\.head\..*",
-    r"audio_branch\.layers\.\d+\.blocks\.\d+\.attn_mask",
-    r"(text|audio)_transform\..*",
-    r"text_branch\.embeddings\.(position_ids|token_type_ids)",
-)
-
-_BLOCK = r"audio_branch\.layers\.(\d+)\.blocks\.(\d+)\."
-_HF_BLOCK = r"audio_model.audio_encoder.layers.\1.blocks.\2."
-RENAMES = (
-    (_BLOCK + r"norm1\.", _HF_BLOCK + "layernorm_before."),
-    (_BLOCK + r"norm2\.", _HF_BLOCK + "layernorm_after."),
-    (_BLOCK + r"attn\.relative_position_(bias_table|index)$", _HF_BLOCK + r"attention.self.relative_position_\3"),
-    (_BLOCK + r"attn\.proj\.", _HF_BLOCK + "attention.output.dense."),
-    (_BLOCK + r"mlp\.fc1\.", _HF_BLOCK + "intermediate.dense."),
-    (_BLOCK + r"mlp\.fc2\.", _HF_BLOCK + "output.dense."),
-    (r"audio_branch\.layers\.(\d+)\.downsample\.", r"audio_model.audio_encoder.layers.\1.downsample."),
-    (r"audio_branch\.bn0\.", "audio_model.audio_encoder.batch_norm."),
-    (r"audio_branch\.patch_embed\.", "audio_model.audio_encoder.patch_embed."),
-    (r"audio_branch\.norm\.", "audio_model.audio_encoder.norm."),
-    (r"text_branch\.", "text_model."),
-    (r"(text|audio)_projection\.0\.", r"\1_projection.linear1."),
-    (r"(text|audio)_projection\.2\.", r"\1_projection.linear2."),
-    (r"logit_scale_(a|t)$", r"logit_scale_\1"),
-)
-_QKV = re.compile(_BLOCK + r"attn\.qkv\.(weight|bias)$")
-_FUSION = re.compile(r"fusion|mel_conv2d")
-
-
 def _numpy_scalar_globals() -> list:
     """What unpickling NumPy scalars needs, and nothing more: the scalar constructor (under
     NumPy 1's name, which the published checkpoints carry, and NumPy 2's), ``numpy.dtype``
@@ -222,8 +214,13 @@ def _numpy_scalar_globals() -> list:
     except ImportError:  # NumPy 1
         from numpy.core.multiarray import scalar
     dtypes = {type(np.dtype(code)) for code in "?bhilqBHILQefdgFD"}
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
-            np.dtype, *sorted(dtypes, key=lambda t: t.__name__)]  # fmt: skip
+    return [
+        scalar,
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+        *sorted(dtypes, key=lambda t: t.__name__),
+    ]
 
 
 def load_checkpoint_file(path) -> object:
@@ -257,40 +254,6 @@ def read_laion_state(path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def to_model_keys(state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """LAION key layout → ClapModel key layout; unknown keys raise, naming them."""
-    fusion = sorted(k for k in state if _FUSION.search(k))
-    if fusion:
-        raise LaionCheckpointError(
-            f"{source}: a fusion checkpoint ({fusion[0]}, …): only non-fusion LAION-CLAP checkpoints are "
-            "supported (e.g. 630k-audioset-best.pt, not 630k-audioset-fusion-best.pt)"
-        )
-    if not any(k.startswith("text_branch.embeddings.") for k in state):
-        raise LaionCheckpointError(f"{source}: no RoBERTa text branch (text_branch.embeddings.*); "
-                                   "only the 'roberta' text model is supported")  # fmt: skip
-    out, unknown = {}, []
-    for key, value in state.items():
-        if any(re.fullmatch(p, key) for p in DROPPED):
-            continue
-        qkv = _QKV.fullmatch(key)
-        if qkv:
-            layer, block, kind = qkv.groups()
-            prefix = f"audio_model.audio_encoder.layers.{layer}.blocks.{block}.attention.self."
-            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
-                out[f"{prefix}{name}.{kind}"] = part.clone()
-            continue
-        for pattern, replacement in RENAMES:
-            if re.match(pattern, key):
-                out[re.sub(pattern, replacement, key, count=1)] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        shown = ", ".join(sorted(unknown)[:10]) + (f", … ({len(unknown)} in all)" if len(unknown) > 10 else "")
-        raise LaionCheckpointError(f"{source}: keys not in the LAION-CLAP (HTSAT + RoBERTa) layout: {shown}")
-    return out
-
-
 def infer_config(state: dict[str, torch.Tensor], tokenizer: str, text_heads: int | None = None) -> LaionCLAPConfig:
     """Sizes read off LAION-layout weights (see the module doc for the one that cannot be)."""
 
@@ -307,11 +270,14 @@ def infer_config(state: dict[str, torch.Tensor], tokenizer: str, text_heads: int
     if heads < 1 or hidden % heads:
         raise LaionCheckpointError(f"text width {hidden} is not a multiple of 64: give the text head count")
     text = LaionTextConfig(
-        vocab_size=vocab, hidden_size=hidden, layers=count(r"text_branch\.encoder\.layer\.(\d+)\."), heads=heads,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        layers=count(r"text_branch\.encoder\.layer\.(\d+)\."),
+        heads=heads,
         intermediate_size=need("text_branch.encoder.layer.0.intermediate.dense.weight").shape[0],
         max_positions=need("text_branch.embeddings.position_embeddings.weight").shape[0],
         type_vocab_size=need("text_branch.embeddings.token_type_embeddings.weight").shape[0],
-    )  # fmt: skip
+    )
     patch = need("audio_branch.patch_embed.proj.weight")
     layers = count(r"audio_branch\.layers\.(\d+)\.")
     depths = tuple(count(rf"audio_branch\.layers\.{i}\.blocks\.(\d+)\.") for i in range(layers))
@@ -324,9 +290,15 @@ def infer_config(state: dict[str, torch.Tensor], tokenizer: str, text_heads: int
     mask = state.get("audio_branch.layers.0.blocks.1.attn_mask")
     if mask is not None:  # windows per image side × window × patch
         spec_size = round(mask.shape[0] ** 0.5) * window * patch.shape[-1]
-    audio = LaionAudioConfig(patch_width=patch.shape[0], depths=depths, heads=head_counts, window_size=window,
-                             spec_size=spec_size, patch_size=patch.shape[-1],
-                             mel_bins=need("audio_branch.bn0.weight").shape[0])  # fmt: skip
+    audio = LaionAudioConfig(
+        patch_width=patch.shape[0],
+        depths=depths,
+        heads=head_counts,
+        window_size=window,
+        spec_size=spec_size,
+        patch_size=patch.shape[-1],
+        mel_bins=need("audio_branch.bn0.weight").shape[0],
+    )
     embed = need("text_projection.2.weight").shape[0]
     width = need("audio_projection.0.weight").shape[1]
     if width != audio.width:
@@ -336,7 +308,6 @@ def infer_config(state: dict[str, torch.Tensor], tokenizer: str, text_heads: int
 
 def import_laion_clap(path, tokenizer_json: str, text_heads: int | None = None) -> LaionCLAP:
     """Build a :class:`LaionCLAP` with the weights of the checkpoint at ``path``."""
-    from .checkpoint import load_state_strict
 
     state = read_laion_state(path)
     cfg = infer_config(state, tokenizer_json, text_heads)

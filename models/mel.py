@@ -1,4 +1,4 @@
-"""Log-mel spectrogram in torch, numerically matching ``reaudio.engine.frontend.log_mel``."""
+"""Log-mel spectrogram in torch, numerically matching ``reaudio.engine.audio.frontend.log_mel``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reaudio.engine.frontend import MelConfig, analysis_window, mel_filterbank
+from reaudio.engine.audio.frontend import MelConfig, analysis_window, mel_filterbank
 
 
 class LogMel(nn.Module):

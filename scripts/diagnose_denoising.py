@@ -1,6 +1,6 @@
 """How well does a trained LDM denoise, by noise level, and what do its samples look like?
 
-    python scripts/diagnose_denoising.py SYSTEM DATABASE MANIFEST [--clips 12] [--out diag.json]
+    python scripts/diagnose_denoising.py SYSTEM DATABASE BUNDLE_MANIFEST [--clips 12] [--out diag.json]
 
 SYSTEM is a `reaudio train ldm` final/ folder, DATABASE the retrieval database it was
 trained with. On test clips (loudness-normalised as in training, -20 LUFS) it reports:
@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reaudio.engine.audio_io import load_audio
-from reaudio.engine.retrieval_db import RetrievalDB
-from reaudio.engine.sampler import leading_timesteps
+from reaudio.engine.audio.audio_io import load_audio
+from reaudio.engine.denoising.sampler import leading_timesteps
+from reaudio.engine.retrieval.database import RetrievalDB
 from reaudio.models.mel import LogMel
 from reaudio.models.system import load_system
-from reaudio.training.data import read_manifest
+from reaudio.training.data import read_corpus
 from reaudio.training.diffusion import Diffusion, ddim_step_reference
 from reaudio.training.loudness import normalise_loudness
 
@@ -39,7 +39,7 @@ def diagnose(system: Path, database: Path, manifest: Path, clips: int, seed: int
     unet, clap, vae = models["unet"].eval(), models["clap"].eval(), models["vae"].eval()
     mel, sr = LogMel(cfg.mel), cfg.mel.sample_rate
     n = round(cfg.clip_seconds * sr)
-    test = [c for c in read_manifest(manifest) if c.split == "test"]
+    test = [c for c in read_corpus(manifest) if c.split == "test"]
     test = [test[round(i * len(test) / clips)] for i in range(min(clips, len(test)))]
     wavs = [normalise_loudness(load_audio(c.audio, sr)[:n], sr, -20.0) for c in test]
     wav = torch.from_numpy(np.stack([np.pad(w, (0, n - len(w))) for w in wavs])).float()
@@ -48,7 +48,10 @@ def diagnose(system: Path, database: Path, manifest: Path, clips: int, seed: int
     film = clap.embed_text(torch.from_numpy(ids), torch.from_numpy(mask))
     db = RetrievalDB(database)
     nb = db.gather(db.search(film.numpy(), cfg.retrieval.k))
-    found = {"retrieved_text": (nb.caption_tokens, nb.caption_mask), "retrieved_audio": (nb.audio_tokens, nb.audio_mask)}
+    found = {
+        "retrieved_text": (nb.caption_tokens, nb.caption_mask),
+        "retrieved_audio": (nb.audio_tokens, nb.audio_mask),
+    }
     contexts = {c.name: tuple(map(torch.from_numpy, found[c.name])) for c in cfg.unet.contexts}
     null = {k: (t, torch.zeros_like(m)) for k, (t, m) in contexts.items()}
     diffusion = Diffusion(cfg.schedule)
@@ -62,8 +65,13 @@ def diagnose(system: Path, database: Path, manifest: Path, clips: int, seed: int
         alpha, sigma = float(acp[t]) ** 0.5, float(1 - acp[t]) ** 0.5
         eps = diffusion.to_epsilon(zt, out, alpha, sigma)
         x0 = (zt - sigma * eps) / alpha
-        by_level.append({"t": t, "x0_relative_error": float((x0 - z0).norm() / z0.norm()),
-                         "noise_mse": float((eps - noise).pow(2).mean())})  # fmt: skip
+        by_level.append(
+            {
+                "t": t,
+                "x0_relative_error": float((x0 - z0).norm() / z0.norm()),
+                "noise_mse": float((eps - noise).pow(2).mean()),
+            }
+        )
     init = torch.from_numpy(np.random.default_rng(seed).standard_normal(tuple(z0.shape)).astype(np.float32))
     ratio = cfg.schedule.num_train_timesteps // 25
     sampled = {}
@@ -80,7 +88,10 @@ def diagnose(system: Path, database: Path, manifest: Path, clips: int, seed: int
         "prediction_type": cfg.schedule.prediction_type,
         "clips": len(test),
         "by_noise_level": by_level,
-        "channel_std": {"encoded_real": [round(float(s), 3) for s in z0.std(dim=(0, 2, 3))], "sampled_at_guidance": sampled},
+        "channel_std": {
+            "encoded_real": [round(float(s), 3) for s in z0.std(dim=(0, 2, 3))],
+            "sampled_at_guidance": sampled,
+        },
     }
 
 

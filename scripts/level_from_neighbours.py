@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from reaudio.engine.audio_io import load_audio
-from reaudio.engine.engine import Engine, Request
-from reaudio.engine.loudness import integrated_lufs
+from reaudio.engine.audio.audio_io import load_audio
+from reaudio.engine.audio.loudness import integrated_lufs
+from reaudio.engine.pipeline import Engine, Request
 from reaudio.training.backbones import embed_at, load_backbone
-from reaudio.training.data import read_manifest
+from reaudio.training.data import read_corpus
 from reaudio.training.evaluate import _spread
 from reaudio.training.listening import listener_metrics
 from reaudio.training.metrics import fad
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    clips = read_manifest(args.data)
+    clips = read_corpus(args.data)
     split = [c for c in clips if c.split == "test"]
     test = _spread(split, args.limit)
     others = [c for c in split if c not in test]

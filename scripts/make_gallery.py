@@ -16,15 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from reaudio.engine.audio_io import load_audio
-from reaudio.engine.engine import Engine, Request
-from reaudio.engine.frontend import log_mel
-from reaudio.engine.prompts import slugify
+from reaudio.engine.audio.audio_io import load_audio
+from reaudio.engine.audio.frontend import log_mel
+from reaudio.engine.jobs.prompts import slugify
+from reaudio.engine.pipeline import Engine, Request
 
 PROMPTS = [
-    "footsteps crunch on gravel", "swords clash and clang", "an explosion", "rain falls steadily",
-    "a horse snorts and shuffles", "a snare drum hit", "a laser gun fires", "a campfire crackles",
-]  # fmt: skip
+    "footsteps crunch on gravel",
+    "swords clash and clang",
+    "an explosion",
+    "rain falls steadily",
+    "a horse snorts and shuffles",
+    "a snare drum hit",
+    "a laser gun fires",
+    "a campfire crackles",
+]
 
 
 def main() -> None:
@@ -51,8 +57,10 @@ def main() -> None:
     results = engine.generate([Request(p, seed=args.seed, steps=args.steps) for p in args.prompts])
     embeddings, _ = engine.encode_audio([r.waveform for r in results])
     nearest_rows = engine.db.search(embeddings, 1)[:, 0]
-    lines = ["| prompt | generated (left) vs nearest real clip (right) | nearest clip | retrieved neighbours |",
-             "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| prompt | generated (left) vs nearest real clip (right) | nearest clip | retrieved neighbours |",
+        "| --- | --- | --- | --- |",
+    ]
     mel_cfg = engine.manifest.mel
     for prompt, result, row in zip(args.prompts, results, nearest_rows):
         item = engine.db.items[int(row)]

@@ -1,7 +1,7 @@
 """Label precision@k and hit@k of a database's neighbours for a manifest split's captions, per
 retrieval mode (and hybrid weight), with the torch CLAP that built the database.
 
-    python scripts/retrieval_precision.py DB CLAP MANIFEST [--split test] [--k 3] [--weights 0.25 0.5 0.75]
+    python scripts/retrieval_precision.py DB CLAP BUNDLE_MANIFEST [--split test] [--k 3] [--weights 0.25 0.5 0.75]
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from reaudio.engine.retrieval_db import RetrievalDB
+from reaudio.engine.retrieval.database import RetrievalDB
 from reaudio.models.checkpoint import load_checkpoint
-from reaudio.training.data import read_manifest
+from reaudio.training.data import read_corpus
 from reaudio.training.listening import neighbour_label_scores
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     args = p.parse_args()
     db = RetrievalDB(args.db)
     clap = load_checkpoint(args.clap).eval()
-    clips = [c for c in read_manifest(args.manifest) if c.split == args.split]
+    clips = [c for c in read_corpus(args.manifest) if c.split == args.split]
     with torch.no_grad():
         ids, mask = clap.tokenizer([c.caption for c in clips])
         queries = clap.embed_text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()

@@ -1,8 +1,8 @@
 """How well a bundle's vae_encoder stage brings real clips into its latent space.
 
-    python scripts/vae_roundtrip.py BUNDLE MANIFEST [--limit 100] [--vae CHECKPOINT] [--out roundtrip.json]
+    python scripts/vae_roundtrip.py BUNDLE BUNDLE_MANIFEST [--limit 100] [--vae CHECKPOINT] [--out roundtrip.json]
 
-For test clips of MANIFEST (evenly spread), each brought to the engine's start-clip level:
+For test clips of BUNDLE_MANIFEST (evenly spread), each brought to the engine's start-clip level:
 encode (bundle's vae_encoder) → decode (bundle's decoder: VAE decoder + vocoder) and report
 the log-mel L1 and envelope correlation against the clip, the level change in dB, and the
 per-channel spread of the encoded latents (to set beside those the denoiser samples: a start
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from reaudio.engine.audio_io import load_audio
-from reaudio.engine.engine import Engine
-from reaudio.engine.frontend import log_mel
-from reaudio.engine.init_audio import start_mels, training_level
-from reaudio.training.data import read_manifest
+from reaudio.engine.audio.audio_io import load_audio
+from reaudio.engine.audio.frontend import log_mel
+from reaudio.engine.audio.init_audio import start_mels, training_level
+from reaudio.engine.pipeline import Engine
+from reaudio.training.data import read_corpus
 from reaudio.training.listening import envelope_correlation
 
 
@@ -42,7 +42,7 @@ def main() -> None:
 
     engine = Engine.from_bundle(args.bundle, backend="cpu")
     sr, mel_cfg = engine.sample_rate, engine.manifest.mel
-    test = [c for c in read_manifest(args.manifest) if c.split == "test"]
+    test = [c for c in read_corpus(args.manifest) if c.split == "test"]
     test = [test[round(i * len(test) / args.limit)] for i in range(min(args.limit, len(test)))]
     l1, env, level, latents = [], [], [], []
     for clip in test:
@@ -61,8 +61,11 @@ def main() -> None:
         "clips": len(test),
         "mel_l1": float(np.mean(l1)),
         "envelope_correlation": float(np.nanmean(env)),
-        "level_change_db": {"median": float(np.median(level)), "p10": float(np.percentile(level, 10)),
-                            "p90": float(np.percentile(level, 90))},  # fmt: skip
+        "level_change_db": {
+            "median": float(np.median(level)),
+            "p10": float(np.percentile(level, 10)),
+            "p90": float(np.percentile(level, 90)),
+        },
         "encoded_latent_std_per_channel": [round(float(s), 3) for s in real_std],
     }
     if args.vae:

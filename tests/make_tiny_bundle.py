@@ -1,10 +1,11 @@
 """Regenerate the toy artefacts the tests run against: a random `tiny` system and its bundle.
 
-    python tests/make_tiny_bundle.py OUT_DIR [--fp16]
+    python tests/make_tiny_bundle.py OUT_DIR [--fp16] [--empty]
 
 writes OUT_DIR/system (checkpoints), OUT_DIR/db (a retrieval database of
-synthetic sounds) and OUT_DIR/bundle. Seeded: the same command gives the same
-weights.
+synthetic sounds) and OUT_DIR/bundle; with --empty also OUT_DIR/bundle-empty (the
+same models, no database: what the runtime-only tests use where the others export
+one). Seeded: the same command gives the same weights.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from reaudio.export.bundle import export_bundle
 from reaudio.models.configs import load_config
 from reaudio.models.mel import LogMel
-from reaudio.models.system import build_system, save_system
+from reaudio.models.system import build_system, load_system, save_system
 from reaudio.training.database import AudioItem, build_database
 
 SOUNDS = {
@@ -61,7 +62,7 @@ def synthetic_items(cfg, per_kind: int = 3, seed: int = 0) -> list[AudioItem]:
     return items
 
 
-def make(out: Path, fp16: bool = False, seed: int = 0) -> Path:
+def make(out: Path, fp16: bool = False, seed: int = 0, empty: bool = False) -> Path:
     for old in ("system", "db"):  # regenerate from scratch
         shutil.rmtree(out / old, ignore_errors=True)
     torch.manual_seed(seed)
@@ -72,6 +73,9 @@ def make(out: Path, fp16: bool = False, seed: int = 0) -> Path:
         out / "db", models["clap"], LogMel(cfg.mel), cfg.retrieval, synthetic_items(cfg), {"source": "synthetic"}
     )
     export_bundle(cfg, models, out / "bundle", fp16=fp16, database=out / "db", overwrite=True)
+    if empty:  # exporting changes the modules (weight norm folded): load them again
+        _, fresh = load_system([out / "system"])
+        export_bundle(cfg, fresh, out / "bundle-empty", overwrite=True)
     return out / "bundle"
 
 
@@ -79,9 +83,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--fp16", action="store_true")
+    parser.add_argument("--empty", action="store_true", help="also a bundle without a database")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    print(make(args.out, args.fp16))
+    print(make(args.out, args.fp16, empty=args.empty))
 
 
 if __name__ == "__main__":

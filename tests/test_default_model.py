@@ -10,8 +10,8 @@ import soundfile as sf
 
 pytest.importorskip("torch")
 
-from reaudio.engine import default_model  # noqa: E402
-from reaudio.engine.manifest import read_manifest  # noqa: E402
+from reaudio.engine.bundle import default_model  # noqa: E402
+from reaudio.engine.bundle.manifest import read_bundle_manifest  # noqa: E402
 from reaudio.export.default_pack import verify_pack  # noqa: E402
 from reaudio.training.cli import main  # noqa: E402
 
@@ -28,12 +28,13 @@ def test_generate_without_bundle_assembles_and_uses_the_default_model(tmp_path, 
     monkeypatch.setenv("REAUDIO_CACHE", str(tmp_path / "cache"))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("footsteps crunch on gravel\n")
-    code = main(["generate", str(prompts), "--out", str(tmp_path / "lib"), "--steps", "5", "--duration", "1.0",
-                 "--quiet"])  # fmt: skip
+    code = main(
+        ["generate", str(prompts), "--out", str(tmp_path / "lib"), "--steps", "5", "--duration", "1.0", "--quiet"]
+    )
     assert code == 0
     bundle = default_model.assembled_bundle()
     assert bundle.parent == tmp_path / "cache"
-    manifest = read_manifest(bundle, verify=True)  # checksums of every bundle file hold
+    manifest = read_bundle_manifest(bundle, verify=True)  # checksums of every bundle file hold
     assert manifest.name == "sfx-small" and manifest.retrieval.k > 0
     measured = verify_pack(default_model.pack_path()).get("defaults", {})
     assert measured and manifest.defaults.guidance == measured["guidance"]  # the pack's measured default

@@ -34,6 +34,18 @@ def test_wheel_installs_only_under_reaudio(wheel):
     assert not any(n.startswith("reaudio/tests") for n in names)
 
 
+def test_wheel_holds_every_module_of_every_package(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [
+        str(path)
+        for package in ("engine", "models", "training", "export")
+        for path in (ROOT / package).rglob("*.py")
+        if f"reaudio/{path.relative_to(ROOT).as_posix()}" not in names
+    ]
+    assert missing == []
+    assert "reaudio/engine/jobs/audition_page.html" in names
+
+
 def test_wheel_declares_the_console_script_and_runtime_only_base(wheel):
     with zipfile.ZipFile(wheel) as zf:
         meta = zf.read(next(n for n in zf.namelist() if n.endswith("METADATA"))).decode()

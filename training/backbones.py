@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reaudio.engine.audio_io import prepare_audio
-from reaudio.engine.frontend import MelConfig, analysis_window, mel_filterbank
+from reaudio.engine.audio.audio_io import prepare_audio
+from reaudio.engine.audio.frontend import MelConfig, analysis_window, mel_filterbank
 
 
 class EmbeddingBackbone(Protocol):
@@ -79,11 +79,23 @@ class AISFXBackbone:
         weights, _ = torch.load(path, map_location="cpu", weights_only=False)
         self.net = AISFXNet()
         prefix = "embedding_net."
-        self.net.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+        self.net.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
         self.net.eval().to(device)
         self.device = device
-        self.mel = MelConfig(sample_rate=44100, n_fft=2048, hop_length=1024, win_length=2048, n_mels=96, fmin=0.0,
-                             fmax=22050.0, padding="center", mel_scale="htk", mel_norm="none", power=2.0, log="none")  # fmt: skip
+        self.mel = MelConfig(
+            sample_rate=44100,
+            n_fft=2048,
+            hop_length=1024,
+            win_length=2048,
+            n_mels=96,
+            fmin=0.0,
+            fmax=22050.0,
+            padding="center",
+            mel_scale="htk",
+            mel_norm="none",
+            power=2.0,
+            log="none",
+        )
         fb = mel_filterbank(self.mel)
         self.fbank = fb / np.maximum(fb.sum(axis=1, keepdims=True), 1e-12)  # unit-area (l1) filters
 
@@ -126,12 +138,13 @@ class CLAPBackbone:
 
     @torch.no_grad()
     def embed(self, waveforms: list[np.ndarray]) -> np.ndarray:
-        return np.stack([self.clap.embed_audio(self.mel(torch.from_numpy(w)).unsqueeze(0))[0].numpy()
-                         for w in waveforms])  # fmt: skip
+        return np.stack(
+            [self.clap.embed_audio(self.mel(torch.from_numpy(w)).unsqueeze(0))[0].numpy() for w in waveforms]
+        )
 
 
 def load_backbone(spec: str, clap=None, mel_cfg: MelConfig | None = None) -> EmbeddingBackbone:
-    """"aisfx", "clap" (needs ``clap`` and ``mel_cfg``) or "package.module:factory"."""
+    """ "aisfx", "clap" (needs ``clap`` and ``mel_cfg``) or "package.module:factory"."""
     if spec == "aisfx":
         return AISFXBackbone()
     if spec == "clap":

@@ -78,8 +78,10 @@ class CLAPTask(Task):
         sim = t @ a.T
         result = {f"text_to_audio_{k}": v for k, v in recall_at(sim).items()}
         result |= {f"audio_to_text_{k}": v for k, v in recall_at(sim.T).items()}
-        result |= {f"baseline_{k}": v for k, v in self._baseline(clap, np.concatenate(text_feat),
-                                                                  np.concatenate(mel_mean)).items()}  # fmt: skip
+        result |= {
+            f"baseline_{k}": v
+            for k, v in self._baseline(clap, np.concatenate(text_feat), np.concatenate(mel_mean)).items()
+        }
         result["test_clips"] = len(a)
         return result
 
@@ -108,4 +110,5 @@ class CLAPTask(Task):
 
         sim = unit(pred) @ unit(target).T
         return {f"text_to_audio_{k}": v for k, v in recall_at(sim).items()} | {
-            f"audio_to_text_{k}": v for k, v in recall_at(sim.T).items()}  # fmt: skip
+            f"audio_to_text_{k}": v for k, v in recall_at(sim.T).items()
+        }

@@ -39,8 +39,9 @@ def _cmd_db_build(args: argparse.Namespace) -> int:
 
     from .database import build_database_from_manifest
 
-    db = build_database_from_manifest(args.data, args.clap, load_config(args.config), args.out,
-                                      splits=tuple(args.splits), index=args.index)  # fmt: skip
+    db = build_database_from_manifest(
+        args.data, args.clap, load_config(args.config), args.out, splits=tuple(args.splits), index=args.index
+    )
     print(f"{args.out}: {len(db)} clip(s)")
     return 0
 
@@ -52,7 +53,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     cfg, models = load_system(args.checkpoints, args.config)
     manifest = export_bundle(
-        cfg, models, args.out, fp16=args.fp16, optimize=args.optimize, database=args.database, opset=args.opset,
+        cfg,
+        models,
+        args.out,
+        fp16=args.fp16,
+        optimize=args.optimize,
+        database=args.database,
+        opset=args.opset,
         overwrite=args.overwrite,
     )
     print(f"bundle {args.out}: {len(manifest.files)} files, stages {', '.join(manifest.stages)}")
@@ -72,21 +79,23 @@ def _need_quantisation() -> None:
 
 def _quantize(bundle: Path, out: Path | None, args: argparse.Namespace) -> int:
     _need_quantisation()
-    from reaudio.engine.default_model import resolve_bundle
+    from reaudio.engine.bundle.default_model import resolve_bundle
     from reaudio.export.int8 import Calibration, quantize_bundle
 
     calibration = Calibration(steps=getattr(args, "calibration_steps", 10), threads=getattr(args, "threads", None))
     prompts = getattr(args, "calibration_prompts", None)
     if prompts is not None:
-        from reaudio.engine.prompts import read_prompt_file
+        from reaudio.engine.jobs.prompts import read_prompt_file
 
         calibration = replace(calibration, prompts=tuple(row.prompt for row in read_prompt_file(prompts)))
     bundle = resolve_bundle(bundle)
     manifest = quantize_bundle(bundle, out, calibration, overwrite=getattr(args, "overwrite", False), progress=print)
     where = out or bundle
     quantised = [name for name, spec in manifest.stages.items() if spec.int8_file]
-    print(f"bundle {where}: int8 graphs for {', '.join(quantised)}; use them with --precision int8 "
-          f"(quality vs fp32: {where / 'int8_report.json'})")
+    print(
+        f"bundle {where}: int8 graphs for {', '.join(quantised)}; use them with --precision int8 "
+        f"(quality vs fp32: {where / 'int8_report.json'})"
+    )
     return 0
 
 
@@ -115,8 +124,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
         return _import_laion_clap(args)
     from reaudio.export.import_audioldm import import_audioldm
 
-    manifest = import_audioldm(args.folder, args.out, fp16=args.fp16, overwrite=args.overwrite, licence=args.licence,
-                               revision=args.revision, optimize=args.optimize)  # fmt: skip
+    manifest = import_audioldm(
+        args.folder,
+        args.out,
+        fp16=args.fp16,
+        overwrite=args.overwrite,
+        licence=args.licence,
+        revision=args.revision,
+        optimize=args.optimize,
+    )
     print(f"bundle {args.out}: {manifest.family} ({manifest.name}), stages {', '.join(manifest.stages)}")
     print(manifest.licence.notice())
     if args.int8:
@@ -129,8 +145,10 @@ def _import_laion_clap(args: argparse.Namespace) -> int:
     from reaudio.models.laion_clap import import_laion_clap
 
     if args.tokenizer is None:
-        raise ValueError("import laion-clap needs --tokenizer tokenizer.json (the RoBERTa tokenizer the checkpoint "
-                         "was trained with, e.g. roberta-base's): LAION-CLAP checkpoints do not carry it")  # fmt: skip
+        raise ValueError(
+            "import laion-clap needs --tokenizer tokenizer.json (the RoBERTa tokenizer the checkpoint "
+            "was trained with, e.g. roberta-base's): LAION-CLAP checkpoints do not carry it"
+        )
     if not Path(args.folder).is_file():
         raise FileNotFoundError(f"{args.folder}: checkpoint file not found")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
@@ -138,9 +156,11 @@ def _import_laion_clap(args: argparse.Namespace) -> int:
     model = import_laion_clap(args.folder, args.tokenizer.read_text(encoding="utf-8"), text_heads=args.text_heads)
     save_checkpoint(args.out, model, extra={"source": str(args.folder)})
     cfg = model.cfg
-    print(f"laion-clap checkpoint {args.out}: text {cfg.text.layers}×{cfg.text.hidden_size}, HTSAT "
-          f"{list(cfg.audio.depths)}×{cfg.audio.width}, embeddings {cfg.embed_dim}-d; "
-          f"use it with `reaudio db build --clap {args.out}`")  # fmt: skip
+    print(
+        f"laion-clap checkpoint {args.out}: text {cfg.text.layers}×{cfg.text.hidden_size}, HTSAT "
+        f"{list(cfg.audio.depths)}×{cfg.audio.width}, embeddings {cfg.embed_dim}-d; "
+        f"use it with `reaudio db build --clap {args.out}`"
+    )
     return 0
 
 
@@ -173,26 +193,48 @@ def _add_train(sub) -> None:
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="ldm: drop all conditions together")
     p.add_argument("--film-dropout", type=float, default=0.0, help="ldm: drop only the FiLM prompt embedding")
     p.add_argument("--context-dropout", type=float, default=0.0, help="ldm: drop only the retrieved contexts")
-    p.add_argument("--min-snr-gamma", type=float, default=0.0,
-                   help="ldm: min-SNR-gamma loss weighting (e.g. 5; 0: plain epsilon loss)")
-    p.add_argument("--loudness-db", type=float,
-                   help="vae/ldm/vocoder: normalise training clips to this loudness, LUFS (e.g. -20)")
+    p.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=0.0,
+        help="ldm: min-SNR-gamma loss weighting (e.g. 5; 0: plain epsilon loss)",
+    )
+    p.add_argument(
+        "--loudness-db", type=float, help="vae/ldm/vocoder: normalise training clips to this loudness, LUFS (e.g. -20)"
+    )
     p.add_argument("--kl-weight", type=float, default=1e-6, help="vae: KL weight")
-    p.add_argument("--segment-seconds", type=float, default=0.0,
-                   help="vae: train on random crops this long (default: whole training clips)")
-    p.add_argument("--frozen-decoder", type=Path,
-                   help="vae: train only the encoder, against this fixed decoder (a VAE checkpoint folder or a "
-                        "default-model pack; pass that model's family.json as --config)")  # fmt: skip
-    p.add_argument("--discriminator-width", type=float, default=1.0,
-                   help="vocoder: channel multiplier of the discriminators (1.0: HiFi-GAN's)")  # fmt: skip
-    p.add_argument("--prediction", choices=("epsilon", "v_prediction"),
-                   help="ldm: what the UNet predicts (default: the config's; v_prediction converges faster "
-                        "at high noise, where an ε-model's x0 estimate is its error times 1/√ā)")  # fmt: skip
+    p.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=0.0,
+        help="vae: train on random crops this long (default: whole training clips)",
+    )
+    p.add_argument(
+        "--frozen-decoder",
+        type=Path,
+        help="vae: train only the encoder, against this fixed decoder (a VAE checkpoint folder or a "
+        "default-model pack; pass that model's family.json as --config)",
+    )
+    p.add_argument(
+        "--discriminator-width",
+        type=float,
+        default=1.0,
+        help="vocoder: channel multiplier of the discriminators (1.0: HiFi-GAN's)",
+    )
+    p.add_argument(
+        "--prediction",
+        choices=("epsilon", "v_prediction"),
+        help="ldm: what the UNet predicts (default: the config's; v_prediction converges faster "
+        "at high noise, where an ε-model's x0 estimate is its error times 1/√ā)",
+    )
     p.add_argument("--vae", type=Path, help="ldm: the frozen VAE checkpoint folder")
     p.add_argument("--clap", type=Path, help="ldm: the frozen CLAP checkpoint folder; clap: one to continue from")
     p.add_argument("--database", type=Path, help="ldm: retrieval database built over the training manifest")
-    p.add_argument("--vocoder", help="ldm: vocoder checkpoint folder to include in final/ (for export); "
-                   "vocoder: checkpoint to fine-tune from; 'universal': the pretrained universal HiFi-GAN")  # fmt: skip
+    p.add_argument(
+        "--vocoder",
+        help="ldm: vocoder checkpoint folder to include in final/ (for export); "
+        "vocoder: checkpoint to fine-tune from; 'universal': the pretrained universal HiFi-GAN",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -204,11 +246,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     def config(k, bundle=None, sub=None):
         out = args.out / sub if sub else (args.out if k is None else args.out / f"k{k}")
-        return EvalConfig(bundle=bundle or args.bundle, data=args.data, out=out, split=args.split, k=k,
-                          steps=args.steps, guidance=args.guidance, seed=args.seed, limit=args.limit,
-                          backbone=args.backbone, backend=args.backend, precision=args.precision,
-                          retrieval=args.retrieval, init=args.init,
-                          strength=args.strength, candidates=args.candidates)  # fmt: skip
+        return EvalConfig(
+            bundle=bundle or args.bundle,
+            data=args.data,
+            out=out,
+            split=args.split,
+            k=k,
+            steps=args.steps,
+            guidance=args.guidance,
+            seed=args.seed,
+            limit=args.limit,
+            backbone=args.backbone,
+            backend=args.backend,
+            precision=args.precision,
+            retrieval=args.retrieval,
+            init=args.init,
+            strength=args.strength,
+            candidates=args.candidates,
+        )
 
     if args.compare:
         rows = []
@@ -240,11 +295,17 @@ def _add_eval(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="clip manifest with train and test splits")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, long_tail.png")
     p.add_argument("--split", default="test", help="manifest split to score: test, or heldout (zero-shot)")
-    p.add_argument("--retrieval", choices=("caption", "audio", "hybrid"), help="neighbour search (default: the bundle's)")
+    p.add_argument(
+        "--retrieval", choices=("caption", "audio", "hybrid"), help="neighbour search (default: the bundle's)"
+    )
     p.add_argument("--k", type=int, help="neighbours per prompt (default: the bundle's)")
     p.add_argument("--ks", type=int, nargs="+", help="ablation: evaluate at each k and write ablation.md")
-    p.add_argument("--compare", nargs="+", metavar="NAME=BUNDLE[@K]",
-                   help="ablation rows from different bundles (e.g. separately trained context types)")  # fmt: skip
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="NAME=BUNDLE[@K]",
+        help="ablation rows from different bundles (e.g. separately trained context types)",
+    )
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
     p.add_argument("--init", choices=("neighbour",), help="start each clip from its top neighbour's audio")
@@ -254,8 +315,12 @@ def _add_eval(sub) -> None:
     p.add_argument("--limit", type=int, help="score at most this many test clips")
     p.add_argument("--backbone", default="aisfx", help="aisfx, or package.module:factory for your own weights")
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
-                   help="which of the bundle's graphs to score (int8: after `reaudio quantize`)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "fp16", "int8"),
+        help="which of the bundle's graphs to score (int8: after `reaudio quantize`)",
+    )
     p.set_defaults(func=_cmd_eval)
 
 
@@ -273,10 +338,16 @@ def _cmd_data(args: argparse.Namespace) -> int:
         from .sfx_corpus import CorpusConfig, build_corpus, describe
 
         family = load_config(args.config)
-        cfg = CorpusConfig(out=args.out, sample_rate=family.mel.sample_rate, clip_seconds=family.clip_seconds,
-                           max_segments=args.max_segments, packages=tuple(args.packages or PACKAGES),
-                           test_percent=args.test_percent, captions=args.captions,
-                           heldout=tuple(args.heldout) if args.heldout is not None else HELDOUT_PACKAGES)  # fmt: skip
+        cfg = CorpusConfig(
+            out=args.out,
+            sample_rate=family.mel.sample_rate,
+            clip_seconds=family.clip_seconds,
+            max_segments=args.max_segments,
+            packages=tuple(args.packages or PACKAGES),
+            test_percent=args.test_percent,
+            captions=args.captions,
+            heldout=tuple(args.heldout) if args.heldout is not None else HELDOUT_PACKAGES,
+        )
         report = build_corpus(cfg, progress=not args.quiet)
         print(describe(report))
         print(f"manifest: {args.out / 'manifest.jsonl'}  report: {args.out / 'report.json'}")
@@ -294,17 +365,23 @@ def _add_data(sub, common) -> None:
     i.add_argument("source", type=Path)
     i.add_argument("--out", type=Path, required=True, help="manifest to write (JSONL)")
     i.add_argument("--test-percent", type=int, default=10, help="share of source recordings in the test split")
-    b = dsub.add_parser("build-sfx", parents=[common],
-                        help="sound-effect corpus from Debian packages (apt-get download, dpkg-deb -x)")  # fmt: skip
+    b = dsub.add_parser(
+        "build-sfx", parents=[common], help="sound-effect corpus from Debian packages (apt-get download, dpkg-deb -x)"
+    )
     b.add_argument("--out", type=Path, required=True, help="corpus folder (created; a rerun resumes)")
     b.add_argument("--config", default="sfx-small", help="model config whose sample rate and clip length to use")
     b.add_argument("--packages", nargs="+", choices=PACKAGES, metavar="PKG", help="a subset of the packages")
     b.add_argument("--max-segments", type=int, default=8, help="segments kept per source file")
     b.add_argument("--test-percent", type=int, default=10, help="share of source files in the test split")
     b.add_argument("--captions", type=Path, help="caption map (TSV) instead of the curated one")
-    b.add_argument("--heldout", nargs="*", choices=PACKAGES, metavar="PKG",
-                   help=f"packages kept out of training for the zero-shot split (default: {' '.join(HELDOUT_PACKAGES)}; "
-                   "none: --heldout with no names)")  # fmt: skip
+    b.add_argument(
+        "--heldout",
+        nargs="*",
+        choices=PACKAGES,
+        metavar="PKG",
+        help=f"packages kept out of training for the zero-shot split (default: {' '.join(HELDOUT_PACKAGES)}; "
+        "none: --heldout with no names)",
+    )
     s = dsub.add_parser("stats", parents=[common], help="label frequencies and a long-tail chart")
     s.add_argument("manifest", type=Path)
     s.add_argument("--out", type=Path, required=True, help="folder for label_stats.json and long_tail.png")
@@ -324,8 +401,12 @@ def add_training_commands(sub, common, dbsub) -> None:
     bd.add_argument("--data", type=Path, required=True, help="clip manifest")
     bd.add_argument("--out", type=Path, required=True, help="database folder to create")
     bd.add_argument("--splits", nargs="+", default=["train"], help="manifest splits to include (default: train)")
-    bd.add_argument("--index", choices=("hnsw", "ivf"), default="hnsw",
-                    help="index above 50 000 items (smaller databases search exactly): HNSW graph or IVF lists")  # fmt: skip
+    bd.add_argument(
+        "--index",
+        choices=("hnsw", "ivf"),
+        default="hnsw",
+        help="index above 50 000 items (smaller databases search exactly): HNSW graph or IVF lists",
+    )
     bd.set_defaults(func=_cmd_db_build)
     _add_train(sub)
     _add_eval(sub)
@@ -339,9 +420,12 @@ def add_training_commands(sub, common, dbsub) -> None:
     p.add_argument("--database", type=Path, help="retrieval database folder to include")
     p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends")
     p.add_argument("--int8", action="store_true", help="also write int8 graphs for the CPU (see `reaudio quantize`)")
-    p.add_argument("--optimize", choices=("gpu",),
-                   help="gpu: also a fused fp16 denoiser for CUDA (onnxruntime's attention, GroupNorm and NHWC "
-                        "convolution kernels; needs --fp16)")  # fmt: skip
+    p.add_argument(
+        "--optimize",
+        choices=("gpu",),
+        help="gpu: also a fused fp16 denoiser for CUDA (onnxruntime's attention, GroupNorm and NHWC "
+        "convolution kernels; needs --fp16)",
+    )
     p.add_argument("--trt", action="store_true", help="then build TensorRT plans (needs a GPU and tensorrt)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
@@ -349,31 +433,46 @@ def add_training_commands(sub, common, dbsub) -> None:
 
     p = sub.add_parser("import", help="convert a public checkpoint into a bundle (offline)")
     p.add_argument("source", choices=("audioldm", "laion-clap"))
-    p.add_argument("folder", metavar="SOURCE",
-                   help="audioldm: a diffusers AudioLDM pipeline folder (model_index.json, unet/, …) or a hub id "
-                   "already in the Hugging Face cache (e.g. cvssp/audioldm-s-full-v2; never downloaded); "
-                   "laion-clap: the checkpoint file (e.g. 630k-audioset-best.pt)")  # fmt: skip
+    p.add_argument(
+        "folder",
+        metavar="SOURCE",
+        help="audioldm: a diffusers AudioLDM pipeline folder (model_index.json, unet/, …) or a hub id "
+        "already in the Hugging Face cache (e.g. cvssp/audioldm-s-full-v2; never downloaded); "
+        "laion-clap: the checkpoint file (e.g. 630k-audioset-best.pt)",
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle folder (audioldm) or checkpoint folder (laion-clap)")
     p.add_argument("--fp16", action="store_true", help="also write fp16 graphs for GPU backends (audioldm)")
     p.add_argument("--int8", action="store_true", help="also write int8 graphs for the CPU (audioldm)")
-    p.add_argument("--optimize", choices=("gpu",),
-                   help="gpu: also a fused fp16 denoiser for CUDA (onnxruntime's attention, GroupNorm and NHWC "
-                        "convolution kernels; needs --fp16)")  # fmt: skip
+    p.add_argument(
+        "--optimize",
+        choices=("gpu",),
+        help="gpu: also a fused fp16 denoiser for CUDA (onnxruntime's attention, GroupNorm and NHWC "
+        "convolution kernels; needs --fp16)",
+    )
     p.add_argument("--tokenizer", type=Path, help="laion-clap: the RoBERTa tokenizer.json it was trained with")
     p.add_argument("--text-heads", type=int, help="laion-clap: text attention heads (default: width / 64)")
     p.add_argument("--revision", help="audioldm hub id: the cached revision (branch, tag or commit; default main)")
-    p.add_argument("--licence", help="audioldm: the weights' licence to record when the model card does not state "
-                   "it (e.g. cc-by-nc-sa-4.0); overrides the card's")  # fmt: skip
+    p.add_argument(
+        "--licence",
+        help="audioldm: the weights' licence to record when the model card does not state "
+        "it (e.g. cc-by-nc-sa-4.0); overrides the card's",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_import)
 
-    p = sub.add_parser("quantize",
-                       help="add int8 denoiser/decoder graphs for the CPU (--precision int8), calibrated on "
-                            "prompts the bundle itself generates (needs onnx, not torch)")  # fmt: skip
+    p = sub.add_parser(
+        "quantize",
+        help="add int8 denoiser/decoder graphs for the CPU (--precision int8), calibrated on "
+        "prompts the bundle itself generates (needs onnx, not torch)",
+    )
     p.add_argument("bundle", type=Path, nargs="?", help="bundle folder (default: the embedded default model)")
     p.add_argument("--out", type=Path, help="write a quantised copy here instead of adding to BUNDLE")
-    p.add_argument("--calibration-prompts", type=Path, metavar="FILE",
-                   help="prompt file (.txt/.csv/.jsonl) to calibrate on (default: 32 built-in varied prompts)")
+    p.add_argument(
+        "--calibration-prompts",
+        type=Path,
+        metavar="FILE",
+        help="prompt file (.txt/.csv/.jsonl) to calibrate on (default: 32 built-in varied prompts)",
+    )
     p.add_argument("--calibration-steps", type=int, default=10, help="denoising steps per calibration clip")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -393,36 +492,35 @@ def add_training_commands(sub, common, dbsub) -> None:
 
 
 def _cmd_default_model(args: argparse.Namespace) -> int:
-    from reaudio.engine.default_model import bundle_path, pack_path
+    from reaudio.engine.bundle.default_model import bundle_path, pack_path
 
     if args.action == "path":
         print(f"pack:   {pack_path()}\nbundle: {bundle_path()}")
         return 0
     _need_training_side("train,export")
     if args.action == "assemble":
-        from reaudio.engine.default_model import resolve_bundle
+        from reaudio.engine.bundle.default_model import resolve_bundle
 
         print(resolve_bundle(rebuild=args.force))
         return 0
     from reaudio.export.default_pack import add_vae_encoder, write_pack
 
     if args.action == "link-audio":
-        from reaudio.engine.default_model import pack_path
+        from reaudio.engine.bundle.default_model import pack_path
         from reaudio.export.default_pack import link_item_audio
 
         pack = args.pack or pack_path()
         print(f"{pack}: {link_item_audio(pack, args.manifest)} database items linked to {args.manifest.parent}")
         return 0
     if args.action == "add-encoder":
-        from reaudio.engine.default_model import pack_path
+        from reaudio.engine.bundle.default_model import pack_path
 
         pack = args.pack or pack_path()
         add_vae_encoder(pack, args.vae)
         print(f"{pack}: vae_encoder.safetensors added from {args.vae}; run `reaudio default-model assemble --force`")
         return 0
     defaults = {"guidance": args.guidance} if args.guidance is not None else None
-    meta = write_pack(args.system, args.database, args.out, provenance={"system": str(args.system)},
-                      defaults=defaults)  # fmt: skip
+    meta = write_pack(args.system, args.database, args.out, provenance={"system": str(args.system)}, defaults=defaults)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{args.out}: {len(meta['files'])} files, {size / 2**20:.1f} MiB")
     return 0
@@ -440,13 +538,21 @@ def _add_default_model(sub, common) -> None:
     k.add_argument("--database", type=Path, required=True)
     k.add_argument("--guidance", type=float, help="the model's default guidance scale, as measured (reaudio eval)")
     k.add_argument("--out", type=Path, required=True)
-    e = dsub.add_parser("add-encoder", parents=[common],
-                        help="maintainers: give a pack the VAE encoder trained against its decoder (torch)")
+    e = dsub.add_parser(
+        "add-encoder",
+        parents=[common],
+        help="maintainers: give a pack the VAE encoder trained against its decoder (torch)",
+    )
     e.add_argument("vae", type=Path, help="VAE checkpoint folder (train vae --frozen-decoder PACK's final/vae)")
     e.add_argument("--pack", type=Path, help="the pack to extend (default: the embedded one)")
-    la = dsub.add_parser("link-audio", parents=[common],
-                         help="maintainers: record each database item's audio path within a corpus (relative)")
-    la.add_argument("manifest", type=Path, help="the corpus manifest (reaudio data build-sfx --out DIR: DIR/manifest.jsonl)")
+    la = dsub.add_parser(
+        "link-audio",
+        parents=[common],
+        help="maintainers: record each database item's audio path within a corpus (relative)",
+    )
+    la.add_argument(
+        "manifest", type=Path, help="the corpus manifest (reaudio data build-sfx --out DIR: DIR/manifest.jsonl)"
+    )
     la.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     p.set_defaults(func=_cmd_default_model)
 

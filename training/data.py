@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from reaudio.engine.audio_io import load_audio
+from reaudio.engine.audio.audio_io import load_audio
+from reaudio.engine.jobs.records import read_records
 
 #: "heldout": clips of packages kept out of training entirely (the zero-shot evaluation).
 SPLITS = ("train", "valid", "test", "heldout")
@@ -26,20 +26,13 @@ class Clip:
     split: str = "train"
 
 
-def read_manifest(path: str | Path) -> list[Clip]:
-    """Rows of a clip manifest (JSONL: id, audio, caption, label, source, split); errors name file:line."""
+def read_corpus(path: str | Path) -> list[Clip]:
+    """Rows of a corpus's clip list (JSONL or CSV: id, audio, caption, label, source, split); errors name file:line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such manifest")
     clips, problems = [], []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{line}: invalid JSON ({exc.msg})")
-            continue
+    for line, row in read_records(path, ("id", "audio", "caption"), problems):
         missing = [k for k in ("id", "audio", "caption") if not row.get(k)]
         if missing:
             problems.append(f"{path}:{line}: missing {missing}")
@@ -50,8 +43,16 @@ def read_manifest(path: str | Path) -> list[Clip]:
             continue
         captions = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
         audio = Path(row["audio"])
-        clips.append(Clip(str(row["id"]), audio if audio.is_absolute() else path.parent / audio, captions[0],
-                          row.get("label", ""), row.get("source", "") or str(audio), split))  # fmt: skip
+        clips.append(
+            Clip(
+                str(row["id"]),
+                audio if audio.is_absolute() else path.parent / audio,
+                captions[0],
+                row.get("label", ""),
+                row.get("source", "") or str(audio),
+                split,
+            )
+        )
     if problems:
         raise ValueError("\n".join(problems))
     return clips
@@ -64,7 +65,9 @@ class ClipAudio:
     at most -1 dBFS); None keeps the levels as recorded.
     """
 
-    def __init__(self, clips: list[Clip], sample_rate: int, clip_samples: int, loudness_db: float | None = None) -> None:
+    def __init__(
+        self, clips: list[Clip], sample_rate: int, clip_samples: int, loudness_db: float | None = None
+    ) -> None:
         if not clips:
             raise ValueError("no clips in this split")
         self.clips = clips
@@ -87,7 +90,9 @@ class ClipAudio:
         return np.pad(wav, (0, self.clip_samples - len(wav)))
 
 
-def step_indices(n: int, batch: int, seed: int, step: int, rank: int = 0, world: int = 1) -> tuple[np.ndarray, np.random.Generator]:
+def step_indices(
+    n: int, batch: int, seed: int, step: int, rank: int = 0, world: int = 1
+) -> tuple[np.ndarray, np.random.Generator]:
     """The items of one rank at one step, and that step's generator.
 
     Everything random in a step derives from (seed, step, rank), so a run resumed at

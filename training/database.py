@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reaudio.engine.retrieval_db import DatabaseInfo, Items, RetrievalDB
+from reaudio.engine.retrieval.database import DatabaseInfo, Items, RetrievalDB
 from reaudio.models.clap import CLAP
 from reaudio.models.mel import LogMel
 from reaudio.models.retrieval_features import (
@@ -49,20 +49,44 @@ def encode_items(clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: lis
         cap_masks.append(mask.numpy())
         ids, am = clap.tokenizer([i.caption for i in chunk])
         caption_keys.extend(clap.embed_text(torch.from_numpy(ids), torch.from_numpy(am)).numpy())
-    records = [{"id": i.id, "caption": i.caption, "label": i.label, "source": i.source,
-                "duration": round(len(i.audio) / mel.cfg.sample_rate, 3), **({"audio": i.path} if i.path else {})}
-               for i in items]  # fmt: skip
+    records = [
+        {
+            "id": i.id,
+            "caption": i.caption,
+            "label": i.label,
+            "source": i.source,
+            "duration": round(len(i.audio) / mel.cfg.sample_rate, 3),
+            **({"audio": i.path} if i.path else {}),
+        }
+        for i in items
+    ]
     if retrieval.key == "text":
-        return Items(records, np.stack(caption_keys), np.stack(audio_tokens), np.concatenate(cap_tokens),
-                     np.concatenate(cap_masks))  # fmt: skip
-    return Items(records, np.stack(keys), np.stack(audio_tokens), np.concatenate(cap_tokens),
-                 np.concatenate(cap_masks), np.stack(caption_keys))  # fmt: skip
+        return Items(
+            records,
+            np.stack(caption_keys),
+            np.stack(audio_tokens),
+            np.concatenate(cap_tokens),
+            np.concatenate(cap_masks),
+        )
+    return Items(
+        records,
+        np.stack(keys),
+        np.stack(audio_tokens),
+        np.concatenate(cap_tokens),
+        np.concatenate(cap_masks),
+        np.stack(caption_keys),
+    )
 
 
 def build_database(
-    folder: str | Path, clap: CLAP, mel: LogMel, retrieval: RetrievalConfig, items: list[AudioItem], provenance: dict,
+    folder: str | Path,
+    clap: CLAP,
+    mel: LogMel,
+    retrieval: RetrievalConfig,
+    items: list[AudioItem],
+    provenance: dict,
     index: str = "hnsw",
-) -> RetrievalDB:  # fmt: skip
+) -> RetrievalDB:
     """``index``: "hnsw" or "ivf", used above the exact-search threshold (see DatabaseInfo)."""
     info = DatabaseInfo(
         index=index,
@@ -81,20 +105,39 @@ def build_database(
 
 
 def build_database_from_manifest(
-    manifest: str | Path, clap_checkpoint: str | Path, family, out: str | Path, splits: tuple[str, ...] = ("train",),
+    manifest: str | Path,
+    clap_checkpoint: str | Path,
+    family,
+    out: str | Path,
+    splits: tuple[str, ...] = ("train",),
     index: str = "hnsw",
-) -> RetrievalDB:  # fmt: skip
+) -> RetrievalDB:
     """A database over a manifest's clips (default: the train split), with a trained CLAP."""
-    from reaudio.engine.audio_io import load_audio
-    from reaudio.engine.manifest import sha256_file
+    from reaudio.engine.audio.audio_io import load_audio
+    from reaudio.engine.bundle.manifest import sha256_file
     from reaudio.models.checkpoint import load_checkpoint
 
-    from .data import read_manifest
+    from .data import read_corpus
 
     clap = load_checkpoint(clap_checkpoint).eval()
-    clips = [c for c in read_manifest(manifest) if c.split in splits]
-    items = [AudioItem(c.id, load_audio(c.audio, family.mel.sample_rate), c.caption, c.label, c.source,
-                       str(Path(c.audio).resolve())) for c in clips]  # fmt: skip
-    provenance = {"clap": str(clap_checkpoint), "manifest": str(manifest), "manifest_sha256": sha256_file(Path(manifest)),
-                  "splits": list(splits), "k": family.retrieval.k, "exclusions": "self and same source at training"}  # fmt: skip
+    clips = [c for c in read_corpus(manifest) if c.split in splits]
+    items = [
+        AudioItem(
+            c.id,
+            load_audio(c.audio, family.mel.sample_rate),
+            c.caption,
+            c.label,
+            c.source,
+            str(Path(c.audio).resolve()),
+        )
+        for c in clips
+    ]
+    provenance = {
+        "clap": str(clap_checkpoint),
+        "manifest": str(manifest),
+        "manifest_sha256": sha256_file(Path(manifest)),
+        "splits": list(splits),
+        "k": family.retrieval.k,
+        "exclusions": "self and same source at training",
+    }
     return build_database(out, clap, LogMel(family.mel), family.retrieval, items, provenance, index=index)

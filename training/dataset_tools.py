@@ -10,11 +10,11 @@ from pathlib import Path
 
 import soundfile as sf
 
-from reaudio.engine.dataclass_io import atomic_path
-from reaudio.engine.prompts import slugify
-from reaudio.engine.records import read_records
+from reaudio.engine.bundle.dataclass_io import atomic_path
+from reaudio.engine.jobs.prompts import slugify
+from reaudio.engine.jobs.records import read_records
 
-from .data import read_manifest
+from .data import read_corpus
 
 log = logging.getLogger(__name__)
 MIN_SECONDS = 0.3
@@ -69,9 +69,17 @@ def import_dataset(source: str | Path, out: str | Path, test_percent: int = 10) 
             clip_id += "-x"
         seen.add(clip_id)
         origin = str(row.get("source") or path.resolve())
-        manifest.append({"id": clip_id, "audio": str(path.resolve()), "caption": caption,
-                         "label": str(row.get("label") or ""), "source": origin,
-                         "duration": round(info.frames / info.samplerate, 3), "split": split_of(origin, test_percent)})  # fmt: skip
+        manifest.append(
+            {
+                "id": clip_id,
+                "audio": str(path.resolve()),
+                "caption": caption,
+                "label": str(row.get("label") or ""),
+                "source": origin,
+                "duration": round(info.frames / info.samplerate, 3),
+                "split": split_of(origin, test_percent),
+            }
+        )
     if problems:
         raise DatasetError(problems)
     with atomic_path(out) as tmp:
@@ -82,7 +90,7 @@ def import_dataset(source: str | Path, out: str | Path, test_percent: int = 10) 
 
 def dataset_stats(manifest: str | Path, out: str | Path) -> dict:
     """Label frequencies of the train split (JSON) and a long-tail bar chart (PNG, the paper's Figure 1)."""
-    clips = read_manifest(manifest)
+    clips = read_corpus(manifest)
     counts = Counter(c.label or "(unlabelled)" for c in clips if c.split == "train")
     ordered = counts.most_common()
     stats = {

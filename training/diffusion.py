@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from reaudio.engine.schedule import NoiseScheduleConfig
+from reaudio.engine.denoising.schedule import NoiseScheduleConfig
 
 
 class Diffusion:

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reaudio.engine.audio_io import load_audio
-from reaudio.engine.engine import Engine, Request
+from reaudio.engine.audio.audio_io import load_audio
+from reaudio.engine.pipeline import Engine, Request
 
 from .backbones import embed_at, load_backbone
-from .data import read_manifest
+from .data import read_corpus
 from .listening import listener_metrics, neighbour_label_scores
 from .metrics import (
     FREQUENCY_BUCKETS,
@@ -106,22 +106,34 @@ def _spread(items: list, limit: int | None) -> list:
 
 def evaluate(cfg: EvalConfig) -> dict:
     start = time.perf_counter()
-    clips = read_manifest(cfg.data)
+    clips = read_corpus(cfg.data)
     split = [c for c in clips if c.split == cfg.split]
     test = _spread(split, cfg.limit)
     train = [c for c in clips if c.split == "train"]
     if len(test) < 2:
         raise ValueError(f"{cfg.data}: need at least 2 '{cfg.split}' clips to score, found {len(test)}")
-    engine = Engine.from_bundle(cfg.bundle, backend=cfg.backend, precision=cfg.precision,
-                                audio_root=Path(cfg.data).parent)
+    engine = Engine.from_bundle(
+        cfg.bundle, backend=cfg.backend, precision=cfg.precision, audio_root=Path(cfg.data).parent
+    )
     sr = engine.sample_rate
     real = [load_audio(c.audio, sr) for c in test]
     durations = [min(max(len(w) / sr, 0.5), engine.manifest.defaults.duration) for w in real]
-    requests = [Request(c.caption, duration=d, seed=cfg.seed + i, steps=cfg.steps, guidance=cfg.guidance, k=cfg.k,
-                        retrieval=cfg.retrieval, init=cfg.init, strength=cfg.strength)
-                for i, (c, d) in enumerate(zip(test, durations))]  # fmt: skip
+    requests = [
+        Request(
+            c.caption,
+            duration=d,
+            seed=cfg.seed + i,
+            steps=cfg.steps,
+            guidance=cfg.guidance,
+            k=cfg.k,
+            retrieval=cfg.retrieval,
+            init=cfg.init,
+            strength=cfg.strength,
+        )
+        for i, (c, d) in enumerate(zip(test, durations))
+    ]
     if cfg.candidates > 1:
-        from reaudio.engine.candidates import generate_ranked
+        from reaudio.engine.jobs.candidates import generate_ranked
 
         results = [ranked.best for ranked in generate_ranked(engine, requests, cfg.candidates)]
     else:
@@ -131,8 +143,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len(pairs) < 2:
         raise RuntimeError(f"only {len(pairs)} clip(s) generated; failures: {failed}")
     backbone = load_backbone(cfg.backbone)
-    real_emb = _cached(("real", backbone.name, sr, tuple((p[0].id, len(p[1])) for p in pairs)),
-                       lambda: embed_at(backbone, [p[1] for p in pairs], sr), [p[0].audio for p in pairs])  # fmt: skip
+    real_emb = _cached(
+        ("real", backbone.name, sr, tuple((p[0].id, len(p[1])) for p in pairs)),
+        lambda: embed_at(backbone, [p[1] for p in pairs], sr),
+        [p[0].audio for p in pairs],
+    )
     gen_emb = embed_at(backbone, [p[2] for p in pairs], sr)
     metrics = {"clips": len(pairs), "failed": failed, "backbone": backbone.name, "fad": fad(real_emb, gen_emb)}
     metrics.update(listener_metrics([p[2] for p in pairs], [p[1] for p in pairs], gen_emb, real_emb, sr))
@@ -144,12 +159,17 @@ def evaluate(cfg: EvalConfig) -> dict:
         counts[c.label] = counts.get(c.label, 0) + 1
     usable = [c for c in train if c.label and counts[c.label] >= cfg.min_label_clips]
     if len({c.label for c in usable}) >= 2:
-        train_emb = _cached(("train", backbone.name, sr, tuple(c.id for c in usable)),
-                            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in usable], sr),
-                            [c.audio for c in usable])  # fmt: skip
+        train_emb = _cached(
+            ("train", backbone.name, sr, tuple(c.id for c in usable)),
+            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in usable], sr),
+            [c.audio for c in usable],
+        )
         proba, classes = train_label_classifier(train_emb, [c.label for c in usable], cfg.seed)
-        metrics.update(kl=kl_paired(proba(real_emb), proba(gen_emb)), inception_score=inception_score(proba(gen_emb)),
-                       classifier_labels=len(classes))  # fmt: skip
+        metrics.update(
+            kl=kl_paired(proba(real_emb), proba(gen_emb)),
+            inception_score=inception_score(proba(gen_emb)),
+            classifier_labels=len(classes),
+        )
     else:
         log.warning("fewer than 2 labels with >= %d training clips: KL and IS skipped", cfg.min_label_clips)
 
@@ -160,19 +180,32 @@ def evaluate(cfg: EvalConfig) -> dict:
     buckets: dict[str, list[float]] = {}
     for (clip, _, _), score in zip(pairs, per_clip):
         buckets.setdefault(frequency_bucket(counts.get(clip.label, 0)), []).append(float(score))
-    metrics["long_tail"] = {name: {"clips": len(buckets[name]), "clap_score": float(np.mean(buckets[name]))}
-                            for _, _, name in FREQUENCY_BUCKETS if name in buckets}  # fmt: skip
+    metrics["long_tail"] = {
+        name: {"clips": len(buckets[name]), "clap_score": float(np.mean(buckets[name]))}
+        for _, _, name in FREQUENCY_BUCKETS
+        if name in buckets
+    }
     metrics["seconds"] = time.perf_counter() - start
-    metrics["settings"] = {"bundle": str(cfg.bundle), "k": cfg.k, "steps": cfg.steps, "guidance": cfg.guidance,
-                           "seed": cfg.seed, "split": cfg.split, "retrieval": cfg.retrieval or engine.default_retrieval,
-                           "init": cfg.init, "strength": cfg.strength, "candidates": cfg.candidates}  # fmt: skip
+    metrics["settings"] = {
+        "bundle": str(cfg.bundle),
+        "k": cfg.k,
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "seed": cfg.seed,
+        "split": cfg.split,
+        "retrieval": cfg.retrieval or engine.default_retrieval,
+        "init": cfg.init,
+        "strength": cfg.strength,
+        "candidates": cfg.candidates,
+    }
     write_report(cfg.out, metrics)
     log.info("scored %d clips in %.1f s", len(pairs), metrics["seconds"])
     return metrics
 
 
-def _references(cfg: EvalConfig, engine: Engine, backbone, pairs: list, real_emb: np.ndarray, clips: list,
-                others: list) -> dict:  # fmt: skip
+def _references(
+    cfg: EvalConfig, engine: Engine, backbone, pairs: list, real_emb: np.ndarray, clips: list, others: list
+) -> dict:
     """Neighbour label precision per retrieval mode, the copy-the-top-1-neighbour baseline and
     the real-vs-real floor, on the same clips as the generated ones."""
     out: dict = {}
@@ -193,14 +226,17 @@ def _references(cfg: EvalConfig, engine: Engine, backbone, pairs: list, real_emb
             copies = [load_audio(audio_of[engine.db.items[r]["id"]], sr)[: len(p[1])] for r, p in zip(top1, pairs)]
             copy_emb = embed_at(backbone, copies, sr)
             out["copy_top1"] = {"fad": fad(real_emb, copy_emb)} | listener_metrics(
-                copies, [p[1] for p in pairs], copy_emb, real_emb, sr)
+                copies, [p[1] for p in pairs], copy_emb, real_emb, sr
+            )
         else:
             log.warning("top-1 neighbours are not all clips of %s: copy baseline skipped", cfg.data)
     floor = _spread(others, len(pairs))
     if len(floor) >= 2:
-        floor_emb = _cached(("floor", backbone.name, sr, tuple(c.id for c in floor)),
-                            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in floor], sr),
-                            [c.audio for c in floor])  # fmt: skip
+        floor_emb = _cached(
+            ("floor", backbone.name, sr, tuple(c.id for c in floor)),
+            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in floor], sr),
+            [c.audio for c in floor],
+        )
         out["real_floor"] = {"fad": fad(real_emb, floor_emb), "clips": len(floor)}
     else:
         log.warning("fewer than 2 other '%s' clips: real-vs-real floor skipped (use --limit)", cfg.split)
@@ -218,8 +254,9 @@ def _top1_similarity(engine: Engine, backbone, pairs: list, gen_emb: np.ndarray,
     if not all(r >= 0 and engine.db.items[r]["id"] in audio_of for r in rows):
         return {}
     sr = engine.sample_rate
-    top = embed_at(backbone, [load_audio(audio_of[engine.db.items[r]["id"]], sr)[: len(p[2])]
-                              for r, p in zip(rows, pairs)], sr)  # fmt: skip
+    top = embed_at(
+        backbone, [load_audio(audio_of[engine.db.items[r]["id"]], sr)[: len(p[2])] for r, p in zip(rows, pairs)], sr
+    )
     a = gen_emb / np.linalg.norm(gen_emb, axis=1, keepdims=True)
     b = top / np.linalg.norm(top, axis=1, keepdims=True)
     return {"top1_similarity": float(np.mean(np.sum(a * b, axis=1)))}
@@ -236,8 +273,8 @@ def _cached(key: tuple, compute, files: list[Path] = ()) -> np.ndarray:
     audio read) are part of the key by size and modification time, so an edited clip is re-embedded."""
     import hashlib
 
-    from reaudio.engine.dataclass_io import atomic_path
-    from reaudio.engine.default_model import cache_root
+    from reaudio.engine.bundle.dataclass_io import atomic_path
+    from reaudio.engine.bundle.default_model import cache_root
 
     if key not in _EMBEDDINGS:
         stamp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
@@ -259,16 +296,27 @@ def write_report(out: Path, metrics: dict) -> None:
     (out / "results.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     lines = ["| metric | generated | copy top-1 neighbour | real vs real |", "| --- | --- | --- | --- |"]
     copy, floor = metrics.get("copy_top1", {}), metrics.get("real_floor", {})
-    for key in ("fad", "kl", "inception_score", "clap_score", "clipped_clips", "median_rms_dbfs",
-                "envelope_correlation", "paired_minus_unpaired", "top1_similarity"):  # fmt: skip
+    for key in (
+        "fad",
+        "kl",
+        "inception_score",
+        "clap_score",
+        "clipped_clips",
+        "median_rms_dbfs",
+        "envelope_correlation",
+        "paired_minus_unpaired",
+        "top1_similarity",
+    ):
         if key in metrics:
             cells = [_cell(metrics.get(key)), _cell(copy.get(key)), _cell(floor.get(key))]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines.append(f"| clips | {metrics['clips']} | | {floor.get('clips', '')} |")
     if metrics.get("retrieval"):
         lines += ["", "| retrieval mode | precision@1 | precision@3 | hit@3 |", "| --- | --- | --- | --- |"]
-        lines += [f"| {mode} | {_cell(v.get('precision@1'))} | {_cell(v.get('precision@3'))} | {_cell(v.get('hit@3'))} |"
-                  for mode, v in metrics["retrieval"].items()]  # fmt: skip
+        lines += [
+            f"| {mode} | {_cell(v.get('precision@1'))} | {_cell(v.get('precision@3'))} | {_cell(v.get('hit@3'))} |"
+            for mode, v in metrics["retrieval"].items()
+        ]
     lines += ["", "| training clips of the label | test clips | CLAP score |", "| --- | --- | --- |"]
     lines += [f"| {name} | {v['clips']} | {v['clap_score']:.4f} |" for name, v in metrics["long_tail"].items()]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -297,11 +345,22 @@ def _cell(value) -> str:
 
 def ablation(rows: list[tuple[str, EvalConfig]], out: Path) -> str:
     """Evaluate each (name, config) and write the paper's Table 1 layout as Markdown."""
-    keys = ("kl", "inception_score", "fad", "clap_score", "clipped_clips", "envelope_correlation", "paired_minus_unpaired",
-            "top1_similarity", "seconds")
-    lines = ["| setting | KL ↓ | IS ↑ | FAD ↓ | CLAP ↑ | clipped ↓ | envelope r ↑ | paired − unpaired ↑ "
-             "| similarity to top-1 | eval s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    keys = (
+        "kl",
+        "inception_score",
+        "fad",
+        "clap_score",
+        "clipped_clips",
+        "envelope_correlation",
+        "paired_minus_unpaired",
+        "top1_similarity",
+        "seconds",
+    )
+    lines = [
+        "| setting | KL ↓ | IS ↑ | FAD ↓ | CLAP ↑ | clipped ↓ | envelope r ↑ | paired − unpaired ↑ "
+        "| similarity to top-1 | eval s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     m: dict = {}
     for name, cfg in rows:
         m = evaluate(cfg)

@@ -71,14 +71,16 @@ def neighbour_label_scores(labels: list[str], neighbour_labels: list[list[str]],
     return {f"precision@{k}": float(precision), f"hit@{k}": float(hit)}
 
 
-def listener_metrics(generated: list[np.ndarray], real: list[np.ndarray], gen_emb: np.ndarray,
-                     real_emb: np.ndarray, sample_rate: int) -> dict[str, float]:  # fmt: skip
+def listener_metrics(
+    generated: list[np.ndarray], real: list[np.ndarray], gen_emb: np.ndarray, real_emb: np.ndarray, sample_rate: int
+) -> dict[str, float]:
     """Clipped-clip rate, median loudness, envelope correlation and paired-minus-unpaired similarity."""
     levels = [float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) for w in generated]
     return {
         "clipped_clips": float(np.mean([is_clipped(w) for w in generated])),
         "median_rms_dbfs": float(np.median([20 * np.log10(max(v, 1e-12)) for v in levels])),
-        "envelope_correlation": float(np.mean([envelope_correlation(g, r, sample_rate)
-                                               for g, r in zip(generated, real)])),  # fmt: skip
+        "envelope_correlation": float(
+            np.mean([envelope_correlation(g, r, sample_rate) for g, r in zip(generated, real)])
+        ),
         "paired_minus_unpaired": paired_minus_unpaired(gen_emb, real_emb),
     }

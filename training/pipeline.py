@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from reaudio.engine.retrieval_db import RetrievalDB
-from reaudio.engine.sampler import leading_timesteps
+from reaudio.engine.denoising.sampler import leading_timesteps
+from reaudio.engine.retrieval.database import RetrievalDB
 from reaudio.models.configs import FamilyConfig
 
 from .diffusion import Diffusion, ddim_step_reference

@@ -53,9 +53,16 @@ def train_from_args(args: argparse.Namespace) -> dict:
         family = with_checkpoint_clap(family, args.clap)
         task = LDMTask(family, args.data, args.vae, args.clap, args.database, args.vocoder)
     task.progress = not getattr(args, "quiet", False)
-    resolved = {"model": args.model, "family": family.to_dict(), "data": str(args.data),
-                "inputs": {k: str(getattr(args, k)) for k in ("vae", "clap", "database", "vocoder", "frozen_decoder")
-                           if getattr(args, k, None)}}  # fmt: skip
+    resolved = {
+        "model": args.model,
+        "family": family.to_dict(),
+        "data": str(args.data),
+        "inputs": {
+            k: str(getattr(args, k))
+            for k in ("vae", "clap", "database", "vocoder", "frozen_decoder")
+            if getattr(args, k, None)
+        },
+    }
     return Trainer(task, args.out, cfg, resolved).run()
 
 
@@ -70,7 +77,12 @@ def with_checkpoint_clap(family, clap_folder):
     if kind != "laion-clap" or family.clap == clap_cfg:
         return family
     widths = {"retrieved_text": clap_cfg.text.hidden_size, "retrieved_audio": clap_cfg.audio.width}
-    unet = replace(family.unet, film_dim=clap_cfg.embed_dim if family.unet.film_dim else 0,
-                   contexts=tuple(ContextConfig(c.name, widths[c.name]) for c in family.unet.contexts))  # fmt: skip
-    log.info("LAION-CLAP %s: FiLM %d-d, contexts %s", clap_folder, unet.film_dim, {c.name: c.dim for c in unet.contexts})
+    unet = replace(
+        family.unet,
+        film_dim=clap_cfg.embed_dim if family.unet.film_dim else 0,
+        contexts=tuple(ContextConfig(c.name, widths[c.name]) for c in family.unet.contexts),
+    )
+    log.info(
+        "LAION-CLAP %s: FiLM %d-d, contexts %s", clap_folder, unet.film_dim, {c.name: c.dim for c in unet.contexts}
+    )
     return replace(family, clap=clap_cfg, unet=unet)

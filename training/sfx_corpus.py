@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from reaudio.engine.audio_io import prepare_audio
-from reaudio.engine.dataclass_io import atomic_path
-from reaudio.engine.prompts import slugify
+from reaudio.engine.audio.audio_io import prepare_audio
+from reaudio.engine.bundle.dataclass_io import atomic_path
+from reaudio.engine.jobs.prompts import slugify
 
 from .dataset_tools import MIN_SECONDS, split_of
 from .sfx_captions import CaptionEntry, CaptionMap, tuxpaint_caption
@@ -200,8 +200,12 @@ def process_source(
         return {**record, "status": "dropped", "reason": reason}
     entry = _caption_for(source, root, captions)
     if entry is None:
-        return {**record, "status": "unknown", "reason": "label not in the caption map",
-                "label": lookup_keys(source)[1]}  # fmt: skip
+        return {
+            **record,
+            "status": "unknown",
+            "reason": "label not in the caption map",
+            "label": lookup_keys(source)[1],
+        }
     try:
         wav = decode(source, root, cfg.sample_rate, archives)
     except (ValueError, RuntimeError, sf.LibsndfileError, zipfile.BadZipFile, KeyError) as exc:
@@ -228,10 +232,19 @@ def process_source(
         # Phrasings rotate over clips so one label's clips do not all share one caption.
         first = zlib.crc32(clip_id.encode()) % len(entry.captions)
         ordered = list(entry.captions[first:] + entry.captions[:first])
-        clips.append({"id": clip_id, "audio": target.relative_to(cfg.out).as_posix(), "caption": ordered[0],
-                      "captions": ordered, "label": entry.label, "package": source.package,
-                      "source": source.key, "duration": round(len(piece) / cfg.sample_rate, 3),
-                      "split": split})  # fmt: skip
+        clips.append(
+            {
+                "id": clip_id,
+                "audio": target.relative_to(cfg.out).as_posix(),
+                "caption": ordered[0],
+                "captions": ordered,
+                "label": entry.label,
+                "package": source.package,
+                "source": source.key,
+                "duration": round(len(piece) / cfg.sample_rate, 3),
+                "split": split,
+            }
+        )
     if not clips:
         return {**record, "status": "dropped", "reason": "silent"}
     return {**record, "status": "kept", "clips": clips}
@@ -335,4 +348,3 @@ def describe(report: dict) -> str:
         f"dropped {report['dropped']}; {report['unknown_label_files']} files with "
         f"{len(report['unknown_labels'])} unknown labels (see report.json)"
     )
-

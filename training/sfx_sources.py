@@ -12,10 +12,22 @@ from pathlib import PurePosixPath
 
 #: The packages the corpus is built from (others are reserved for held-out evaluation).
 PACKAGES = (
-    "0ad-data", "megaglest-data", "wesnoth-1.16-data", "nexuiz-data", "hedgewars-data", "supertuxkart-data",
-    "freedroidrpg-data", "warmux-data", "supertux-data", "freeorion-data", "openarena-data",
-    "tuxpaint-stamps-default", "sonic-pi-samples", "hydrogen-drumkits", "lmms-common",
-)  # fmt: skip
+    "0ad-data",
+    "megaglest-data",
+    "wesnoth-1.16-data",
+    "nexuiz-data",
+    "hedgewars-data",
+    "supertuxkart-data",
+    "freedroidrpg-data",
+    "warmux-data",
+    "supertux-data",
+    "freeorion-data",
+    "openarena-data",
+    "tuxpaint-stamps-default",
+    "sonic-pi-samples",
+    "hydrogen-drumkits",
+    "lmms-common",
+)
 
 #: Packages held out of training entirely: the zero-shot evaluation split ("heldout").
 HELDOUT_PACKAGES = ("supertuxkart-data",)
@@ -25,12 +37,33 @@ ARCHIVE_SUFFIXES = (".zip", ".pk3")
 
 #: File-name abbreviations of the games, expanded before a label is looked up.
 ABBREVIATIONS = {
-    "fs": "footstep", "sel": "select", "con": "construction", "amb": "ambient", "hstep": "footstep",
-    "mstep": "hoofstep", "ele": "elephant", "orni": "ornithopter", "dr": "dragon_rider", "gen": "generic",
-    "pkup": "pickup", "strt": "start", "butn": "button", "wpn": "weapon", "exp": "explosion",
-    "expl": "explosion", "snd": "sound", "sfx": "effect", "fx": "effect", "bd": "bass_drum", "sd": "snare",
-    "hh": "hihat", "chh": "closed_hihat", "ohh": "open_hihat", "ho": "open_hihat", "hc": "closed_hihat",
-}  # fmt: skip
+    "fs": "footstep",
+    "sel": "select",
+    "con": "construction",
+    "amb": "ambient",
+    "hstep": "footstep",
+    "mstep": "hoofstep",
+    "ele": "elephant",
+    "orni": "ornithopter",
+    "dr": "dragon_rider",
+    "gen": "generic",
+    "pkup": "pickup",
+    "strt": "start",
+    "butn": "button",
+    "wpn": "weapon",
+    "exp": "explosion",
+    "expl": "explosion",
+    "snd": "sound",
+    "sfx": "effect",
+    "fx": "effect",
+    "bd": "bass_drum",
+    "sd": "snare",
+    "hh": "hihat",
+    "chh": "closed_hihat",
+    "ohh": "open_hihat",
+    "ho": "open_hihat",
+    "hc": "closed_hihat",
+}
 
 # (package, path regex, reason): the first match drops the file. Paths are package-relative, lower case.
 _DROP_RULES: tuple[tuple[str, str, str], ...] = (
@@ -48,9 +81,8 @@ _DROP_RULES: tuple[tuple[str, str, str], ...] = (
     ("warmux-data", r"sound/default/voices/", "voice"),
     ("tuxpaint-stamps-default", r"_desc(_[a-z]{2,3}){0,2}(\.ogg)+$", "voice"),
     ("tuxpaint-stamps-default", r"stamps/symbols/(alphabets|math|money|chess|music)/", "voice"),
-    ("lmms-common", r"samples/(basses|bassloops|beats|instruments|latin|stringsnpads|shapes|waveforms)/",
-     "music"),
-)  # fmt: skip
+    ("lmms-common", r"samples/(basses|bassloops|beats|instruments|latin|stringsnpads|shapes|waveforms)/", "music"),
+)
 _DROP = tuple((pkg, re.compile(rx), why) for pkg, rx, why in _DROP_RULES)
 
 

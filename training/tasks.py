@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reaudio.engine.retrieval_db import RetrievalDB
+from reaudio.engine.retrieval.database import RetrievalDB
 from reaudio.models.checkpoint import load_checkpoint, save_checkpoint
 from reaudio.models.configs import FamilyConfig
 from reaudio.models.hifigan import (
@@ -26,7 +26,7 @@ from reaudio.models.mel import LogMel
 from reaudio.models.unet import UNet
 from reaudio.models.vae import AutoencoderKL
 
-from .data import ClipAudio, read_manifest, step_indices
+from .data import ClipAudio, read_corpus, step_indices
 from .diffusion import Diffusion
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Task:
     def __init__(self, family: FamilyConfig, manifest: str | Path) -> None:
         self.family = family
         self.manifest = Path(manifest)
-        self.clips = read_manifest(manifest)
+        self.clips = read_corpus(manifest)
         self.clip_samples = round(family.clip_seconds * family.mel.sample_rate)
         # Whole hops, so vocoder targets line up with mel frames.
         self.clip_samples -= self.clip_samples % family.mel.hop_length
@@ -124,8 +124,10 @@ class VAETask(Task):
             state = frozen_decoder_state(self.frozen_decoder)
             result = self.vae.load_state_dict(state, strict=False)
             if result.unexpected_keys or any(k.startswith("decoder.") for k in result.missing_keys):
-                raise ValueError(f"{self.frozen_decoder}: decoder weights do not fit the config's VAE "
-                                 f"(unexpected {result.unexpected_keys[:3]}, missing {result.missing_keys[:3]})")  # fmt: skip
+                raise ValueError(
+                    f"{self.frozen_decoder}: decoder weights do not fit the config's VAE "
+                    f"(unexpected {result.unexpected_keys[:3]}, missing {result.missing_keys[:3]})"
+                )
             for name, param in self.vae.named_parameters():
                 param.requires_grad_(not name.startswith("decoder."))
 
@@ -220,8 +222,15 @@ class LDMTask(Task):
 
     deliverables = ("unet",)
 
-    def __init__(self, family, manifest, vae: str | Path, clap: str | Path, database: str | Path | None,
-                 vocoder: str | Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        family,
+        manifest,
+        vae: str | Path,
+        clap: str | Path,
+        database: str | Path | None,
+        vocoder: str | Path | None = None,
+    ) -> None:
         super().__init__(family, manifest)
         self.paths = {"vae": vae, "clap": clap, "database": database, "vocoder": vocoder}
         if family.retrieval.k > 0 and database is None:
@@ -289,7 +298,10 @@ class LDMTask(Task):
 
     @torch.no_grad()
     def _estimate_scale(self, trainer) -> float:
-        latents = [self.vae.encode(self.mel(self.batch_audio(self.train, trainer, 1_000_000_000 + i)[1])).mean for i in range(4)]
+        latents = [
+            self.vae.encode(self.mel(self.batch_audio(self.train, trainer, 1_000_000_000 + i)[1])).mean
+            for i in range(4)
+        ]
         return float(1.0 / torch.cat(latents).std())
 
     @torch.no_grad()
@@ -297,8 +309,9 @@ class LDMTask(Task):
         chunks = []
         for start in range(0, len(clips), 256):
             ids, mask = self.clap.tokenizer([c.caption for c in clips[start : start + 256]])
-            chunks.append(self.clap.embed_text(torch.from_numpy(ids).to(self.device),
-                                               torch.from_numpy(mask).to(self.device)))  # fmt: skip
+            chunks.append(
+                self.clap.embed_text(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
+            )
         film = torch.cat(chunks)
         k = self.family.retrieval.k
         if k == 0:
@@ -315,11 +328,17 @@ class LDMTask(Task):
         if rows.shape[1] == 0:
             return {}
         nb = self.db.gather(rows)
-        found = {"retrieved_text": (nb.caption_tokens, nb.caption_mask), "retrieved_audio": (nb.audio_tokens, nb.audio_mask)}
+        found = {
+            "retrieved_text": (nb.caption_tokens, nb.caption_mask),
+            "retrieved_audio": (nb.audio_tokens, nb.audio_mask),
+        }
         out = {}
         for ctx in self.family.unet.contexts:
             tokens, mask = found[ctx.name]
-            out[ctx.name] = (torch.from_numpy(tokens).to(self.device), torch.from_numpy(mask).to(self.device) & keep[:, None])
+            out[ctx.name] = (
+                torch.from_numpy(tokens).to(self.device),
+                torch.from_numpy(mask).to(self.device) & keep[:, None],
+            )
         return out
 
     def trainable(self) -> dict[str, nn.Module]:

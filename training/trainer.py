@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from reaudio.engine.dataclass_io import atomic_path, to_dict, write_json_atomic
+from reaudio.engine.bundle.dataclass_io import atomic_path, to_dict, write_json_atomic
 from reaudio.models.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,9 @@ class Trainer:
             name: torch.optim.AdamW(m.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
             for name, m in self.modules.items()
         }
-        self.ema = {name: copy.deepcopy(m).eval().requires_grad_(False) for name, m in self.modules.items()
-                    if cfg.ema_decay > 0}  # fmt: skip
+        self.ema = {
+            name: copy.deepcopy(m).eval().requires_grad_(False) for name, m in self.modules.items() if cfg.ema_decay > 0
+        }
         self.step = 0
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,8 +187,13 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.csv"
         if self.rank == 0:
             trim_metrics(metrics_path, self.step)
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=self.rank != 0 or not self.task.progress,
-                   unit="step", dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=self.cfg.steps,
+            initial=self.step,
+            disable=self.rank != 0 or not self.task.progress,
+            unit="step",
+            dynamic_ncols=True,
+        )
         start, start_step, last = time.perf_counter(), self.step, {}
         while self.step < self.cfg.steps:
             # All randomness of a step derives from (seed, step, rank): a resumed run
@@ -198,9 +204,13 @@ class Trainer:
             elapsed = time.perf_counter() - start
             items_s = (self.step - start_step) * self.cfg.batch_size * self.world / max(elapsed, 1e-9)
             bar.update(1)
-            bar.set_postfix(**{k: f"{v:.4f}" for k, v in last.items() if k.startswith("loss")}, items_s=f"{items_s:.1f}")
+            bar.set_postfix(
+                **{k: f"{v:.4f}" for k, v in last.items() if k.startswith("loss")}, items_s=f"{items_s:.1f}"
+            )
             if self.rank == 0 and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps):
-                self._log(metrics_path, {"step": self.step, "lr": self.lr_at(self.step - 1), "items_s": items_s, **last})
+                self._log(
+                    metrics_path, {"step": self.step, "lr": self.lr_at(self.step - 1), "items_s": items_s, **last}
+                )
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
                 self.save()
         bar.close()

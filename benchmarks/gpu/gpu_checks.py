@@ -81,10 +81,19 @@ def environment(work: Path) -> dict:
     marker.write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
     gpu = "no nvidia-smi on this machine"
     if shutil.which("nvidia-smi"):
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                              "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()  # fmt: skip
-    info = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "work_marker_from_earlier_call": previous}  # fmt: skip
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    info = {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": sys.version.split()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "work_marker_from_earlier_call": previous,
+    }
     try:
         import onnxruntime as ort
 
@@ -132,17 +141,17 @@ def fused_copy(bundle: Path, out: Path) -> dict:
     import shutil
     from dataclasses import replace
 
-    from reaudio.engine.manifest import read_manifest, write_manifest
+    from reaudio.engine.bundle.manifest import read_bundle_manifest, write_bundle_manifest
     from reaudio.export.bundle import FP16_SCOPES
     from reaudio.export.gpu_fusion import fuse_denoiser
 
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(bundle, out)
-    manifest = read_manifest(out)
+    manifest = read_bundle_manifest(out)
     spec = manifest.stages["denoiser"]
     rel = "denoiser/model.fp16.fused.onnx"
     counts = fuse_denoiser(out / spec.file, out / rel, fp16=True, fp32_outside=FP16_SCOPES["denoiser"])
-    write_manifest(out, replace(manifest, stages={**manifest.stages, "denoiser": replace(spec, fused_file=rel)}))
+    write_bundle_manifest(out, replace(manifest, stages={**manifest.stages, "denoiser": replace(spec, fused_file=rel)}))
     return counts
 
 
@@ -150,12 +159,12 @@ class Workload:
     """The shared inputs: prompts and explicit initial latents per batch size."""
 
     def __init__(self, work: Path) -> None:
-        from reaudio.engine.manifest import read_manifest
+        from reaudio.engine.bundle.manifest import read_bundle_manifest
 
         self.pipeline_dir = work / SIZE / "pipeline"
         self.bundle = work / SIZE / "bundle"
         self.fused_bundle = work / SIZE / "bundle-fused"
-        self.manifest = read_manifest(self.bundle, verify=False)
+        self.manifest = read_bundle_manifest(self.bundle, verify=False)
         self.frames, self.seconds = clip_frames(self.manifest)
 
     def inputs(self, batch: int) -> tuple[list[str], np.ndarray]:
@@ -178,8 +187,14 @@ def diffusers_runner(load: Workload, compiled: bool = False):
     def run(batch: int) -> np.ndarray:
         prompts, latents = load.inputs(batch)
         with torch.inference_mode():
-            out = pipe(prompts, audio_length_in_s=load.seconds, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
-                       latents=torch.from_numpy(latents).to(DEVICE, dtype), output_type="np").audios
+            out = pipe(
+                prompts,
+                audio_length_in_s=load.seconds,
+                num_inference_steps=STEPS,
+                guidance_scale=GUIDANCE,
+                latents=torch.from_numpy(latents).to(DEVICE, dtype),
+                output_type="np",
+            ).audios
         sync()
         return np.asarray(out, dtype=np.float32)
 
@@ -187,7 +202,7 @@ def diffusers_runner(load: Workload, compiled: bool = False):
 
 
 def engine_runner(load: Workload, cuda_graphs: bool, fused: bool = False):
-    from reaudio.engine.engine import Engine, Request
+    from reaudio.engine.pipeline import Engine, Request
 
     bundle = load.fused_bundle if fused else load.bundle
     engine = Engine.from_bundle(bundle, backend=DEVICE, cuda_graphs=cuda_graphs, verify=False)
@@ -195,8 +210,10 @@ def engine_runner(load: Workload, cuda_graphs: bool, fused: bool = False):
 
     def run(batch: int) -> np.ndarray:
         prompts, latents = load.inputs(batch)
-        reqs = [Request(p, initial_latent=lat, steps=STEPS, guidance=GUIDANCE, sampler="ddim")
-                for p, lat in zip(prompts, latents)]
+        reqs = [
+            Request(p, initial_latent=lat, steps=STEPS, guidance=GUIDANCE, sampler="ddim")
+            for p, lat in zip(prompts, latents)
+        ]
         results = engine.generate(reqs, batch_size=batch)
         bad = [r.error for r in results if not r.ok]
         if bad:
@@ -206,8 +223,9 @@ def engine_runner(load: Workload, cuda_graphs: bool, fused: bool = False):
     return providers, run
 
 
-def timed(runners: dict, batches: list[int], work: Path, save_outputs: bool = False,
-          floor_s_per_clip: float | None = None) -> list[dict]:  # fmt: skip
+def timed(
+    runners: dict, batches: list[int], work: Path, save_outputs: bool = False, floor_s_per_clip: float | None = None
+) -> list[dict]:
     """Warm-up, then ``REPEATS`` rounds alternating the runners; medians, ratios, waveform differences."""
     rows = []
     for batch in batches:
@@ -225,8 +243,15 @@ def timed(runners: dict, batches: list[int], work: Path, save_outputs: bool = Fa
                 run(batch)
                 times[name].append(time.perf_counter() - start)
         med = {name: statistics.median(t) for name, t in times.items() if t}
-        row = {"batch": batch, "steps": STEPS, "seconds_audio": SECONDS, "median_s": med, "runs_s": times,
-               "clips_per_s": {n: batch / t for n, t in med.items()}, "errors": errors}  # fmt: skip
+        row = {
+            "batch": batch,
+            "steps": STEPS,
+            "seconds_audio": SECONDS,
+            "median_s": med,
+            "runs_s": times,
+            "clips_per_s": {n: batch / t for n, t in med.items()},
+            "errors": errors,
+        }
         if "diffusers_fp16" in med:
             row["speedup_vs_diffusers"] = {n: med["diffusers_fp16"] / t for n, t in med.items()}
         if "diffusers_fp16_compiled" in med:
@@ -267,20 +292,23 @@ def flops_and_peak(load: Workload) -> dict:
     del pipe
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
-    return {"pipeline_flops_per_clip": per_clip, "fp16_matmul_peak_flops": peak,
-            "floor_s_per_clip_at_measured_peak": per_clip / peak}  # fmt: skip
+    return {
+        "pipeline_flops_per_clip": per_clip,
+        "fp16_matmul_peak_flops": peak,
+        "floor_s_per_clip_at_measured_peak": per_clip / peak,
+    }
 
 
 def parity(work: Path) -> list[dict]:
     import onnxruntime as ort
 
-    from reaudio.engine.manifest import read_manifest
+    from reaudio.engine.bundle.manifest import read_bundle_manifest
     from reaudio.export.contracts import contract
     from reaudio.models.configs import load_config
     from tests.make_tiny_bundle import make
 
     bundle = make(work / "reaudio-tiny", fp16=True)
-    manifest = read_manifest(bundle)
+    manifest = read_bundle_manifest(bundle)
     cfg = load_config(bundle / "family.json")
     rows = []
     for stage, spec in manifest.stages.items():
@@ -294,8 +322,15 @@ def parity(work: Path) -> list[dict]:
             actual = sess.run(None, feeds)
             for out_spec, e, a in zip(spec.outputs, expected, actual):
                 rel = float(np.abs(a - e).max() / (np.abs(e).max() or 1.0))
-                rows.append({"stage": stage, "precision": label, "output": out_spec.name, "rel": rel,
-                             "providers": sess.get_providers()})  # fmt: skip
+                rows.append(
+                    {
+                        "stage": stage,
+                        "precision": label,
+                        "output": out_spec.name,
+                        "rel": rel,
+                        "providers": sess.get_providers(),
+                    }
+                )
     return rows
 
 
@@ -303,28 +338,36 @@ def fused_parity(load: Workload) -> list[dict]:
     """The fused fp16 denoiser (CUDA) against the unfused fp16 and fp32 ones, on the same step inputs."""
     import onnxruntime as ort
 
-    from reaudio.engine.manifest import read_manifest
+    from reaudio.engine.bundle.manifest import read_bundle_manifest
     from reaudio.export.contracts import contract
     from reaudio.models.configs import load_config
 
     cfg = load_config(load.bundle / "family.json")
     spec = load.manifest.stages["denoiser"]
     provider = ["CUDAExecutionProvider"] if DEVICE == "cuda" else ["CPUExecutionProvider"]
-    fused_spec = read_manifest(load.fused_bundle, verify=False).stages["denoiser"]
+    fused_spec = read_bundle_manifest(load.fused_bundle, verify=False).stages["denoiser"]
     rows = []
     for batch in (1, 8):
         args = contract("denoiser", cfg).sample_inputs(cfg, batch=batch, frames=load.frames)
         feeds = {s.name: a.numpy() for s, a in zip(spec.inputs, args)}
         ref = ort.InferenceSession(str(load.bundle / spec.file), providers=provider).run(None, feeds)
-        for label, path in (("fp16", load.bundle / spec.fp16_file),
-                            ("fused_fp16", load.fused_bundle / (fused_spec.fused_file or fused_spec.file))):  # fmt: skip
+        for label, path in (
+            ("fp16", load.bundle / spec.fp16_file),
+            ("fused_fp16", load.fused_bundle / (fused_spec.fused_file or fused_spec.file)),
+        ):
             if DEVICE != "cuda" and label == "fused_fp16":
                 # Its kernels are CUDA-only: the dry run checks the plumbing on the fp32 graph.
                 label, path = "fused_fp16 (dry run: fp32 graph)", load.fused_bundle / fused_spec.file
             got = ort.InferenceSession(str(path), providers=provider).run(None, feeds)
             for out_spec, e, a in zip(spec.outputs, ref, got):
-                rows.append({"batch": batch, "graph": label, "output": out_spec.name,
-                             "rel_vs_fp32": float(np.abs(a - e).max() / (np.abs(e).max() or 1.0))})  # fmt: skip
+                rows.append(
+                    {
+                        "batch": batch,
+                        "graph": label,
+                        "output": out_spec.name,
+                        "rel_vs_fp32": float(np.abs(a - e).max() / (np.abs(e).max() or 1.0)),
+                    }
+                )
     return rows
 
 
@@ -334,8 +377,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/reaudio-gpu"))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--quick", action="store_true", help="build: no FLOP count or diffusers-alone run; ort: no parity")
-    parser.add_argument("--dry-run-cpu", action="store_true", help="tiny pipeline on the CPU, 3 steps: checks the script")
+    parser.add_argument(
+        "--quick", action="store_true", help="build: no FLOP count or diffusers-alone run; ort: no parity"
+    )
+    parser.add_argument(
+        "--dry-run-cpu", action="store_true", help="tiny pipeline on the CPU, 3 steps: checks the script"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import torch  # first: its CUDA, cuBLAS and cuDNN libraries are then loaded for onnxruntime too
@@ -372,8 +419,11 @@ def main() -> None:
         if compiled:
             report.data["load_diffusers_fp16_compiled"] = "ok"
             runners["diffusers_fp16_compiled"] = compiled[1]
-        for name, graphs, fused in (("reaudio_fp16", False, False), ("reaudio_fused", False, True),
-                                    ("reaudio_fused_cuda_graphs", True, True)):  # fmt: skip
+        for name, graphs, fused in (
+            ("reaudio_fp16", False, False),
+            ("reaudio_fused", False, True),
+            ("reaudio_fused_cuda_graphs", True, True),
+        ):
             if graphs and DEVICE != "cuda":
                 report.data[f"load_{name}"] = "skipped: CUDA graphs need a GPU (dry run)"
                 continue

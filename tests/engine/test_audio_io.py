@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from reaudio.engine.audio_io import AudioLoadError, load_audio
+from reaudio.engine.audio.audio_io import AudioLoadError, load_audio
 
 
 def test_stereo_44k_is_mixed_down_and_resampled(tmp_path):

@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reaudio.engine.audition import THUMBNAILS, build_audition
-from reaudio.engine.library import Library
-from reaudio.engine.thumbnails import png_bytes, spectrogram_image
+from reaudio.engine.audio.thumbnails import png_bytes, spectrogram_image
+from reaudio.engine.jobs.audition import THUMBNAILS, build_audition
+from reaudio.engine.jobs.library import Library
 
 SR = 22050
-SOUNDS = {"beep": "a short high beep", "hum": "a low electrical hum", "rain": "rain on a tin roof",
-          "door": "a wooden door creaks open", "steps": "footsteps on gravel"}  # fmt: skip
+SOUNDS = {
+    "beep": "a short high beep",
+    "hum": "a low electrical hum",
+    "rain": "rain on a tin roof",
+    "door": "a wooden door creaks open",
+    "steps": "footsteps on gravel",
+}
 
 
 def _library(folder):
@@ -23,11 +28,22 @@ def _library(folder):
     t = np.arange(SR) / SR
     with Library(folder) as library:
         for seed, (name, prompt) in enumerate(SOUNDS.items()):
-            audio = (0.3 * np.sin(2 * np.pi * (300 + 200 * seed) * t) * np.exp(-3 * t)
-                     + 0.01 * rng.standard_normal(SR)).astype(np.float32)  # fmt: skip
-            library.write(f"{name}-v0.wav", audio, SR, {
-                "key": f"{name}#0", "id": name, "prompt": prompt, "seed": 10 - seed, "duration_s": 1.0,
-                "neighbours": [{"id": f"n{seed}", "caption": f"real {name} recording"}]})  # fmt: skip
+            audio = (
+                0.3 * np.sin(2 * np.pi * (300 + 200 * seed) * t) * np.exp(-3 * t) + 0.01 * rng.standard_normal(SR)
+            ).astype(np.float32)
+            library.write(
+                f"{name}-v0.wav",
+                audio,
+                SR,
+                {
+                    "key": f"{name}#0",
+                    "id": name,
+                    "prompt": prompt,
+                    "seed": 10 - seed,
+                    "duration_s": 1.0,
+                    "neighbours": [{"id": f"n{seed}", "caption": f"real {name} recording"}],
+                },
+            )
     return folder
 
 
@@ -50,8 +66,12 @@ def test_the_page_lists_every_finished_clip_and_draws_each_thumbnail_once(tmp_pa
 
 def test_a_prompt_cannot_break_out_of_the_page(tmp_path):
     with Library(tmp_path) as library:
-        library.write("x.wav", np.zeros(SR // 4, np.float32), SR,
-                      {"key": "x#0", "id": "x", "prompt": "</script><script>alert(1)</script> __TITLE__"})  # fmt: skip
+        library.write(
+            "x.wav",
+            np.zeros(SR // 4, np.float32),
+            SR,
+            {"key": "x#0", "id": "x", "prompt": "</script><script>alert(1)</script> __TITLE__"},
+        )
     page = build_audition(tmp_path).read_text()
     assert "</script><script>alert" not in page and page.count("<script") == 2
 
@@ -68,7 +88,7 @@ def test_thumbnails_are_valid_pngs_with_the_sound_in_them():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     import io
 
-    from matplotlib.image import imread  # an independent PNG decoder
+    imread = pytest.importorskip("matplotlib.image", reason="matplotlib decodes the PNG independently").imread
 
     decoded = imread(io.BytesIO(png), format="png")
     assert np.array_equal((decoded[..., :3] * 255).round().astype(np.uint8), image)
@@ -80,12 +100,19 @@ def _browser():
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not binary or not driver_path:
-        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium chromium-driver; "
-                    ".ci/run installs it)")  # fmt: skip
+        pytest.skip(
+            "headless Chromium is not installed (Debian: apt-get install chromium chromium-driver; .ci/run installs it)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,700",
-                 "--autoplay-policy=no-user-gesture-required", "--allow-file-access-from-files"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1400,700",
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-file-access-from-files",
+    ):
         options.add_argument(flag)
     from selenium.webdriver.chrome.service import Service
 
@@ -107,7 +134,9 @@ def test_the_page_plays_filters_sorts_and_marks_in_a_real_browser(tmp_path):
         # Keyboard: down to the second row, space plays it.
         body = browser.find_element(By.TAG_NAME, "body")
         body.send_keys(Keys.ARROW_DOWN, " ")
-        playing = "const a = document.querySelector('tr.selected audio'); return [a.error && a.error.code, a.currentTime]"
+        playing = (
+            "const a = document.querySelector('tr.selected audio'); return [a.error && a.error.code, a.currentTime]"
+        )
         WebDriverWait(browser, 10).until(lambda b: b.execute_script(playing)[1] > 0.05)
         assert browser.execute_script(playing)[0] is None  # no media error
         second = rows()[1].get_attribute("data-key")
@@ -132,7 +161,7 @@ def test_the_page_plays_filters_sorts_and_marks_in_a_real_browser(tmp_path):
         browser.quit()
     import io
 
-    from matplotlib.image import imread
+    imread = pytest.importorskip("matplotlib.image", reason="matplotlib decodes the PNG independently").imread
 
     pixels = imread(io.BytesIO(shot), format="png")[..., :3]
     assert pixels.shape[0] > 300 and pixels.std() > 0.05  # not blank

@@ -6,8 +6,14 @@ import json
 
 import pytest
 
-from reaudio.engine.bench import BenchSettings, format_table, percentile, run_bench, timed_stages
-from reaudio.engine.engine import Engine
+from reaudio.engine.jobs.bench import (
+    BenchSettings,
+    format_table,
+    percentile,
+    run_bench,
+    timed_stages,
+)
+from reaudio.engine.pipeline import Engine
 
 FAST = BenchSettings(batch_sizes=(1, 2), duration=1.0, steps=3, repeats=2, warmup=1)
 
@@ -54,9 +60,13 @@ def test_table_names_stages_and_throughput(engine):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"batch_sizes": ()}, "batch_sizes"), ({"batch_sizes": (0,)}, "batch_sizes"), ({"repeats": 0}, "repeats"),
-     ({"duration": -1.0}, "duration")],
-)  # fmt: skip
+    [
+        ({"batch_sizes": ()}, "batch_sizes"),
+        ({"batch_sizes": (0,)}, "batch_sizes"),
+        ({"repeats": 0}, "repeats"),
+        ({"duration": -1.0}, "duration"),
+    ],
+)
 def test_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BenchSettings(**kwargs)
@@ -70,8 +80,28 @@ def test_percentile():
 def test_cli_json_on_stdout(tiny_artifacts, capsys):
     from reaudio.engine.cli import main
 
-    code = main(["bench", "--bundle", str(tiny_artifacts / "bundle"), "--backend", "cpu", "--batch-sizes", "1",
-                 "--duration", "1", "--steps", "2", "--repeats", "1", "--threads", "1", "--json", "-", "-q"])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--bundle",
+            str(tiny_artifacts / "bundle"),
+            "--backend",
+            "cpu",
+            "--batch-sizes",
+            "1",
+            "--duration",
+            "1",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            "-",
+            "-q",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["results"][0]["stages"]["denoiser"]["calls"] == 2

@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from reaudio.engine.bulk import GenerateJob, run_job
-from reaudio.engine.library import LIBRARY_MANIFEST, LOCK_FILE, Library, LibraryLocked
+from reaudio.engine.jobs.bulk import GenerateJob, run_job
+from reaudio.engine.jobs.library import LIBRARY_INDEX, LOCK_FILE, Library, LibraryLocked
 
-pytest.importorskip("torch")
-
-CLI = [sys.executable, "-m", "reaudio.training.cli"]
+CLI = [sys.executable, "-m", "reaudio.engine.cli"]
 
 
 def _entries(out):
-    path = out / LIBRARY_MANIFEST
+    path = out / LIBRARY_INDEX
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -62,8 +60,24 @@ def test_killed_run_resumes_with_every_clip_exactly_once(tiny_bundle, tmp_path):
     n = 24
     prompts = _prompts(tmp_path, n)
     out = tmp_path / "lib"
-    cmd = [*CLI, "-q", "generate", str(prompts), "--out", str(out), "--bundle", str(tiny_bundle),
-           "--batch-size", "1", "--steps", "60", "--backend", "cpu", "--duration", "1.0"]  # fmt: skip
+    cmd = [
+        *CLI,
+        "-q",
+        "generate",
+        str(prompts),
+        "--out",
+        str(out),
+        "--bundle",
+        str(tiny_bundle),
+        "--batch-size",
+        "1",
+        "--steps",
+        "60",
+        "--backend",
+        "cpu",
+        "--duration",
+        "1.0",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while len(_entries(out)) < 3 and time.time() < deadline and proc.poll() is None:
@@ -89,16 +103,16 @@ def test_killed_run_resumes_with_every_clip_exactly_once(tiny_bundle, tmp_path):
 def test_a_bad_manifest_line_is_skipped_reported_and_kept(tmp_path, caplog):
     lib = Library(tmp_path)
     lib.write("a.wav", np.zeros(100, np.float32), 8000, {"key": "a#0"})
-    with open(tmp_path / LIBRARY_MANIFEST, "a") as f:
+    with open(tmp_path / LIBRARY_INDEX, "a") as f:
         f.write('{"key": "b#0", "fi')  # a crash mid-append
     lib.close()
-    before = (tmp_path / LIBRARY_MANIFEST).read_bytes()
+    before = (tmp_path / LIBRARY_INDEX).read_bytes()
     with caplog.at_level("WARNING"), Library(tmp_path) as lib:
         assert set(lib.entries) == {"a#0"} and lib.is_finished("a#0")
-        assert (tmp_path / LIBRARY_MANIFEST).read_bytes() == before  # reading changes nothing
-        assert f"{LIBRARY_MANIFEST}:2: not a library entry" in caplog.text
+        assert (tmp_path / LIBRARY_INDEX).read_bytes() == before  # reading changes nothing
+        assert f"{LIBRARY_INDEX}:2: not a library entry" in caplog.text
         lib.write("c.wav", np.zeros(100, np.float32), 8000, {"key": "c#0"})
-    lines = (tmp_path / LIBRARY_MANIFEST).read_text().splitlines()
+    lines = (tmp_path / LIBRARY_INDEX).read_text().splitlines()
     assert lines[1] == '{"key": "b#0", "fi' and json.loads(lines[2])["key"] == "c#0"  # the cut line stays whole
 
 
@@ -106,7 +120,7 @@ def test_garbage_mid_manifest_loses_no_later_entry(tmp_path):
     with Library(tmp_path) as lib:
         for name in "abc":
             lib.write(f"{name}.wav", np.zeros(100, np.float32), 8000, {"key": f"{name}#0"})
-    path = tmp_path / LIBRARY_MANIFEST
+    path = tmp_path / LIBRARY_INDEX
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], "garbage \x00 here", lines[1], lines[2]]) + "\n")
     with Library(tmp_path, writable=False) as lib:
@@ -120,7 +134,7 @@ def test_manifest_entries_cannot_point_outside_the_library(tmp_path):
     with Library(lib_dir) as lib:
         entry = lib.write("x.wav", np.zeros(100, np.float32), 8000, {"key": "x#0"})
     (lib_dir / "x.wav").rename(outside)
-    (lib_dir / LIBRARY_MANIFEST).write_text(json.dumps({**entry, "file": "../x.wav"}) + "\n")
+    (lib_dir / LIBRARY_INDEX).write_text(json.dumps({**entry, "file": "../x.wav"}) + "\n")
     with Library(lib_dir) as lib:
         assert not lib.is_finished("x#0")
 
@@ -129,7 +143,7 @@ def test_a_symlinked_manifest_is_refused(tmp_path):
     target = tmp_path / "precious.txt"
     target.write_text("keep me\n")
     (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / LIBRARY_MANIFEST).symlink_to(target)
+    (tmp_path / "lib" / LIBRARY_INDEX).symlink_to(target)
     with pytest.raises(ValueError, match="not a regular file"):
         Library(tmp_path / "lib")
     assert target.read_text() == "keep me\n"
@@ -140,14 +154,39 @@ def test_one_job_per_library_folder(tiny_bundle, tmp_path):
     with Library(out):
         with pytest.raises(LibraryLocked, match=f"being written by another reaudio job \\(pid {os.getpid()} "):
             Library(out)
-        proc = subprocess.run([*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(out), "--bundle",
-                               str(tiny_bundle), "--backend", "cpu"], capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [
+                *CLI,
+                "generate",
+                str(_prompts(tmp_path, 2)),
+                "--out",
+                str(out),
+                "--bundle",
+                str(tiny_bundle),
+                "--backend",
+                "cpu",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and "being written by another reaudio job" in proc.stderr
         assert not _entries(out)
         # A dry run beside the running job neither waits for it nor touches its files.
         (out / ".x.wav.part").write_bytes(b"in progress")
-        dry = subprocess.run([*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(out), "--bundle",
-                              str(tiny_bundle), "--dry-run"], capture_output=True, text=True)  # fmt: skip
+        dry = subprocess.run(
+            [
+                *CLI,
+                "generate",
+                str(_prompts(tmp_path, 2)),
+                "--out",
+                str(out),
+                "--bundle",
+                str(tiny_bundle),
+                "--dry-run",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert dry.returncode == 0, dry.stderr
         assert (out / ".x.wav.part").read_bytes() == b"in progress"
     Library(out).close()  # released
@@ -163,8 +202,18 @@ def test_name_template_collisions_and_bad_fields(tiny_bundle, tmp_path):
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tiny_bundle, tmp_path):
     proc = subprocess.run(
-        [*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(tmp_path / "o"), "--bundle", str(tiny_bundle),
-         "--dry-run", "--variations", "2"],  # fmt: skip
+        [
+            *CLI,
+            "generate",
+            str(_prompts(tmp_path, 2)),
+            "--out",
+            str(tmp_path / "o"),
+            "--bundle",
+            str(tiny_bundle),
+            "--dry-run",
+            "--variations",
+            "2",
+        ],
         capture_output=True,
         text=True,
     )
@@ -172,16 +221,29 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_bundle, tmp_path):
     assert "2 prompt(s) → 4 clip(s)" in proc.stdout and "sound-number-0-" in proc.stdout and "-v1.wav" in proc.stdout
     assert not (tmp_path / "o").exists()
     for bad in (["--bundle", str(tmp_path / "nonexistent")], ["--bundle", str(tiny_bundle), "--steps", "0"]):
-        proc = subprocess.run([*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(tmp_path / "o"), *bad,
-                               "--dry-run"], capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(tmp_path / "o"), *bad, "--dry-run"],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and "error" in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_quiet_after_the_subcommand_prints_nothing(tiny_bundle, tmp_path):
     proc = subprocess.run(
-        [*CLI, "generate", str(_prompts(tmp_path, 2)), "--out", str(tmp_path / "o"), "--bundle", str(tiny_bundle),
-         "--backend", "cpu", "--quiet"],  # fmt: skip
+        [
+            *CLI,
+            "generate",
+            str(_prompts(tmp_path, 2)),
+            "--out",
+            str(tmp_path / "o"),
+            "--bundle",
+            str(tiny_bundle),
+            "--backend",
+            "cpu",
+            "--quiet",
+        ],
         capture_output=True,
         text=True,
     )
@@ -189,8 +251,17 @@ def test_cli_quiet_after_the_subcommand_prints_nothing(tiny_bundle, tmp_path):
     assert proc.stdout == "" and proc.stderr == ""
     assert len(_entries(tmp_path / "o")) == 2
     loud = subprocess.run(
-        [*CLI, "generate", str(_prompts(tmp_path, 3)), "--out", str(tmp_path / "o"), "--bundle", str(tiny_bundle),
-         "--backend", "cpu"],  # fmt: skip
+        [
+            *CLI,
+            "generate",
+            str(_prompts(tmp_path, 3)),
+            "--out",
+            str(tmp_path / "o"),
+            "--bundle",
+            str(tiny_bundle),
+            "--backend",
+            "cpu",
+        ],
         capture_output=True,
         text=True,
     )
@@ -199,7 +270,7 @@ def test_cli_quiet_after_the_subcommand_prints_nothing(tiny_bundle, tmp_path):
 
 
 def test_library_scales_down_audio_that_would_clip_instead_of_clipping(tmp_path):
-    from reaudio.engine.library import OVER_PEAK_DBFS
+    from reaudio.engine.jobs.library import OVER_PEAK_DBFS
 
     library = Library(tmp_path, "wav")
     rate = 8000
@@ -221,16 +292,28 @@ def test_a_clip_is_done_only_with_the_same_settings_and_bundle(tiny_bundle, tmp_
     prompts, out = _prompts(tmp_path, 2), tmp_path / "lib"
     job = GenerateJob(prompts, out, tiny_bundle, backend="cpu", steps=2, duration=0.5)
     assert run_job(job, progress=False).written == 2
-    for change, words in ((dict(steps=3), "steps 2 → 3"), (dict(seed=5), "seed"), (dict(audio_format="flac"), "format")):
-        with pytest.raises(ValueError, match=f"2 finished clip\\(s\\) were made with other settings: .*{words}.*--overwrite"):
-            run_job(GenerateJob(prompts, out, tiny_bundle, **{"backend": "cpu", "steps": 2, "duration": 0.5, **change}),
-                    progress=False)  # fmt: skip
-    again = run_job(GenerateJob(prompts, out, tiny_bundle, backend="cpu", steps=3, duration=0.5, overwrite=True),
-                    progress=False)  # fmt: skip
+    for change, words in (
+        (dict(steps=3), "steps 2 → 3"),
+        (dict(seed=5), "seed"),
+        (dict(audio_format="flac"), "format"),
+    ):
+        with pytest.raises(
+            ValueError, match=f"2 finished clip\\(s\\) were made with other settings: .*{words}.*--overwrite"
+        ):
+            run_job(
+                GenerateJob(prompts, out, tiny_bundle, **{"backend": "cpu", "steps": 2, "duration": 0.5, **change}),
+                progress=False,
+            )
+    again = run_job(
+        GenerateJob(prompts, out, tiny_bundle, backend="cpu", steps=3, duration=0.5, overwrite=True), progress=False
+    )
     assert again.written == 2
     entries = _entries(out)
     assert len(entries) == 2 and {e["settings"]["steps"] for e in entries} == {3}  # one line per key
     # A repaired clip is listed once too.
     (out / entries[0]["file"]).write_bytes(b"garbage")
-    assert run_job(GenerateJob(prompts, out, tiny_bundle, backend="cpu", steps=3, duration=0.5), progress=False).written == 1
+    assert (
+        run_job(GenerateJob(prompts, out, tiny_bundle, backend="cpu", steps=3, duration=0.5), progress=False).written
+        == 1
+    )
     assert len(_entries(out)) == 2

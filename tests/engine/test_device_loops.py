@@ -10,10 +10,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reaudio.engine.cuda_graphs import CudaGraphDenoiser, CudaGraphsUnavailable, fixed_dims
-from reaudio.engine.engine import Engine, Request
-from reaudio.engine.loop import denoise_device, denoise_host
-from reaudio.engine.sampler import make_plan
+from reaudio.engine.denoising.cuda_graphs import (
+    CudaGraphDenoiser,
+    CudaGraphsUnavailable,
+    fixed_dims,
+)
+from reaudio.engine.denoising.denoisers import (
+    BoundLoop,
+    GraphLoop,
+    HostLoop,
+    PlanLoop,
+    choose_denoiser,
+)
+from reaudio.engine.denoising.loop import denoise_device, denoise_host
+from reaudio.engine.denoising.sampler import make_plan
+from reaudio.engine.pipeline import Engine, Request
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +57,9 @@ def test_device_loops_match_host_loop(captured, steps):
 
     spec = engine.manifest.stages["denoiser"]
     shapes = {i.name: list(i.shape) for i in spec.inputs}
-    graphs = CudaGraphDenoiser(str(engine.bundle / spec.file), 0, runner.input_dtypes, device="cpu", input_shapes=shapes)
+    graphs = CudaGraphDenoiser(
+        str(engine.bundle / spec.file), 0, runner.input_dtypes, device="cpu", input_shapes=shapes
+    )
     # fixed axes let onnxruntime fuse differently: float round-off only
     tolerance = 1e-5 * np.abs(expected).max()
     np.testing.assert_allclose(graphs(plan, seen["latent"], seen["conditions"]), expected, rtol=0, atol=tolerance)
@@ -69,10 +82,27 @@ def test_refused_capture_falls_back_to_the_plain_loop(captured, caplog):
             raise CudaGraphsUnavailable("some nodes on the CPU provider")
 
     expected = engine.generate([Request("a dog barks", seed=1, steps=3)])[0].waveform
-    engine._graphs = Refusing()
-    got = engine.generate([Request("a dog barks", seed=1, steps=3)])[0].waveform
-    assert "CUDA graphs unavailable" in caplog.text and engine._graphs is None
-    np.testing.assert_array_equal(got, expected)
+    plain = engine.denoiser
+    engine.denoiser = GraphLoop(Refusing(), plain)
+    try:
+        got = engine.generate([Request("a dog barks", seed=1, steps=3)])[0].waveform
+        assert "CUDA graphs unavailable" in caplog.text and engine.denoiser.graphs is None
+        np.testing.assert_array_equal(got, expected)
+    finally:
+        engine.denoiser = plain
+
+
+def test_each_backend_gets_its_denoiser_strategy(captured):
+    engine, _ = captured
+    runners = engine.runners
+    assert isinstance(engine.denoiser, HostLoop) and engine.denoiser.runner is runners["denoiser"]
+    assert isinstance(choose_denoiser("cuda", runners, 0), BoundLoop)
+    assert isinstance(choose_denoiser("tensorrt", runners, 1), BoundLoop)
+    assert isinstance(choose_denoiser("trt-native", runners), PlanLoop)
+    with_graphs = choose_denoiser("cuda", runners, 0, graphs=lambda *a: None)
+    assert isinstance(with_graphs, GraphLoop) and isinstance(with_graphs.fallback, BoundLoop)
+    assert with_graphs.runner is runners["denoiser"]
+    assert engine.fp32_retry is None  # an fp32 engine has nothing to retry in
 
 
 def test_graph_sessions_are_kept_for_the_most_recent_shapes_only(captured):
@@ -80,8 +110,9 @@ def test_graph_sessions_are_kept_for_the_most_recent_shapes_only(captured):
     runner = engine.runners["denoiser"]
     spec = engine.manifest.stages["denoiser"]
     shapes = {i.name: list(i.shape) for i in spec.inputs}
-    graphs = CudaGraphDenoiser(str(engine.bundle / spec.file), 0, runner.input_dtypes, device="cpu",
-                               input_shapes=shapes, max_shapes=2)  # fmt: skip
+    graphs = CudaGraphDenoiser(
+        str(engine.bundle / spec.file), 0, runner.input_dtypes, device="cpu", input_shapes=shapes, max_shapes=2
+    )
     plan = make_plan(engine.manifest.schedule, "ddim", 2)
     for rows in (slice(0, 1), slice(0, 2), slice(1, 2), slice(0, 1)):  # batch 1, 2, 1 (cached), 1
         latent = seen["latent"][rows]

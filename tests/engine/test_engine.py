@@ -3,10 +3,8 @@ import threading
 import numpy as np
 import pytest
 
-from reaudio.engine.backends import BackendUnavailable
-from reaudio.engine.engine import Engine, Request
-
-pytest.importorskip("torch")  # the tiny bundle is made with torch
+from reaudio.engine.pipeline import Engine, Request
+from reaudio.engine.stages.runners import BackendUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +75,9 @@ def test_invalid_requests_fail_before_any_work(engine):
 
 
 def test_negative_prompt_changes_only_its_own_clip(engine):
-    plain, negative = engine.generate([Request("a beep", seed=3), Request("a beep", seed=3, negative_prompt="hum")],
-                                      batch_size=2)  # fmt: skip
+    plain, negative = engine.generate(
+        [Request("a beep", seed=3), Request("a beep", seed=3, negative_prompt="hum")], batch_size=2
+    )
     assert not np.allclose(plain.waveform, negative.waveform)
     again = engine.generate([Request("a beep", seed=3)])[0]
     assert np.abs(again.waveform - plain.waveform).max() < 1e-5
@@ -132,7 +131,7 @@ def test_cuda_graphs_on_a_backend_without_cuda_are_refused(tiny_artifacts):
 
 
 def test_auto_takes_the_tensorrt_provider_only_when_it_starts(tiny_artifacts, monkeypatch):
-    from reaudio.engine import backends
+    from reaudio.engine.stages import backends
 
     # onnxruntime-gpu lists TensorRT whether or not its libraries load; here it cannot start.
     monkeypatch.setattr(backends, "available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
@@ -142,7 +141,7 @@ def test_auto_takes_the_tensorrt_provider_only_when_it_starts(tiny_artifacts, mo
 
 
 def test_tensorrt_engine_caches_live_under_the_cache_root(tiny_artifacts, tmp_path, monkeypatch):
-    from reaudio.engine.backends import ort_providers
+    from reaudio.engine.stages.backends import ort_providers
 
     monkeypatch.setenv("REAUDIO_CACHE", str(tmp_path / "cache"))
     (trt, *_rest) = ort_providers("tensorrt", 0, tiny_artifacts / "bundle")

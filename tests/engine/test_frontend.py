@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from reaudio.engine.frontend import (
+from reaudio.engine.audio.frontend import (
     AUDIOLDM_MEL,
     HIFIGAN_22K_MEL,
     MelConfig,

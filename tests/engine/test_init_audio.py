@@ -3,60 +3,14 @@
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from reaudio.engine.database_ops import add_clips, read_clip_list, remove_clips
-from reaudio.engine.engine import Engine, Request
-from reaudio.engine.prompts import PromptFileError, read_prompt_file
-from reaudio.engine.sampler import make_plan, noised_start, start_step, step
-from reaudio.engine.schedule import NoiseScheduleConfig
-
-from .test_sampler import _fake_eps
+from reaudio.engine.denoising.sampler import make_plan, noised_start, start_step
+from reaudio.engine.denoising.schedule import NoiseScheduleConfig
+from reaudio.engine.jobs.db_commands import add_clips, read_clip_list, remove_clips
+from reaudio.engine.jobs.prompts import PromptFileError, read_prompt_file
+from reaudio.engine.pipeline import Engine, Request
 
 SCHEDULE = NoiseScheduleConfig()
-
-
-def _scheduler(sampler):
-    diffusers = pytest.importorskip("diffusers")
-    common = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
-                  timestep_spacing="leading", steps_offset=1, prediction_type="epsilon")  # fmt: skip
-    if sampler == "ddim":
-        return diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
-    return diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                                 lower_order_final=True, final_sigmas_type="zero")  # fmt: skip
-
-
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp-2m"])
-@pytest.mark.parametrize("strength", [0.3, 0.6, 0.92])
-def test_start_from_a_clip_matches_a_diffusers_img2img_reference(sampler, strength):
-    """The reference is written here from diffusers' schedulers: keep the last int(steps · strength)
-    timesteps, noise the clean latent to the first with ``add_noise``, step from there."""
-    steps = 20
-    scheduler = _scheduler(sampler)
-    full = make_plan(SCHEDULE, sampler, steps)
-    if sampler == "ddim":
-        scheduler.set_timesteps(steps)
-    else:
-        scheduler.set_timesteps(timesteps=full.timesteps.tolist())
-    start = steps - min(int(steps * strength), steps)
-    timesteps = scheduler.timesteps[start:]
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
-    rng = np.random.default_rng(4)
-    clean, noise = rng.standard_normal((2, 1, 4, 6, 3))
-    theirs = scheduler.add_noise(torch.from_numpy(clean), torch.from_numpy(noise), timesteps[:1])
-    start_theirs = theirs.numpy().copy()
-    for t in timesteps:
-        eps = torch.from_numpy(_fake_eps(theirs.numpy(), int(t)))
-        theirs = scheduler.step(eps, int(t), theirs).prev_sample
-
-    plan = make_plan(SCHEDULE, sampler, steps, strength)
-    assert plan.timesteps.tolist() == timesteps.tolist()
-    ours, prev = noised_start(plan, clean, noise).astype(np.float64), np.zeros_like(clean)
-    np.testing.assert_allclose(ours, start_theirs, rtol=1e-6, atol=1e-6)
-    for i, t in enumerate(plan.timesteps):
-        ours, prev = step(plan.coefs[i], ours, _fake_eps(ours, int(t)), prev)
-    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_strength_schedule_edges():
@@ -76,12 +30,14 @@ def _wave(engine, seconds, freq=440.0):
 def test_strength_one_ignores_the_clip_and_a_tiny_strength_returns_its_decode(tiny_bundle):
     engine = Engine.from_bundle(tiny_bundle, backend="cpu")
     wave = _wave(engine, 1.0)
-    plain, full, tiny, half = engine.generate([
-        Request("a bell", seed=3, duration=1.0),
-        Request("a bell", seed=3, init_audio=wave, strength=1.0),
-        Request("a bell", seed=3, init_audio=wave, strength=0.01),
-        Request("a bell", seed=3, init_audio=wave, strength=0.5),
-    ])  # fmt: skip
+    plain, full, tiny, half = engine.generate(
+        [
+            Request("a bell", seed=3, duration=1.0),
+            Request("a bell", seed=3, init_audio=wave, strength=1.0),
+            Request("a bell", seed=3, init_audio=wave, strength=0.01),
+            Request("a bell", seed=3, init_audio=wave, strength=0.5),
+        ]
+    )
     assert np.array_equal(plain.waveform, full.waveform)
     frames = -(-len(wave) // engine._per_frame)
     decoded = engine.runners["decoder"].run({"latent": engine.encode_latents([wave], frames)})[0][0, : len(wave)]
@@ -151,27 +107,38 @@ def test_prompt_file_start_columns_are_validated_with_file_and_line(tmp_path):
     assert first.init_audio == str(tmp_path / "step.wav") and first.strength == 0.4 and first.negative_prompt == "rain"
     assert second.init_audio is None and second.strength is None
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("\n".join([
-        '{"prompt": "a", "init_audio": "nope.wav"}',
-        '{"prompt": "b", "init_audio": "broken.wav"}',
-        '{"prompt": "c", "init": "neighbour", "strength": 0}',
-        '{"prompt": "d", "strength": 0.5}',
-        '{"prompt": "e", "init": "neighbour", "init_audio": "step.wav"}',
-        '{"prompt": "f", "init": "random"}',
-    ]) + "\n")  # fmt: skip
+    bad.write_text(
+        "\n".join(
+            [
+                '{"prompt": "a", "init_audio": "nope.wav"}',
+                '{"prompt": "b", "init_audio": "broken.wav"}',
+                '{"prompt": "c", "init": "neighbour", "strength": 0}',
+                '{"prompt": "d", "strength": 0.5}',
+                '{"prompt": "e", "init": "neighbour", "init_audio": "step.wav"}',
+                '{"prompt": "f", "init": "random"}',
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(PromptFileError) as err:
         read_prompt_file(bad)
     text = str(err.value)
-    for line, message in ((1, "no such file"), (2, "unreadable audio"), (3, "strength=0 must be"),
-                          (4, "strength needs init_audio or init"), (5, "not both"), (6, "valid: neighbour")):  # fmt: skip
+    for line, message in (
+        (1, "no such file"),
+        (2, "unreadable audio"),
+        (3, "strength=0 must be"),
+        (4, "strength needs init_audio or init"),
+        (5, "not both"),
+        (6, "valid: neighbour"),
+    ):
         assert f"bad.jsonl:{line}: " in text and message in text, (line, message, text)
 
 
 def test_candidates_are_ranked_by_clap_and_recorded(tiny_bundle, tmp_path):
     import json
 
-    from reaudio.engine.bulk import GenerateJob, run_job
-    from reaudio.engine.candidates import candidate_seed, clap_scores, generate_ranked
+    from reaudio.engine.jobs.bulk import GenerateJob, run_job
+    from reaudio.engine.jobs.candidates import candidate_seed, clap_scores, generate_ranked
 
     engine = Engine.from_bundle(tiny_bundle, backend="cpu")
     (ranked,) = generate_ranked(engine, [Request("a bell", seed=5, duration=0.5, id="bell")], 3)
@@ -185,8 +152,9 @@ def test_candidates_are_ranked_by_clap_and_recorded(tiny_bundle, tmp_path):
 
     prompts = tmp_path / "p.csv"
     prompts.write_text("prompt,id,candidates\na bell,bell,3\na drum,drum,\n")
-    job = GenerateJob(prompts=prompts, out=tmp_path / "lib", bundle=tiny_bundle, backend="cpu", duration=0.5,
-                      keep_candidates=True)  # fmt: skip
+    job = GenerateJob(
+        prompts=prompts, out=tmp_path / "lib", bundle=tiny_bundle, backend="cpu", duration=0.5, keep_candidates=True
+    )
     summary = run_job(job, progress=False, echo=lambda *a: None)
     assert summary.written == 2
     entries = {e["key"]: e for e in map(json.loads, (tmp_path / "lib" / "library.jsonl").read_text().splitlines())}
@@ -198,20 +166,26 @@ def test_candidates_are_ranked_by_clap_and_recorded(tiny_bundle, tmp_path):
     again = run_job(job, progress=False, echo=lambda *a: None)
     assert again.written == 0 and again.skipped == 2  # resume: nothing redone
     with pytest.raises(ValueError, match="candidates 1 → 2"):
-        run_job(GenerateJob(prompts=prompts, out=tmp_path / "lib", bundle=tiny_bundle, backend="cpu", duration=0.5,
-                            candidates=2), progress=False, echo=lambda *a: None)  # fmt: skip
+        run_job(
+            GenerateJob(
+                prompts=prompts, out=tmp_path / "lib", bundle=tiny_bundle, backend="cpu", duration=0.5, candidates=2
+            ),
+            progress=False,
+            echo=lambda *a: None,
+        )
 
 
 def test_bulk_job_starts_rows_from_their_init_audio(tiny_bundle, tmp_path):
     import json
 
-    from reaudio.engine.bulk import GenerateJob, run_job
+    from reaudio.engine.jobs.bulk import GenerateJob, run_job
 
     engine = Engine.from_bundle(tiny_bundle, backend="cpu")
     sf.write(tmp_path / "hit.wav", _wave(engine, 0.7), engine.sample_rate)
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text('{"prompt": "a hit", "id": "hit", "init_audio": "hit.wav", "strength": 0.5, '
-                       '"negative_prompt": "noise"}\n')  # fmt: skip
+    prompts.write_text(
+        '{"prompt": "a hit", "id": "hit", "init_audio": "hit.wav", "strength": 0.5, "negative_prompt": "noise"}\n'
+    )
     job = GenerateJob(prompts=prompts, out=tmp_path / "lib", bundle=tiny_bundle, backend="cpu")
     assert run_job(job, progress=False, echo=lambda *a: None).written == 1
     (entry,) = map(json.loads, (tmp_path / "lib" / "library.jsonl").read_text().splitlines())
@@ -224,7 +198,7 @@ def test_bulk_job_starts_rows_from_their_init_audio(tiny_bundle, tmp_path):
 
 
 def test_long_start_clips_are_encoded_in_chunks_that_match_one_shot_away_from_joints(tiny_bundle):
-    from reaudio.engine.init_audio import encode_latents
+    from reaudio.engine.audio.init_audio import encode_latents
 
     engine = Engine.from_bundle(tiny_bundle, backend="cpu")
     wave = np.random.default_rng(0).standard_normal(engine._per_frame * 60).astype(np.float32) * 0.1
@@ -232,6 +206,7 @@ def test_long_start_clips_are_encoded_in_chunks_that_match_one_shot_away_from_jo
     whole = encode_latents(runner, mel, [wave], 60, engine._per_frame)
     chunked = encode_latents(runner, mel, [wave], 60, engine._per_frame, chunk=20)
     assert chunked.shape == whole.shape
+
     # Chunks land where they belong: the chunked latent matches the one-shot latent best unshifted.
     def corr(a, b):
         return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reaudio.engine.ivf import IvfIndex, IvfSearcher, default_lists
-from reaudio.engine.retrieval_db import DatabaseInfo, Items, RetrievalDB
+from reaudio.engine.retrieval.database import DatabaseInfo, Items, RetrievalDB
+from reaudio.engine.retrieval.ivf import IvfIndex, IvfSearcher, default_lists
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 20, seed: int = 0) -> np.ndarray:
@@ -56,13 +56,28 @@ def test_short_lists_pad_with_minus_one():
 
 def test_database_with_ivf_index(tmp_path):
     keys = clustered(600)
-    info = DatabaseInfo(key="audio", embed_dim=32, audio_tokens=1, audio_dim=2, caption_tokens=1, caption_dim=2,
-                        exact_threshold=100, index="ivf", ivf_lists=8, ivf_probe=8)  # fmt: skip
+    info = DatabaseInfo(
+        key="audio",
+        embed_dim=32,
+        audio_tokens=1,
+        audio_dim=2,
+        caption_tokens=1,
+        caption_dim=2,
+        exact_threshold=100,
+        index="ivf",
+        ivf_lists=8,
+        ivf_probe=8,
+    )
 
     def items(rows):
         n = len(rows)
-        return Items([{"id": f"k{r}"} for r in rows], keys[rows], np.zeros((n, 1, 2), np.float16),
-                     np.zeros((n, 1, 2), np.float16), np.ones((n, 1), bool))  # fmt: skip
+        return Items(
+            [{"id": f"k{r}"} for r in rows],
+            keys[rows],
+            np.zeros((n, 1, 2), np.float16),
+            np.zeros((n, 1, 2), np.float16),
+            np.ones((n, 1), bool),
+        )
 
     db = RetrievalDB.create(tmp_path / "db", info).add(items(np.arange(500)))
     assert (db.generation / "ivf_centroids.npy").is_file() and not (db.generation / "index.usearch").exists()
@@ -77,5 +92,6 @@ def test_database_with_ivf_index(tmp_path):
 
 def test_unknown_index_kind_is_refused():
     with pytest.raises(ValueError, match="index='annoy'; valid: hnsw, ivf"):
-        DatabaseInfo(key="audio", embed_dim=4, audio_tokens=1, audio_dim=1, caption_tokens=1, caption_dim=1,
-                     index="annoy")  # fmt: skip
+        DatabaseInfo(
+            key="audio", embed_dim=4, audio_tokens=1, audio_dim=1, caption_tokens=1, caption_dim=1, index="annoy"
+        )

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from reaudio.engine.postprocess import PostProcess, resample_loop
-from reaudio.engine.seams import compare, loop_seam
-from reaudio.engine.windows import plan_decode, plan_windows
+from reaudio.engine.audio.postprocess import PostProcess, resample_loop
+from reaudio.engine.audio.seams import compare, loop_seam
+from reaudio.engine.denoising.windows import plan_decode, plan_windows
 
 PLANS = [
     (63, 63, 16, False),
@@ -36,9 +36,7 @@ def test_windows_cover_every_frame_with_weights_summing_to_one(total, window, ov
     assert plan.indices.min() >= 0 and plan.indices.max() < total
     for row in plan.indices:
         assert len(set(row.tolist())) == len(row)  # a window never holds a frame twice
-        assert np.all(
-            (np.diff(row) == 1) | (np.diff(row) == 1 - total)
-        )  # consecutive frames, maybe wrapping
+        assert np.all((np.diff(row) == 1) | (np.diff(row) == 1 - total))  # consecutive frames, maybe wrapping
     if not circular:
         starts = plan.indices[:, 0]
         assert starts[0] == 0 and plan.indices[-1, -1] == total - 1
@@ -51,11 +49,7 @@ def test_windows_cover_every_frame_with_weights_summing_to_one(total, window, ov
 
 def test_a_clip_that_fits_one_window_is_one_window_of_weight_one():
     plan = plan_windows(63, 63, 16)
-    assert (
-        len(plan) == 1
-        and np.array_equal(plan.indices[0], np.arange(63))
-        and np.all(plan.weights == 1.0)
-    )
+    assert len(plan) == 1 and np.array_equal(plan.indices[0], np.arange(63)) and np.all(plan.weights == 1.0)
     assert len(plan_decode(63, 63, 8).windows) == 1
 
 
@@ -92,8 +86,7 @@ def test_decode_windows_tile_the_clip(total, window, context, circular):
 
 @pytest.fixture
 def tiny_engine(tiny_bundle):
-    pytest.importorskip("torch")
-    from reaudio.engine.engine import Engine
+    from reaudio.engine.pipeline import Engine
 
     return Engine.from_bundle(tiny_bundle, backend="cpu")
 
@@ -111,27 +104,23 @@ class _Recorder:
 
 
 def test_the_windowed_loop_with_one_window_is_bit_identical_to_the_one_shot_loop(tiny_engine):
-    from reaudio.engine.engine import Request
-    from reaudio.engine.loop import denoise_host
-    from reaudio.engine.sampler import make_plan
-    from reaudio.engine.windowed import denoise_windowed
+    from reaudio.engine.denoising.loop import denoise_host
+    from reaudio.engine.denoising.sampler import make_plan
+    from reaudio.engine.denoising.windowed import denoise_windowed
+    from reaudio.engine.pipeline import Request
 
-    resolved = tiny_engine.resolve_all(
-        [Request("a dog barks", duration=1.0, seed=3, sampler="dpmpp-2m", steps=8)]
-    )
+    resolved = tiny_engine.resolve_all([Request("a dog barks", duration=1.0, seed=3, sampler="dpmpp-2m", steps=8)])
     conditions, _, _ = tiny_engine._conditions(resolved)
     plan = make_plan(tiny_engine.manifest.schedule, "dpmpp-2m", 8)
     latent = tiny_engine._initial_latents(resolved)
     runner = tiny_engine.runners["denoiser"]
     one_shot = denoise_host(runner, plan, latent, conditions)
-    windowed = denoise_windowed(
-        runner, plan, latent, conditions, plan_windows(latent.shape[2], latent.shape[2], 0)
-    )
+    windowed = denoise_windowed(runner, plan, latent, conditions, plan_windows(latent.shape[2], latent.shape[2], 0))
     assert np.array_equal(one_shot, windowed)
 
 
 def test_a_clip_within_the_window_is_made_in_one_shot(tiny_engine):
-    from reaudio.engine.engine import Request
+    from reaudio.engine.pipeline import Request
 
     default, wider = tiny_engine.generate(
         [
@@ -143,7 +132,7 @@ def test_a_clip_within_the_window_is_made_in_one_shot(tiny_engine):
 
 
 def test_a_long_clip_is_made_window_by_window(tiny_engine):
-    from reaudio.engine.engine import Request
+    from reaudio.engine.pipeline import Request
 
     denoiser = tiny_engine.runners["denoiser"] = _Recorder(tiny_engine.runners["denoiser"])
     decoder = tiny_engine.runners["decoder"] = _Recorder(tiny_engine.runners["decoder"])
@@ -174,7 +163,7 @@ def _db(x):
 
 
 def test_windowed_decoding_matches_one_shot_with_no_level_dip_at_the_joins(tiny_engine, rng):
-    from reaudio.engine.windowed import decode_windowed
+    from reaudio.engine.denoising.windowed import decode_windowed
 
     decoder = tiny_engine.runners["decoder"]
     latent = _smooth_latent(rng, 4, 400, 8, circular=False)
@@ -190,7 +179,7 @@ def test_windowed_decoding_matches_one_shot_with_no_level_dip_at_the_joins(tiny_
 
 
 def test_a_loop_decodes_as_the_latent_repeated_forever(tiny_engine, rng):
-    from reaudio.engine.windowed import decode_windowed
+    from reaudio.engine.denoising.windowed import decode_windowed
 
     decoder = tiny_engine.runners["decoder"]
     latent = _smooth_latent(rng, 4, 150, 8, circular=True)
@@ -199,23 +188,29 @@ def test_a_loop_decodes_as_the_latent_repeated_forever(tiny_engine, rng):
     looped = decode_windowed(decoder, latent, plan_decode(150, 63, 8, circular=True), 128)[0]
     assert np.sqrt(np.mean((looped - repeated) ** 2)) < 0.05 * np.sqrt(np.mean(repeated**2))
     seam = slice(-200, None), slice(0, 200)  # 25 ms either side of the seam
-    np.testing.assert_allclose(np.concatenate([looped[seam[0]], looped[seam[1]]]),
-                               np.concatenate([repeated[seam[0]], repeated[seam[1]]]), atol=0.05)  # fmt: skip
+    np.testing.assert_allclose(
+        np.concatenate([looped[seam[0]], looped[seam[1]]]),
+        np.concatenate([repeated[seam[0]], repeated[seam[1]]]),
+        atol=0.05,
+    )
 
 
 def test_loop_length_is_whole_latent_frames(tiny_engine):
-    from reaudio.engine.engine import Request
+    from reaudio.engine.pipeline import Request
 
     (loop,) = tiny_engine.generate([Request("hum", duration=0.5, seed=0, steps=3, loop=True)])
     assert len(loop.waveform) == 32 * 128  # 0.5 s = 31.25 frames, rounded up
 
 
 def test_bad_loop_and_window_values_are_refused(tiny_engine):
-    from reaudio.engine.engine import Request
+    from reaudio.engine.pipeline import Request
 
-    for request, field in ((Request("x", loop="yes"), "loop"), (Request("x", window=0.0), "window"),
-                           (Request("x", window=1.0, overlap=0.6), "overlap"),
-                           (Request("x", overlap=-1.0), "overlap")):  # fmt: skip
+    for request, field in (
+        (Request("x", loop="yes"), "loop"),
+        (Request("x", window=0.0), "window"),
+        (Request("x", window=1.0, overlap=0.6), "overlap"),
+        (Request("x", overlap=-1.0), "overlap"),
+    ):
         with pytest.raises(ValueError, match=field):
             tiny_engine.resolve(request)
 
@@ -233,15 +228,11 @@ def _periodic_noise(rng, n, cutoff):
 def test_seam_measures_find_a_joint_that_is_not_seamless(rng):
     sr = 8000
     periodic = _periodic_noise(rng, 2 * sr, 0.02)  # a true loop of smooth noise
-    cut = _periodic_noise(rng, 4 * sr, 0.02)[
-        : 2 * sr
-    ]  # the same kind of sound, cut from a longer one
+    cut = _periodic_noise(rng, 4 * sr, 0.02)[: 2 * sr]  # the same kind of sound, cut from a longer one
     ok, bad = loop_seam(periodic, sr), loop_seam(cut, sr)
     assert ok.worst_percentile() < 100
     assert bad.percentile["step"] == 100 and bad.at_joint["step"] > 2 * bad.interior_max["step"]
-    tiled = compare(
-        np.tile(periodic, 2), [len(periodic)], sr, circular=False
-    )  # played twice: no click
+    tiled = compare(np.tile(periodic, 2), [len(periodic)], sr, circular=False)  # played twice: no click
     assert tiled.percentile["click"] < 100
 
 
@@ -262,7 +253,7 @@ def test_resampling_a_loop_keeps_it_seamless(rng):
 @pytest.fixture(scope="session")
 def default_bundle(tmp_path_factory):
     pytest.importorskip("torch")
-    from reaudio.engine.default_model import pack_path
+    from reaudio.engine.bundle.default_model import pack_path
     from reaudio.export.default_pack import assemble
 
     return assemble(pack_path(), tmp_path_factory.mktemp("default") / "bundle")
@@ -271,17 +262,20 @@ def default_bundle(tmp_path_factory):
 def test_a_default_model_loop_has_no_seam_and_a_plain_clip_would(default_bundle):
     """The trained model, where sound has structure: the loop's seam is an ordinary point; the
     same clip made without --loop has a seam that stands out, so the measure can tell."""
-    from reaudio.engine.engine import Engine, Request
+    from reaudio.engine.pipeline import Engine, Request
 
     engine = Engine.from_bundle(default_bundle, backend="cpu")
     grid = engine.manifest.latent.downsample * engine.manifest.mel.hop_length
-    looped, plain = engine.generate([Request("wind blowing", duration=3.0, seed=1, steps=10, loop=True),
-                                     Request("wind blowing", duration=3.0, seed=1, steps=10)])  # fmt: skip
+    looped, plain = engine.generate(
+        [
+            Request("wind blowing", duration=3.0, seed=1, steps=10, loop=True),
+            Request("wind blowing", duration=3.0, seed=1, steps=10),
+        ]
+    )
     seam = loop_seam(looped.waveform, engine.sample_rate, grid=grid)
     assert seam.worst_percentile() < 100, seam
     assert all(seam.at_joint[m] <= seam.interior_max[m] for m in seam.at_joint)
-    twice = compare(np.tile(looped.waveform, 2), [len(looped.waveform)], engine.sample_rate, circular=False,
-                    grid=grid)  # fmt: skip
+    twice = compare(np.tile(looped.waveform, 2), [len(looped.waveform)], engine.sample_rate, circular=False, grid=grid)
     assert twice.percentile["click"] < 100
     cut = loop_seam(plain.waveform, engine.sample_rate, grid=grid)
     assert cut.worst_percentile() == 100, cut
@@ -291,23 +285,28 @@ def test_a_default_model_loop_has_no_seam_and_a_plain_clip_would(default_bundle)
 
 
 def test_loop_files_carry_loop_points_and_the_library_says_loop(tiny_bundle, tmp_path):
-    pytest.importorskip("torch")
     from mutagen.flac import FLAC
     from wavinfo import WavInfoReader
 
-    from reaudio.engine.bulk import GenerateJob, run_job
+    from reaudio.engine.jobs.bulk import GenerateJob, run_job
 
     prompts = tmp_path / "p.csv"
     prompts.write_text("prompt,id,loop,duration\nrain on a roof,rain,yes,1.5\nthunder,thunder,,1\n")
     for fmt in ("wav", "flac"):
         out = tmp_path / fmt
-        job = GenerateJob(prompts, out, tiny_bundle, backend="cpu", steps=3, audio_format=fmt, subtype="PCM_24",
-                          postprocess=PostProcess(trim_db=-20.0))  # fmt: skip
+        job = GenerateJob(
+            prompts,
+            out,
+            tiny_bundle,
+            backend="cpu",
+            steps=3,
+            audio_format=fmt,
+            subtype="PCM_24",
+            postprocess=PostProcess(trim_db=-20.0),
+        )
         summary = run_job(job, progress=False)
         assert summary.written == 2 and not summary.failed
-        entries = {
-            e["id"]: e for e in map(json.loads, (out / "library.jsonl").read_text().splitlines())
-        }
+        entries = {e["id"]: e for e in map(json.loads, (out / "library.jsonl").read_text().splitlines())}
         assert entries["rain"]["loop"] is True and entries["thunder"]["loop"] is False
         rain = out / entries["rain"]["file"]
         frames = sf.info(str(rain)).frames
@@ -332,28 +331,21 @@ def test_loop_files_carry_loop_points_and_the_library_says_loop(tiny_bundle, tmp
 
 
 def test_a_library_made_without_loop_is_not_resumed_as_loops(tiny_bundle, tmp_path):
-    pytest.importorskip("torch")
-    from reaudio.engine.bulk import GenerateJob, run_job
+    from reaudio.engine.jobs.bulk import GenerateJob, run_job
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("rain\n")
-    run_job(
-        GenerateJob(prompts, tmp_path / "lib", tiny_bundle, backend="cpu", steps=2), progress=False
-    )
+    run_job(GenerateJob(prompts, tmp_path / "lib", tiny_bundle, backend="cpu", steps=2), progress=False)
     with pytest.raises(ValueError, match="loop False → True"):
-        run_job(GenerateJob(prompts, tmp_path / "lib", tiny_bundle, backend="cpu", steps=2, loop=True),
-                progress=False)  # fmt: skip
+        run_job(GenerateJob(prompts, tmp_path / "lib", tiny_bundle, backend="cpu", steps=2, loop=True), progress=False)
     with pytest.raises(ValueError, match="window None → 0.5"):
-        run_job(GenerateJob(prompts, tmp_path / "lib", tiny_bundle, backend="cpu", steps=2, window=0.5),
-                progress=False)  # fmt: skip
-    again = run_job(
-        GenerateJob(prompts, tmp_path / "lib", tiny_bundle, backend="cpu", steps=2), progress=False
-    )
+        run_job(GenerateJob(prompts, tmp_path / "lib", tiny_bundle, backend="cpu", steps=2, window=0.5), progress=False)
+    again = run_job(GenerateJob(prompts, tmp_path / "lib", tiny_bundle, backend="cpu", steps=2), progress=False)
     assert (again.written, again.skipped) == (0, 1)
 
 
 def test_a_bad_loop_column_is_reported_with_file_and_line(tmp_path):
-    from reaudio.engine.prompts import PromptFileError, read_prompt_file
+    from reaudio.engine.jobs.prompts import PromptFileError, read_prompt_file
 
     path = tmp_path / "p.csv"
     path.write_text("prompt,loop\nrain,yes\nwind,maybe\nsea,FALSE\n")
@@ -367,9 +359,13 @@ def test_a_bad_loop_column_is_reported_with_file_and_line(tmp_path):
 
 
 def test_long_clips_and_loops_run_after_the_short_clips_of_a_job(tiny_engine):
-    from reaudio.engine.engine import Request
+    from reaudio.engine.pipeline import Request
 
-    requests = [Request("a long wind", duration=5.0), Request("a beep", duration=0.5),
-                Request("a loop", duration=1.0, loop=True), Request("a hum", duration=1.0)]  # fmt: skip
+    requests = [
+        Request("a long wind", duration=5.0),
+        Request("a beep", duration=0.5),
+        Request("a loop", duration=1.0, loop=True),
+        Request("a hum", duration=1.0),
+    ]
     batches = tiny_engine.plan_batches(requests, batch_size=8)
     assert [b for b in batches] == [[1], [3], [0], [2]]

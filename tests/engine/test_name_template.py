@@ -2,16 +2,27 @@
 
 import pytest
 
-from reaudio.engine.bulk import GenerateJob, plan_clips
-from reaudio.engine.library import check_template
-from reaudio.engine.prompts import read_prompt_file
+from reaudio.engine.jobs.generate_job import GenerateJob, plan_clips
+from reaudio.engine.jobs.library import check_template
+from reaudio.engine.jobs.prompts import read_prompt_file
 
 
-@pytest.mark.parametrize("template", [
-    "{id:/>{seed}.0}tmp{id:/>{seed}.0}{id}",  # nested spec: '/' padding per row
-    "{id:.>{seed}.0}{id:/>{seed}.0}{id}",
-    "{id.__class__}", "{id[0]}", "{id!r}", "{id:>300}", "", "{nope}", "../{id}", ".{id}", "{id",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{id:/>{seed}.0}tmp{id:/>{seed}.0}{id}",  # nested spec: '/' padding per row
+        "{id:.>{seed}.0}{id:/>{seed}.0}{id}",
+        "{id.__class__}",
+        "{id[0]}",
+        "{id!r}",
+        "{id:>300}",
+        "",
+        "{nope}",
+        "../{id}",
+        ".{id}",
+        "{id",
+    ],
+)
 def test_templates_beyond_bare_fields_are_refused(template):
     with pytest.raises(ValueError, match="--name-template"):
         check_template(template)

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from reaudio.engine.prompts import PromptFileError, read_prompt_file
+from reaudio.engine.jobs.prompts import PromptFileError, read_prompt_file
 
 
 def _write(tmp_path, name, text: str | bytes):
@@ -20,11 +20,22 @@ def test_txt_skips_comments_and_blank_lines(tmp_path):
 
 
 def test_csv_with_optional_columns(tmp_path):
-    path = _write(tmp_path, "p.csv", 'prompt,id,seed,duration,steps,guidance,k,variations\n'
-                  '"a door, creaking",door,5,2.5,20,3,2,2\nwind,,,,,,,\n')  # fmt: skip
+    path = _write(
+        tmp_path,
+        "p.csv",
+        'prompt,id,seed,duration,steps,guidance,k,variations\n"a door, creaking",door,5,2.5,20,3,2,2\nwind,,,,,,,\n',
+    )
     door, wind = read_prompt_file(path)
     assert (door.prompt, door.id, door.seed, door.duration, door.steps, door.guidance, door.k, door.variations) == (
-        "a door, creaking", "door", 5, 2.5, 20, 3.0, 2, 2)  # fmt: skip
+        "a door, creaking",
+        "door",
+        5,
+        2.5,
+        20,
+        3.0,
+        2,
+        2,
+    )
     assert wind.seed is None and wind.duration is None and wind.line == 3
 
 
@@ -53,10 +64,19 @@ def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
     with pytest.raises(PromptFileError) as err:
         read_prompt_file(path)
     text = str(err.value)
-    for line, phrase in [(2, "missing or empty prompt"), (3, "unknown field(s) ['colour']"), (4, "duration=-1"),
-                         (5, "duration=0"), (6, "duration=1000000000.0"), (7, "steps=0"), (8, "guidance=500"),
-                         (9, "duplicate id 'a' (first on line 1)"), (10, "at most 1000"), (11, "must be an integer"),
-                         (12, "invalid JSON")]:  # fmt: skip
+    for line, phrase in [
+        (2, "missing or empty prompt"),
+        (3, "unknown field(s) ['colour']"),
+        (4, "duration=-1"),
+        (5, "duration=0"),
+        (6, "duration=1000000000.0"),
+        (7, "steps=0"),
+        (8, "guidance=500"),
+        (9, "duplicate id 'a' (first on line 1)"),
+        (10, "at most 1000"),
+        (11, "must be an integer"),
+        (12, "invalid JSON"),
+    ]:
         assert f"bad.jsonl:{line}: " in text and phrase in text, (line, phrase)
     assert len(err.value.problems) == 11
 
@@ -86,8 +106,17 @@ def test_unsafe_ids_and_unsupported_extension(tmp_path):
 def test_cli_exits_2_before_any_work(tmp_path):
     path = _write(tmp_path, "p.jsonl", '{"prompt": "x", "steps": -3}\n{"prompt": ""}\n')
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.training.cli", "generate", str(path), "--out", str(tmp_path / "out"),
-         "--bundle", str(tmp_path / "no-such-bundle")],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "reaudio.engine.cli",
+            "generate",
+            str(path),
+            "--out",
+            str(tmp_path / "out"),
+            "--bundle",
+            str(tmp_path / "no-such-bundle"),
+        ],
         capture_output=True,
         text=True,
     )

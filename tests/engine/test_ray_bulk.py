@@ -9,13 +9,27 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from reaudio.engine.bulk import GenerateJob, run_job  # noqa: E402
-from reaudio.engine.ray_bulk import run_job_on_ray  # noqa: E402
+from reaudio.engine.jobs.bulk import GenerateJob, run_job  # noqa: E402
+from reaudio.engine.jobs.ray_bulk import run_job_on_ray  # noqa: E402
 
 pytestmark = pytest.mark.ray
-PROMPTS = [f"sound number {i}: " + w for i, w in enumerate(
-    ["a short high beep", "a low electrical hum", "a burst of white noise", "a rising chirp", "rapid clicking",
-     "a slow pulsing tone", "a beep and a hum", "noise then a chirp", "clicks in the rain", "a pulsing hum"])]  # fmt: skip
+PROMPTS = [
+    f"sound number {i}: " + w
+    for i, w in enumerate(
+        [
+            "a short high beep",
+            "a low electrical hum",
+            "a burst of white noise",
+            "a rising chirp",
+            "rapid clicking",
+            "a slow pulsing tone",
+            "a beep and a hum",
+            "noise then a chirp",
+            "clicks in the rain",
+            "a pulsing hum",
+        ]
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +42,16 @@ def local_ray():
 def _job(tiny_bundle, tmp_path, name):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    return GenerateJob(prompts=prompts, out=tmp_path / name, bundle=tiny_bundle, batch_size=3, steps=3,
-                       duration=1.0, threads=1, backend="cpu")  # fmt: skip
+    return GenerateJob(
+        prompts=prompts,
+        out=tmp_path / name,
+        bundle=tiny_bundle,
+        batch_size=3,
+        steps=3,
+        duration=1.0,
+        threads=1,
+        backend="cpu",
+    )
 
 
 def _entries(folder):
@@ -57,7 +79,9 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(local_ray, tiny_bu
     assert marker.exists()  # a worker did die mid-batch
     keys = [e["key"] for e in _entries(tmp_path / "lib")]
     assert len(keys) == len(set(keys)) == len(PROMPTS) == summary.written
-    assert sorted(p.name for p in (tmp_path / "lib").glob("*.wav")) == sorted(e["file"] for e in _entries(tmp_path / "lib"))
+    assert sorted(p.name for p in (tmp_path / "lib").glob("*.wav")) == sorted(
+        e["file"] for e in _entries(tmp_path / "lib")
+    )
 
 
 def test_ray_resumes_a_library_started_by_the_local_job(local_ray, tiny_bundle, tmp_path):

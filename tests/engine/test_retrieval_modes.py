@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from reaudio.engine.database_ops import add_clips, read_clip_list
-from reaudio.engine.engine import Engine, Request
-from reaudio.engine.retrieval_db import DatabaseInfo, Items, RetrievalDB
+from reaudio.engine.jobs.db_commands import add_clips, read_clip_list
+from reaudio.engine.pipeline import Engine, Request
+from reaudio.engine.retrieval.database import DatabaseInfo, Items, RetrievalDB
 
 
 def _unit(x):
@@ -17,10 +17,27 @@ def _unit(x):
 def _db(folder, n=40, dim=16, caption_keys=True, seed=0, **info):
     rng = np.random.default_rng(seed)
     audio, caption = _unit(rng.normal(size=(n, dim))), _unit(rng.normal(size=(n, dim)))
-    db = RetrievalDB.create(folder, DatabaseInfo(key="audio", embed_dim=dim, audio_tokens=2, audio_dim=4,
-                                                 caption_tokens=3, caption_dim=4, caption_keys=caption_keys, **info))  # fmt: skip
-    items = Items([{"id": f"i{r}", "caption": f"c{r}"} for r in range(n)], audio, np.zeros((n, 2, 4), np.float32),
-                  np.zeros((n, 3, 4), np.float32), np.ones((n, 3), bool), caption if caption_keys else None)  # fmt: skip
+    db = RetrievalDB.create(
+        folder,
+        DatabaseInfo(
+            key="audio",
+            embed_dim=dim,
+            audio_tokens=2,
+            audio_dim=4,
+            caption_tokens=3,
+            caption_dim=4,
+            caption_keys=caption_keys,
+            **info,
+        ),
+    )
+    items = Items(
+        [{"id": f"i{r}", "caption": f"c{r}"} for r in range(n)],
+        audio,
+        np.zeros((n, 2, 4), np.float32),
+        np.zeros((n, 3, 4), np.float32),
+        np.ones((n, 3), bool),
+        caption if caption_keys else None,
+    )
     return db.add(items), audio, caption
 
 
@@ -29,8 +46,11 @@ def test_each_mode_ranks_by_its_own_score(tmp_path, index):
     extra = {} if index == "exact" else {"exact_threshold": 1, "index": index, "ivf_probe": 64, "index_mode": "hybrid"}
     db, audio, caption = _db(tmp_path / "db", hybrid_weight=0.3, **extra)
     queries = _unit(np.random.default_rng(1).normal(size=(8, 16)))
-    expected = {"audio": queries @ audio.T, "caption": queries @ caption.T,
-                "hybrid": queries @ (0.3 * audio + 0.7 * caption).T}  # fmt: skip
+    expected = {
+        "audio": queries @ audio.T,
+        "caption": queries @ caption.T,
+        "hybrid": queries @ (0.3 * audio + 0.7 * caption).T,
+    }
     for mode, scores in expected.items():
         top = db.search(queries, 3, mode=mode)
         # fp16 storage: compare against the scores of the stored keys
@@ -44,16 +64,36 @@ def test_a_mode_the_database_lacks_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="retrieval mode 'caption' not offered.*has: audio.*rebuild"):
         db.search(np.ones((1, 16), np.float32), 1, mode="caption")
     with pytest.raises(ValueError, match="index_mode='hybrid'"):
-        DatabaseInfo(key="audio", embed_dim=4, audio_tokens=1, audio_dim=1, caption_tokens=1, caption_dim=1,
-                     index_mode="hybrid")  # fmt: skip
+        DatabaseInfo(
+            key="audio", embed_dim=4, audio_tokens=1, audio_dim=1, caption_tokens=1, caption_dim=1, index_mode="hybrid"
+        )
 
 
 def test_clips_added_with_captions_are_found_by_their_captions(tiny_bundle, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
-    things = ["kettle", "doorbell", "typewriter", "bicycle bell", "ship horn", "owl", "cuckoo clock", "gong",
-              "frog", "vacuum cleaner", "hair dryer", "church bell", "snoring", "applause", "camera shutter",
-              "zipper", "sneeze", "rooster", "chainsaw", "cash register"]  # fmt: skip
+    things = [
+        "kettle",
+        "doorbell",
+        "typewriter",
+        "bicycle bell",
+        "ship horn",
+        "owl",
+        "cuckoo clock",
+        "gong",
+        "frog",
+        "vacuum cleaner",
+        "hair dryer",
+        "church bell",
+        "snoring",
+        "applause",
+        "camera shutter",
+        "zipper",
+        "sneeze",
+        "rooster",
+        "chainsaw",
+        "cash register",
+    ]
     rng = np.random.default_rng(0)
     for i, thing in enumerate(things):
         sf.write(folder / f"c{i}.wav", (0.3 * rng.normal(size=6000)).astype(np.float32), 8000)
@@ -72,7 +112,9 @@ def test_clips_added_with_captions_are_found_by_their_captions(tiny_bundle, tmp_
 
 def test_request_retrieval_mode_is_validated(tiny_bundle):
     engine = Engine.from_bundle(tiny_bundle, backend="cpu")
-    with pytest.raises(ValueError, match="request 0: retrieval='lyrics'; this bundle's database offers caption, audio, hybrid"):
+    with pytest.raises(
+        ValueError, match="request 0: retrieval='lyrics'; this bundle's database offers caption, audio, hybrid"
+    ):
         engine.generate([Request("a beep", retrieval="lyrics")])
 
 
@@ -83,15 +125,20 @@ def test_without_a_duration_a_clip_takes_its_neighbours_length(tiny_bundle):
     rows = engine.db.search(emb, engine.manifest.retrieval.k)
     median = float(np.median([engine.db.items[r]["duration"] for r in rows[0]]))
     assert median < longest
-    natural, explicit, none = engine.generate([Request("a short high beep"), Request("a short high beep", duration=longest),
-                                               Request("a short high beep", k=0)])  # fmt: skip
+    natural, explicit, none = engine.generate(
+        [
+            Request("a short high beep"),
+            Request("a short high beep", duration=longest),
+            Request("a short high beep", k=0),
+        ]
+    )
     assert len(explicit.waveform) == round(longest * sr)
     assert len(none.waveform) == round(longest * sr)  # k = 0: no neighbours, the bundle's default
     assert len(natural.waveform) <= round(median * sr)
 
 
 def test_trailing_silence_is_trimmed_with_a_fade():
-    from reaudio.engine.postprocess import trim_tail
+    from reaudio.engine.audio.postprocess import trim_tail
 
     sr = 8000
     wav = np.zeros(4 * sr, np.float32)
@@ -126,5 +173,13 @@ def _add_many(folder: str, worker: int) -> None:
     for j in range(5):
         db = RetrievalDB(folder)  # opened before the others' changes land: a stale view
         keys = _unit(rng.normal(size=(1, 16)))
-        db.add(Items([{"id": f"w{worker}-{j}", "caption": "x"}], keys, np.zeros((1, 2, 4), np.float32),
-                     np.zeros((1, 3, 4), np.float32), np.ones((1, 3), bool), keys))  # fmt: skip
+        db.add(
+            Items(
+                [{"id": f"w{worker}-{j}", "caption": "x"}],
+                keys,
+                np.zeros((1, 2, 4), np.float32),
+                np.zeros((1, 3, 4), np.float32),
+                np.ones((1, 3), bool),
+                keys,
+            )
+        )

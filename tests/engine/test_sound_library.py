@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from reaudio.engine.library import Library
-from reaudio.engine.loudness import integrated_lufs, loudness_gain_db, true_peak_db
-from reaudio.engine.postprocess import PostProcess
-from reaudio.engine.tags import ClipTags
+from reaudio.engine.audio.loudness import integrated_lufs, loudness_gain_db, true_peak_db
+from reaudio.engine.audio.postprocess import PostProcess
+from reaudio.engine.audio.tags import ClipTags
+from reaudio.engine.jobs.library import Library
 
 SR = 48000
 
@@ -55,7 +55,11 @@ def test_gating_leaves_out_silence_and_quiet_passages():
     assert integrated_lufs(np.concatenate([pink, np.zeros_like(pink)]), SR) == pytest.approx(alone, abs=0.2)
     assert integrated_lufs(np.concatenate([pink, 0.1 * _pink(8.0, -20.0, seed=1)]), SR) == pytest.approx(alone, abs=0.2)
     # K-weighting: the same RMS level reads louder at 4 kHz (the head's shelf) than at 60 Hz (cut).
-    assert integrated_lufs(_sine(4000, -20), SR) > integrated_lufs(_sine(1000, -20), SR) > integrated_lufs(_sine(60, -20), SR)
+    assert (
+        integrated_lufs(_sine(4000, -20), SR)
+        > integrated_lufs(_sine(1000, -20), SR)
+        > integrated_lufs(_sine(60, -20), SR)
+    )
 
 
 def test_true_peak_sees_the_peaks_between_samples():
@@ -90,8 +94,11 @@ def test_postprocess_trims_and_resamples_once():
     assert r == 48000 and len(up) == 6 * len(x) and gain == 0.0
     spectrum = np.abs(np.fft.rfft(up))
     assert np.fft.rfftfreq(len(up), 1 / r)[spectrum.argmax()] == pytest.approx(440, abs=1)
-    for bad, match in ((dict(true_peak_db=3), "between -60 and 0"), (dict(sample_rate=12345), "valid: 16000"),
-                       (dict(loudness_lufs=-90), "between -70 and 0")):  # fmt: skip
+    for bad, match in (
+        (dict(true_peak_db=3), "between -60 and 0"),
+        (dict(sample_rate=12345), "valid: 16000"),
+        (dict(loudness_lufs=-90), "between -70 and 0"),
+    ):
         with pytest.raises(ValueError, match=match):
             PostProcess(**bad)
 
@@ -100,9 +107,13 @@ def test_postprocess_trims_and_resamples_once():
 def test_files_carry_their_description_where_library_tools_look(tmp_path, fmt, subtype):
     library = Library(tmp_path, fmt, subtype=subtype)
     audio = (0.3 * _pink(1.0, -20.0)).astype(np.float32)
-    tags = ClipTags(title="rain on a tin roof", description="rain on a tin roof (reaudio, seed 7)",
-                    date="2026-12-01", time="10:00:00", extra={"id": "rain#0", "prompt": "rain on a tin roof",
-                                                               "seed": "7"})  # fmt: skip
+    tags = ClipTags(
+        title="rain on a tin roof",
+        description="rain on a tin roof (reaudio, seed 7)",
+        date="2026-12-01",
+        time="10:00:00",
+        extra={"id": "rain#0", "prompt": "rain on a tin roof", "seed": "7"},
+    )
     entry = library.write(f"rain.{fmt}", audio, SR, {"key": "rain#0"}, tags)
     path = tmp_path / f"rain.{fmt}"
     info = sf.info(str(path))
@@ -132,13 +143,33 @@ def test_files_carry_their_description_where_library_tools_look(tmp_path, fmt, s
 
 
 def test_a_job_writes_48k_24_bit_at_the_row_loudness(tiny_bundle, tmp_path):
-    pytest.importorskip("torch")
     prompts = tmp_path / "p.csv"
     prompts.write_text("prompt,id,loudness_lufs\na short high beep,beep,-18\na low electrical hum,hum,\n")
     out = tmp_path / "lib"
-    cli = [sys.executable, "-m", "reaudio.training.cli", "generate", str(prompts), "--out", str(out),
-           "--bundle", str(tiny_bundle), "--backend", "cpu", "--sample-rate", "48000", "--subtype", "PCM_24",
-           "--loudness-lufs", "-30", "--true-peak-db", "-1", "--quiet", "--duration", "1.0"]  # fmt: skip
+    cli = [
+        sys.executable,
+        "-m",
+        "reaudio.engine.cli",
+        "generate",
+        str(prompts),
+        "--out",
+        str(out),
+        "--bundle",
+        str(tiny_bundle),
+        "--backend",
+        "cpu",
+        "--sample-rate",
+        "48000",
+        "--subtype",
+        "PCM_24",
+        "--loudness-lufs",
+        "-30",
+        "--true-peak-db",
+        "-1",
+        "--quiet",
+        "--duration",
+        "1.0",
+    ]
     proc = subprocess.run([*cli, "--audition"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     page = (out / "index.html").read_text(encoding="utf-8")

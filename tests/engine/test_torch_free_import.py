@@ -31,7 +31,8 @@ BLOCKER = _blocking("torch", "transformers", "reaudio.models", "reaudio.training
     for name in names:
         importlib.import_module(name)
     from reaudio.engine import Engine, Request, Result  # the public API, re-exported
-    assert Engine.__module__ == Request.__module__ == Result.__module__ == "reaudio.engine.engine"
+    assert Engine.__module__ == Result.__module__ == "reaudio.engine.pipeline"
+    assert Request.__module__ == "reaudio.engine.planning"
     leaked = [m for m in sys.modules if any(m == b or m.startswith(b + ".") for b in BLOCKED)]
     assert not leaked, leaked
     print("imported", len(names), "engine modules")
@@ -77,11 +78,13 @@ def test_the_console_script_runs_without_torch(tiny_artifacts, tmp_path):
     assert shown.returncode == 0 and "generate" in shown.stdout and "train" in shown.stdout
     prompts = tmp_path / "p.txt"
     prompts.write_text("a beep\n")
-    made = _reaudio_without_torch("generate", prompts, "--bundle", tiny_artifacts / "bundle", "--out", tmp_path / "lib",
-                                  "--steps", "2", "-q")  # fmt: skip
+    made = _reaudio_without_torch(
+        "generate", prompts, "--bundle", tiny_artifacts / "bundle", "--out", tmp_path / "lib", "--steps", "2", "-q"
+    )
     assert made.returncode == 0, made.stderr
     assert len((tmp_path / "lib" / "library.jsonl").read_text().splitlines()) == 1
-    train = _reaudio_without_torch("train", "vae", "--config", "tiny", "--data", tmp_path / "m.jsonl", "--out",
-                                   tmp_path / "run")  # fmt: skip
+    train = _reaudio_without_torch(
+        "train", "vae", "--config", "tiny", "--data", tmp_path / "m.jsonl", "--out", tmp_path / "run"
+    )
     assert train.returncode != 0 and "needs torch: pip install 'reaudio[train]'" in train.stderr
     assert "Traceback" not in train.stderr

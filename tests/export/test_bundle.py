@@ -5,17 +5,23 @@ import sys
 import numpy as np
 import pytest
 
-from reaudio.engine.backends import OrtRunner
-from reaudio.engine.manifest import BundleError, read_manifest
-from reaudio.engine.retrieval_db import RetrievalDB
+from reaudio.engine.bundle.manifest import BundleError, read_bundle_manifest
+from reaudio.engine.retrieval.database import RetrievalDB
+from reaudio.engine.stages.backends import OrtRunner
 from reaudio.export.bundle import export_bundle
 from reaudio.models.configs import load_config
 from reaudio.models.system import build_system
 
 
 def _feeds(spec, batch=2, frames=11, tokens=7, k=2, l_cap=8, m_aud=4):
-    dims = {"batch": batch, "frames": frames, "text_tokens": tokens, "mel_frames": frames * 2,
-            "text_context": k * l_cap, "audio_context": k * m_aud}  # fmt: skip
+    dims = {
+        "batch": batch,
+        "frames": frames,
+        "text_tokens": tokens,
+        "mel_frames": frames * 2,
+        "text_context": k * l_cap,
+        "audio_context": k * m_aud,
+    }
     rng = np.random.default_rng(0)
     feeds = {}
     for s in spec.inputs:
@@ -32,7 +38,7 @@ def _feeds(spec, batch=2, frames=11, tokens=7, k=2, l_cap=8, m_aud=4):
 
 
 def test_every_stage_runs_with_the_manifest_names_and_shapes(tiny_bundle):
-    manifest = read_manifest(tiny_bundle)
+    manifest = read_bundle_manifest(tiny_bundle)
     assert set(manifest.stages) == {"text_encoder", "denoiser", "decoder", "audio_encoder", "vae_encoder"}
     assert manifest.family == "re-audioldm" and manifest.retrieval.k == 2
     for name, spec in manifest.stages.items():
@@ -47,7 +53,7 @@ def test_every_stage_runs_with_the_manifest_names_and_shapes(tiny_bundle):
 
 
 def test_manifest_lists_a_checksum_for_every_file(tiny_bundle):
-    manifest = read_manifest(tiny_bundle)
+    manifest = read_bundle_manifest(tiny_bundle)
     on_disk = {p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file()}
     # The database is the one mutable part: it carries checksums of its own per generation.
     database = {p for p in on_disk if p.startswith("retrieval/")}
@@ -65,19 +71,19 @@ def test_corrupted_file_is_refused_naming_it(tiny_bundle):
     data[-10] ^= 0xFF
     target.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"decoder/model.onnx: checksum mismatch"):
-        read_manifest(tiny_bundle)
+        read_bundle_manifest(tiny_bundle)
 
 
 def test_missing_file_and_wrong_version_are_refused(tiny_bundle):
     (tiny_bundle / "tokenizer" / "tokenizer.json").unlink()
     with pytest.raises(BundleError, match="tokenizer.json: listed in the manifest but missing"):
-        read_manifest(tiny_bundle)
+        read_bundle_manifest(tiny_bundle)
     path = tiny_bundle / "manifest.json"
     data = json.loads(path.read_text())
     data["format_version"] = 99
     path.write_text(json.dumps(data))
     with pytest.raises(BundleError, match="format_version 99 is not supported"):
-        read_manifest(tiny_bundle, verify=False)
+        read_bundle_manifest(tiny_bundle, verify=False)
 
 
 def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path):
@@ -92,11 +98,20 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path):
 def test_cli_export_from_a_system_folder(tiny_artifacts, tmp_path):
     out = tmp_path / "b"
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.training.cli", "-q", "export", str(tiny_artifacts / "system"), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "reaudio.training.cli",
+            "-q",
+            "export",
+            str(tiny_artifacts / "system"),
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    manifest = read_manifest(out)
+    manifest = read_bundle_manifest(out)
     assert manifest.stages["denoiser"].fp16_file is None
     assert (out / "retrieval" / "CURRENT").is_file()  # an empty database, ready for `db add`

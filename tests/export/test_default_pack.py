@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from reaudio.engine import default_model  # noqa: E402
-from reaudio.engine.engine import Engine, Request  # noqa: E402
+from reaudio.engine.bundle import default_model  # noqa: E402
+from reaudio.engine.pipeline import Engine, Request  # noqa: E402
 from reaudio.export.default_pack import (  # noqa: E402
     assemble,
     dequantize_state,
@@ -107,10 +107,15 @@ def test_a_pack_without_an_encoder_gains_one_and_its_items_their_audio(tiny_pack
     manifest = tmp_path / "corpus" / "manifest.jsonl"
     manifest.parent.mkdir()
     items = [json.loads(line) for line in (pack / "db" / "items.jsonl").read_text().splitlines()]
-    manifest.write_text("".join(json.dumps({"id": i["id"], "audio": f"audio/{i['id']}.flac"}) + "\n" for i in items[:3]))
+    manifest.write_text(
+        "".join(json.dumps({"id": i["id"], "audio": f"audio/{i['id']}.flac"}) + "\n" for i in items[:3])
+    )
     assert link_item_audio(pack, manifest) == 3
     meta = verify_pack(pack)  # checksums follow the new files
-    assert "vae_encoder.safetensors" in meta["files"] and meta["provenance"]["vae_encoder"]["checkpoint"] == "run/final/vae"
+    assert (
+        "vae_encoder.safetensors" in meta["files"]
+        and meta["provenance"]["vae_encoder"]["checkpoint"] == "run/final/vae"
+    )
     linked = [json.loads(line) for line in (pack / "db" / "items.jsonl").read_text().splitlines()]
     assert [i.get("audio") for i in linked[:4]] == [f"audio/{i['id']}.flac" for i in items[:3]] + [None]
     engine = Engine.from_bundle(assemble(pack, tmp_path / "with"), backend="cpu")

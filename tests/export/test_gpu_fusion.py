@@ -10,8 +10,8 @@ onnx = pytest.importorskip("onnx")
 
 import onnxruntime as ort  # noqa: E402
 
-from reaudio.engine.backends import stage_file  # noqa: E402
-from reaudio.engine.manifest import read_manifest  # noqa: E402
+from reaudio.engine.bundle.manifest import read_bundle_manifest  # noqa: E402
+from reaudio.engine.stages.backends import stage_file  # noqa: E402
 from reaudio.export.contracts import contract  # noqa: E402
 from reaudio.export.gpu_fusion import fuse_denoiser  # noqa: E402
 from reaudio.export.import_audioldm import import_audioldm  # noqa: E402
@@ -29,7 +29,7 @@ def fused_bundle(tmp_path_factory):
 
 def _feeds(bundle, batch=2, frames=24):
     cfg = load_config(bundle / "family.json")
-    spec = read_manifest(bundle).stages["denoiser"]
+    spec = read_bundle_manifest(bundle).stages["denoiser"]
     args = contract("denoiser", cfg).sample_inputs(cfg, batch=batch, frames=frames)
     return {s.name: a.numpy() for s, a in zip(spec.inputs, args)}
 
@@ -41,7 +41,7 @@ def _ops(path):
 def test_fused_graph_has_the_cuda_kernels_and_is_picked_on_cuda_only(fused_bundle):
     import json
 
-    spec = read_manifest(fused_bundle).stages["denoiser"]
+    spec = read_bundle_manifest(fused_bundle).stages["denoiser"]
     assert spec.fused_file == "denoiser/model.fp16.fused.onnx"
     ops = _ops(fused_bundle / spec.fused_file)
     assert {"MultiHeadAttention", "GroupNorm", "NhwcConv", "BiasSplitGelu"} <= ops
@@ -58,8 +58,13 @@ def test_fused_graph_has_the_cuda_kernels_and_is_picked_on_cuda_only(fused_bundl
 def test_guidance_and_sampler_stay_fp32_in_the_fused_graph(fused_bundle):
     graph = onnx.load(str(fused_bundle / "denoiser/model.fp16.fused.onnx")).graph
     half = {t.name for t in graph.value_info if t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
-    outside = [n for n in graph.node if n.name.startswith("/") and not n.name.startswith("/unet/")
-               and n.op_type not in ("Cast", "Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Reshape")]  # fmt: skip
+    outside = [
+        n
+        for n in graph.node
+        if n.name.startswith("/")
+        and not n.name.startswith("/unet/")
+        and n.op_type not in ("Cast", "Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Reshape")
+    ]
     assert outside and half  # the UNet's tensors are fp16
     assert not [n.name for n in outside if any(o in half for o in n.output)]
 
@@ -78,13 +83,17 @@ def test_fusions_with_cpu_kernels_match_the_unfused_graph(fused_bundle, tmp_path
 
 def test_cuda_fused_graph_on_the_gpu(fused_bundle):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("the fused graph's kernels (NhwcConv, GroupNorm, BiasSplitGelu) exist only in onnxruntime's "
-                    "CUDA provider; install onnxruntime-gpu on a CUDA machine to run this parity check")  # fmt: skip
+        pytest.skip(
+            "the fused graph's kernels (NhwcConv, GroupNorm, BiasSplitGelu) exist only in onnxruntime's "
+            "CUDA provider; install onnxruntime-gpu on a CUDA machine to run this parity check"
+        )
     feeds = _feeds(fused_bundle)
     ref = ort.InferenceSession(str(fused_bundle / "denoiser/model.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, feeds)  # fmt: skip
-    sess = ort.InferenceSession(str(fused_bundle / "denoiser/model.fp16.fused.onnx"),
-                                providers=["CUDAExecutionProvider"])  # fmt: skip
+        None, feeds
+    )
+    sess = ort.InferenceSession(
+        str(fused_bundle / "denoiser/model.fp16.fused.onnx"), providers=["CUDAExecutionProvider"]
+    )
     for r, g in zip(ref, sess.run(None, feeds)):
         assert np.abs(r - g).max() / np.abs(r).max() < 2e-2
 

@@ -12,8 +12,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from reaudio.engine.bulk import GenerateJob, run_job  # noqa: E402
-from reaudio.engine.manifest import read_manifest  # noqa: E402
+from reaudio.engine.bundle.manifest import read_bundle_manifest  # noqa: E402
+from reaudio.engine.jobs.bulk import GenerateJob, run_job  # noqa: E402
 from reaudio.export.hub_cache import HubCacheError, resolve_model  # noqa: E402
 from reaudio.export.import_audioldm import import_audioldm, load_audioldm, weight_files  # noqa: E402
 from tests.make_tiny_audioldm import make  # noqa: E402
@@ -66,11 +66,15 @@ def test_fp16_sharded_weights_load_as_the_rounded_originals(pipeline_dir, cache)
 def test_cli_imports_a_hub_id_offline_and_records_the_licence(cache, tmp_path):
     out = tmp_path / "bundle"
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "reaudio.training.cli", "-q", "import", "audioldm", REPO,
-                           "--out", str(out)], capture_output=True, text=True, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "reaudio.training.cli", "-q", "import", "audioldm", REPO, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "cc-by-nc-sa-4.0" in proc.stdout and "non-commercial" in proc.stdout
-    licence = read_manifest(out).licence
+    licence = read_bundle_manifest(out).licence
     assert (licence.name, licence.source, licence.model) == ("cc-by-nc-sa-4.0", "model card", REPO)
 
     prompts = tmp_path / "prompts.txt"
@@ -102,11 +106,14 @@ def test_licence_flag_and_unknown_licence(pipeline_dir, tmp_path):
 
 def test_bundles_without_a_licence_write_no_licence_field(tiny_bundle, tmp_path):
     bundle = tiny_bundle
-    assert read_manifest(bundle).licence is None
+    assert read_bundle_manifest(bundle).licence is None
     prompts = tmp_path / "p.txt"
     prompts.write_text("rain\n")
-    run_job(GenerateJob(prompts=prompts, out=tmp_path / "lib", bundle=bundle, steps=2, duration=1.0), progress=False,
-            echo=lambda *a: None)  # fmt: skip
+    run_job(
+        GenerateJob(prompts=prompts, out=tmp_path / "lib", bundle=bundle, steps=2, duration=1.0),
+        progress=False,
+        echo=lambda *a: None,
+    )
     row = json.loads((tmp_path / "lib" / "library.jsonl").read_text().splitlines()[0])
     assert "licence" not in row
     assert np.isfinite(row["duration_s"])

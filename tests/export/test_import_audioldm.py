@@ -8,7 +8,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from reaudio.engine.engine import Engine, Request  # noqa: E402
+from reaudio.engine.pipeline import Engine, Request  # noqa: E402
 from reaudio.export.import_audioldm import AudioLDMImportError, import_audioldm, load_audioldm  # noqa: E402
 from reaudio.models.checkpoint import CheckpointError  # noqa: E402
 from tests.make_tiny_audioldm import make  # noqa: E402
@@ -83,7 +83,9 @@ def test_vae_encoder_stage_matches_diffusers_vae_encode(reference, imported):
     g = torch.Generator().manual_seed(3)
     mel = torch.randn(2, 40, engine.manifest.mel.n_mels, generator=g)
     with torch.no_grad():
-        expected = (reference.vae.encode(mel.unsqueeze(1)).latent_dist.mean * reference.vae.config.scaling_factor).numpy()
+        expected = (
+            reference.vae.encode(mel.unsqueeze(1)).latent_dist.mean * reference.vae.config.scaling_factor
+        ).numpy()
     actual = engine.runners["vae_encoder"].run({"mel": mel.numpy()})[0]
     assert actual.shape == expected.shape
     assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
@@ -97,8 +99,14 @@ def test_engine_waveform_matches_diffusers(reference, imported, frames, batch):
     latent = np.random.default_rng(frames).standard_normal((1, m.latent.channels, frames, m.latent.freq))
     latents = np.repeat(latent.astype(np.float32), batch, axis=0)
     seconds = frames * m.latent.downsample * m.mel.hop_length / m.sample_rate
-    expected = reference(prompts, audio_length_in_s=seconds, num_inference_steps=10, guidance_scale=2.5,
-                         latents=torch.from_numpy(latents), output_type="np").audios  # fmt: skip
+    expected = reference(
+        prompts,
+        audio_length_in_s=seconds,
+        num_inference_steps=10,
+        guidance_scale=2.5,
+        latents=torch.from_numpy(latents),
+        output_type="np",
+    ).audios
     results = engine.generate(
         [Request(p, initial_latent=lat, steps=10, guidance=2.5, sampler="ddim") for p, lat in zip(prompts, latents)],
         batch_size=batch,
@@ -115,11 +123,18 @@ def test_negative_prompt_matches_diffusers(reference, imported):
     m = engine.manifest
     latent = np.random.default_rng(5).standard_normal((1, m.latent.channels, 64, m.latent.freq)).astype(np.float32)
     seconds = 64 * m.latent.downsample * m.mel.hop_length / m.sample_rate
-    expected = reference("a bell rings", negative_prompt="wind howls", audio_length_in_s=seconds,
-                         num_inference_steps=5, guidance_scale=3.0, latents=torch.from_numpy(latent),
-                         output_type="np").audios[0]  # fmt: skip
-    (res,) = engine.generate([Request("a bell rings", negative_prompt="wind howls", initial_latent=latent[0],
-                                      steps=5, guidance=3.0)])  # fmt: skip
+    expected = reference(
+        "a bell rings",
+        negative_prompt="wind howls",
+        audio_length_in_s=seconds,
+        num_inference_steps=5,
+        guidance_scale=3.0,
+        latents=torch.from_numpy(latent),
+        output_type="np",
+    ).audios[0]
+    (res,) = engine.generate(
+        [Request("a bell rings", negative_prompt="wind howls", initial_latent=latent[0], steps=5, guidance=3.0)]
+    )
     assert np.abs(res.waveform - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
@@ -167,7 +182,20 @@ def test_cli_import(pipeline_dir, tmp_path):
     import sys
 
     out = tmp_path / "b"
-    proc = subprocess.run([sys.executable, "-m", "reaudio.training.cli", "-q", "import", "audioldm", str(pipeline_dir),
-                           "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reaudio.training.cli",
+            "-q",
+            "import",
+            "audioldm",
+            str(pipeline_dir),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "audioldm" in proc.stdout and (out / "manifest.json").is_file()

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from reaudio.engine.backends import BackendUnavailable
-from reaudio.engine.engine import Engine, Request
-from reaudio.engine.manifest import read_manifest
+from reaudio.engine.bundle.manifest import read_bundle_manifest
+from reaudio.engine.pipeline import Engine, Request
+from reaudio.engine.stages.runners import BackendUnavailable
 from reaudio.export.int8 import REPORT, Calibration, quantize_bundle, snr_db, spread
 
 FAST = Calibration(prompts=("rain on a roof", "a dog barks", "a door slams", "birdsong"), steps=3, max_feeds=6)
@@ -34,8 +34,8 @@ def _clips(bundle, precision, prompts=("waves on a beach", "a kettle whistles"))
 def test_quantised_copy_adds_int8_graphs_and_keeps_fp32(tiny_artifacts, int8_bundle):
     import onnx
 
-    source = read_manifest(tiny_artifacts / "bundle")
-    manifest = read_manifest(int8_bundle)  # checksums verified, int8 files among them
+    source = read_bundle_manifest(tiny_artifacts / "bundle")
+    manifest = read_bundle_manifest(int8_bundle)  # checksums verified, int8 files among them
     for stage in ("denoiser", "decoder"):
         spec = manifest.stages[stage]
         assert spec.int8_file == f"{stage}/model.int8.onnx" and spec.int8_file in manifest.files
@@ -43,7 +43,7 @@ def test_quantised_copy_adds_int8_graphs_and_keeps_fp32(tiny_artifacts, int8_bun
         ops = {n.op_type for n in onnx.load(str(int8_bundle / spec.int8_file)).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert manifest.stages["text_encoder"].int8_file is None
-    assert read_manifest(tiny_artifacts / "bundle").stages["denoiser"].int8_file is None
+    assert read_bundle_manifest(tiny_artifacts / "bundle").stages["denoiser"].int8_file is None
 
 
 @pytest.mark.parametrize("stage, scope", [("denoiser", "/unet/"), ("decoder", "/decoder/")])
@@ -87,10 +87,10 @@ def test_int8_is_deterministic(int8_bundle):
 def test_int8_needs_int8_graphs_and_the_cpu(tiny_bundle, int8_bundle):
     with pytest.raises(BackendUnavailable, match="reaudio quantize"):
         Engine.from_bundle(tiny_bundle, backend="cpu", precision="int8")
-    from reaudio.engine.backends import check_precision
+    from reaudio.engine.stages.backends import check_precision
 
     with pytest.raises(BackendUnavailable, match="CPU backend only"):
-        check_precision(int8_bundle, read_manifest(int8_bundle), "cuda", "int8")
+        check_precision(int8_bundle, read_bundle_manifest(int8_bundle), "cuda", "int8")
     with pytest.raises(ValueError, match="valid: auto, fp32, fp16, int8"):
         Engine.from_bundle(int8_bundle, backend="cpu", precision="int4")
 
@@ -107,7 +107,7 @@ def test_in_place_quantisation_rewrites_the_manifest_last(tiny_bundle, monkeypat
     with pytest.raises(RuntimeError, match="disk full"):
         quantize_bundle(tiny_bundle, calibration=FAST)
     assert (tiny_bundle / "manifest.json").read_bytes() == before
-    assert read_manifest(tiny_bundle).stages["denoiser"].int8_file is None  # still loads, verified
+    assert read_bundle_manifest(tiny_bundle).stages["denoiser"].int8_file is None  # still loads, verified
     monkeypatch.undo()
     manifest = quantize_bundle(tiny_bundle, calibration=FAST)
     assert manifest.stages["decoder"].int8_file and not (tiny_bundle / ".int8-partial").exists()
@@ -151,14 +151,40 @@ def test_cli_quantize_then_generate_int8(tiny_bundle, tmp_path, capsys):
 
     prompts = tmp_path / "calib.txt"
     prompts.write_text("rain\nthunder\n")
-    assert main(["quantize", str(tiny_bundle), "--calibration-prompts", str(prompts),
-                 "--calibration-steps", "2", "--threads", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "quantize",
+                str(tiny_bundle),
+                "--calibration-prompts",
+                str(prompts),
+                "--calibration-steps",
+                "2",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "--precision int8" in capsys.readouterr().out
     prompt_file = tmp_path / "p.txt"
     prompt_file.write_text("a bell rings\n")
     out = tmp_path / "lib"
-    args = ["generate", str(prompt_file), "--out", str(out), "--bundle", str(tiny_bundle), "--backend", "cpu",
-            "--steps", "2", "--duration", "1", "-q"]  # fmt: skip
+    args = [
+        "generate",
+        str(prompt_file),
+        "--out",
+        str(out),
+        "--bundle",
+        str(tiny_bundle),
+        "--backend",
+        "cpu",
+        "--steps",
+        "2",
+        "--duration",
+        "1",
+        "-q",
+    ]
     assert main([*args, "--precision", "int8"]) == 0
     entry = json.loads((out / "library.jsonl").read_text().splitlines()[-1])
     assert entry["settings"]["int8"] is True

@@ -4,8 +4,8 @@ import numpy as np
 import onnx
 import pytest
 
-from reaudio.engine.engine import Engine, Request
-from reaudio.engine.retrieval_db import RetrievalDB
+from reaudio.engine.pipeline import Engine, Request
+from reaudio.engine.retrieval.database import RetrievalDB
 from reaudio.export.contracts import STAGES
 from reaudio.export.onnx_export import check_parity, ort_session
 from reaudio.models.system import load_system
@@ -62,7 +62,10 @@ def test_whole_waveform_matches_the_torch_pipeline(k, system, tiny_artifacts):
         prompts, latents, steps=10, guidance=3.0, k=k
     )
     results = engine.generate(
-        [Request(p, initial_latent=lat, steps=10, guidance=3.0, k=k, sampler="ddim") for p, lat in zip(prompts, latents)]
+        [
+            Request(p, initial_latent=lat, steps=10, guidance=3.0, k=k, sampler="ddim")
+            for p, lat in zip(prompts, latents)
+        ]
     )
     tolerance = 1e-5 * np.abs(reference).max()
     for ref, res in zip(reference, results):
@@ -88,8 +91,9 @@ def test_a_v_prediction_model_samples_the_same_in_the_engine_as_in_torch(system,
     db = RetrievalDB(tiny_artifacts / "db")
     v_ref = TorchPipeline(cfg, models, db).generate(["a rising chirp"], latents, steps=8, guidance=2.0, k=2)
     eps_ref = TorchPipeline(system[0], models, db).generate(["a rising chirp"], latents, steps=8, guidance=2.0, k=2)
-    result = engine.generate([Request("a rising chirp", initial_latent=latents[0], steps=8, guidance=2.0, k=2,
-                                      sampler="ddim")])[0]  # fmt: skip
+    result = engine.generate(
+        [Request("a rising chirp", initial_latent=latents[0], steps=8, guidance=2.0, k=2, sampler="ddim")]
+    )[0]
     tolerance = 1e-5 * np.abs(v_ref).max()
     assert np.abs(result.waveform - v_ref[0]).max() <= tolerance
     # The same weights read as a noise predictor give other audio: the conversion is really applied.

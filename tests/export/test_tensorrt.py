@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from reaudio.engine.plans import find_plan, plan_name
+from reaudio.engine.bundle.plans import find_plan, plan_name
 from reaudio.export.tensorrt import TensorRTUnavailable, build_bundle_plans, tensorrt_status
 from reaudio.models.configs import load_config
 
@@ -37,7 +37,9 @@ def test_without_tensorrt_plans_are_skipped_with_a_reason(tiny_bundle):
     with pytest.raises(TensorRTUnavailable, match="cannot build TensorRT plans"):
         build_bundle_plans(tiny_bundle, load_config(tiny_bundle / "family.json"))
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.training.cli", "plans", "build", str(tiny_bundle)], capture_output=True, text=True
+        [sys.executable, "-m", "reaudio.training.cli", "plans", "build", str(tiny_bundle)],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 3 and "skipped TensorRT plans" in proc.stderr
 

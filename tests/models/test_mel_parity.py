@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from reaudio.engine.frontend import AUDIOLDM_MEL, HIFIGAN_22K_MEL, log_mel
+from reaudio.engine.audio.frontend import AUDIOLDM_MEL, HIFIGAN_22K_MEL, log_mel
 from reaudio.models.mel import LogMel
 from tests.conftest import realistic_audio
 

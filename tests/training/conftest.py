@@ -18,8 +18,16 @@ def tiny_manifest(tmp_path_factory):
             path = folder / f"{kind}-{i}.wav"
             sf.write(path, synthetic_sound(kind, 8000, 1.2, rng), 8000)
             split = "test" if i == 3 else "train"
-            rows.append({"id": f"{kind}-{i}", "audio": path.name, "caption": caption, "label": kind,
-                         "source": f"{kind}-{i}.wav", "split": split})  # fmt: skip
+            rows.append(
+                {
+                    "id": f"{kind}-{i}",
+                    "audio": path.name,
+                    "caption": caption,
+                    "label": kind,
+                    "source": f"{kind}-{i}.wav",
+                    "split": split,
+                }
+            )
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest

@@ -15,8 +15,10 @@ def _wav(path, seconds=1.0):
 def test_import_writes_a_manifest_with_splits_by_source(tmp_path):
     for i in range(30):
         _wav(tmp_path / f"c{i}.wav")
-    rows = [f'{{"audio": "c{i}.wav", "caption": "clip {i}", "label": "l{i % 3}", "source": "rec{i // 2}"}}'
-            for i in range(30)]  # fmt: skip
+    rows = [
+        f'{{"audio": "c{i}.wav", "caption": "clip {i}", "label": "l{i % 3}", "source": "rec{i // 2}"}}'
+        for i in range(30)
+    ]
     (tmp_path / "in.jsonl").write_text("\n".join(rows) + "\n")
     summary = import_dataset(tmp_path / "in.jsonl", tmp_path / "m.jsonl", test_percent=30)
     manifest = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
@@ -33,13 +35,19 @@ def test_import_reports_every_bad_row_with_file_and_line(tmp_path):
     _wav(tmp_path / "ok.wav")
     _wav(tmp_path / "short.wav", 0.1)
     (tmp_path / "junk.wav").write_bytes(b"nope")
-    (tmp_path / "in.csv").write_text("audio,caption,label\nok.wav,a door,door\nok.wav,,door\nmissing.wav,x,y\n"
-                                     "junk.wav,x,y\nshort.wav,x,y\n")  # fmt: skip
+    (tmp_path / "in.csv").write_text(
+        "audio,caption,label\nok.wav,a door,door\nok.wav,,door\nmissing.wav,x,y\njunk.wav,x,y\nshort.wav,x,y\n"
+    )
     with pytest.raises(DatasetError) as err:
         import_dataset(tmp_path / "in.csv", tmp_path / "m.jsonl")
     text = str(err.value)
-    for fragment in ("in.csv:3: empty caption", "in.csv:4: audio file", "in.csv:5: unreadable audio",
-                     "in.csv:6:", "at least 0.3 s"):  # fmt: skip
+    for fragment in (
+        "in.csv:3: empty caption",
+        "in.csv:4: audio file",
+        "in.csv:5: unreadable audio",
+        "in.csv:6:",
+        "at least 0.3 s",
+    ):
         assert fragment in text
     assert not (tmp_path / "m.jsonl").exists()
 

@@ -23,16 +23,40 @@ def eval_manifest(tmp_path_factory):
     for kind, caption in SOUNDS.items():
         for i in range(7):
             sf.write(folder / f"{kind}-{i}.wav", synthetic_sound(kind, 8000, 1.0, rng), 8000)
-            rows.append({"id": f"{kind}-{i}", "audio": f"{kind}-{i}.wav", "caption": caption, "label": kind,
-                         "source": f"{kind}-{i}", "split": "test" if i >= 5 else "train"})  # fmt: skip
+            rows.append(
+                {
+                    "id": f"{kind}-{i}",
+                    "audio": f"{kind}-{i}.wav",
+                    "caption": caption,
+                    "label": kind,
+                    "source": f"{kind}-{i}",
+                    "split": "test" if i >= 5 else "train",
+                }
+            )
     (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder / "m.jsonl"
 
 
 def test_eval_scores_a_bundle_with_a_pluggable_backbone(tiny_artifacts, eval_manifest, tmp_path):
     out = tmp_path / "eval"
-    rc = cli(["-q", "eval", "--bundle", str(tiny_artifacts / "bundle"), "--data", str(eval_manifest), "--out", str(out),
-              "--steps", "4", "--backbone", "tests.training.fake_backbone:make", "--backend", "cpu"])  # fmt: skip
+    rc = cli(
+        [
+            "-q",
+            "eval",
+            "--bundle",
+            str(tiny_artifacts / "bundle"),
+            "--data",
+            str(eval_manifest),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--backbone",
+            "tests.training.fake_backbone:make",
+            "--backend",
+            "cpu",
+        ]
+    )
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert results["clips"] == 12 and results["backbone"] == "band-energies"
@@ -44,16 +68,54 @@ def test_eval_scores_a_bundle_with_a_pluggable_backbone(tiny_artifacts, eval_man
 
 def test_ablation_table_over_k(tiny_artifacts, eval_manifest, tmp_path):
     out = tmp_path / "abl"
-    rc = cli(["-q", "eval", "--bundle", str(tiny_artifacts / "bundle"), "--data", str(eval_manifest), "--out", str(out),
-              "--steps", "3", "--limit", "4", "--ks", "0", "2", "--backbone", "tests.training.fake_backbone:make",
-              "--backend", "cpu"])  # fmt: skip
+    rc = cli(
+        [
+            "-q",
+            "eval",
+            "--bundle",
+            str(tiny_artifacts / "bundle"),
+            "--data",
+            str(eval_manifest),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--limit",
+            "4",
+            "--ks",
+            "0",
+            "2",
+            "--backbone",
+            "tests.training.fake_backbone:make",
+            "--backend",
+            "cpu",
+        ]
+    )
     assert rc == 0
     table = (out / "ablation.md").read_text()
     assert "| no retrieval (k=0) |" in table and "| k=2 |" in table
     bundle = tiny_artifacts / "bundle"
-    rc = cli(["-q", "eval", "--data", str(eval_manifest), "--out", str(tmp_path / "cmp"), "--steps", "3", "--limit",
-              "3", "--compare", f"audio+text k=1={bundle}@1", f"default={bundle}",
-              "--backbone", "tests.training.fake_backbone:make", "--backend", "cpu"])  # fmt: skip
+    rc = cli(
+        [
+            "-q",
+            "eval",
+            "--data",
+            str(eval_manifest),
+            "--out",
+            str(tmp_path / "cmp"),
+            "--steps",
+            "3",
+            "--limit",
+            "3",
+            "--compare",
+            f"audio+text k=1={bundle}@1",
+            f"default={bundle}",
+            "--backbone",
+            "tests.training.fake_backbone:make",
+            "--backend",
+            "cpu",
+        ]
+    )
     assert rc == 0
     table = (tmp_path / "cmp" / "ablation.md").read_text()
     assert "| audio+text k=1 |" in table and "| default |" in table

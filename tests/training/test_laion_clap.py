@@ -34,11 +34,14 @@ from tests.make_tiny_audioldm import make_tokenizer  # noqa: E402
 
 HF_BLOCK = re.compile(r"audio_model\.audio_encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)")
 BLOCK_PARTS = {
-    "layernorm_before.": "norm1.", "layernorm_after.": "norm2.", "attention.output.dense.": "attn.proj.",
-    "intermediate.dense.": "mlp.fc1.", "output.dense.": "mlp.fc2.",
+    "layernorm_before.": "norm1.",
+    "layernorm_after.": "norm2.",
+    "attention.output.dense.": "attn.proj.",
+    "intermediate.dense.": "mlp.fc1.",
+    "output.dense.": "mlp.fc2.",
     "attention.self.relative_position_bias_table": "attn.relative_position_bias_table",
     "attention.self.relative_position_index": "attn.relative_position_index",
-}  # fmt: skip
+}
 
 
 def laion_layout(model: LaionCLAP) -> dict[str, torch.Tensor]:
@@ -88,11 +91,13 @@ def original():
     torch.manual_seed(0)
     tokenizer = make_tokenizer().backend_tokenizer.to_str()
     cfg = LaionCLAPConfig(
-        text=LaionTextConfig(vocab_size=400, hidden_size=128, layers=2, heads=2, intermediate_size=256,
-                             max_positions=80),
+        text=LaionTextConfig(
+            vocab_size=400, hidden_size=128, layers=2, heads=2, intermediate_size=256, max_positions=80
+        ),
         audio=LaionAudioConfig(patch_width=8, depths=(2, 1), heads=(1, 2), window_size=8),
-        embed_dim=16, tokenizer=tokenizer,
-    )  # fmt: skip
+        embed_dim=16,
+        tokenizer=tokenizer,
+    )
     model = LaionCLAP(cfg).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so a wrong mapping shows
         bn = model.model.audio_model.audio_encoder.batch_norm
@@ -169,9 +174,25 @@ def test_cli_import_then_database(original, checkpoint, tmp_path, clip):
     tok = tmp_path / "tokenizer.json"
     tok.write_text(original.cfg.tokenizer)
     out = tmp_path / "clap"
-    proc = subprocess.run([sys.executable, "-m", "reaudio.training.cli", "-q", "import", "laion-clap", str(checkpoint),
-                           "--tokenizer", str(tok), "--text-heads", "2", "--out", str(out)],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reaudio.training.cli",
+            "-q",
+            "import",
+            "laion-clap",
+            str(checkpoint),
+            "--tokenizer",
+            str(tok),
+            "--text-heads",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "laion-clap" in proc.stdout
     loaded = load_checkpoint(out)
@@ -180,8 +201,10 @@ def test_cli_import_then_database(original, checkpoint, tmp_path, clip):
     from reaudio.models.retrieval_features import RetrievalConfig
     from reaudio.training.database import AudioItem, build_database
 
-    items = [AudioItem(f"c{i}", np.roll(clip, 997 * i), caption, source=f"s{i}")
-             for i, caption in enumerate(["a dog barks", "rain falls", "a bell rings"])]  # fmt: skip
+    items = [
+        AudioItem(f"c{i}", np.roll(clip, 997 * i), caption, source=f"s{i}")
+        for i, caption in enumerate(["a dog barks", "rain falls", "a bell rings"])
+    ]
     retrieval = RetrievalConfig(k=1, audio_tokens=4, caption_tokens=8)
     db = build_database(tmp_path / "db", loaded, LogMel(MelConfig(sample_rate=16000)), retrieval, items, {})
     assert len(db) == 3 and db.info.audio_dim == 16 and db.info.caption_dim == 128
@@ -192,8 +215,20 @@ def test_cli_import_then_database(original, checkpoint, tmp_path, clip):
 
 
 def test_cli_without_tokenizer_says_what_is_missing(checkpoint, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "reaudio.training.cli", "import", "laion-clap", str(checkpoint),
-                           "--out", str(tmp_path / "c")], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reaudio.training.cli",
+            "import",
+            "laion-clap",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "--tokenizer" in proc.stderr
 
 
@@ -213,8 +248,15 @@ def _with_numpy1_names(path):
 
 def test_checkpoints_holding_numpy_scalars_load_weights_only(original, tmp_path):
     path = tmp_path / "630k-audioset-best.pt"
-    torch.save({"epoch": np.int64(45), "best_val": np.float64(0.7315), "lr": np.float32(1e-4),
-                "state_dict": {f"module.{k}": v for k, v in laion_layout(original).items()}}, path)  # fmt: skip
+    torch.save(
+        {
+            "epoch": np.int64(45),
+            "best_val": np.float64(0.7315),
+            "lr": np.float32(1e-4),
+            "state_dict": {f"module.{k}": v for k, v in laion_layout(original).items()},
+        },
+        path,
+    )
     with pytest.raises(Exception, match="numpy"):  # what plain weights-only loading does with them
         torch.load(str(path), weights_only=True)
     _with_numpy1_names(path)
@@ -223,8 +265,10 @@ def test_checkpoints_holding_numpy_scalars_load_weights_only(original, tmp_path)
     imported = import_laion_clap(path, original.cfg.tokenizer, text_heads=2)
     ids, mask = imported.tokenizer(["a dog barks"])
     with torch.no_grad():
-        torch.testing.assert_close(imported.embed_text(torch.from_numpy(ids), torch.from_numpy(mask)),
-                                   original.embed_text(torch.from_numpy(ids), torch.from_numpy(mask)))  # fmt: skip
+        torch.testing.assert_close(
+            imported.embed_text(torch.from_numpy(ids), torch.from_numpy(mask)),
+            original.embed_text(torch.from_numpy(ids), torch.from_numpy(mask)),
+        )
 
 
 class _NotAWeight:
@@ -257,29 +301,85 @@ def test_laion_keyed_database_trains_exports_and_generates(original, checkpoint,
     text/audio encoder stages reproduce the torch towers (what `db add` relies on)."""
     import json
 
-    from reaudio.engine.engine import Engine, Request
-    from reaudio.engine.manifest import read_manifest
+    from reaudio.engine.bundle.manifest import read_bundle_manifest
+    from reaudio.engine.pipeline import Engine, Request
     from reaudio.models.configs import load_config
     from reaudio.training.cli import main as cli
 
     tok = tmp_path / "tokenizer.json"
     tok.write_text(original.cfg.tokenizer)
     clap = tmp_path / "clap"
-    assert cli(["-q", "import", "laion-clap", str(checkpoint), "--tokenizer", str(tok), "--text-heads", "2",
-                "--out", str(clap)]) == 0  # fmt: skip
-    assert cli(["-q", "db", "build", "--clap", str(clap), "--data", str(tiny_manifest), "--config", "tiny",
-                "--out", str(tmp_path / "db")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "-q",
+                "import",
+                "laion-clap",
+                str(checkpoint),
+                "--tokenizer",
+                str(tok),
+                "--text-heads",
+                "2",
+                "--out",
+                str(clap),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli(
+            [
+                "-q",
+                "db",
+                "build",
+                "--clap",
+                str(clap),
+                "--data",
+                str(tiny_manifest),
+                "--config",
+                "tiny",
+                "--out",
+                str(tmp_path / "db"),
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "ldm"
-    assert cli(["-q", "train", "ldm", "--config", "tiny", "--data", str(tiny_manifest), "--out", str(run),
-                "--steps", "2", "--batch-size", "4", "--vae", str(_tiny_part(tmp_path, "vae")), "--clap", str(clap),
-                "--database", str(tmp_path / "db"), "--vocoder", str(_tiny_part(tmp_path, "vocoder"))]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "-q",
+                "train",
+                "ldm",
+                "--config",
+                "tiny",
+                "--data",
+                str(tiny_manifest),
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--vae",
+                str(_tiny_part(tmp_path, "vae")),
+                "--clap",
+                str(clap),
+                "--database",
+                str(tmp_path / "db"),
+                "--vocoder",
+                str(_tiny_part(tmp_path, "vocoder")),
+            ]
+        )
+        == 0
+    )
     family = json.loads((run / "final" / "family.json").read_text())
     assert family["clap"]["text"]["hidden_size"] == 128 and family["unet"]["film_dim"] == 16
     assert {c["name"]: c["dim"] for c in family["unet"]["contexts"]} == {"retrieved_text": 128, "retrieved_audio": 16}
     bundle = tmp_path / "bundle"
     assert cli(["-q", "export", str(run / "final"), "--out", str(bundle), "--database", str(tmp_path / "db")]) == 0
 
-    manifest = read_manifest(bundle)
+    manifest = read_bundle_manifest(bundle)
     assert manifest.audio_frontend is not None and manifest.audio_frontend.mel.sample_rate == 48000
     assert manifest.stages["audio_encoder"].inputs[0].shape == ("batch", 1001, 64)
     engine = Engine.from_bundle(bundle, backend="cpu")
@@ -316,9 +416,17 @@ def test_numpy_front_end_matches_transformers_clap_feature_extractor(original):
     from transformers import ClapFeatureExtractor
 
     a = original.cfg.audio
-    extractor = ClapFeatureExtractor(feature_size=a.mel_bins, sampling_rate=a.sample_rate, hop_length=a.hop_length,
-                                     fft_window_size=a.n_fft, max_length_s=a.max_seconds, frequency_min=a.fmin,
-                                     frequency_max=a.fmax, truncation="rand_trunc", padding="repeatpad")  # fmt: skip
+    extractor = ClapFeatureExtractor(
+        feature_size=a.mel_bins,
+        sampling_rate=a.sample_rate,
+        hop_length=a.hop_length,
+        fft_window_size=a.n_fft,
+        max_length_s=a.max_seconds,
+        frequency_min=a.fmin,
+        frequency_max=a.fmax,
+        truncation="rand_trunc",
+        padding="repeatpad",
+    )
     rng = np.random.default_rng(3)
     t = np.arange(a.sample_rate * 3) / a.sample_rate
     for wave in (0.1 * rng.standard_normal(len(t)) * np.exp(-t), 0.5 * np.sin(2 * np.pi * 1000 * t)):

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 import torch  # noqa: E402
 
-from reaudio.engine.schedule import NoiseScheduleConfig  # noqa: E402
+from reaudio.engine.denoising.schedule import NoiseScheduleConfig  # noqa: E402
 from reaudio.training.diffusion import Diffusion  # noqa: E402
 from reaudio.training.loudness import loudness_db, normalise_loudness  # noqa: E402
 from reaudio.training.tasks import condition_keep_masks  # noqa: E402
@@ -87,8 +87,12 @@ def test_ema_warms_up_so_a_short_run_keeps_no_trace_of_the_initial_weights(tmp_p
             pass
 
     task = Drift()
-    trainer = Trainer(task, tmp_path / "run", TrainConfig(steps=300, lr=0.05, warmup_steps=0, weight_decay=0.0,
-                                                          ema_decay=0.999, log_every=1000), {})  # fmt: skip
+    trainer = Trainer(
+        task,
+        tmp_path / "run",
+        TrainConfig(steps=300, lr=0.05, warmup_steps=0, weight_decay=0.0, ema_decay=0.999, log_every=1000),
+        {},
+    )
     trainer.run()
     raw = task.w.weight.item()
     ema = trainer.ema["w"].weight.item()
@@ -120,7 +124,7 @@ def test_min_snr_weights_for_v_prediction_divide_by_snr_plus_one():
 
 
 def test_the_exported_step_of_a_v_model_equals_the_step_of_its_noise_estimate():
-    from reaudio.engine.sampler import make_plan
+    from reaudio.engine.denoising.sampler import make_plan
     from reaudio.export.graphs import DenoiserStepGraph
 
     class FixedOutput(torch.nn.Module):
@@ -140,7 +144,14 @@ def test_the_exported_step_of_a_v_model_equals_the_step_of_its_noise_estimate():
     plan = make_plan(NoiseScheduleConfig(prediction_type="v_prediction"), "ddim", 10)
     coefs = torch.tensor(plan.coefs[3], dtype=torch.float32).expand(3, 5)
     alpha, sigma = float(coefs[0, 0]), float(coefs[0, 1])
-    args = (torch.full((3,), int(plan.timesteps[3])), torch.zeros(3, 4), torch.zeros(3, 4), torch.full((3,), 2.5), coefs, torch.zeros_like(x))
+    args = (
+        torch.full((3,), int(plan.timesteps[3])),
+        torch.zeros(3, 4),
+        torch.zeros(3, 4),
+        torch.full((3,), 2.5),
+        coefs,
+        torch.zeros_like(x),
+    )
     nxt_v, x0_v = DenoiserStepGraph(FixedOutput(v_c, v_u), "v_prediction")(x, *args)
     eps = lambda v: sigma * x + alpha * v  # noqa: E731
     nxt_e, x0_e = DenoiserStepGraph(FixedOutput(eps(v_c), eps(v_u)), "epsilon")(x, *args)

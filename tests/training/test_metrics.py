@@ -43,4 +43,11 @@ def test_clap_score_and_buckets():
     t = np.array([[1.0, 0.0], [1.0, 0.0]])
     assert clap_score(a, t) == pytest.approx(0.5)
     assert [frequency_bucket(n) for n in (0, 1, 2, 10, 11, 100, 101)] == [
-        "0 (unseen)", "1", "2–10", "2–10", "11–100", "11–100", ">100"]  # fmt: skip
+        "0 (unseen)",
+        "1",
+        "2–10",
+        "2–10",
+        "11–100",
+        "11–100",
+        ">100",
+    ]

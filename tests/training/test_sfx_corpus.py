@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from reaudio.training.data import read_manifest
+from reaudio.training.data import read_corpus
 from reaudio.training.sfx_captions import CaptionMap, tuxpaint_caption
 from reaudio.training.sfx_corpus import (
     CorpusConfig,
@@ -152,7 +152,7 @@ def test_build_corpus_end_to_end_and_resume(tmp_path):
     assert report["unknown_labels"] == {"0ad-data:zzqx": 1}
     assert report["clips"] == len(rows) == 6
     assert len({r["id"] for r in rows}) == len(rows)
-    assert len(read_manifest(out / "manifest.jsonl")) == 6  # the training side reads it
+    assert len(read_corpus(out / "manifest.jsonl")) == 6  # the training side reads it
 
     # A rerun does no work: no file is rewritten.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "audio").rglob("*.flac")}
@@ -170,19 +170,25 @@ def test_build_corpus_end_to_end_and_resume(tmp_path):
 def test_a_heldout_package_is_kept_out_of_training(tmp_path):
     out = tmp_path / "corpus"
     _fake_packages(out)
-    cfg = CorpusConfig(out=out, sample_rate=RATE, clip_seconds=4.0, packages=("0ad-data", "sonic-pi-samples"),
-                       heldout=("sonic-pi-samples",))  # fmt: skip
+    cfg = CorpusConfig(
+        out=out,
+        sample_rate=RATE,
+        clip_seconds=4.0,
+        packages=("0ad-data", "sonic-pi-samples"),
+        heldout=("sonic-pi-samples",),
+    )
     report = build_corpus(cfg, progress=False)
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {r["split"] for r in rows if r["package"] == "sonic-pi-samples"} == {"heldout"}
     assert "heldout" not in {r["split"] for r in rows if r["package"] == "0ad-data"}
     assert report["splits"]["heldout"] == 1
-    clips = read_manifest(out / "manifest.jsonl")
+    clips = read_corpus(out / "manifest.jsonl")
     assert [c.label for c in clips if c.split == "heldout"] == ["crow"]
     # The held-out set changes with the configuration alone: no rebuild of the journal.
-    build_corpus(CorpusConfig(out=out, sample_rate=RATE, clip_seconds=4.0, packages=cfg.packages, heldout=()),
-                 progress=False)  # fmt: skip
-    assert "heldout" not in {c.split for c in read_manifest(out / "manifest.jsonl")}
+    build_corpus(
+        CorpusConfig(out=out, sample_rate=RATE, clip_seconds=4.0, packages=cfg.packages, heldout=()), progress=False
+    )
+    assert "heldout" not in {c.split for c in read_corpus(out / "manifest.jsonl")}
 
 
 def test_missing_package_needs_apt(tmp_path, monkeypatch):
@@ -202,8 +208,11 @@ def test_missing_package_needs_apt(tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match="(?s)apt-get download hedgewars-data failed.*apt-get update"):
         fetch_package("hedgewars-data", tmp_path, run=fake_run)
     # One `apt-get update` and a second try, then a clear error.
-    assert calls == [["apt-get", "download", "hedgewars-data"], ["apt-get", "update"],
-                     ["apt-get", "download", "hedgewars-data"]]  # fmt: skip
+    assert calls == [
+        ["apt-get", "download", "hedgewars-data"],
+        ["apt-get", "update"],
+        ["apt-get", "download", "hedgewars-data"],
+    ]
 
 
 def test_unknown_package_is_refused(tmp_path):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from reaudio.engine.engine import Engine, Request
+from reaudio.engine.pipeline import Engine, Request
 from reaudio.models.checkpoint import load_checkpoint, save_checkpoint
 from reaudio.models.configs import load_config
 from reaudio.models.system import build_system
@@ -17,8 +17,28 @@ from reaudio.training.database import build_database_from_manifest
 
 
 def _train(model, manifest, out, *extra, steps=30, batch=8, lr="2e-3"):
-    args = ["-q", "train", model, "--config", "tiny", "--data", str(manifest), "--out", str(out), "--steps", str(steps),
-            "--batch-size", str(batch), "--lr", lr, "--warmup-steps", "3", "--log-every", "1", *extra]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        model,
+        "--config",
+        "tiny",
+        "--data",
+        str(manifest),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch),
+        "--lr",
+        lr,
+        "--warmup-steps",
+        "3",
+        "--log-every",
+        "1",
+        *extra,
+    ]
     assert cli(args) == 0
     with open(out / "metrics.csv") as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]
@@ -100,13 +120,28 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_manifest, tmp_path
 
 def test_ldm_learns_and_its_final_folder_exports_and_generates(tiny_manifest, frozen_parts, tmp_path):
     f = frozen_parts
-    losses = _train("ldm", tiny_manifest, tmp_path / "ldm", "--vae", str(f / "vae"), "--clap", str(f / "clap"),
-                    "--database", str(f / "db"), "--vocoder", str(f / "vocoder"), steps=30, lr="2e-3")  # fmt: skip
+    losses = _train(
+        "ldm",
+        tiny_manifest,
+        tmp_path / "ldm",
+        "--vae",
+        str(f / "vae"),
+        "--clap",
+        str(f / "clap"),
+        "--database",
+        str(f / "db"),
+        "--vocoder",
+        str(f / "vocoder"),
+        steps=30,
+        lr="2e-3",
+    )
     assert _mean(losses[-5:]) < 0.85 * _mean(losses[:5])
     config = json.loads((tmp_path / "ldm" / "config.json").read_text())
     assert config["latent_scaling_factor"] > 0 and config["train"]["ema_decay"] == 0.999
     bundle = tmp_path / "bundle"
-    assert cli(["-q", "export", str(tmp_path / "ldm" / "final"), "--out", str(bundle), "--database", str(f / "db")]) == 0
+    assert (
+        cli(["-q", "export", str(tmp_path / "ldm" / "final"), "--out", str(bundle), "--database", str(f / "db")]) == 0
+    )
     (result,) = Engine.from_bundle(bundle, backend="cpu").generate([Request("a short high beep", steps=4)])
     assert result.ok and len(result.neighbours) == 2
 
@@ -152,17 +187,54 @@ def test_ldm_encodes_each_training_clip_once_when_clips_fit_a_window(tiny_manife
 
 def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_manifest, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "reaudio.training", "vae", "--config", "tiny", "--data", str(tiny_manifest), "--out", str(out),
-           "--steps", "4", "--batch-size", "2", "--lr", "1e-3", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "reaudio.training",
+        "vae",
+        "--config",
+        "tiny",
+        "--data",
+        str(tiny_manifest),
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ranks_identical"] is True
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     # Resume across a change of world size: the 2-process run's checkpoint continues in 1 process.
-    resumed = [sys.executable, "-m", "reaudio.training", "vae", "--config", "tiny", "--data", str(tiny_manifest),
-               "--out", str(out), "--steps", "6", "--batch-size", "2", "--lr", "1e-3"]  # fmt: skip
+    resumed = [
+        sys.executable,
+        "-m",
+        "reaudio.training",
+        "vae",
+        "--config",
+        "tiny",
+        "--data",
+        str(tiny_manifest),
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+    ]
     proc = subprocess.run(resumed, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "at step 4" in proc.stderr  # continued, not restarted
@@ -171,11 +243,27 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_manifest, tmp_pat
 
 
 def test_cli_db_build_over_the_train_split(tiny_manifest, frozen_parts, tmp_path):
-    from reaudio.engine.retrieval_db import RetrievalDB
+    from reaudio.engine.retrieval.database import RetrievalDB
 
     out = tmp_path / "db"
-    assert cli(["-q", "db", "build", "--clap", str(frozen_parts / "clap"), "--config", "tiny", "--data",
-                str(tiny_manifest), "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "-q",
+                "db",
+                "build",
+                "--clap",
+                str(frozen_parts / "clap"),
+                "--config",
+                "tiny",
+                "--data",
+                str(tiny_manifest),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     db = RetrievalDB(out)
     assert len(db) == 18 and all(not item["id"].endswith("-3") for item in db.items)  # test clips left out
     assert db.info.provenance["manifest_sha256"] and db.info.provenance["splits"] == ["train"]

@@ -1,0 +1,1 @@
+"""Denoising: the noise schedule, sampler coefficients, and the loops that run the denoiser graph."""

@@ -1,0 +1,1 @@
+"""Jobs on the engine: prompt files, the library, bulk and Ray generation, ranking, audition, bench."""

@@ -1,0 +1,475 @@
+"""A ``reaudio generate`` job and what its two runners (local and Ray) share: the settings, the
+clip plan, the resume check, the preparation of the library and the write of a finished clip."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..audio.postprocess import PostProcess
+from ..audio.tags import ClipTags
+from ..bundle.dataclass_io import to_dict
+from ..bundle.default_model import resolve_bundle
+from ..bundle.manifest import (
+    BUNDLE_MANIFEST,
+    BundleManifest,
+    Licence,
+    read_bundle_manifest,
+    sha256_file,
+)
+from ..pipeline import Engine, Result
+from ..planning import Request
+from .candidates import Ranked
+from .library import Library, check_file_name, check_template
+from .prompts import LIMITS, PromptRow, read_prompt_file, slugify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """Everything ``reaudio generate`` does. A prompt row's own values win over these.
+
+    Attributes:
+        prompts: the prompt file (.txt, .csv, .jsonl).
+        out: the output library folder.
+        bundle: the model bundle (None: the embedded default model).
+        batch_size: clips per batch.
+        steps, guidance, sampler, k, duration: defaults for rows that do not set them
+            (None: the bundle's defaults; see :class:`Request` for the natural duration).
+        retrieval: "caption", "audio" or "hybrid" neighbour search (None: the bundle's).
+        seed: base seed; a row without a seed uses seed + crc32(id), variation v adds v.
+        variations: clips per prompt, for rows that do not set it.
+        audio_format: "wav" or "flac"; subtype: "PCM_16", "PCM_24" or "FLOAT" (wav only).
+        backend, device_id, threads: where to run.
+        precision: "auto", "fp32", "fp16" or "int8" (the CPU's quantised graphs, see ``reaudio quantize``).
+        name_template: file name without extension; fields {id} {slug} {seed} {variation}.
+        postprocess: optional trimming, resampling, loudness target (LUFS) and true-peak ceiling;
+            a row's ``loudness_lufs`` replaces the target for that row.
+        dry_run: print the plan and stop.
+        overwrite: regenerate clips finished with other settings (bundle, seed, steps, guidance,
+            sampler, k, retrieval, format, subtype, sample rate, loudness); without it such a library
+            is refused up front.
+        cuda_graphs: replay the denoising loop as CUDA graphs (backend "cuda").
+        loop: make seamless loops, for rows that do not set ``loop`` (see :class:`Request`).
+        window, overlap: seconds of a denoising window and of the overlap between windows, for
+            clips longer than a window and loops (None: the bundle's).
+        negative_prompt, init_audio, init, strength: defaults for rows that do not set them
+            (see :class:`Request`); ``init_audio`` is a path.
+        audio_root: where the database items' relative audio paths start (``init`` "neighbour").
+        candidates: clips generated per output (different seeds); the one whose CLAP audio
+            embedding is closest to the prompt's is written. keep_candidates: write them all, ranked.
+    """
+
+    prompts: Path
+    out: Path
+    bundle: Path | None = None
+    batch_size: int = 8
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    k: int | None = None
+    duration: float | None = None
+    retrieval: str | None = None
+    seed: int = 0
+    variations: int = 1
+    audio_format: str = "wav"
+    subtype: str = "PCM_16"
+    backend: str = "auto"
+    device_id: int = 0
+    threads: int | None = None
+    precision: str = "auto"
+    name_template: str = "{id}-v{variation}"
+    postprocess: PostProcess = field(default_factory=PostProcess)
+    dry_run: bool = False
+    cuda_graphs: bool = False
+    overwrite: bool = False
+    loop: bool = False
+    window: float | None = None
+    overlap: float | None = None
+    negative_prompt: str | None = None
+    init_audio: Path | None = None
+    init: str | None = None
+    strength: float | None = None
+    audio_root: Path | None = None
+    candidates: int = 1
+    keep_candidates: bool = False
+
+
+@dataclass
+class Clip:
+    row: PromptRow
+    variation: int
+    seed: int
+    key: str
+    file_name: str
+
+
+@dataclass
+class JobSummary:
+    planned: int = 0
+    skipped: int = 0
+    written: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds else 0.0
+
+    @property
+    def real_time_factor(self) -> float:
+        """Audio seconds produced per wall-clock second."""
+        return self.audio_seconds / self.seconds if self.seconds else 0.0
+
+    def describe(self) -> str:
+        text = (
+            f"{self.written} clip(s) written, {self.skipped} already done, {len(self.failed)} failed "
+            f"in {self.seconds:.1f} s ({self.clips_per_second:.2f} clips/s, {self.real_time_factor:.2f}× real time)"
+        )
+        if self.failed:
+            text += "\nfailed: " + ", ".join(self.failed)
+        return text
+
+
+def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
+    check_template(job.name_template)
+    lo, hi = LIMITS["variations"]
+    if isinstance(job.variations, bool) or not isinstance(job.variations, int) or not lo <= job.variations <= hi:
+        raise ValueError(f"--variations {job.variations!r} must be an integer from {lo} to {hi}")
+    lo, hi = LIMITS["candidates"]
+    if isinstance(job.candidates, bool) or not isinstance(job.candidates, int) or not lo <= job.candidates <= hi:
+        raise ValueError(f"--candidates {job.candidates!r} must be an integer from {lo} to {hi}")
+    ext = job.audio_format
+    clips, names = [], {}
+    for row in rows:
+        base = row.seed if row.seed is not None else job.seed + zlib.crc32(row.id.encode()) % 2**31
+        for v in range(row.variations or job.variations):
+            seed = base + v
+            name = job.name_template.format(id=row.id, slug=slugify(row.prompt), seed=seed, variation=v) + f".{ext}"
+            check_file_name(name, job.name_template)
+            key = Library.key(row.id, v)
+            if name in names:
+                raise ValueError(
+                    f"--name-template {job.name_template!r} gives the same file {name!r} to {names[name]} and {key}; "
+                    f"include {{id}} and {{variation}}"
+                )
+            names[name] = key
+            clips.append(Clip(row, v, seed, key, name))
+    return clips
+
+
+def reconcile(job: GenerateJob, clips: list[Clip], bundle: Path, library: Library) -> list[Clip]:
+    """The clips still to generate. A clip counts as done only if its file verifies and it was made
+    with this job's bundle and settings; clips made otherwise stop the job (the message says which
+    and how) unless ``job.overwrite``. Entries of clips to be made again are dropped from the manifest
+    first (not in a dry run), so every key keeps one line."""
+    manifest = read_bundle_manifest(bundle, verify=False)
+    bundle_hash = sha256_file(bundle / BUNDLE_MANIFEST)
+    listed = [c for c in clips if c.key in library.entries]
+    broken = [c for c in listed if not library.is_finished(c.key)]
+    changed: list[tuple[Clip, str]] = []
+    for clip in listed:
+        if clip in broken:
+            continue
+        why = _differences(job, clip, library.entries[clip.key], manifest, bundle_hash)
+        if why:
+            changed.append((clip, why))
+    if changed and not job.overwrite:
+        shown = "; ".join(f"{c.key}: {why}" for c, why in changed[:5])
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise ValueError(
+            f"{job.out}: {len(changed)} finished clip(s) were made with other settings: {shown}{more}; "
+            "rerun with --overwrite to make them again, or use another --out"
+        )
+    if not job.dry_run:
+        library.drop([c.key for c in broken] + [c.key for c, _ in changed])
+    redo = {c.key for c in broken} | {c.key for c, _ in changed}
+    return [c for c in clips if c.key in redo or not library.is_finished(c.key)]
+
+
+def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_hash: str) -> str:
+    """What differs between a finished clip's entry and what this job would make ("" if nothing)."""
+    row, d = clip.row, manifest.defaults
+    k_default = manifest.retrieval.k if manifest.retrieval else 0
+    expected = {
+        "steps": row.steps if row.steps is not None else job.steps if job.steps is not None else d.steps,
+        "guidance": row.guidance
+        if row.guidance is not None
+        else job.guidance
+        if job.guidance is not None
+        else d.guidance,
+        "sampler": row.sampler or job.sampler or d.sampler,
+        "k": row.k if row.k is not None else job.k if job.k is not None else k_default,
+        "format": job.audio_format,
+        "subtype": job.subtype,
+        "resample": job.postprocess.sample_rate,
+        "loudness_lufs": row.loudness_lufs if row.loudness_lufs is not None else job.postprocess.loudness_lufs,
+        "true_peak_db": job.postprocess.true_peak_db,
+        "loop": _loops(job, row),
+        "window": job.window,
+        "overlap": job.overlap,
+        "int8": job.precision == "int8",
+        **_start_settings(job, row, d.strength),
+    }
+    # Entries of libraries written before a setting existed hold its default.
+    settings = {
+        "subtype": "PCM_16",
+        "resample": None,
+        "loudness_lufs": None,
+        "true_peak_db": None,
+        "loop": False,
+        "window": None,
+        "overlap": None,
+        "negative_prompt": None,
+        "init": None,
+        "strength": None,
+        "candidates": 1,
+        "int8": False,
+        **entry.get("settings", {}),
+    }
+    found = [
+        f"{name} {settings.get(name)!r} → {value!r}"
+        for name, value in expected.items()
+        if settings.get(name) != value
+        and not (
+            name == "guidance" and settings.get(name) is not None and abs(float(settings[name]) - float(value)) < 1e-6
+        )
+    ]
+    if job.retrieval and settings.get("retrieval") not in (None, job.retrieval):
+        found.append(f"retrieval {settings.get('retrieval')!r} → {job.retrieval!r}")
+    if entry.get("seed") != clip.seed:
+        found.append(f"seed {entry.get('seed')} → {clip.seed}")
+    if entry.get("bundle_sha256") != bundle_hash:
+        found.append("another bundle")
+    return ", ".join(found)
+
+
+def _loops(job: GenerateJob, row: PromptRow) -> bool:
+    return row.loop if row.loop is not None else job.loop
+
+
+def _start(job: GenerateJob, row: PromptRow) -> tuple[str | None, str | None]:
+    """The row's start clip: (init_audio path, init kind); a row's own wins over the job's."""
+    if row.init_audio is not None or row.init is not None:
+        return row.init_audio, row.init
+    return (str(job.init_audio) if job.init_audio is not None else None), job.init
+
+
+def _start_settings(job: GenerateJob, row: PromptRow, default_strength: float) -> dict:
+    """What a finished clip records of its start clip and ranking (resume keys)."""
+    audio, init = _start(job, row)
+    strength = row.strength if row.strength is not None else job.strength
+    return {
+        "negative_prompt": row.negative_prompt or job.negative_prompt,
+        "init": init or (Path(audio).name if audio else None),
+        "strength": (strength if strength is not None else default_strength) if audio or init else None,
+        "candidates": candidates_for(job, row),
+    }
+
+
+def candidates_for(job: GenerateJob, row: PromptRow) -> int:
+    return row.candidates if row.candidates is not None else job.candidates
+
+
+def request_for(job: GenerateJob, clip: Clip) -> Request:
+    row = clip.row
+    return Request(
+        prompt=row.prompt,
+        duration=row.duration if row.duration is not None else job.duration,
+        seed=clip.seed,
+        steps=row.steps if row.steps is not None else job.steps,
+        guidance=row.guidance if row.guidance is not None else job.guidance,
+        sampler=row.sampler or job.sampler,
+        k=row.k if row.k is not None else job.k,
+        retrieval=job.retrieval,
+        loop=_loops(job, row),
+        window=job.window,
+        overlap=job.overlap,
+        negative_prompt=row.negative_prompt or job.negative_prompt,
+        init_audio=_start(job, row)[0],
+        init=_start(job, row)[1],
+        strength=row.strength if row.strength is not None else job.strength if _any_start(job, row) else None,
+        id=clip.key,
+        variation=clip.variation,
+    )
+
+
+def _any_start(job: GenerateJob, row: PromptRow) -> bool:
+    return any(v is not None for v in _start(job, row))
+
+
+@dataclass(frozen=True)
+class Producer:
+    """What a written clip records of the engine that made it (a local one, or a Ray worker's)."""
+
+    sample_rate: int
+    backend: str
+    licence: Licence | None
+    default_strength: float
+
+    @classmethod
+    def of(cls, engine: Engine) -> Producer:
+        return cls.from_manifest(engine.manifest, engine.backend)
+
+    @classmethod
+    def from_manifest(cls, manifest: BundleManifest, backend: str) -> Producer:
+        return cls(manifest.sample_rate, backend, manifest.licence, manifest.defaults.strength)
+
+
+def write_clip(
+    job: GenerateJob,
+    library: Library,
+    clip: Clip,
+    ranked: Ranked,
+    bundle_hash: str,
+    made_by: Producer,
+    summary: JobSummary,
+) -> None:
+    """Write a finished clip (the best of its candidates; the others too with ``keep_candidates``)
+    with its library entry and tags, counting it in ``summary``; a failed clip is counted as failed."""
+    result = ranked.best
+    if not result.ok:
+        summary.failed.append(f"{clip.key} ({result.error})")
+        return
+    tried = (
+        [
+            {
+                "seed": r.seed,
+                "clap_score": None if s is None else round(s, 5),
+                **({"error": r.error} if r.error else {}),
+            }
+            for r, s in zip(ranked.results, ranked.scores)
+        ]
+        if len(ranked.results) > 1
+        else []
+    )
+    _write_one(job, library, clip, result, bundle_hash, made_by, summary, {"candidates": tried} if tried else {})
+    if job.keep_candidates:
+        stem, ext = clip.file_name.rsplit(".", 1)
+        for n, other in enumerate(ranked.results[1:], start=2):
+            if other.ok:
+                extra = replace(clip, key=f"{clip.key}~c{n}", file_name=f"{stem}-c{n}.{ext}", seed=other.seed)
+                _write_one(job, library, extra, other, bundle_hash, made_by, summary, {"rank": n}, counted=False)
+
+
+def _write_one(
+    job,
+    library: Library,
+    clip: Clip,
+    result: Result,
+    bundle_hash: str,
+    made_by: Producer,
+    summary: JobSummary,
+    extra: dict,
+    counted: bool = True,
+):
+    rate = made_by.sample_rate
+    post = job.postprocess
+    if clip.row.loudness_lufs is not None:
+        post = replace(post, loudness_lufs=clip.row.loudness_lufs)
+    loop = bool(result.request.loop)
+    audio, out_rate, gain_db = post.finish(result.waveform, rate, loop=loop)
+    entry = {
+        "key": clip.key,
+        "id": clip.row.id,
+        "variation": clip.variation,
+        "prompt": clip.row.prompt,
+        "seed": clip.seed,
+        "settings": {
+            "steps": result.steps,
+            "guidance": result.guidance,
+            "sampler": result.sampler,
+            "k": result.k,
+            "retrieval": result.retrieval,
+            "backend": made_by.backend,
+            "format": job.audio_format,
+            "subtype": job.subtype,
+            "resample": post.sample_rate,
+            "loudness_lufs": post.loudness_lufs,
+            "true_peak_db": post.true_peak_db,
+            "loop": loop,
+            "window": job.window,
+            "overlap": job.overlap,
+            "int8": job.precision == "int8",
+            **_start_settings(job, clip.row, made_by.default_strength),
+        },
+        **({"start": {"from": result.init_from, "strength": result.strength}} if result.init_from else {}),
+        "loop": loop,
+        "neighbours": result.neighbours,
+        "bundle_sha256": bundle_hash,
+        **({"licence": to_dict(made_by.licence)} if made_by.licence is not None else {}),
+        "duration_s": len(audio) / out_rate,
+        "sample_rate": out_rate,
+        "gain_db": gain_db,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        **extra,
+    }
+    # No creation date or time in the tags: the same request gives a byte-identical file.
+    tags = ClipTags(
+        loop=loop,
+        title=clip.row.prompt,
+        description=f"{clip.row.prompt} (reaudio, seed {clip.seed})",
+        extra={
+            "id": clip.key,
+            "prompt": clip.row.prompt,
+            "seed": str(clip.seed),
+            "bundle": bundle_hash[:16],
+            "steps": str(result.steps),
+            "guidance": f"{result.guidance:g}",
+            **({"licence": made_by.licence.name} if made_by.licence is not None else {}),
+        },
+    )
+    library.write(clip.file_name, audio, out_rate, entry, tags)
+    if counted:
+        summary.written += 1
+        summary.audio_seconds += len(audio) / out_rate
+
+
+@dataclass
+class PreparedJob:
+    """A job ready to run: its bundle, open library, clips, the ones still to make and their requests."""
+
+    job: GenerateJob
+    bundle: Path
+    library: Library
+    rows: list[PromptRow]
+    clips: list[Clip]
+    todo: list[Clip]
+    requests: list[Request]
+    counts: list[int]  # candidates per clip of ``todo``
+    summary: JobSummary
+    bundle_hash: str
+
+
+@contextmanager
+def prepare_job(job: GenerateJob) -> Iterator[PreparedJob]:
+    """Read and check the prompt file, find the bundle, open (and lock) the library, drop what an
+    interrupted run left half-written, and work out what is still to make; the library stays open
+    for the block."""
+    rows = read_prompt_file(job.prompts)
+    clips = plan_clips(job, rows)
+    bundle = resolve_bundle(job.bundle, echo=lambda message: log.info("%s", message))
+    with Library(job.out, job.audio_format, writable=not job.dry_run, subtype=job.subtype) as library:
+        if not job.dry_run:
+            removed = library.clean_partials()
+            if removed:
+                log.info("removed %d partial file(s) of an interrupted run", removed)
+        todo = reconcile(job, clips, bundle, library)
+        yield PreparedJob(
+            job,
+            bundle,
+            library,
+            rows,
+            clips,
+            todo,
+            [request_for(job, c) for c in todo],
+            [candidates_for(job, c.row) for c in todo],
+            JobSummary(planned=len(clips), skipped=len(clips) - len(todo)),
+            sha256_file(bundle / BUNDLE_MANIFEST),
+        )

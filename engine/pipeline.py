@@ -1,0 +1,432 @@
+"""The Python API, ``Engine.from_bundle(...).generate(requests)``: conditions, denoising, decoding."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .audio.frontend import log_mel
+from .audio.init_audio import encode_latents, fit_to, read_init_audio
+from .audio.postprocess import trim_tail
+from .bundle.manifest import BundleManifest, read_bundle_manifest
+from .denoising.denoisers import Denoiser, Fp32Retry, choose_denoiser
+from .denoising.sampler import initial_noise, make_plan, noised_start
+from .denoising.windowed import WINDOWS_PER_CALL, decode_windowed, denoise_windowed
+from .denoising.windows import plan_decode
+from .planning import Planner, Request, Resolved, text_embeddings
+from .retrieval.database import RetrievalDB
+from .stages.backends import make_runners, open_backend, stage_file
+from .stages.text_tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    """A generated clip (``waveform`` None and ``error`` set when it failed)."""
+
+    request: Request
+    waveform: np.ndarray | None
+    sample_rate: int
+    seed: int
+    steps: int
+    guidance: float
+    sampler: str
+    k: int
+    retrieval: str = ""
+    neighbours: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    strength: float = 1.0
+    init_from: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Engine:
+    """A loaded bundle on one backend.
+
+    Safe to share between threads for generation: onnxruntime sessions are
+    thread-safe and a call keeps its state on its own stack. Changing the
+    retrieval database (``reaudio db add``) is not seen by a running engine;
+    load it again afterwards.
+    """
+
+    def __init__(
+        self,
+        bundle: Path,
+        manifest: BundleManifest,
+        backend: str,
+        device_id: int,
+        runners: dict,
+        cuda_graphs: bool = False,
+        verify: bool = True,
+        audio_root: str | Path | None = None,
+        precision: str = "auto",
+    ) -> None:
+        self.bundle = bundle
+        #: What the runners compute in: "auto" (fp16 graphs on GPU backends), "fp32", "fp16" or "int8".
+        self.precision = precision
+        self.manifest = manifest
+        self.backend = backend
+        self.device_id = device_id
+        self.runners = runners
+        self.tokenizer = TextTokenizer.from_file(bundle / manifest.tokenizer.file, manifest.tokenizer.max_length)
+        self.db = RetrievalDB(bundle / manifest.retrieval.folder, verify=verify) if manifest.retrieval else None
+        self._empty_prompt: np.ndarray | None = None
+        #: Defaults, validation and batching of requests (shared with the jobs).
+        self.planner = Planner(bundle, manifest, self.db, self.embed_text, audio_root)
+        graphs = None
+        if cuda_graphs and backend == "cuda":
+            from .denoising.cuda_graphs import CudaGraphDenoiser
+
+            spec = manifest.stages["denoiser"]
+            path = bundle / stage_file(spec, backend, precision)
+            shapes = {i.name: list(i.shape) for i in spec.inputs}
+            graphs = CudaGraphDenoiser(str(path), device_id, runners["denoiser"].input_dtypes, input_shapes=shapes)
+        elif cuda_graphs:
+            raise ValueError(
+                f"--cuda-graphs needs backend 'cuda' (this engine runs on {backend!r}); "
+                "pass --backend cuda on a machine with onnxruntime-gpu, or leave out --cuda-graphs"
+            )
+        #: How the denoising loop runs on this backend (chosen here, once).
+        self.denoiser: Denoiser = choose_denoiser(backend, runners, device_id, graphs)
+        #: fp32 on the CPU for clips that come out non-finite in reduced precision; None at fp32.
+        self.fp32_retry = (
+            Fp32Retry(lambda: make_runners(bundle, manifest, "cpu", precision="fp32"))
+            if self._reduced_precision()
+            else None
+        )
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        backend: str = "auto",
+        device_id: int = 0,
+        threads: int | None = None,
+        precision: str = "auto",
+        verify: bool = True,
+        cuda_graphs: bool = False,
+        audio_root: str | Path | None = None,
+    ) -> Engine:
+        """Load a bundle folder; ``backend`` is "auto", "cpu", "cuda", "tensorrt" or "trt-native".
+
+        ``cuda_graphs`` replays the denoising loop as CUDA graphs (backend "cuda" only).
+        ``audio_root``: the folder the database items' relative audio paths start from (the
+        embedded default model's: a corpus built by ``reaudio data build-sfx``).
+        """
+        bundle = Path(path)
+        manifest = read_bundle_manifest(bundle, verify=verify)
+        chosen, runners = open_backend(bundle, manifest, backend, device_id, threads, precision)
+        log.info("loaded %s (%s, %s) on %s", bundle, manifest.name, manifest.family, chosen)
+        return cls(
+            bundle,
+            manifest,
+            chosen,
+            device_id,
+            runners,
+            cuda_graphs=cuda_graphs,
+            verify=verify,
+            audio_root=audio_root,
+            precision=precision,
+        )
+
+    @property
+    def audio_root(self) -> Path | None:
+        """Where the database items' relative ``audio`` paths start (neighbour-seeded generation)."""
+        return self.planner.audio_root
+
+    @audio_root.setter
+    def audio_root(self, folder: str | Path | None) -> None:
+        self.planner.audio_root = Path(folder) if folder is not None else None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.manifest.sample_rate
+
+    @property
+    def licence(self):
+        """The source weights' :class:`~reaudio.engine.bundle.manifest.Licence`, or None when not recorded."""
+        return self.manifest.licence
+
+    # -- encoders ---------------------------------------------------------------------
+
+    def embed_text(self, texts: list[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CLAP text embeddings (N, E), token features (N, L, H) and mask (N, L)."""
+        return text_embeddings(self.tokenizer, self.runners["text_encoder"], texts, length)
+
+    def encode_audio(self, waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """CLAP audio embeddings (N, E) and pooled audio tokens (N, M, D) of mono clips at the bundle's rate."""
+        if "audio_encoder" not in self.runners:
+            raise ValueError(f"{self.bundle}: this bundle has no audio encoder (an imported model without our CLAP)")
+        embs, tokens = [], []
+        front = self.manifest.audio_frontend
+        for wav in waveforms:
+            mel = (front.features(wav, self.sample_rate) if front else log_mel(wav, self.manifest.mel))[None]
+            e, t = self.runners["audio_encoder"].run({"mel": mel})
+            embs.append(e[0])
+            tokens.append(t[0])
+        return np.stack(embs), np.stack(tokens)
+
+    def encode_latents(self, waveforms: list[np.ndarray], frames: int) -> np.ndarray:
+        """Scaled VAE latents (N, C, frames, F) of mono clips at the bundle's rate, each cut or
+        padded to ``frames`` latent frames and brought to the level the model trained at."""
+        if "vae_encoder" not in self.runners:
+            raise ValueError(
+                f"{self.bundle}: this bundle has no VAE encoder (vae_encoder stage), so clips cannot "
+                "enter its latent space; export the model again with this reaudio (from a VAE with its encoder)"
+            )
+        window = self.planner.seconds_to_frames(self.manifest.defaults.window_seconds)
+        return encode_latents(
+            self.runners["vae_encoder"], self.manifest.mel, waveforms, frames, self._per_frame, chunk=window
+        )
+
+    @property
+    def _per_frame(self) -> int:
+        return self.manifest.latent.downsample * self.manifest.mel.hop_length
+
+    # -- generation -------------------------------------------------------------------
+
+    def generate(self, requests: Iterable[Request], batch_size: int = 8) -> list[Result]:
+        """Generate every request; results in request order."""
+        requests = list(requests)
+        results: list[Result | None] = [None] * len(requests)
+        for index, result in self._stream(requests, batch_size):
+            results[index] = result
+        return results  # type: ignore[return-value]
+
+    def stream(self, requests: Iterable[Request], batch_size: int = 8) -> Iterator[Result]:
+        """Yield results as their batches finish (grouped by shape, so not in request order)."""
+        for _, result in self._stream(list(requests), batch_size):
+            yield result
+
+    def stream_indexed(self, requests: Iterable[Request], batch_size: int = 8) -> Iterator[tuple[int, Result]]:
+        """:meth:`stream`, each result with its request's index."""
+        yield from self._stream(list(requests), batch_size)
+
+    def resolve(self, request: Request, index: int = 0) -> Resolved:
+        """One request with its defaults filled in and validated (see :meth:`Planner.resolve`)."""
+        return self.planner.resolve(request, index)
+
+    def resolve_all(self, requests: list[Request]) -> list[Resolved]:
+        """Defaults filled in and every request validated (``ValueError`` names the request and field)."""
+        return self.planner.resolve_all(requests)
+
+    def plan_batches(self, requests: list[Request], batch_size: int) -> list[list[int]]:
+        """Indices of ``requests`` per batch, as :meth:`stream` runs them (see :meth:`Planner.plan_batches`)."""
+        return self.planner.plan_batches(requests, batch_size)
+
+    @property
+    def default_retrieval(self) -> str:
+        return self.planner.default_retrieval
+
+    def neighbour_audio(self, item: dict) -> Path:
+        return self.planner.neighbour_audio(item)
+
+    def _stream(self, requests: list[Request], batch_size: int) -> Iterator[tuple[int, Result]]:
+        resolved = self.planner.resolve_all(requests)  # all errors before any work
+        batches = self.planner.batches(resolved, batch_size)
+        if not batches:
+            return
+        # Conditioning (tokenise, text encoder, retrieval) of batch n+1 overlaps the
+        # denoising of batch n; onnxruntime releases the GIL while it runs.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reaudio-prep") as pool:
+            pending = pool.submit(self._conditions, batches[0])
+            for n, batch in enumerate(batches):
+                conditions, neighbours, prep_s = pending.result()
+                if n + 1 < len(batches):
+                    pending = pool.submit(self._conditions, batches[n + 1])
+                yield from self._run_batch(batch, conditions, neighbours, prep_s)
+
+    def _conditions(self, batch: list[Resolved]) -> tuple[dict[str, np.ndarray], list[list[dict]], float]:
+        start = time.perf_counter()
+        film, _, _ = self.embed_text([r.request.prompt for r in batch])
+        conditions = {
+            "film": film,
+            "uncond_film": self._uncond_film(batch, film),
+            "guidance": np.array([r.guidance for r in batch], np.float32),
+        }
+        neighbours: list[list[dict]] = [[] for _ in batch]
+        spec = self.manifest.retrieval
+        if spec:
+            gathered, neighbours = self.db.retrieve(film, [r.k for r in batch], [r.retrieval for r in batch])
+            if "retrieved_text" in spec.contexts:
+                conditions["retrieved_text"] = gathered.caption_tokens
+                conditions["retrieved_text_mask"] = gathered.caption_mask
+            if "retrieved_audio" in spec.contexts:
+                conditions["retrieved_audio"] = gathered.audio_tokens
+                conditions["retrieved_audio_mask"] = gathered.audio_mask
+        return conditions, neighbours, time.perf_counter() - start
+
+    def _uncond_film(self, batch: list[Resolved], film: np.ndarray) -> np.ndarray:
+        if self.manifest.null_condition == "zeros":
+            uncond = np.zeros_like(film)
+        else:
+            if self._empty_prompt is None:  # the same for every batch: encode it once
+                self._empty_prompt = self.embed_text([""])[0]
+            uncond = np.repeat(self._empty_prompt, len(batch), axis=0)
+        negatives = [(i, r.request.negative_prompt) for i, r in enumerate(batch) if r.request.negative_prompt]
+        if negatives:
+            emb = self.embed_text([text for _, text in negatives])[0]
+            for (i, _), row in zip(negatives, emb):
+                uncond[i] = row
+        return uncond
+
+    def _initial_latents(self, batch: list[Resolved], plan=None) -> np.ndarray:
+        """Each clip's starting latent: its seed's noise, or its start clip noised to the plan's first step."""
+        c, f = self.manifest.latent.channels, self.manifest.latent.freq
+        out = []
+        starts = [i for i, r in enumerate(batch) if r.init_source is not None and r.strength < 1.0]
+        waves = [
+            fit_to(
+                read_init_audio(batch[i].init_source, self.sample_rate, f"request {batch[i].index}"), batch[i].samples
+            )
+            for i in starts
+        ]
+        clean = self.encode_latents(waves, batch[0].frames) if starts else []
+        for i, r in enumerate(batch):
+            if r.request.initial_latent is not None:
+                out.append(np.asarray(r.request.initial_latent, dtype=np.float32))
+                continue
+            noise = initial_noise(r.request.seed, (c, r.frames, f))
+            out.append(noised_start(plan, clean[starts.index(i)], noise) if i in starts else noise)
+        return np.stack(out)
+
+    def _denoise(self, denoiser: Denoiser, batch: list[Resolved], conditions: dict) -> np.ndarray:
+        plan = make_plan(self.manifest.schedule, batch[0].sampler, batch[0].steps, batch[0].strength)
+        latent = self._initial_latents(batch, plan)
+        if not len(plan):  # a strength too small for one step: the start clip as encoded
+            return latent
+        if batch[0].windowed:
+            # Host loop over windows on every backend: a window's graph call is the unit of work.
+            windows = batch[0].windows()
+            frame_s = self.manifest.latent.downsample * self.manifest.mel.hop_length / self.sample_rate
+            log.info(
+                "%d clip(s) of %.1f s%s: %d windows of %.1f s each, %d steps",
+                len(batch),
+                batch[0].samples / self.sample_rate,
+                " (loop)" if batch[0].loop else "",
+                len(windows),
+                batch[0].window * frame_s,
+                len(plan),
+            )
+            every = max(1, len(plan) // 5)
+
+            def on_step(done: int, steps: int) -> None:
+                if len(windows) * len(batch) > WINDOWS_PER_CALL and (done % every == 0 or done == steps):
+                    log.info("… step %d of %d", done, steps)
+
+            return denoise_windowed(
+                denoiser.runner,
+                plan,
+                latent,
+                conditions,
+                windows,
+                per_call=max(WINDOWS_PER_CALL, len(batch)),
+                on_step=on_step,
+            )
+        return denoiser(plan, latent, conditions)
+
+    def _decode(self, decoder, batch: list[Resolved], latent: np.ndarray) -> np.ndarray:
+        r = batch[0]
+        if not r.windowed:
+            return decoder.run({"latent": latent})[0]
+        # Decoder windows span the denoising window; their context is half the overlap.
+        plan = plan_decode(r.frames, r.window, max(1, r.overlap // 2), circular=r.loop)
+        return decode_windowed(decoder, latent, plan, self.manifest.latent.downsample * self.manifest.mel.hop_length)
+
+    def _run_batch(self, batch, conditions, neighbours, prep_s) -> Iterator[tuple[int, Result]]:
+        t0 = time.perf_counter()
+        try:
+            latent = self._denoise(self.denoiser, batch, conditions)
+            t1 = time.perf_counter()
+            audio = self._decode(self.runners["decoder"], batch, latent)
+        except (RuntimeError, MemoryError) as exc:  # onnxruntime's allocation failures among them
+            # One batch that cannot run (too long for this machine's memory, say) fails only its clips.
+            log.error(
+                "a batch of %d clip(s) of %.1f s failed: %s",
+                len(batch),
+                batch[0].samples / self.sample_rate,
+                str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
+            )
+            for i, r in enumerate(batch):
+                yield (
+                    r.index,
+                    Result(
+                        request=r.request,
+                        waveform=None,
+                        sample_rate=self.sample_rate,
+                        seed=r.request.seed,
+                        steps=r.steps,
+                        guidance=r.guidance,
+                        sampler=r.sampler,
+                        k=r.k,
+                        retrieval=r.retrieval,
+                        neighbours=neighbours[i],
+                        strength=r.strength,
+                        init_from=r.init_from,
+                        error=f"the batch failed: {str(exc)[:200] or type(exc).__name__}",
+                    ),
+                )
+            return
+        t2 = time.perf_counter()
+        for i, r in enumerate(batch):
+            wav = audio[i, : r.samples]
+            error = None
+            if not np.isfinite(wav).all():
+                wav, error = self._retry_fp32(r, conditions, i)
+            if error is None and r.natural:
+                wav = trim_tail(wav, self.sample_rate)
+            timings = {
+                "prepare_s": prep_s / len(batch),
+                "denoise_s": (t1 - t0) / len(batch),
+                "decode_s": (t2 - t1) / len(batch),
+            }
+            yield (
+                r.index,
+                Result(
+                    request=r.request,
+                    waveform=None if error else np.ascontiguousarray(wav, dtype=np.float32),
+                    sample_rate=self.sample_rate,
+                    seed=r.request.seed,
+                    steps=r.steps,
+                    guidance=r.guidance,
+                    sampler=r.sampler,
+                    k=r.k,
+                    retrieval=r.retrieval,
+                    neighbours=neighbours[i],
+                    timings=timings,
+                    error=error,
+                    strength=r.strength,
+                    init_from=r.init_from,
+                ),
+            )
+
+    def _reduced_precision(self) -> bool:
+        """True when some stage runs a graph other than its fp32 one."""
+        if self.backend == "trt-native":
+            return True
+        return any(stage_file(s, self.backend, self.precision) != s.file for s in self.manifest.stages.values())
+
+    def _retry_fp32(self, r: Resolved, conditions: dict, i: int) -> tuple[np.ndarray | None, str | None]:
+        """One retry of a non-finite clip with the fp32 graphs on CPU; else a reported failure."""
+        if self.fp32_retry is None:
+            log.warning("clip %s came out non-finite; not written", r.request.id or r.index)
+            return None, "non-finite audio (NaN/inf) from the model"
+        single = {k: v[i : i + 1] for k, v in conditions.items()}
+        latent = self._denoise(self.fp32_retry.denoiser, [r], single)
+        audio = self._decode(self.fp32_retry.runners["decoder"], [r], latent)
+        wav = audio[0, : r.samples]
+        if np.isfinite(wav).all():
+            log.warning("clip %s was non-finite in reduced precision; regenerated in fp32", r.request.id or r.index)
+            return wav, None
+        return None, "non-finite audio (NaN/inf), also after an fp32 retry"

@@ -1,0 +1,434 @@
+"""Planning requests from the bundle's manifest: defaults, validation, durations and batches.
+
+No ONNX session is needed to plan, except the text encoder when neighbours decide a
+clip's length or start (natural durations, ``init="neighbour"``); it is opened then,
+on first use. The local job, the Ray driver and :class:`~reaudio.engine.Engine` share
+this one planner, so the batches they form are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audio.init_audio import check_init_audio
+from .bundle.manifest import BundleManifest, read_bundle_manifest
+from .denoising.sampler import SAMPLERS
+from .denoising.windows import WindowPlan, plan_windows
+from .retrieval.database import RetrievalDB
+
+INIT_KINDS = ("neighbour",)
+LIMITS = {
+    "duration": (0.1, 600.0),
+    "steps": (1, 1000),
+    "guidance": (0.0, 50.0),
+    "k": (0, 64),
+    "variations": (1, 1000),
+    "seed": (0, 2**63 - 1),
+    "loudness_lufs": (-70.0, 0.0),
+    "candidates": (1, 16),
+}
+#: Text prompts in, (CLAP embeddings, token features, mask) out: the text encoder stage.
+EmbedText = Callable[[list[str]], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass(eq=False)
+class Request:
+    """One clip to generate; None fields take the bundle's defaults.
+
+    Attributes:
+        prompt: the text prompt.
+        duration: seconds of audio. None: the bundle's default, or, for a bundle whose
+            database records clip durations and a request with k > 0, the median duration of
+            the neighbours (clamped to the training length), with trailing near-silence trimmed.
+        seed: seeds the initial noise (``numpy.random.PCG64(seed)``).
+        steps: denoising steps.
+        guidance: classifier-free guidance scale (1.0: conditional only).
+        sampler: "ddim" or "dpmpp-2m".
+        k: neighbours retrieved (0: none); ignored by bundles without retrieval.
+        retrieval: how the prompt finds neighbours: "caption", "audio" or "hybrid" (None:
+            the bundle's default; a database offers the modes whose keys it holds).
+        initial_latent: explicit initial noise (C, T, F) instead of the seeded one, to
+            compare with other implementations; fixes the duration to its frames and, unless
+            ``window`` or ``loop`` is set, generates in one shot as other implementations do.
+        negative_prompt: steer away from this text: its embedding replaces the null
+            condition in the unconditional half of guidance.
+        loop: make a seamless loop: the clip's end continues into its start (denoised and
+            decoded with windows that wrap around); its tail is never trimmed.
+        window, overlap: seconds one denoising window spans and neighbouring windows share
+            (None: the bundle's). A clip longer than the window, or a loop, is denoised window
+            by window and decoded the same way, so memory depends on the window, not the clip.
+        init_audio: start from this clip (a path, or mono samples at the bundle's rate) instead
+            of noise: audio-to-audio (SDEdit). The clip's duration is the input's unless given.
+            Needs a bundle with a ``vae_encoder`` stage.
+        init: "neighbour": start from the top retrieved clip's audio (its duration unless
+            given); the database's items must reach their audio (see ``Planner.audio_root``).
+        strength: how far from the start clip the result may move, in (0, 1] (None: the
+            bundle's default, 0.6): the last ``int(steps · strength)`` steps run from the clip
+            noised to that level; 1.0 ignores the clip (plain generation from the seed's noise).
+        id, variation: labels carried into the result.
+    """
+
+    prompt: str
+    duration: float | None = None
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    k: int | None = None
+    retrieval: str | None = None
+    initial_latent: np.ndarray | None = None
+    negative_prompt: str | None = None
+    loop: bool = False
+    window: float | None = None
+    overlap: float | None = None
+    init_audio: np.ndarray | str | Path | None = None
+    init: str | None = None
+    strength: float | None = None
+    id: str | None = None
+    variation: int = 0
+
+
+@dataclass
+class Resolved:
+    """A request with its defaults filled in and its sizes in samples and latent frames."""
+
+    index: int
+    request: Request
+    samples: int
+    frames: int
+    steps: int
+    guidance: float
+    sampler: str
+    k: int
+    retrieval: str = ""
+    natural: bool = False  # the duration came from the neighbours: trim the tail
+    loop: bool = False
+    window: int = 0  # frames
+    overlap: int = 0  # frames
+    strength: float = 1.0  # < 1: denoised from init_source
+    init_source: np.ndarray | Path | str | None = None  # read when its batch runs, not before
+    init_from: str = ""  # where init_source came from: "audio" or the neighbour's id
+
+    def windows(self) -> WindowPlan:
+        return plan_windows(self.frames, self.window, self.overlap, circular=self.loop)
+
+    @property
+    def windowed(self) -> bool:
+        return self.loop or self.frames > self.window
+
+
+class Planner:
+    """Requests → :class:`Resolved` requests → batches, for one bundle.
+
+    ``embed_text`` is called only to look up neighbours before generation (see the module
+    docstring); ``audio_root`` is where the database's relative audio paths start.
+    """
+
+    def __init__(
+        self,
+        bundle: Path,
+        manifest: BundleManifest,
+        db: RetrievalDB | None,
+        embed_text: EmbedText,
+        audio_root: str | Path | None = None,
+    ) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = manifest
+        self.db = db
+        self._embed_text = embed_text
+        self.audio_root = Path(audio_root) if audio_root is not None else None
+
+    @classmethod
+    def for_bundle(
+        cls, bundle: str | Path, audio_root: str | Path | None = None, verify: bool = True, threads: int | None = 1
+    ) -> Planner:
+        """A planner that reads the manifest and database only; the text encoder is loaded (on the
+        CPU) the first time neighbours must be looked up."""
+        bundle = Path(bundle)
+        manifest = read_bundle_manifest(bundle, verify=verify)
+        db = RetrievalDB(bundle / manifest.retrieval.folder, verify=verify) if manifest.retrieval else None
+        return cls(bundle, manifest, db, _LazyTextEncoder(bundle, manifest, threads), audio_root)
+
+    @property
+    def _per_frame(self) -> int:
+        return self.manifest.latent.downsample * self.manifest.mel.hop_length
+
+    def resolve(
+        self,
+        request: Request,
+        index: int = 0,
+        natural_duration: float | None = None,
+        neighbour_init: tuple[str, Path] | None = None,
+    ) -> Resolved:
+        """Fill defaults and validate one request (``ValueError`` names the field).
+
+        ``natural_duration`` replaces the bundle's default duration, ``neighbour_init`` (id, audio
+        path) is the clip an ``init="neighbour"`` request starts from (see :meth:`resolve_all`).
+        """
+        d = self.manifest.defaults
+        if not isinstance(request.prompt, str) or not request.prompt.strip():
+            raise ValueError(f"request {index}: prompt must be a non-empty string")
+        steps = d.steps if request.steps is None else int(request.steps)
+        guidance = d.guidance if request.guidance is None else float(request.guidance)
+        sampler = request.sampler or d.sampler
+        k = 0
+        if self.manifest.retrieval:
+            k = self.manifest.retrieval.k if request.k is None else int(request.k)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"request {index}: sampler={sampler!r}; valid: {', '.join(SAMPLERS)}")
+        retrieval = ""
+        if self.manifest.retrieval:
+            retrieval = request.retrieval or self.default_retrieval
+            if retrieval not in self.db.info.modes:
+                raise ValueError(
+                    f"request {index}: retrieval={retrieval!r}; this bundle's database offers "
+                    f"{', '.join(self.db.info.modes)}"
+                )
+        for name, value in (("steps", steps), ("guidance", guidance), ("k", k)):
+            lo, hi = LIMITS[name]
+            if not lo <= value <= hi:
+                raise ValueError(f"request {index}: {name}={value} out of range {lo}..{hi}")
+        if isinstance(request.seed, bool) or not isinstance(request.seed, (int, np.integer)):
+            raise ValueError(f"request {index}: seed={request.seed!r} must be an integer in 0..2**63-1")
+        if not 0 <= request.seed < 2**63:
+            raise ValueError(f"request {index}: seed={request.seed} must be in 0..2**63-1")
+        strength, init_source, init_seconds, init_from = self._resolve_init(request, index, k, neighbour_init)
+        if request.init_audio is not None and request.duration is None:
+            natural_duration = init_seconds
+        mel, latent = self.manifest.mel, self.manifest.latent
+        if request.initial_latent is not None:
+            shape = request.initial_latent.shape
+            if len(shape) != 3 or shape[0] != latent.channels or shape[2] != latent.freq:
+                raise ValueError(
+                    f"request {index}: initial_latent shape {shape}; expected ({latent.channels}, T, {latent.freq})"
+                )
+            frames = shape[1]
+            samples = frames * latent.downsample * mel.hop_length
+        else:
+            duration = d.duration if request.duration is None else float(request.duration)
+            if request.duration is None and natural_duration is not None:
+                duration = natural_duration
+            lo, hi = LIMITS["duration"]
+            if not lo <= duration <= hi:
+                raise ValueError(f"request {index}: duration={duration} out of range {lo}..{hi} s")
+            samples = round(duration * mel.sample_rate)
+            # Enough latent frames that the decoded waveform covers every requested sample.
+            frames = -(-samples // (latent.downsample * mel.hop_length))
+        natural = (
+            natural_duration is not None
+            and request.duration is None
+            and request.initial_latent is None
+            and request.init_audio is None
+        )
+        window, overlap = self._window_frames(request, index)
+        if request.initial_latent is not None and request.window is None and not request.loop:
+            window = max(window, frames)
+        if request.loop:  # the loop's period is the whole latent: round up to a whole latent frame
+            samples = frames * latent.downsample * mel.hop_length
+        return Resolved(
+            index,
+            request,
+            samples,
+            frames,
+            steps,
+            guidance,
+            sampler,
+            k,
+            retrieval,
+            natural and not request.loop,
+            bool(request.loop),
+            window,
+            overlap,
+            strength,
+            init_source,
+            init_from,
+        )
+
+    def _resolve_init(
+        self, request: Request, index: int, k: int, neighbour_init: tuple[str, Path] | None
+    ) -> tuple[float, object, float, str]:
+        """Strength, start clip (path or samples), its seconds and its origin of a request
+        (1.0, None, 0.0, "" when it starts from noise). Files are checked here, read when their batch runs."""
+        where = f"request {index}"
+        if request.init is not None and request.init not in INIT_KINDS:
+            raise ValueError(f"{where}: init={request.init!r}; valid: {', '.join(INIT_KINDS)} (or init_audio=PATH)")
+        if request.init is not None and request.init_audio is not None:
+            raise ValueError(f"{where}: give init_audio or init, not both")
+        if request.init is None and request.init_audio is None:
+            if request.strength is not None:
+                raise ValueError(f"{where}: strength={request.strength} needs init_audio or init=neighbour")
+            return 1.0, None, 0.0, ""
+        if request.initial_latent is not None:
+            raise ValueError(f"{where}: initial_latent and init_audio/init exclude each other")
+        strength = self.manifest.defaults.strength if request.strength is None else float(request.strength)
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"{where}: strength={strength} must be in (0, 1] (1.0: ignore the start clip)")
+        if "vae_encoder" not in self.manifest.stages:
+            raise ValueError(
+                f"{where}: {self.bundle} has no VAE encoder (vae_encoder stage), so it cannot start "
+                "from a clip; export the model again with this reaudio (from a VAE with its encoder)"
+            )
+        if request.init_audio is not None:
+            seconds = check_init_audio(request.init_audio, self.manifest.sample_rate, where, LIMITS["duration"])
+            return strength, request.init_audio, seconds, "audio"
+        if k < 1:
+            raise ValueError(f"{where}: init=neighbour needs retrieval (k >= 1; this request has k={k})")
+        if neighbour_init is None:
+            raise ValueError(f"{where}: init=neighbour: the database found no neighbour for this prompt")
+        item_id, path = neighbour_init
+        return strength, path, 0.0, item_id
+
+    def _window_frames(self, request: Request, index: int) -> tuple[int, int]:
+        """The request's denoising window and overlap in latent frames."""
+        d = self.manifest.defaults
+        if not isinstance(request.loop, (bool, np.bool_)):
+            raise ValueError(f"request {index}: loop={request.loop!r} must be true or false")
+        window = d.window_seconds if request.window is None else float(request.window)
+        overlap = (
+            (d.overlap_seconds if request.window is None else window / 4)
+            if request.overlap is None
+            else float(request.overlap)
+        )
+        lo, hi = LIMITS["duration"]
+        if not lo <= window <= hi:
+            raise ValueError(f"request {index}: window={window} s out of range {lo}..{hi} s")
+        if not 0 <= overlap <= window / 2:
+            raise ValueError(f"request {index}: overlap={overlap} s must be in 0..{window / 2:g} s (half the window)")
+        frames = self.seconds_to_frames(window)
+        return frames, min(frames // 2, round(overlap * self.manifest.sample_rate / self._per_frame))
+
+    def seconds_to_frames(self, window: float) -> int:
+        """A window's latent frames, counted like a clip's, so a clip of the window's length is one window."""
+        return max(2, -(-round(window * self.manifest.sample_rate) // self._per_frame))
+
+    @property
+    def default_retrieval(self) -> str:
+        """The bundle's retrieval mode ("text", the legacy name, is "caption")."""
+        key = self.manifest.retrieval.key if self.manifest.retrieval else ""
+        return {"text": "caption"}.get(key, key) or self.db.info.default_mode
+
+    def resolve_all(self, requests: list[Request]) -> list[Resolved]:
+        """:meth:`resolve` for every request, with natural durations and start neighbours looked up in one batch."""
+        natural, starts = self._natural_durations(requests)
+        return [self.resolve(r, i, natural.get(i), starts.get(i)) for i, r in enumerate(requests)]
+
+    def neighbour_audio(self, item: dict) -> Path:
+        """The audio file of a database item (``ValueError`` when the database cannot reach it)."""
+        audio = item.get("audio")
+        if not audio:
+            raise ValueError(
+                f"database item {item.get('id')!r} records no audio file (databases built before "
+                "items recorded their audio list clips without it; `db add` the clips again)"
+            )
+        path = Path(audio)
+        if not path.is_absolute():
+            if self.audio_root is None:
+                raise ValueError(
+                    f"database item {item.get('id')!r}: its audio {audio!r} is relative to a corpus "
+                    "folder; pass --audio-root (the embedded default model's corpus: "
+                    "`reaudio data build-sfx --out DIR`)"
+                )
+            path = self.audio_root / path
+        if not path.is_file():
+            raise ValueError(f"database item {item.get('id')!r}: audio file {path} not found")
+        return path
+
+    def _natural_durations(self, requests: list[Request]) -> tuple[dict[int, float], dict[int, tuple[str, Path]]]:
+        """Median duration of each eligible request's neighbours, clamped to the training length;
+        for ``init="neighbour"`` requests the top neighbour's duration, and its (id, audio file)."""
+        if not self.manifest.retrieval or not len(self.db):
+            return {}, {}
+        k_default = self.manifest.retrieval.k
+        durations = "duration" in self.db.items[0]
+        todo = [
+            i
+            for i, r in enumerate(requests)
+            if (
+                r.init == "neighbour"
+                or durations
+                and r.duration is None
+                and r.initial_latent is None
+                and r.init_audio is None
+            )
+            and isinstance(r.k, (int, type(None)))
+            and (k_default if r.k is None else r.k) > 0
+            and isinstance(r.prompt, str)
+            and r.prompt.strip()
+        ]
+        if not todo:
+            return {}, {}
+        film, _, _ = self._embed_text([requests[i].prompt for i in todo])
+        longest = self.manifest.defaults.duration
+        out: dict[int, float] = {}
+        starts: dict[int, tuple[str, Path]] = {}
+        modes = [requests[i].retrieval or self.default_retrieval for i in todo]
+        for mode in sorted(set(modes)):
+            if mode not in self.db.info.modes:
+                continue  # resolve() reports it
+            sel = [j for j, m in enumerate(modes) if m == mode]
+            ks = [k_default if requests[todo[j]].k is None else int(requests[todo[j]].k) for j in sel]
+            rows = self.db.search(film[sel], max(ks), mode=mode)
+            for j, k, row in zip(sel, ks, rows):
+                request = requests[todo[j]]
+                found = [float(self.db.items[r].get("duration", longest)) for r in row[:k] if r >= 0]
+                if request.init == "neighbour" and found:
+                    item = self.db.items[row[0]]
+                    try:
+                        starts[todo[j]] = (item["id"], self.neighbour_audio(item))
+                    except ValueError as exc:
+                        raise ValueError(f"request {todo[j]}: init=neighbour: {exc}") from None
+                    found = found[:1]
+                if found and request.duration is None and durations:
+                    out[todo[j]] = float(np.clip(np.median(found), 0.25, longest))
+        return out, starts
+
+    def plan_batches(self, requests: list[Request], batch_size: int) -> list[list[int]]:
+        """Indices of ``requests`` per batch, as :meth:`Engine.stream` would run them (a distributed job
+        that keeps these batches gets byte-identical audio: results depend on batch composition)."""
+        resolved = self.resolve_all(requests)
+        return [[r.index for r in batch] for batch in self.batches(resolved, batch_size)]
+
+    def batches(self, resolved: list[Resolved], batch_size: int) -> list[list[Resolved]]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        groups: dict[tuple, list[Resolved]] = {}
+        for r in resolved:
+            groups.setdefault(
+                (r.frames, r.steps, r.sampler, r.strength, r.windowed and (r.loop, r.window, r.overlap)), []
+            ).append(r)
+        # Windowed clips (long ones, loops) run after the others, so a 5-minute ambience does not hold
+        # back a library's short clips; within each kind, in order of first appearance.
+        ordered = sorted(groups.values(), key=lambda g: g[0].windowed)
+        return [g[i : i + batch_size] for g in ordered for i in range(0, len(g), batch_size)]
+
+
+class _LazyTextEncoder:
+    """The text encoder stage on the CPU, opened on the first call."""
+
+    def __init__(self, bundle: Path, manifest: BundleManifest, threads: int | None) -> None:
+        self.bundle, self.manifest, self.threads = bundle, manifest, threads
+        self._encode: EmbedText | None = None
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._encode is None:
+            from .stages.backends import OrtRunner
+            from .stages.text_tokenizer import TextTokenizer
+
+            spec = self.manifest.stages["text_encoder"]
+            runner = OrtRunner(self.bundle / spec.file, spec, ["CPUExecutionProvider"], self.threads)
+            tokenizer = TextTokenizer.from_file(
+                self.bundle / self.manifest.tokenizer.file, self.manifest.tokenizer.max_length
+            )
+            self._encode = lambda texts: text_embeddings(tokenizer, runner, texts)
+        return self._encode(texts)
+
+
+def text_embeddings(tokenizer, runner, texts: list[str], length: int | None = None):
+    """CLAP text embeddings (N, E), token features (N, L, H) and mask (N, L) of ``texts``."""
+    ids, mask = tokenizer(texts, length=length)
+    emb, tokens = runner.run({"input_ids": ids, "attention_mask": mask})
+    return emb, tokens, mask.astype(bool)

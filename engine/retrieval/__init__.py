@@ -1,0 +1,1 @@
+"""The retrieval database: keys, neighbour features, the IVF index."""

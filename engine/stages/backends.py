@@ -1,0 +1,224 @@
+"""Execution backends: onnxruntime (CPU, CUDA, TensorRT EP) and native TensorRT plans.
+
+A backend turns a bundle's stage graphs into runners (:class:`~.runners.Runner`:
+``run(feeds) -> outputs``, NumPy in and out); :func:`open_backend` is the one place
+that decides which backend a bundle runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle.manifest import BundleManifest, StageSpec
+from .runners import BackendUnavailable
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "trt-native")
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+#: A one-node ONNX model (Relu on a float[1]), serialised: enough to see whether a provider starts.
+_PROBE_MODEL = (
+    b'\x08\x08\x12\x00:7\n\x0c\n\x01x\x12\x01y"\x04Relu\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12\x04'
+    b"\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r"
+)
+
+
+def provider_initialises(provider: str) -> bool:
+    """True when an onnxruntime session actually runs on ``provider``. Listed is not enough: the
+    TensorRT provider is listed by every onnxruntime-gpu build and falls back to CPU without its libraries."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(_PROBE_MODEL, opts, providers=[provider, "CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any failure to start means "not usable"
+        log.info("%s does not start: %s", provider, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+    return session.get_providers()[0] == provider
+
+
+def resolve_backend(name: str, bundle: Path) -> str:
+    """Pick a concrete backend for ``name`` ("auto" → the best available) and check it can run."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r}; valid: {', '.join(BACKENDS)}")
+    providers = available_providers()
+    if name == "auto":
+        if "TensorrtExecutionProvider" in providers and provider_initialises("TensorrtExecutionProvider"):
+            choice = "tensorrt"
+        elif "CUDAExecutionProvider" in providers:
+            choice = "cuda"
+        else:
+            choice = "cpu"
+        log.info("backend auto → %s (onnxruntime providers: %s)", choice, ", ".join(providers))
+        return choice
+    if name == "cuda" and "CUDAExecutionProvider" not in providers:
+        raise BackendUnavailable(
+            "backend 'cuda' needs onnxruntime-gpu with a CUDA GPU (pip install 'reaudio[gpu]'); "
+            f"available providers: {', '.join(providers)}"
+        )
+    if name == "tensorrt" and "TensorrtExecutionProvider" not in providers:
+        raise BackendUnavailable(
+            "backend 'tensorrt' needs onnxruntime-gpu built with TensorRT and the TensorRT libraries; "
+            f"available providers: {', '.join(providers)}"
+        )
+    if name == "trt-native":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailable("backend 'trt-native' needs the tensorrt and cuda-python packages") from exc
+    return name
+
+
+def has_native_plans(bundle: Path) -> bool:
+    """True when ``bundle/plans`` holds TensorRT plans and the tensorrt package is importable."""
+    import importlib.util
+
+    plans = bundle / "plans"
+    return plans.is_dir() and any(plans.glob("*.plan")) and importlib.util.find_spec("tensorrt") is not None
+
+
+class OrtRunner:
+    """One stage as an onnxruntime session."""
+
+    def __init__(self, path: Path, spec: StageSpec, providers: list, threads: int | None) -> None:
+        self.spec = spec
+        self.session = self.session_for(path, providers, threads)
+        self.output_names = [o.name for o in spec.outputs]
+        self.input_dtypes = {i.name: np.dtype("bool" if i.dtype == "bool" else i.dtype) for i in spec.inputs}
+
+    @staticmethod
+    def session_for(path: Path, providers: list, threads: int | None):
+        """An onnxruntime session with the engine's settings (all graph optimisations, ``threads``)."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        return ort.InferenceSession(str(path), opts, providers=providers)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}
+        return self.session.run(self.output_names, feeds)
+
+
+def ort_trt_cache(bundle: Path) -> Path:
+    """Where the TensorRT provider keeps its engines for ``bundle``: under the cache root, keyed by
+    the bundle's manifest, never inside the bundle (which may be read-only or shared)."""
+    import hashlib
+
+    from ..bundle.default_model import cache_root
+    from ..bundle.manifest import BUNDLE_MANIFEST
+
+    digest = hashlib.sha256((Path(bundle) / BUNDLE_MANIFEST).read_bytes()).hexdigest()[:16]
+    return cache_root() / "ort-trt" / digest
+
+
+def ort_providers(backend: str, device_id: int, bundle: Path) -> list:
+    if backend == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+    if backend == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    if backend == "tensorrt":
+        cache = ort_trt_cache(bundle)
+        cache.mkdir(parents=True, exist_ok=True)
+        trt = (
+            "TensorrtExecutionProvider",
+            {
+                "device_id": device_id,
+                "trt_fp16_enable": True,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+            },
+        )
+        return [trt, cuda, "CPUExecutionProvider"]
+    raise ValueError(f"no onnxruntime providers for backend {backend!r}")
+
+
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
+
+def stage_file(spec: StageSpec, backend: str, precision: str) -> str:
+    """The graph a stage runs: fp16 on GPU backends under "auto" (or when asked), the fused fp16
+    graph in their place on CUDA, int8 when asked; a stage without that variant runs its fp32 graph."""
+    if precision == "int8":
+        return spec.int8_file or spec.file
+    use_fp16 = precision == "fp16" or (precision == "auto" and backend in ("cuda", "tensorrt"))
+    if use_fp16 and backend == "cuda" and spec.fused_file:
+        return spec.fused_file
+    return spec.fp16_file if use_fp16 and spec.fp16_file else spec.file
+
+
+def check_precision(bundle: Path, manifest: BundleManifest, backend: str, precision: str) -> None:
+    """Refuse a precision this bundle or backend cannot give, saying how to get it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        if backend != "cpu":
+            raise BackendUnavailable(
+                f"precision 'int8' runs on the CPU backend only (asked for {backend!r}); "
+                "pass --backend cpu, or use fp16 on a GPU"
+            )
+        if not any(s.int8_file for s in manifest.stages.values()):
+            raise BackendUnavailable(
+                f"{bundle}: this bundle has no int8 graphs; add them with "
+                f"`reaudio quantize {bundle}` (needs the export extra)"
+            )
+    if precision == "fp16" and not any(s.fp16_file for s in manifest.stages.values()):
+        raise BackendUnavailable(f"{bundle}: this bundle has no fp16 graphs; export it with --fp16")
+
+
+def make_runners(
+    bundle: Path,
+    manifest: BundleManifest,
+    backend: str,
+    device_id: int = 0,
+    threads: int | None = None,
+    precision: str = "auto",
+) -> dict[str, OrtRunner]:
+    """A runner per stage; ``precision`` picks each stage's graph (see :func:`stage_file`)."""
+    if backend == "trt-native":
+        from .trt_native import make_trt_runners
+
+        return make_trt_runners(bundle, manifest, device_id)
+    check_precision(bundle, manifest, backend, precision)
+    providers = ort_providers(backend, device_id, bundle)
+    runners = {}
+    for name, spec in manifest.stages.items():
+        file = stage_file(spec, backend, precision)
+        runners[name] = OrtRunner(bundle / file, spec, providers, threads)
+        log.debug("stage %s: %s on %s", name, file, backend)
+    return runners
+
+
+def open_backend(
+    bundle: Path,
+    manifest: BundleManifest,
+    backend: str = "auto",
+    device_id: int = 0,
+    threads: int | None = None,
+    precision: str = "auto",
+) -> tuple[str, dict]:
+    """The concrete backend for ``backend`` and its runners: under "auto", TensorRT plans built
+    for this machine first (they beat the onnxruntime backends), then the best onnxruntime one."""
+    chosen = resolve_backend(backend, bundle)
+    if backend == "auto" and has_native_plans(bundle):
+        try:
+            return "trt-native", make_runners(bundle, manifest, "trt-native", device_id, threads, precision)
+        except (BackendUnavailable, ImportError) as exc:
+            log.warning("not using TensorRT plans: %s; falling back to %s", exc, chosen)
+    return chosen, make_runners(bundle, manifest, chosen, device_id, threads, precision)
