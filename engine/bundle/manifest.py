@@ -292,7 +292,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def _unhashed(manifest: BundleManifest) -> tuple[str, ...]:
     """Per-machine caches, and the retrieval database: it changes with ``reaudio db add`` and
-    carries checksums of its own per generation (see retrieval_db), so a change of it commits with
+    carries checksums of its own per generation (see retrieval.database), so a change of it commits with
     one rename and never leaves ``manifest.json`` disagreeing with the files."""
     return UNHASHED_PREFIXES + ((manifest.retrieval.folder.rstrip("/") + "/",) if manifest.retrieval else ())
 
