@@ -1,10 +1,12 @@
 """Side-by-side throughput: diffusers' AudioLDMPipeline vs the reaudio engine, same weights.
 
-    python benchmarks/compare_diffusers.py [--size audioldm-s] [--threads 2] [--batches 1 4] [--precisions fp32 int8]
+    python benchmarks/compare_diffusers.py [--size audioldm-s] [--threads 2] [--batches 1 4]
+        [--precisions fp32 int8 int8-vocoder]
 
 Builds a random-initialised diffusers AudioLDM pipeline (AudioLDM-S sizes by
 default; nothing is downloaded), imports it into a bundle (quantised too when
-int8 is asked for: ``reaudio quantize``'s calibration), then times diffusers and
+int8 is asked for: ``reaudio quantize``'s calibration; ``int8-vocoder``: a copy quantised with
+``--vocoder``, the vocoder's convolutions in int8 too), then times diffusers and
 the engine at each precision in this one process on the same prompts, initial
 latents, steps and guidance: warm-up, then alternating runs, median of
 --repeats; per-stage times come from ``reaudio bench``'s stage timers. Also
@@ -37,7 +39,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=2.5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=("fp32", "int8"))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=("fp32", "int8", "int8-vocoder"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -69,7 +71,16 @@ def main() -> None:
 
     pipe = AudioLDMPipeline.from_pretrained(str(pipeline_dir), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    engines = {p: Engine.from_bundle(bundle, backend="cpu", threads=args.threads, precision=p) for p in args.precisions}
+    with_vocoder = work / "bundle-int8-vocoder"
+    if "int8-vocoder" in args.precisions and not (with_vocoder / "manifest.json").is_file():
+        print(f"quantising a copy with the vocoder in int8 too: {with_vocoder} …", flush=True)
+        calibration = Calibration(prompts=CALIBRATION_PROMPTS[:16], threads=args.threads)
+        quantize_bundle(bundle, with_vocoder, calibration, progress=print, vocoder=True)
+    graphs = {"fp32": (bundle, "fp32"), "int8": (bundle, "int8"), "int8-vocoder": (with_vocoder, "int8")}
+    engines = {
+        p: Engine.from_bundle(graphs[p][0], backend="cpu", threads=args.threads, precision=graphs[p][1])
+        for p in args.precisions
+    }
     m = engines[args.precisions[0]].manifest
     r, hop, sr = m.latent.downsample, m.mel.hop_length, m.sample_rate
     frames = -(-round(args.seconds * sr) // (r * hop))

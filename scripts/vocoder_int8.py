@@ -2,11 +2,13 @@
 VAE decoder's convolutions in int8 (what ``reaudio quantize`` ships), and the vocoder's as well.
 
     python scripts/vocoder_int8.py BUNDLE --out DIR [--prompts 16] [--repeats 3] [--threads 2]
+        [--variants NAME=PREFIX,PREFIX ...]
 
 Calibration inputs come from the bundle's own fp32 generations (as ``reaudio quantize``); each
 variant is compared with fp32 on held-back inputs (waveform SNR, mean log-mel difference) and timed
 on one calibration batch, the variants interleaved, median of the repeats. Writes DIR/report.json
-and the two int8 graphs (DIR/vae.onnx, DIR/vae_vocoder.onnx).
+and the int8 graphs (DIR/NAME.onnx). ``--variants`` names other sets of node-name prefixes to
+quantise (e.g. ``res=/decoder/,/vocoder/resblocks`` for the vocoder's residual blocks only).
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", metavar="NAME=PREFIXES", help="instead of vae and vae_vocoder")
     args = parser.parse_args()
+    variants = dict(VARIANTS)
+    if args.variants:
+        variants = {}
+        for item in args.variants:
+            name, _, prefixes = item.partition("=")
+            if not name or not prefixes:
+                parser.error(f"--variants {item!r}: give NAME=PREFIX[,PREFIX...]")
+            variants[name] = tuple(prefixes.split(","))
 
     manifest = read_bundle_manifest(args.bundle)
     fp32 = args.bundle / manifest.stages["decoder"].file
@@ -43,8 +54,13 @@ def main() -> None:
     held_back, used = feeds[::4], [f for i, f in enumerate(feeds) if i % 4]
     args.out.mkdir(parents=True, exist_ok=True)
     graphs = {"fp32": fp32}
-    report: dict = {"bundle": str(args.bundle), "calibration_inputs": len(used), "compared_on": len(held_back)}
-    for name, scopes in VARIANTS.items():
+    report: dict = {
+        "bundle": str(args.bundle),
+        "calibration_inputs": len(used),
+        "compared_on": len(held_back),
+        "variants": {n: list(p) for n, p in variants.items()},
+    }
+    for name, scopes in variants.items():
         print(f"quantising {name} …", flush=True)
         graphs[name] = quantize_graph(fp32, args.out / f"{name}.onnx", used, scopes)
         report[name] = compare_graphs(fp32, graphs[name], held_back, args.threads, manifest.mel)

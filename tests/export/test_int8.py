@@ -66,6 +66,25 @@ def test_only_the_unet_and_vae_decoder_convolutions_are_quantised(int8_bundle, s
     assert weights and not [n.name for n in matmuls if any(made_by.get(i) == "DequantizeLinear" for i in n.input)]
 
 
+def test_the_vocoder_is_quantised_only_when_asked(tiny_artifacts, int8_bundle, tmp_path):
+    import onnx
+
+    def vocoder_readers(bundle):
+        graph = onnx.load(str(bundle / "decoder/model.int8.onnx")).graph
+        dequantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        return {n.name for n in graph.node if n.name.startswith("/vocoder/") and dequantised & set(n.input)}
+
+    assert vocoder_readers(int8_bundle) == set()
+    out = tmp_path / "with-vocoder"
+    quantize_bundle(tiny_artifacts / "bundle", out, FAST, vocoder=True)
+    readers = vocoder_readers(out)
+    assert readers and {n.split("/")[2] for n in readers} >= {"conv_pre", "conv_post"}
+    assert json.loads((out / REPORT).read_text())["vocoder"] is True
+    assert json.loads((int8_bundle / REPORT).read_text())["vocoder"] is False
+    wave = _clips(out, "int8", prompts=("a kettle whistles",))[0]
+    assert np.isfinite(wave).all() and np.abs(wave).max() > 0
+
+
 def test_int8_sound_is_close_to_fp32_but_not_identical(int8_bundle):
     fp32 = _clips(int8_bundle, "fp32")
     int8 = _clips(int8_bundle, "int8")
