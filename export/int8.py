@@ -8,9 +8,11 @@ for a few dozen prompts while the inputs of both stages are recorded.
 What stays fp32, measured on the default model and AudioLDM-S-sized graphs (2026-12-02,
 AVX2 CPU without VNNI): guidance and the sampler update (they carry the latent between
 steps); MatMul/Gemm (quantising them too cost ~3 dB of the denoiser's data-prediction SNR
-and ran slower than Conv alone: 2.91 s vs 2.49 s per batch-4 step, fp32 3.65 s); and the
-vocoder (the universal HiFi-GAN in int8 lost the waveform entirely: SNR -0.3 dB). The fp32
-graphs stay in the bundle as the reference; ``--precision int8`` picks the new ones.
+and ran slower than Conv alone: 2.91 s vs 2.49 s per batch-4 step, fp32 3.65 s); and, unless
+asked for (``vocoder=True``, ``reaudio quantize --vocoder``), the vocoder: it halves the decoder's
+time but moves the sound (the default model's universal HiFi-GAN: CLAP score 0.154 vs 0.201,
+envelope correlation 0.247 vs 0.317, FAD 251 vs 254 on 100 test captions; docs/speed.md). The
+fp32 graphs stay in the bundle as the reference; ``--precision int8`` picks the new ones.
 """
 
 from __future__ import annotations
