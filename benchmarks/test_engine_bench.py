@@ -1,60 +1,31 @@
-"""Per-stage and end-to-end engine throughput (pytest-benchmark; medians are what to report)."""
+"""Per-stage and end-to-end engine throughput, measured by ``reaudio bench``'s own timers.
+
+Each test is one pytest-benchmark round of :func:`measure_batch` (a warm-up run, then timed
+runs with every stage call timed); the whole-run, per-stage and memory figures go into the
+benchmark's ``extra_info`` (``--benchmark-json=out.json`` keeps them). Medians are what to report.
+"""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from benchmarks.conftest import peak_rss_mb
-from reaudio.engine.denoising.loop import step_feeds
-from reaudio.engine.denoising.sampler import make_plan
-from reaudio.engine.pipeline import Request
+from reaudio.engine.jobs.bench import BenchSettings, measure_batch
 
 BATCHES = [1, 4, 8]
-SECONDS = 5.0
-STEPS = 10
-
-
-def _conditions(engine, batch: int):
-    prompts = [f"sound effect number {i}" for i in range(batch)]
-    r = [engine.resolve(Request(p, duration=SECONDS, steps=STEPS)) for p in prompts]
-    conditions, _, _ = engine._conditions(r)
-    return r, conditions
+SETTINGS = BenchSettings(duration=5.0, steps=10, repeats=3, warmup=1)
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_text_encoder(benchmark, bench_engine, batch):
-    prompts = [f"a dog barks in the distance, take {i}" for i in range(batch)]
-    benchmark(bench_engine.embed_text, prompts)
-    benchmark.extra_info["peak_rss_mb"] = peak_rss_mb()
-
-
-@pytest.mark.parametrize("batch", BATCHES)
-def test_denoiser_step(benchmark, bench_engine, batch):
-    resolved, conditions = _conditions(bench_engine, batch)
-    plan = make_plan(bench_engine.manifest.schedule, "ddim", STEPS)
-    latent = bench_engine._initial_latents(resolved)
-    feeds = {"latent": latent, "prev_x0": np.zeros_like(latent), **conditions, **step_feeds(plan, 3, batch)}
-    benchmark(bench_engine.runners["denoiser"].run, feeds)
-    benchmark.extra_info["peak_rss_mb"] = peak_rss_mb()
-
-
-@pytest.mark.parametrize("batch", BATCHES)
-def test_decoder(benchmark, bench_engine, batch):
-    resolved, _ = _conditions(bench_engine, batch)
-    latent = bench_engine._initial_latents(resolved)
-    benchmark(bench_engine.runners["decoder"].run, {"latent": latent})
-    benchmark.extra_info["peak_rss_mb"] = peak_rss_mb()
-
-
-@pytest.mark.parametrize("batch", BATCHES)
-def test_end_to_end(benchmark, bench_engine, batch):
-    requests = [Request(f"sound effect number {i}", duration=SECONDS, steps=STEPS, seed=i) for i in range(batch)]
-    results = benchmark.pedantic(
-        bench_engine.generate, args=(requests,), kwargs={"batch_size": batch}, rounds=3, warmup_rounds=1
+def test_engine_stages(benchmark, bench_engine, batch):
+    figures = benchmark.pedantic(measure_batch, args=(bench_engine, SETTINGS, batch), rounds=1, iterations=1)
+    summary = figures.summary(SETTINGS.duration)
+    assert {"text_encoder", "denoiser", "decoder"} <= set(summary["stages"])
+    assert summary["stages"]["denoiser"]["calls"] >= SETTINGS.repeats * SETTINGS.steps  # more with windows
+    benchmark.extra_info.update(
+        run_s_p50=summary["run_s"]["p50"],
+        clips_per_s=summary["clips_per_s"],
+        real_time_factor=summary["real_time_factor"],
+        peak_rss_mb=summary["peak_rss_mb"],
+        **{f"{name}_p50_s": s["p50"] for name, s in summary["stages"].items()},
+        **{f"{name}_p95_s": s["p95"] for name, s in summary["stages"].items()},
     )
-    assert all(r.ok for r in results)
-    median = benchmark.stats.stats.median
-    benchmark.extra_info["clips_per_s"] = batch / median
-    benchmark.extra_info["real_time_factor"] = batch * SECONDS / median
-    benchmark.extra_info["peak_rss_mb"] = peak_rss_mb()
