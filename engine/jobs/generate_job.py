@@ -164,13 +164,12 @@ def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
     return clips
 
 
-def reconcile(job: GenerateJob, clips: list[Clip], bundle: Path, library: Library) -> list[Clip]:
+def reconcile(job: GenerateJob, clips: list[Clip], bundle: Path, bundle_hash: str, library: Library) -> list[Clip]:
     """The clips still to generate. A clip counts as done only if its file verifies and it was made
-    with this job's bundle and settings; clips made otherwise stop the job (the message says which
-    and how) unless ``job.overwrite``. Entries of clips to be made again are dropped from the manifest
-    first (not in a dry run), so every key keeps one line."""
+    with this job's bundle (``bundle_hash``: its manifest's sha256) and settings; clips made otherwise
+    stop the job (the message says which and how) unless ``job.overwrite``. Entries of clips to be made
+    again are dropped from the library index first (not in a dry run), so every key keeps one line."""
     manifest = read_bundle_manifest(bundle, verify=False)
-    bundle_hash = sha256_file(bundle / BUNDLE_MANIFEST)
     listed = [c for c in clips if c.key in library.entries]
     broken = [c for c in listed if not library.is_finished(c.key)]
     changed: list[tuple[Clip, str]] = []
@@ -460,7 +459,8 @@ def prepare_job(job: GenerateJob) -> Iterator[PreparedJob]:
             removed = library.clean_partials()
             if removed:
                 log.info("removed %d partial file(s) of an interrupted run", removed)
-        todo = reconcile(job, clips, bundle, library)
+        bundle_hash = sha256_file(bundle / BUNDLE_MANIFEST)
+        todo = reconcile(job, clips, bundle, bundle_hash, library)
         yield PreparedJob(
             job,
             bundle,
@@ -471,5 +471,5 @@ def prepare_job(job: GenerateJob) -> Iterator[PreparedJob]:
             [request_for(job, c) for c in todo],
             [candidates_for(job, c.row) for c in todo],
             JobSummary(planned=len(clips), skipped=len(clips) - len(todo)),
-            sha256_file(bundle / BUNDLE_MANIFEST),
+            bundle_hash,
         )

@@ -60,22 +60,7 @@ def _fake_eps(x: np.ndarray, t: int) -> np.ndarray:
 
 @pytest.mark.parametrize("sampler,steps", [("dpmpp-2m", 10), ("dpmpp-2m", 25), ("ddim", 25)])
 def test_sampling_matches_diffusers_schedulers(sampler, steps):
-    diffusers = pytest.importorskip("diffusers")
-    common = dict(
-        num_train_timesteps=1000,
-        beta_start=0.0015,
-        beta_end=0.0195,
-        beta_schedule="scaled_linear",
-        timestep_spacing="leading",
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-    if sampler == "ddim":
-        scheduler = diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
-    else:
-        scheduler = diffusers.DPMSolverMultistepScheduler(
-            **common, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True, final_sigmas_type="zero"
-        )
+    scheduler = _scheduler(sampler)
     plan = make_plan(SCHEDULE, sampler, steps)
     if sampler == "ddim":
         scheduler.set_timesteps(steps)  # the same "leading" spacing AudioLDM uses
