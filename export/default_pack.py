@@ -8,7 +8,7 @@ was trained here, small:
 
     pack.json                 family config, provenance, what each file holds
     unet.safetensors          UNet weights, int8 per output channel (+ fp32 scales)
-    vae_decoder.safetensors   VAE decoder weights, int8 per output channel
+    vae_decoder.safetensors   VAE decoder weights, int8 per output channel (or fp16)
     vae_encoder.safetensors   VAE encoder weights, int8 per output channel (optional: without it
                               the bundle has no vae_encoder stage, so no audio-to-audio)
     clap.safetensors          CLAP audio tower and both projections, fp16 (the text tower too
@@ -160,11 +160,17 @@ def _run_record(checkpoint: str | Path) -> dict:
     return record
 
 
-def add_vae_encoder(pack: str | Path, vae: str | Path, provenance: dict | None = None) -> dict:
-    """Give ``pack`` the encoder of the VAE checkpoint ``vae`` (one trained against the pack's own
-    decoder: ``reaudio train vae --frozen-decoder PACK``); the pack is rewritten whole, then swapped."""
+def add_vae_part(
+    pack: str | Path, vae: str | Path, part: str = "encoder", provenance: dict | None = None, fp16: bool = False
+) -> dict:
+    """Give ``pack`` one half (``part``: "encoder" or "decoder") of the VAE checkpoint ``vae``,
+    trained against the pack's other half (``reaudio train vae --frozen-decoder PACK`` or
+    ``--frozen-encoder PACK``); ``fp16`` stores it in fp16 instead of int8. The pack is rewritten
+    whole, then swapped."""
     from reaudio.models.checkpoint import load_checkpoint
 
+    if part not in ("encoder", "decoder"):
+        raise ValueError(f"part must be 'encoder' or 'decoder', not {part!r}")
     pack = Path(pack)
     meta = verify_pack(pack)
     model = load_checkpoint(vae)
@@ -174,11 +180,15 @@ def add_vae_encoder(pack: str | Path, vae: str | Path, provenance: dict | None =
     mismatch = [k for k, v in _vae_decoder_part(model).items() if k not in decoder or decoder[k].shape != v.shape]
     if mismatch or model.cfg != load_config(pack / "family.json").vae:
         raise ValueError(f"{vae}: its VAE does not match the pack's (train it with --config {pack}/family.json)")
+    state = _vae_encoder_part(model) if part == "encoder" else _vae_decoder_part(model)
+    stored = {k: v.detach().half() for k, v in state.items()} if fp16 else quantize_state(state)
+    name = f"vae_{part}.safetensors"
     with atomic_dir(pack) as tmp:
         shutil.copytree(pack, tmp, dirs_exist_ok=True)
-        save_file(quantize_state(_vae_encoder_part(model)), str(tmp / "vae_encoder.safetensors"))
-        (tmp / "vae_encoder.safetensors").chmod(umask_mode(0o666))
-        meta = {**meta, "provenance": {**meta.get("provenance", {}), "vae_encoder": provenance or _run_record(vae)}}
+        save_file(stored, str(tmp / name))
+        (tmp / name).chmod(umask_mode(0o666))
+        record = (provenance or _run_record(vae)) | {"stored": "fp16" if fp16 else "int8"}
+        meta = {**meta, "provenance": {**meta.get("provenance", {}), f"vae_{part}": record}}
         meta["files"] = _checksums(tmp)
         write_json_atomic(tmp / "pack.json", meta)
     return meta

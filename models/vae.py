@@ -195,3 +195,33 @@ class AutoencoderKL(nn.Module):
         if pad_t or pad_f:
             x = F.pad(x, (0, pad_f, 0, pad_t), mode="replicate")
         return x
+
+
+class MelPatchDiscriminator(nn.Module):
+    """Real or decoded, judged patch by patch on a log-mel image (B, T, n_mels).
+
+    The VAE decoder's adversary: an L1 loss alone decodes the mean of what a latent could be,
+    a smeared spectrogram the vocoder renders as hiss; judging local patches asks for the
+    sharp onsets and harmonics of real ones (as the image autoencoders behind latent diffusion
+    do, Esser et al. 2021). Returns one (logits, features) pair in a list, the form of the
+    HiFi-GAN losses.
+    """
+
+    def __init__(self, width: int = 32, layers: int = 3) -> None:
+        super().__init__()
+        convs, ch = [], 1
+        for i in range(layers):
+            out = width * 2**i
+            convs.append(nn.utils.parametrizations.weight_norm(nn.Conv2d(ch, out, 4, stride=2, padding=1)))
+            ch = out
+        self.convs = nn.ModuleList(convs)
+        self.conv_post = nn.utils.parametrizations.weight_norm(nn.Conv2d(ch, 1, 3, padding=1))
+
+    def forward(self, mel: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        x, features = mel.unsqueeze(1), []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+            features.append(x)
+        x = self.conv_post(x)
+        features.append(x)
+        return [(x.flatten(1), features)]

@@ -8,7 +8,10 @@ the log-mel L1 and envelope correlation against the clip, the level change in dB
 per-channel spread of the encoded latents (to set beside those the denoiser samples: a start
 clip off its manifold would show here). With --vae (the
 torch VAE the encoder came from), also the relative error of the bundle's int8-packed
-encoder against it, on the same mels.
+encoder against it, on the same mels. With --fad, the FAD (aisfx) of the same clips as read,
+through the universal HiFi-GAN alone (log-mel → vocoder) and through the bundle's VAE and
+vocoder, each against the same other test clips: how much of the distance between a
+generated set and real audio the decoder alone accounts for.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def main() -> None:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--vae", type=Path, help="torch VAE checkpoint folder to compare the packed encoder with")
+    parser.add_argument("--fad", action="store_true", help="also score the resynthesised clips with FAD")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -44,7 +48,7 @@ def main() -> None:
     sr, mel_cfg = engine.sample_rate, engine.manifest.mel
     test = [c for c in read_corpus(args.manifest) if c.split == "test"]
     test = [test[round(i * len(test) / args.limit)] for i in range(min(args.limit, len(test)))]
-    l1, env, level, latents = [], [], [], []
+    l1, env, level, latents, decoded = [], [], [], [], []
     for clip in test:
         wave = training_level(load_audio(clip.audio, sr), sr)
         frames = -(-len(wave) // engine._per_frame)
@@ -56,6 +60,7 @@ def main() -> None:
         env.append(envelope_correlation(back, wave, sr))
         level.append(_rms_db(back) - _rms_db(wave))
         latents.append(latent[0])
+        decoded.append(back)
     real_std = np.concatenate([z.reshape(z.shape[0], -1) for z in latents], axis=1).std(axis=1)
     report = {
         "clips": len(test),
@@ -82,10 +87,37 @@ def main() -> None:
                 ref = (vae.encode(torch.from_numpy(mel[None])).mean * vae.cfg.scaling_factor)[0].numpy()
             errors.append(float(np.linalg.norm(z - ref) / np.linalg.norm(ref)))
         report["int8_vs_fp32_encoder_relative_error"] = {"median": float(np.median(errors)), "max": float(max(errors))}
+    if args.fad:
+        report["fad"] = _decoder_fad(args.manifest, test, decoded, sr, mel_cfg)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
+
+
+def _decoder_fad(manifest: Path, test: list, decoded: list[np.ndarray], sr: int, mel_cfg) -> dict:
+    """FAD of the test clips as read, vocoded from their log-mel, and VAE-decoded (``decoded``),
+    each against as many other test clips (the eval's real-vs-real floor set)."""
+    import torch
+
+    from reaudio.models.pretrained import universal_hifigan
+    from reaudio.training.backbones import embed_at, load_backbone
+    from reaudio.training.evaluate import _spread
+    from reaudio.training.metrics import fad
+
+    chosen = {c.id for c in test}
+    others = _spread([c for c in read_corpus(manifest) if c.split == "test" and c.id not in chosen], len(test))
+    vocoder = universal_hifigan().eval()
+    vocoder.remove_weight_norm()
+    waves = [training_level(load_audio(c.audio, sr), sr) for c in test]
+    with torch.no_grad():
+        vocoded = [vocoder(torch.from_numpy(log_mel(w, mel_cfg))[None])[0, : len(w)].numpy() for w in waves]
+    backbone = load_backbone("aisfx")
+    reference = embed_at(backbone, [load_audio(c.audio, sr) for c in others], sr)
+    return {
+        name: fad(reference, embed_at(backbone, clips, sr))
+        for name, clips in (("as_read", waves), ("vocoder", vocoded), ("vae_and_vocoder", decoded))
+    } | {"reference_clips": len(others)}
 
 
 if __name__ == "__main__":

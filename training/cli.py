@@ -223,6 +223,18 @@ def _add_train(sub) -> None:
         "default-model pack; pass that model's family.json as --config)",
     )
     p.add_argument(
+        "--adversarial-weight",
+        type=float,
+        default=0.0,
+        help="vae: weight of a log-mel patch discriminator's loss beside the L1 (0: off; e.g. 0.1)",
+    )
+    p.add_argument(
+        "--frozen-encoder",
+        type=Path,
+        help="vae: train only the decoder, from this model's decoder, on the latents of its fixed encoder "
+        "(a VAE checkpoint folder or a default-model pack; pass that model's family.json as --config)",
+    )
+    p.add_argument(
         "--discriminator-width",
         type=float,
         default=1.0,
@@ -516,7 +528,7 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
 
         print(resolve_bundle(rebuild=args.force))
         return 0
-    from reaudio.export.default_pack import add_vae_encoder, write_pack
+    from reaudio.export.default_pack import add_vae_part, write_pack
 
     if args.action == "link-audio":
         from reaudio.engine.bundle.default_model import pack_path
@@ -525,12 +537,12 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
         pack = args.pack or pack_path()
         print(f"{pack}: {link_item_audio(pack, args.manifest)} database items linked to {args.manifest.parent}")
         return 0
-    if args.action == "add-encoder":
+    if args.action in ("add-encoder", "add-decoder"):
         from reaudio.engine.bundle.default_model import pack_path
 
-        pack = args.pack or pack_path()
-        add_vae_encoder(pack, args.vae)
-        print(f"{pack}: vae_encoder.safetensors added from {args.vae}; run `reaudio default-model assemble --force`")
+        pack, part = args.pack or pack_path(), args.action.removeprefix("add-")
+        add_vae_part(pack, args.vae, part, fp16=getattr(args, "fp16", False))
+        print(f"{pack}: vae_{part}.safetensors taken from {args.vae}; run `reaudio default-model assemble --force`")
         return 0
     defaults = {"guidance": args.guidance} if args.guidance is not None else None
     meta = write_pack(args.system, args.database, args.out, provenance={"system": str(args.system)}, defaults=defaults)
@@ -558,6 +570,14 @@ def _add_default_model(sub, common) -> None:
     )
     e.add_argument("vae", type=Path, help="VAE checkpoint folder (train vae --frozen-decoder PACK's final/vae)")
     e.add_argument("--pack", type=Path, help="the pack to extend (default: the embedded one)")
+    d = dsub.add_parser(
+        "add-decoder",
+        parents=[common],
+        help="maintainers: give a pack the VAE decoder trained on its encoder's latents (torch)",
+    )
+    d.add_argument("vae", type=Path, help="VAE checkpoint folder (train vae --frozen-encoder PACK's final/vae)")
+    d.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
+    d.add_argument("--fp16", action="store_true", help="store the decoder in fp16 (default: int8 per channel)")
     la = dsub.add_parser(
         "link-audio",
         parents=[common],

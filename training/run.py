@@ -44,7 +44,13 @@ def train_from_args(args: argparse.Namespace) -> dict:
 
         task = CLAPTask(family, args.data, init=args.clap)
     elif args.model == "vae":
-        task = VAETask(family, args.data, frozen_decoder=args.frozen_decoder)
+        task = VAETask(
+            family,
+            args.data,
+            frozen_decoder=args.frozen_decoder,
+            frozen_encoder=args.frozen_encoder,
+            adversarial_weight=args.adversarial_weight,
+        )
     elif args.model == "vocoder":
         task = VocoderTask(family, args.data, init=args.vocoder)
     else:
@@ -59,7 +65,7 @@ def train_from_args(args: argparse.Namespace) -> dict:
         "data": str(args.data),
         "inputs": {
             k: str(getattr(args, k))
-            for k in ("vae", "clap", "database", "vocoder", "frozen_decoder")
+            for k in ("vae", "clap", "database", "vocoder", "frozen_decoder", "frozen_encoder")
             if getattr(args, k, None)
         },
     }

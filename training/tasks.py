@@ -24,7 +24,7 @@ from reaudio.models.hifigan import (
 )
 from reaudio.models.mel import LogMel
 from reaudio.models.unet import UNet
-from reaudio.models.vae import AutoencoderKL
+from reaudio.models.vae import AutoencoderKL, MelPatchDiscriminator
 
 from .data import ClipAudio, read_corpus, step_indices
 from .diffusion import Diffusion
@@ -85,33 +85,58 @@ class Task:
         self.family.save(folder / "family.json")
 
 
-def frozen_decoder_state(source: str | Path) -> dict[str, torch.Tensor]:
-    """The VAE decoder weights of a VAE checkpoint folder or of a default-model pack."""
+#: Which state-dict keys belong to each half of a VAE.
+VAE_PARTS = {"encoder": ("encoder.",), "decoder": ("decoder.", "post_quant_conv.")}
+
+
+def vae_part_state(source: str | Path, part: str) -> dict[str, torch.Tensor]:
+    """The VAE ``part`` ("encoder" or "decoder") weights of a VAE checkpoint folder or of a
+    default-model pack."""
     source = Path(source)
     if (source / "pack.json").is_file():
         from safetensors.torch import load_file
 
         from reaudio.export.default_pack import dequantize_state
 
-        return dequantize_state(load_file(str(source / "vae_decoder.safetensors")))
+        stored = source / f"vae_{part}.safetensors"
+        if not stored.is_file():
+            raise ValueError(f"{source}: this pack has no VAE {part} ({stored.name} missing)")
+        return dequantize_state(load_file(str(stored)))
     vae = load_checkpoint(source)
     if not isinstance(vae, AutoencoderKL):
         raise ValueError(f"{source}: not a VAE checkpoint or a default-model pack")
-    return {k: v for k, v in vae.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
+    return {k: v for k, v in vae.state_dict().items() if k.startswith(VAE_PARTS[part])}
 
 
 class VAETask(Task):
-    """The VAE; with ``frozen_decoder``, only its encoder, trained to feed that fixed decoder.
+    """The VAE; or one half of it trained against the other half held fixed.
 
-    The second form gives an existing model an encoder without retraining its LDM: the decoder,
-    and so the latent space the LDM was trained in, stay as they are.
+    ``frozen_decoder``: only the encoder trains, to feed that fixed decoder — an existing model
+    gets an encoder without retraining its LDM (the decoder, and so the latent space the LDM was
+    trained in, stay as they are). ``frozen_encoder``: only the decoder trains, starting from the
+    source's decoder, on the latents of its fixed encoder — a better decoder for the same latent
+    space, so the LDM trained in it needs no retraining either. ``adversarial_weight`` > 0 adds a
+    patch discriminator on the log-mel (LSGAN and feature matching, that weight against the L1).
     """
 
     deliverables = ("vae",)
 
-    def __init__(self, family: FamilyConfig, manifest: str | Path, frozen_decoder: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        family: FamilyConfig,
+        manifest: str | Path,
+        frozen_decoder: str | Path | None = None,
+        frozen_encoder: str | Path | None = None,
+        adversarial_weight: float = 0.0,
+    ) -> None:
         super().__init__(family, manifest)
+        if frozen_decoder is not None and frozen_encoder is not None:
+            raise ValueError("freeze the encoder or the decoder, not both (nothing would train)")
         self.frozen_decoder = frozen_decoder
+        self.frozen_encoder = frozen_encoder
+        self.adversarial_weight = adversarial_weight
+        if adversarial_weight > 0:
+            self.discriminator = MelPatchDiscriminator()
 
     def setup(self, trainer) -> None:
         if trainer.cfg.segment_seconds > 0:
@@ -121,17 +146,29 @@ class VAETask(Task):
         super().setup(trainer)
         self.vae = AutoencoderKL(self.family.vae)
         if self.frozen_decoder is not None:
-            state = frozen_decoder_state(self.frozen_decoder)
-            result = self.vae.load_state_dict(state, strict=False)
-            if result.unexpected_keys or any(k.startswith("decoder.") for k in result.missing_keys):
-                raise ValueError(
-                    f"{self.frozen_decoder}: decoder weights do not fit the config's VAE "
-                    f"(unexpected {result.unexpected_keys[:3]}, missing {result.missing_keys[:3]})"
-                )
-            for name, param in self.vae.named_parameters():
-                param.requires_grad_(not name.startswith("decoder."))
+            self._load_part(self.frozen_decoder, "decoder")
+            self._freeze("decoder")
+        if self.frozen_encoder is not None:
+            self._load_part(self.frozen_encoder, "encoder")
+            self._load_part(self.frozen_encoder, "decoder")  # the starting point, trained on from here
+            self._freeze("encoder")
+
+    def _load_part(self, source: str | Path, part: str) -> None:
+        result = self.vae.load_state_dict(vae_part_state(source, part), strict=False)
+        if result.unexpected_keys or any(k.startswith(VAE_PARTS[part]) for k in result.missing_keys):
+            raise ValueError(
+                f"{source}: {part} weights do not fit the config's VAE "
+                f"(unexpected {result.unexpected_keys[:3]}, missing {result.missing_keys[:3]}; "
+                "pass that model's family.json as --config)"
+            )
+
+    def _freeze(self, part: str) -> None:
+        for name, param in self.vae.named_parameters():
+            param.requires_grad_(not name.startswith(VAE_PARTS[part]))
 
     def trainable(self) -> dict[str, nn.Module]:
+        if self.adversarial_weight > 0:
+            return {"vae": self.vae, "discriminator": self.discriminator}
         return {"vae": self.vae}
 
     def train_step(self, trainer, step: int) -> dict[str, float]:
@@ -141,8 +178,17 @@ class VAETask(Task):
         rec = (recon - mel).abs().mean()
         kl = posterior.kl().mean() / mel[0].numel()
         loss = rec + trainer.cfg.kl_weight * kl * mel[0].numel()
+        logged = {"loss_rec": rec.item(), "loss_kl": kl.item()}
+        if self.adversarial_weight > 0:
+            judge = trainer.ddp["discriminator"]
+            d_loss = discriminator_loss(judge(mel), judge(recon.detach()))
+            trainer.optimise("discriminator", d_loss)
+            real_out, fake_out = judge(mel), judge(recon)
+            adversarial = generator_adversarial_loss(fake_out) + feature_matching_loss(real_out, fake_out)
+            loss = loss + self.adversarial_weight * adversarial
+            logged |= {"loss_adv": adversarial.item(), "loss_d": d_loss.item()}
         trainer.optimise("vae", loss)
-        return {"loss": loss.item(), "loss_rec": rec.item(), "loss_kl": kl.item()}
+        return {"loss": loss.item(), **logged}
 
     @torch.no_grad()
     def evaluate(self, trainer) -> dict:

@@ -86,7 +86,7 @@ def test_default_model_locations_follow_the_cache_variable(tiny_pack, monkeypatc
 def test_a_pack_without_an_encoder_gains_one_and_its_items_their_audio(tiny_pack, tiny_artifacts, tmp_path):
     import shutil
 
-    from reaudio.export.default_pack import add_vae_encoder, link_item_audio
+    from reaudio.export.default_pack import add_vae_part, link_item_audio
     from reaudio.models.checkpoint import save_checkpoint
     from reaudio.models.system import load_system
 
@@ -103,7 +103,7 @@ def test_a_pack_without_an_encoder_gains_one_and_its_items_their_audio(tiny_pack
 
     _, models = load_system([tiny_artifacts / "system"])
     save_checkpoint(tmp_path / "run" / "final" / "vae", models["vae"])
-    add_vae_encoder(pack, tmp_path / "run" / "final" / "vae")
+    add_vae_part(pack, tmp_path / "run" / "final" / "vae", "encoder")
     manifest = tmp_path / "corpus" / "manifest.jsonl"
     manifest.parent.mkdir()
     items = [json.loads(line) for line in (pack / "db" / "items.jsonl").read_text().splitlines()]
@@ -125,7 +125,44 @@ def test_a_pack_without_an_encoder_gains_one_and_its_items_their_audio(tiny_pack
     other = load_config_with_wider_vae()
     save_checkpoint(tmp_path / "wrong" / "final" / "vae", other)
     with pytest.raises(ValueError, match="does not match the pack's"):
-        add_vae_encoder(pack, tmp_path / "wrong" / "final" / "vae")
+        add_vae_part(pack, tmp_path / "wrong" / "final" / "vae", "decoder")
+
+
+def test_a_pack_takes_a_decoder_trained_on_its_encoder_in_fp16(tiny_pack, tiny_artifacts, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from reaudio.export.default_pack import add_vae_part
+    from reaudio.models.checkpoint import save_checkpoint
+    from reaudio.models.system import load_system
+
+    pack = tmp_path / "pack"
+    shutil.copytree(tiny_pack[0], pack)
+    encoder_before = (pack / "vae_encoder.safetensors").read_bytes()
+    before = Engine.from_bundle(assemble(pack, tmp_path / "before"), backend="cpu")
+    _, models = load_system([tiny_artifacts / "system"])
+    vae = models["vae"]
+    with torch.no_grad():  # stands in for a decoder trained on
+        for param in vae.decoder.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    save_checkpoint(tmp_path / "run" / "final" / "vae", vae)
+    add_vae_part(pack, tmp_path / "run" / "final" / "vae", "decoder", fp16=True)
+
+    meta = verify_pack(pack)
+    assert meta["provenance"]["vae_decoder"] == {"checkpoint": "run/final/vae", "stored": "fp16"}
+    stored = load_file(str(pack / "vae_decoder.safetensors"))
+    trained = vae.state_dict()
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    assert set(stored) == {k for k in trained if k.startswith("decoder.")}
+    assert all(torch.equal(stored[k], trained[k].half()) for k in stored)
+    assert (pack / "vae_encoder.safetensors").read_bytes() == encoder_before
+
+    after = Engine.from_bundle(assemble(pack, tmp_path / "after"), backend="cpu")
+    spec = after.manifest.latent
+    z = np.random.default_rng(0).standard_normal((1, spec.channels, 8, spec.freq)).astype(np.float32)
+    old, new = before.runners["decoder"].run({"latent": z})[0], after.runners["decoder"].run({"latent": z})[0]
+    assert old.shape == new.shape and not np.allclose(old, new, atol=1e-3)
 
 
 def load_config_with_wider_vae():

@@ -64,6 +64,11 @@ def test_eval_scores_a_bundle_with_a_pluggable_backbone(tiny_artifacts, eval_man
     assert -1.0 <= results["clap_score"] <= 1.0
     assert results["long_tail"]["2–10"]["clips"] == 12  # 5 training clips per label
     assert "| fad |" in (out / "report.md").read_text()
+    # the top-1 neighbours are clips of this manifest, so copying them is scored too, as read and as
+    # they come back through the bundle's VAE and vocoder (a different, worse copy with random weights)
+    copy, decoded = results["copy_top1"], results["copy_decoded"]
+    assert decoded["fad"] > 0 and decoded["fad"] != copy["fad"]
+    assert "copy through the decoder" in (out / "report.md").read_text()
 
 
 def test_ablation_table_over_k(tiny_artifacts, eval_manifest, tmp_path):

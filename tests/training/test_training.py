@@ -303,3 +303,41 @@ def test_frozen_decoder_training_changes_only_the_encoder(tiny_manifest, tmp_pat
     encoder = [k for k in before if k.startswith("encoder.")]
     assert decoder and all(torch.equal(before[k], after[k]) for k in decoder)
     assert any(not torch.equal(before[k], after[k]) for k in encoder)
+
+
+def test_frozen_encoder_training_changes_only_the_decoder_and_starts_from_it(tiny_manifest, tmp_path):
+    from safetensors.torch import load_file
+
+    _train("vae", tiny_manifest, tmp_path / "full", steps=40)
+    source = tmp_path / "full" / "final" / "vae"
+    tuned = _train("vae", tiny_manifest, tmp_path / "dec", "--frozen-encoder", str(source), steps=20)
+    fresh = _train("vae", tiny_manifest, tmp_path / "fresh", steps=20)
+    # it starts where the source ended, not from random weights
+    assert _mean(tuned[:5]) < _mean(fresh[:5])
+    before = load_file(str(source / "model.safetensors"))
+    after = load_file(str(tmp_path / "dec" / "final" / "vae" / "model.safetensors"))
+    decoder = [k for k in before if k.startswith("decoder.")]
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    from reaudio.training.tasks import VAETask
+
+    with pytest.raises(ValueError, match="not both"):
+        VAETask(load_config("tiny"), tiny_manifest, frozen_decoder=source, frozen_encoder=source)
+
+
+def test_adversarial_vae_training_judges_mels_and_ships_only_the_vae(tiny_manifest, tmp_path):
+    import csv
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "adv"
+    _train("vae", tiny_manifest, out, "--adversarial-weight", "0.1", steps=6)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and all(float(r["loss_d"]) > 0 and float(r["loss_adv"]) > 0 for r in rows)
+    # the loss is the L1 (+ KL) plus the weighted adversarial terms
+    assert all(float(r["loss"]) > float(r["loss_rec"]) + 0.05 * float(r["loss_adv"]) for r in rows)
+    weights = load_file(str(out / "final" / "vae" / "model.safetensors"))
+    assert not any(k.startswith("discriminator") or "convs" in k for k in weights)
+    assert load_checkpoint(out / "final" / "vae").cfg == load_config("tiny").vae
