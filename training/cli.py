@@ -541,7 +541,7 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
         from reaudio.engine.bundle.default_model import pack_path
 
         pack, part = args.pack or pack_path(), args.action.removeprefix("add-")
-        add_vae_part(pack, args.vae, part, fp16=getattr(args, "fp16", False))
+        add_vae_part(pack, args.vae, part, fp16=args.fp16)
         print(f"{pack}: vae_{part}.safetensors taken from {args.vae}; run `reaudio default-model assemble --force`")
         return 0
     defaults = {"guidance": args.guidance} if args.guidance is not None else None
@@ -563,21 +563,16 @@ def _add_default_model(sub, common) -> None:
     k.add_argument("--database", type=Path, required=True)
     k.add_argument("--guidance", type=float, help="the model's default guidance scale, as measured (reaudio eval)")
     k.add_argument("--out", type=Path, required=True)
-    e = dsub.add_parser(
-        "add-encoder",
-        parents=[common],
-        help="maintainers: give a pack the VAE encoder trained against its decoder (torch)",
-    )
-    e.add_argument("vae", type=Path, help="VAE checkpoint folder (train vae --frozen-decoder PACK's final/vae)")
-    e.add_argument("--pack", type=Path, help="the pack to extend (default: the embedded one)")
-    d = dsub.add_parser(
-        "add-decoder",
-        parents=[common],
-        help="maintainers: give a pack the VAE decoder trained on its encoder's latents (torch)",
-    )
-    d.add_argument("vae", type=Path, help="VAE checkpoint folder (train vae --frozen-encoder PACK's final/vae)")
-    d.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
-    d.add_argument("--fp16", action="store_true", help="store the decoder in fp16 (default: int8 per channel)")
+    for part, trained, flag in (
+        ("encoder", "against its decoder", "--frozen-decoder"),
+        ("decoder", "on its encoder's latents", "--frozen-encoder"),
+    ):
+        e = dsub.add_parser(
+            f"add-{part}", parents=[common], help=f"maintainers: give a pack the VAE {part} trained {trained} (torch)"
+        )
+        e.add_argument("vae", type=Path, help=f"VAE checkpoint folder (train vae {flag} PACK's final/vae)")
+        e.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
+        e.add_argument("--fp16", action="store_true", help=f"store the {part} in fp16 (default: int8 per channel)")
     la = dsub.add_parser(
         "link-audio",
         parents=[common],

@@ -135,8 +135,6 @@ class VAETask(Task):
         self.frozen_decoder = frozen_decoder
         self.frozen_encoder = frozen_encoder
         self.adversarial_weight = adversarial_weight
-        if adversarial_weight > 0:
-            self.discriminator = MelPatchDiscriminator()
 
     def setup(self, trainer) -> None:
         if trainer.cfg.segment_seconds > 0:
@@ -145,6 +143,8 @@ class VAETask(Task):
             self.clip_samples = max(hop, samples // hop * hop)
         super().setup(trainer)
         self.vae = AutoencoderKL(self.family.vae)
+        if self.adversarial_weight > 0:  # made here, after the trainer seeded torch
+            self.discriminator = MelPatchDiscriminator()
         if self.frozen_decoder is not None:
             self._load_part(self.frozen_decoder, "decoder")
             self._freeze("decoder")
