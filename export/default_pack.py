@@ -336,3 +336,26 @@ def assemble(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path
             defaults=pack_defaults(meta, cfg.clip_seconds),
         )
     return out
+
+
+def unpack(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """The pack as training inputs, to fine-tune the model it holds: checkpoint folders ``unet``,
+    ``vae`` and ``clap``, its full retrieval database ``db`` and ``family.json``. The weights are the
+    pack's, dequantized (``reaudio train ldm --unet OUT/unet --vae OUT/vae --clap OUT/clap
+    --database OUT/db --config OUT/family.json`` continues its LDM)."""
+    from reaudio.models.checkpoint import save_checkpoint
+
+    pack, out = Path(pack), Path(out)
+    meta = verify_pack(pack)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    if not (pack / "vae_encoder.safetensors").is_file():
+        raise ValueError(f"{pack}: this pack has no VAE encoder, which training the LDM needs")
+    torch.manual_seed(0)
+    cfg, models = load_pack_models(pack)
+    with atomic_dir(out) as tmp:
+        for name in ("unet", "vae", "clap"):
+            save_checkpoint(tmp / name, models[name], extra={"source": f"default-model pack {pack.name}"})
+        _pack_database(pack, meta, cfg, models["clap"], tmp / "db")
+        cfg.save(tmp / "family.json")
+    return out

@@ -6,7 +6,12 @@
 #
 # Step counts come from the environment (the defaults are the CPU run of the shipped model;
 # on a GPU raise them and add DEVICE=cuda):
-#   CLAP_STEPS VAE_STEPS LDM_STEPS BATCH LDM_BATCH DEVICE LOUDNESS PREDICTION
+#   CLAP_STEPS VAE_STEPS DEC_L1_STEPS DEC_ADV_STEPS DEC_ADV_ROUNDS LDM_STEPS BATCH LDM_BATCH DEVICE LOUDNESS
+#   PREDICTION
+# After the VAE, its decoder is trained again on the frozen encoder's latents: L1 first, then rounds
+# against a log-mel patch discriminator (L1 alone decodes smeared spectra the vocoder renders as hiss;
+# see docs/default_model.md "The decoder was the limit"). The latent space does not move, so the LDM
+# trains on the final VAE's latents either way.
 # Training audio is loudness-normalised (LOUDNESS LUFS, peaks <= -1 dBFS) for the VAE and the LDM;
 # the LDM drops FiLM and retrieved contexts independently (so k = 0 and "neighbours only" are
 # conditions it has seen), predicts v (PREDICTION=epsilon for the noise) and weights its loss with
@@ -18,6 +23,9 @@ CONFIG=${CONFIG:-sfx-small}
 DEVICE=${DEVICE:-auto}
 CLAP_STEPS=${CLAP_STEPS:-2000}
 VAE_STEPS=${VAE_STEPS:-2500}
+DEC_L1_STEPS=${DEC_L1_STEPS:-1500}
+DEC_ADV_STEPS=${DEC_ADV_STEPS:-2000}
+DEC_ADV_ROUNDS=${DEC_ADV_ROUNDS:-3}
 LDM_STEPS=${LDM_STEPS:-5000}
 BATCH=${BATCH:-16}
 LDM_BATCH=${LDM_BATCH:-8}
@@ -38,6 +46,22 @@ reaudio train vae --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUN
     --steps "$VAE_STEPS" --batch-size 8 --lr 2e-4 --segment-seconds 1.5 --device "$DEVICE" --checkpoint-every 200 \
     --loudness-db "$LOUDNESS"
 
+decoder() {  # decoder RUN SOURCE STEPS SEED [extra train flags]
+    local run=$1 source=$2 steps=$3 seed=$4
+    shift 4
+    reaudio train vae --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/$run" \
+        --frozen-encoder "$source" --steps "$steps" --seed "$seed" --batch-size 8 --lr 1e-4 \
+        --segment-seconds 1.5 --loudness-db "$LOUDNESS" --device "$DEVICE" --checkpoint-every 250 "$@"
+}
+stamp "VAE decoder on the frozen encoder: L1 ($DEC_L1_STEPS steps)"
+decoder decoder-l1 "$RUNS/vae/final/vae" "$DEC_L1_STEPS" 0
+VAE_FINAL="$RUNS/decoder-l1/final/vae"
+for round in $(seq 1 "$DEC_ADV_ROUNDS"); do
+    stamp "VAE decoder, adversarial round $round of $DEC_ADV_ROUNDS ($DEC_ADV_STEPS steps)"
+    decoder "decoder-adv$round" "$VAE_FINAL" "$DEC_ADV_STEPS" "$round" --adversarial-weight 0.1
+    VAE_FINAL="$RUNS/decoder-adv$round/final/vae"
+done
+
 stamp "retrieval database over the training split"
 [ -d "$RUNS/db" ] || reaudio db build --clap "$RUNS/clap/final/clap" --config "$CONFIG" \
     --data "$CORPUS/manifest.jsonl" --out "$RUNS/db"
@@ -45,7 +69,7 @@ stamp "retrieval database over the training split"
 stamp "LDM ($LDM_STEPS steps; the vocoder is the universal HiFi-GAN)"
 reaudio train ldm --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/ldm" \
     --steps "$LDM_STEPS" --batch-size "$LDM_BATCH" --lr 2e-4 --device "$DEVICE" --checkpoint-every 250 \
-    --vae "$RUNS/vae/final/vae" --clap "$RUNS/clap/final/clap" --database "$RUNS/db" --vocoder universal \
+    --vae "$VAE_FINAL" --clap "$RUNS/clap/final/clap" --database "$RUNS/db" --vocoder universal \
     --loudness-db "$LOUDNESS" --cfg-dropout 0.1 --film-dropout 0.1 --context-dropout 0.1 --min-snr-gamma 5 \
     --prediction "$PREDICTION"
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from reaudio.engine.denoising.sampler import SAMPLERS
+
 from .sfx_sources import HELDOUT_PACKAGES, PACKAGES
 
 
@@ -250,6 +252,11 @@ def _add_train(sub) -> None:
     p.add_argument("--clap", type=Path, help="ldm: the frozen CLAP checkpoint folder; clap: one to continue from")
     p.add_argument("--database", type=Path, help="ldm: retrieval database built over the training manifest")
     p.add_argument(
+        "--unet",
+        type=Path,
+        help="ldm: a UNet checkpoint folder to continue from (e.g. the default model's: reaudio default-model unpack)",
+    )
+    p.add_argument(
         "--vocoder",
         help="ldm: vocoder checkpoint folder to include in final/ (for export); "
         "vocoder: checkpoint to fine-tune from; 'universal': the pretrained universal HiFi-GAN",
@@ -273,6 +280,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             k=k,
             steps=args.steps,
             guidance=args.guidance,
+            sampler=args.sampler,
             seed=args.seed,
             limit=args.limit,
             backbone=args.backbone,
@@ -327,6 +335,7 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
+    p.add_argument("--sampler", choices=SAMPLERS, help="sampler (default: the bundle's)")
     p.add_argument("--init", choices=("neighbour",), help="start each clip from its top neighbour's audio")
     p.add_argument("--strength", type=float, help="with --init: how far a clip may move from its start (0, 1]")
     p.add_argument("--candidates", type=int, default=1, help="best-of-N by CLAP score (default 1)")
@@ -537,6 +546,16 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
         pack = args.pack or pack_path()
         print(f"{pack}: {link_item_audio(pack, args.manifest)} database items linked to {args.manifest.parent}")
         return 0
+    if args.action == "unpack":
+        from reaudio.engine.bundle.default_model import pack_path
+        from reaudio.export.default_pack import unpack
+
+        out = unpack(args.pack or pack_path(), args.out, overwrite=args.overwrite)
+        print(
+            f"{out}: unet/, vae/, clap/, db/, family.json; fine-tune with `reaudio train ldm --config "
+            f"{out}/family.json --unet {out}/unet --vae {out}/vae --clap {out}/clap --database {out}/db ...`"
+        )
+        return 0
     if args.action in ("add-encoder", "add-decoder"):
         from reaudio.engine.bundle.default_model import pack_path
 
@@ -573,6 +592,12 @@ def _add_default_model(sub, common) -> None:
         e.add_argument("vae", type=Path, help=f"VAE checkpoint folder (train vae {flag} PACK's final/vae)")
         e.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
         e.add_argument("--fp16", action="store_true", help=f"store the {part} in fp16 (default: int8 per channel)")
+    u = dsub.add_parser(
+        "unpack", parents=[common], help="the pack as checkpoints and a database, to fine-tune it (torch)"
+    )
+    u.add_argument("out", type=Path, help="folder for unet/, vae/, clap/, db/ and family.json")
+    u.add_argument("--pack", type=Path, help="the pack to unpack (default: the embedded one)")
+    u.add_argument("--overwrite", action="store_true", help="replace OUT when it is not empty")
     la = dsub.add_parser(
         "link-audio",
         parents=[common],

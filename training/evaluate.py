@@ -44,7 +44,7 @@ class EvalConfig:
             classifier and count label frequencies.
         out: folder for results.json, report.md and the long-tail PNG.
         k: neighbours per prompt (None: the bundle's default).
-        steps, guidance: sampler settings (None: the bundle's defaults).
+        steps, guidance, sampler: sampler settings (None: the bundle's defaults).
         seed: clip i is generated with seed + i.
         limit: score at most this many test clips, evenly spaced over the split.
         backbone: "aisfx", "clap" or "package.module:factory".
@@ -62,6 +62,7 @@ class EvalConfig:
     k: int | None = None
     steps: int | None = None
     guidance: float | None = None
+    sampler: str | None = None
     seed: int = 0
     limit: int | None = None
     backbone: str = "aisfx"
@@ -125,6 +126,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             seed=cfg.seed + i,
             steps=cfg.steps,
             guidance=cfg.guidance,
+            sampler=cfg.sampler,
             k=cfg.k,
             retrieval=cfg.retrieval,
             init=cfg.init,
@@ -191,6 +193,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "k": cfg.k,
         "steps": cfg.steps,
         "guidance": cfg.guidance,
+        "sampler": cfg.sampler or engine.manifest.defaults.sampler,
         "seed": cfg.seed,
         "split": cfg.split,
         "retrieval": cfg.retrieval or engine.default_retrieval,

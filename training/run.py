@@ -57,7 +57,7 @@ def train_from_args(args: argparse.Namespace) -> dict:
         if args.vae is None or args.clap is None:
             raise ValueError("train ldm needs --vae and --clap checkpoint folders (and --database when k > 0)")
         family = with_checkpoint_clap(family, args.clap)
-        task = LDMTask(family, args.data, args.vae, args.clap, args.database, args.vocoder)
+        task = LDMTask(family, args.data, args.vae, args.clap, args.database, args.vocoder, unet=args.unet)
     task.progress = not getattr(args, "quiet", False)
     resolved = {
         "model": args.model,
@@ -65,7 +65,7 @@ def train_from_args(args: argparse.Namespace) -> dict:
         "data": str(args.data),
         "inputs": {
             k: str(getattr(args, k))
-            for k in ("vae", "clap", "database", "vocoder", "frozen_decoder", "frozen_encoder")
+            for k in ("vae", "clap", "database", "vocoder", "unet", "frozen_decoder", "frozen_encoder")
             if getattr(args, k, None)
         },
     }

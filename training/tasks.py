@@ -276,9 +276,10 @@ class LDMTask(Task):
         clap: str | Path,
         database: str | Path | None,
         vocoder: str | Path | None = None,
+        unet: str | Path | None = None,
     ) -> None:
         super().__init__(family, manifest)
-        self.paths = {"vae": vae, "clap": clap, "database": database, "vocoder": vocoder}
+        self.paths = {"vae": vae, "clap": clap, "database": database, "vocoder": vocoder, "unet": unet}
         if family.retrieval.k > 0 and database is None:
             raise ValueError(f"config {family.name!r} retrieves k={family.retrieval.k} neighbours: pass --database")
 
@@ -287,6 +288,8 @@ class LDMTask(Task):
         self.vae = load_checkpoint(self.paths["vae"]).to(self.device).eval().requires_grad_(False)
         self.clap = load_checkpoint(self.paths["clap"]).to(self.device).eval().requires_grad_(False)
         self.unet = UNet(self.family.unet)
+        if self.paths["unet"] is not None:
+            self._continue_from(self.paths["unet"])
         self.diffusion = Diffusion(self.family.schedule, self.device)
         self.scale = self.family.vae.scaling_factor
         if self.scale == 1.0:
@@ -294,6 +297,17 @@ class LDMTask(Task):
             log.info("latent scaling factor estimated from data: %.5f", self.scale)
         trainer.resolved["latent_scaling_factor"] = self.scale
         self.db = RetrievalDB(self.paths["database"]) if self.paths["database"] else None
+
+    def _continue_from(self, folder: str | Path) -> None:
+        """Start from a trained UNet (a resumed run's checkpoint still takes precedence)."""
+        source = load_checkpoint(folder)
+        if not isinstance(source, UNet):
+            raise ValueError(f"{folder}: not a UNet checkpoint (e.g. `reaudio default-model unpack`'s unet/)")
+        if source.cfg != self.family.unet:
+            raise ValueError(
+                f"{folder}: its UNet differs from the config's (pass the family.json it was trained with as --config)"
+            )
+        self.unet.load_state_dict(source.state_dict())
 
     # Computed on first use: a run resumed at its last step only writes final/ and needs neither.
     @functools.cached_property

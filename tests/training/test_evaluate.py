@@ -126,6 +126,19 @@ def test_ablation_table_over_k(tiny_artifacts, eval_manifest, tmp_path):
     assert "| audio+text k=1 |" in table and "| default |" in table
 
 
+def test_eval_scores_the_sampler_it_is_given(tiny_artifacts, eval_manifest, tmp_path):
+    results = {}
+    for sampler in ("ddim", "dpmpp-2m"):
+        args = ["-q", "eval", "--bundle", str(tiny_artifacts / "bundle"), "--data", str(eval_manifest)]
+        args += ["--out", str(tmp_path / sampler), "--steps", "3", "--limit", "3", "--sampler", sampler]
+        assert cli([*args, "--backbone", "tests.training.fake_backbone:make", "--backend", "cpu"]) == 0
+        results[sampler] = json.loads((tmp_path / sampler / "results.json").read_text())
+    assert [r["settings"]["sampler"] for r in results.values()] == ["ddim", "dpmpp-2m"]
+    # same clips, seeds and neighbours: only the sampler differs, and it reached the engine
+    assert results["ddim"]["fad"] != results["dpmpp-2m"]["fad"]
+    assert results["ddim"]["copy_top1"]["fad"] == results["dpmpp-2m"]["copy_top1"]["fad"]
+
+
 @pytest.mark.skipif(not HAS_AISFX, reason="aisfx wheel not installed (pip install --no-deps aisfx)")
 def test_aisfx_network_matches_the_package_and_separates_sounds():
     from reaudio.models.pretrained import wheel_data

@@ -339,3 +339,35 @@ def test_adversarial_vae_training_judges_mels_and_ships_only_the_vae(tiny_manife
     weights = load_file(str(out / "final" / "vae" / "model.safetensors"))
     assert not any(k.startswith("discriminator") or "convs" in k for k in weights)
     assert load_checkpoint(out / "final" / "vae").cfg == load_config("tiny").vae
+
+
+def test_ldm_fine_tunes_the_default_model_from_its_unpacked_pack(tiny_manifest, tiny_artifacts, tmp_path, capsys):
+    from reaudio.engine.retrieval.database import RetrievalDB
+    from reaudio.export.default_pack import load_pack_models, unpack, write_pack
+
+    pack = tmp_path / "pack"
+    write_pack(tiny_artifacts / "system", tiny_artifacts / "db", pack)
+    base = unpack(pack, tmp_path / "base")
+    _, packed = load_pack_models(pack)
+    for name in ("unet", "vae", "clap"):
+        state = load_checkpoint(base / name).state_dict()
+        assert all(torch.equal(state[k], v) for k, v in packed[name].state_dict().items()), name
+    assert len(RetrievalDB(base / "db").items) == len((pack / "db" / "items.jsonl").read_text().splitlines())
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        unpack(pack, base)
+
+    inputs = ["--config", str(base / "family.json"), "--vae", str(base / "vae"), "--clap", str(base / "clap")]
+    inputs += ["--database", str(base / "db")]
+    _train("ldm", tiny_manifest, tmp_path / "tuned", *inputs, "--unet", str(base / "unet"), steps=2, lr="1e-6")
+    _train("ldm", tiny_manifest, tmp_path / "fresh", *inputs, steps=2, lr="1e-6")
+    start = packed["unet"].state_dict()
+
+    def moved(run):
+        final = load_checkpoint(run / "final" / "unet").state_dict()
+        return max(float((final[k] - v).abs().max()) for k, v in start.items())
+
+    # a tiny learning rate: the continued run ends where the pack's UNet was, a fresh one does not
+    assert moved(tmp_path / "tuned") < 1e-3 < moved(tmp_path / "fresh")
+    args = ["train", "ldm", "--data", str(tiny_manifest), "--out", str(tmp_path / "wrong"), "--steps", "1", *inputs]
+    assert cli([*args, "--unet", str(base / "vae")]) == 2
+    assert "not a UNet checkpoint" in capsys.readouterr().err
