@@ -111,6 +111,11 @@ def _vae_encoder_part(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
     return {k: v for k, v in vae.state_dict().items() if k.startswith("encoder.")}
 
 
+def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    save_file(state, str(path))
+    path.chmod(umask_mode(0o666))  # safetensors writes through a private (0600) temp file
+
+
 def _checksums(folder: Path) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): sha256_file(p)
@@ -185,8 +190,7 @@ def add_vae_part(
     name = f"vae_{part}.safetensors"
     with atomic_dir(pack) as tmp:
         shutil.copytree(pack, tmp, dirs_exist_ok=True)
-        save_file(stored, str(tmp / name))
-        (tmp / name).chmod(umask_mode(0o666))
+        _save_weights(stored, tmp / name)
         record = (provenance or _run_record(vae)) | {"stored": "fp16" if fp16 else "int8"}
         meta = {**meta, "provenance": {**meta.get("provenance", {}), f"vae_{part}": record}}
         meta["files"] = _checksums(tmp)
@@ -210,12 +214,12 @@ def write_pack(
 
     cfg, models = load_system([system])
     with atomic_dir(out) as tmp:
-        save_file(quantize_state(models["unet"].state_dict()), str(tmp / "unet.safetensors"))
-        save_file(quantize_state(_vae_decoder_part(models["vae"])), str(tmp / "vae_decoder.safetensors"))
-        save_file(quantize_state(_vae_encoder_part(models["vae"])), str(tmp / "vae_encoder.safetensors"))
-        save_file({k: v.half() for k, v in _clap_stored_part(models["clap"]).items()}, str(tmp / "clap.safetensors"))
+        _save_weights(quantize_state(models["unet"].state_dict()), tmp / "unet.safetensors")
+        _save_weights(quantize_state(_vae_decoder_part(models["vae"])), tmp / "vae_decoder.safetensors")
+        _save_weights(quantize_state(_vae_encoder_part(models["vae"])), tmp / "vae_encoder.safetensors")
+        _save_weights({k: v.half() for k, v in _clap_stored_part(models["clap"]).items()}, tmp / "clap.safetensors")
         if not _universal_vocoder(cfg, models["vocoder"]):
-            save_file(quantize_state(models["vocoder"].state_dict()), str(tmp / "vocoder.safetensors"))
+            _save_weights(quantize_state(models["vocoder"].state_dict()), tmp / "vocoder.safetensors")
         db = RetrievalDB(database)
         (tmp / "db").mkdir()
         shutil.copy(db.generation / "items.jsonl", tmp / "db" / "items.jsonl")

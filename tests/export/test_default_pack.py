@@ -44,6 +44,10 @@ def test_pack_lists_its_files_and_catches_corruption(tiny_pack, tmp_path):
     pack, meta = tiny_pack
     assert {"unet.safetensors", "vae_decoder.safetensors", "clap.safetensors", "db/keys.npy"} <= set(meta["files"])
     assert verify_pack(pack)["format"] == 1
+    from reaudio.engine.bundle.dataclass_io import umask_mode
+
+    # readable as any file the user writes (safetensors writes 0600 temp files)
+    assert {(pack / name).stat().st_mode & 0o777 for name in meta["files"]} == {umask_mode(0o666)}
     broken = tmp_path / "broken"
     shutil.copytree(pack, broken)
     keys = np.load(broken / "db" / "keys.npy")
