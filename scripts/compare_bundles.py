@@ -1,7 +1,7 @@
 """Two bundles of one model (e.g. the int8 default pack's assembly vs the fp32 export), same
 requests: waveform SNR and log-mel L1 of B against A, and each one's level.
 
-    python scripts/compare_bundles.py BUNDLE_A BUNDLE_B BUNDLE_MANIFEST [--clips 16] [--steps 25]
+    python scripts/compare_bundles.py BUNDLE_A BUNDLE_B CORPUS/manifest.jsonl [--clips 16] [--steps 25]
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ def main() -> None:
     p.add_argument("manifest", type=Path)
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float, help="default: bundle A's (both bundles generate with the same)")
     args = p.parse_args()
     test = [c for c in read_corpus(args.manifest) if c.split == "test"]
     captions = [test[round(i * len(test) / args.clips)].caption for i in range(args.clips)]
-    requests = [Request(c, duration=4.0, seed=i, steps=args.steps) for i, c in enumerate(captions)]
     a = Engine.from_bundle(args.a, backend="cpu")
+    guidance = args.guidance if args.guidance is not None else a.manifest.defaults.guidance
+    requests = [Request(c, duration=4.0, seed=i, steps=args.steps, guidance=guidance) for i, c in enumerate(captions)]
     wa = [r.waveform for r in a.generate(requests)]
     b = Engine.from_bundle(args.b, backend="cpu")
     wb = [r.waveform for r in b.generate(requests)]
@@ -39,6 +41,7 @@ def main() -> None:
         json.dumps(
             {
                 "clips": len(captions),
+                "guidance": guidance,
                 "snr_db_median": float(np.median(snr)),
                 "snr_db_min": float(np.min(snr)),
                 "log_mel_l1_mean": float(np.mean(mel_l1)),

@@ -6,8 +6,8 @@
 #
 # Step counts come from the environment (the defaults are the CPU run of the shipped model;
 # on a GPU raise them and add DEVICE=cuda):
-#   CLAP_STEPS VAE_STEPS DEC_L1_STEPS DEC_ADV_STEPS DEC_ADV_ROUNDS LDM_STEPS BATCH LDM_BATCH DEVICE LOUDNESS
-#   PREDICTION
+#   CLAP_STEPS VAE_STEPS DEC_L1_STEPS DEC_ADV_STEPS DEC_ADV_ROUNDS LDM_STEPS LDM_TUNE_STEPS BATCH LDM_BATCH
+#   DEVICE LOUDNESS PREDICTION
 # After the VAE, its decoder is trained again on the frozen encoder's latents: L1 first, then rounds
 # against a log-mel patch discriminator (L1 alone decodes smeared spectra the vocoder renders as hiss;
 # see docs/default_model.md "The decoder was the limit"). The latent space does not move, so the LDM
@@ -15,7 +15,8 @@
 # Training audio is loudness-normalised (LOUDNESS LUFS, peaks <= -1 dBFS) for the VAE and the LDM;
 # the LDM drops FiLM and retrieved contexts independently (so k = 0 and "neighbours only" are
 # conditions it has seen), predicts v (PREDICTION=epsilon for the noise) and weights its loss with
-# min-SNR-gamma 5.
+# min-SNR-gamma 5. It trains at lr 2e-4 for LDM_STEPS, then continues from that UNet at lr 1e-4 for
+# LDM_TUNE_STEPS (train ldm --unet; 0 skips it), as the shipped model did.
 set -euo pipefail
 CORPUS=${1:?corpus folder (reaudio data build-sfx --out CORPUS)}
 RUNS=${2:?folder for the training runs}
@@ -26,7 +27,8 @@ VAE_STEPS=${VAE_STEPS:-2500}
 DEC_L1_STEPS=${DEC_L1_STEPS:-1500}
 DEC_ADV_STEPS=${DEC_ADV_STEPS:-2000}
 DEC_ADV_ROUNDS=${DEC_ADV_ROUNDS:-3}
-LDM_STEPS=${LDM_STEPS:-5000}
+LDM_STEPS=${LDM_STEPS:-3500}
+LDM_TUNE_STEPS=${LDM_TUNE_STEPS:-6000}
 BATCH=${BATCH:-16}
 LDM_BATCH=${LDM_BATCH:-8}
 LOUDNESS=${LOUDNESS:--20}
@@ -66,13 +68,24 @@ stamp "retrieval database over the training split"
 [ -d "$RUNS/db" ] || reaudio db build --clap "$RUNS/clap/final/clap" --config "$CONFIG" \
     --data "$CORPUS/manifest.jsonl" --out "$RUNS/db"
 
+ldm() {  # ldm RUN STEPS LR [extra train flags]
+    local run=$1 steps=$2 lr=$3
+    shift 3
+    reaudio train ldm --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/$run" \
+        --steps "$steps" --batch-size "$LDM_BATCH" --lr "$lr" --device "$DEVICE" --checkpoint-every 250 \
+        --vae "$VAE_FINAL" --clap "$RUNS/clap/final/clap" --database "$RUNS/db" --vocoder universal \
+        --loudness-db "$LOUDNESS" --cfg-dropout 0.1 --film-dropout 0.1 --context-dropout 0.1 --min-snr-gamma 5 \
+        --prediction "$PREDICTION" "$@"
+}
 stamp "LDM ($LDM_STEPS steps; the vocoder is the universal HiFi-GAN)"
-reaudio train ldm --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/ldm" \
-    --steps "$LDM_STEPS" --batch-size "$LDM_BATCH" --lr 2e-4 --device "$DEVICE" --checkpoint-every 250 \
-    --vae "$VAE_FINAL" --clap "$RUNS/clap/final/clap" --database "$RUNS/db" --vocoder universal \
-    --loudness-db "$LOUDNESS" --cfg-dropout 0.1 --film-dropout 0.1 --context-dropout 0.1 --min-snr-gamma 5 \
-    --prediction "$PREDICTION"
+ldm ldm "$LDM_STEPS" 2e-4
+LDM_FINAL="$RUNS/ldm/final"
+if [ "$LDM_TUNE_STEPS" -gt 0 ]; then
+    stamp "LDM continued at lr 1e-4 ($LDM_TUNE_STEPS steps)"
+    ldm ldm-tuned "$LDM_TUNE_STEPS" 1e-4 --unet "$LDM_FINAL/unet" --seed 7
+    LDM_FINAL="$RUNS/ldm-tuned/final"
+fi
 
 stamp "export"
-[ -d "$RUNS/bundle" ] || reaudio export "$RUNS/ldm/final" --out "$RUNS/bundle" --database "$RUNS/db"
+[ -d "$RUNS/bundle" ] || reaudio export "$LDM_FINAL" --out "$RUNS/bundle" --database "$RUNS/db"
 stamp "done: $RUNS/bundle"
