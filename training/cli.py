@@ -15,6 +15,7 @@ from pathlib import Path
 
 from reaudio.engine.denoising.sampler import SAMPLERS
 
+from .lr_schedule import LR_DECAYS
 from .sfx_sources import HELDOUT_PACKAGES, PACKAGES
 
 
@@ -193,6 +194,18 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument(
+        "--lr-decay",
+        choices=LR_DECAYS,
+        default="constant",
+        help="after warm-up: keep the peak lr, or decay it along half a cosine to --final-lr-fraction at --steps",
+    )
+    p.add_argument(
+        "--final-lr-fraction",
+        type=float,
+        default=0.0,
+        help="cosine decay: the last step's lr as a fraction of --lr (0…1; default 0)",
+    )
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--ema-decay", type=float, help="EMA of weights (default: 0.999 for ldm, off otherwise)")
     p.add_argument("--seed", type=int, default=0)

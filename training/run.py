@@ -24,6 +24,8 @@ def train_from_args(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
+        lr_decay=args.lr_decay,
+        final_lr_fraction=args.final_lr_fraction,
         grad_clip=args.grad_clip,
         ema_decay=ema,
         seed=args.seed,

@@ -23,6 +23,8 @@ from torch import nn
 from reaudio.engine.bundle.dataclass_io import atomic_path, to_dict, write_json_atomic
 from reaudio.models.checkpoint import save_checkpoint
 
+from .lr_schedule import LR_DECAYS, learning_rate
+
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +37,11 @@ class TrainConfig:
         batch_size: items per step per process.
         lr: peak learning rate (AdamW), reached after ``warmup_steps``.
         warmup_steps: linear warm-up from 0.
+        lr_decay: "constant" (the peak until the end) or "cosine" (half a cosine from the peak
+            after warm-up down to ``final_lr_fraction`` × peak at ``steps``), the usual way to end
+            a run or a fine-tune: the last steps average out the gradient noise a constant rate
+            keeps injecting.
+        final_lr_fraction: where the cosine ends, as a fraction of ``lr``.
         weight_decay: AdamW weight decay.
         grad_clip: max gradient norm (0: off).
         ema_decay: exponential moving average of the weights (0: off).
@@ -60,6 +67,8 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 2e-4
     warmup_steps: int = 100
+    lr_decay: str = "constant"
+    final_lr_fraction: float = 0.0
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.0
@@ -75,6 +84,12 @@ class TrainConfig:
     kl_weight: float = 1e-6
     discriminator_width: float = 1.0
     segment_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay {self.lr_decay!r} is not one of {', '.join(LR_DECAYS)}")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ValueError(f"final_lr_fraction {self.final_lr_fraction} is outside 0…1")
 
 
 def distributed() -> tuple[int, int]:
@@ -156,9 +171,8 @@ class Trainer:
             torch.save(state, tmp)
 
     def lr_at(self, step: int) -> float:
-        if self.cfg.warmup_steps <= 0:
-            return self.cfg.lr
-        return self.cfg.lr * min(1.0, (step + 1) / self.cfg.warmup_steps)
+        c = self.cfg
+        return learning_rate(step, c.steps, c.lr, c.warmup_steps, c.lr_decay, c.final_lr_fraction)
 
     def optimise(self, name: str, loss: torch.Tensor) -> float:
         """Backward, clip and step the optimiser of module ``name``; returns the gradient norm."""

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from reaudio.models.configs import load_config
 from reaudio.models.system import build_system
 from reaudio.training.cli import main as cli
 from reaudio.training.database import build_database_from_manifest
+from reaudio.training.trainer import TrainConfig
 
 
 def _train(model, manifest, out, *extra, steps=30, batch=8, lr="2e-3"):
@@ -371,3 +373,26 @@ def test_ldm_fine_tunes_the_default_model_from_its_unpacked_pack(tiny_manifest, 
     args = ["train", "ldm", "--data", str(tiny_manifest), "--out", str(tmp_path / "wrong"), "--steps", "1", *inputs]
     assert cli([*args, "--unet", str(base / "vae")]) == 2
     assert "not a UNet checkpoint" in capsys.readouterr().err
+
+
+def test_cosine_lr_decay_warms_up_then_falls_to_the_floor_on_the_last_step(tiny_manifest, tmp_path):
+    cosine = ("--lr-decay", "cosine", "--final-lr-fraction", "0.1")
+    _train("vae", tiny_manifest, tmp_path / "run", *cosine, steps=12, lr="1e-3")
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert len(lrs) == 12
+    assert lrs[:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])  # warm-up (3 steps), then the peak
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))  # decays on every step after the peak
+    assert lrs[-1] == pytest.approx(1e-4)
+    assert lrs[7] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 5 / 9)))
+    constant = tmp_path / "constant"
+    _train("vae", tiny_manifest, constant, steps=6, lr="1e-3")
+    with open(constant / "metrics.csv") as f:
+        assert [float(r["lr"]) for r in csv.DictReader(f)][2:] == [1e-3] * 4
+
+
+def test_lr_decay_refuses_unknown_curves_and_floors():
+    with pytest.raises(ValueError, match="lr_decay 'linear' is not one of constant, cosine"):
+        TrainConfig(lr_decay="linear")
+    with pytest.raises(ValueError, match="final_lr_fraction 1.5 is outside"):
+        TrainConfig(final_lr_fraction=1.5)
