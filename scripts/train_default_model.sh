@@ -6,7 +6,8 @@
 #
 # Step counts come from the environment (the defaults are the CPU run of the shipped model;
 # on a GPU raise them and add DEVICE=cuda):
-#   CLAP_STEPS VAE_STEPS DEC_L1_STEPS DEC_ADV_STEPS DEC_ADV_ROUNDS LDM_STEPS LDM_TUNE_STEPS BATCH LDM_BATCH
+#   CLAP_STEPS VAE_STEPS DEC_L1_STEPS DEC_ADV_STEPS DEC_ADV_ROUNDS LDM_STEPS LDM_TUNE_STEPS LDM_COSINE
+#   BATCH LDM_BATCH
 #   DEVICE LOUDNESS PREDICTION
 # After the VAE, its decoder is trained again on the frozen encoder's latents: L1 first, then rounds
 # against a log-mel patch discriminator (L1 alone decodes smeared spectra the vocoder renders as hiss;
@@ -16,7 +17,9 @@
 # the LDM drops FiLM and retrieved contexts independently (so k = 0 and "neighbours only" are
 # conditions it has seen), predicts v (PREDICTION=epsilon for the noise) and weights its loss with
 # min-SNR-gamma 5. It trains at lr 2e-4 for LDM_STEPS, then continues from that UNet at lr 1e-4 for
-# LDM_TUNE_STEPS (train ldm --unet; 0 skips it), as the shipped model did.
+# LDM_TUNE_STEPS (train ldm --unet; 0 skips it), then runs the cosine phases of LDM_COSINE in turn
+# ("STEPS:PEAK_LR" each, every one continuing from the last UNet with --lr-decay cosine down to 5 %
+# of its peak; empty skips them), as the shipped model did.
 set -euo pipefail
 CORPUS=${1:?corpus folder (reaudio data build-sfx --out CORPUS)}
 RUNS=${2:?folder for the training runs}
@@ -29,6 +32,7 @@ DEC_ADV_STEPS=${DEC_ADV_STEPS:-2000}
 DEC_ADV_ROUNDS=${DEC_ADV_ROUNDS:-3}
 LDM_STEPS=${LDM_STEPS:-3500}
 LDM_TUNE_STEPS=${LDM_TUNE_STEPS:-6000}
+LDM_COSINE=${LDM_COSINE-4500:1e-4 4500:7e-5}
 BATCH=${BATCH:-16}
 LDM_BATCH=${LDM_BATCH:-8}
 LOUDNESS=${LOUDNESS:--20}
@@ -85,6 +89,14 @@ if [ "$LDM_TUNE_STEPS" -gt 0 ]; then
     ldm ldm-tuned "$LDM_TUNE_STEPS" 1e-4 --unet "$LDM_FINAL/unet" --seed 7
     LDM_FINAL="$RUNS/ldm-tuned/final"
 fi
+phase=0
+for cosine in $LDM_COSINE; do
+    phase=$((phase + 1))
+    stamp "LDM cosine phase $phase (${cosine%%:*} steps from lr ${cosine##*:})"
+    ldm "ldm-cosine$phase" "${cosine%%:*}" "${cosine##*:}" --unet "$LDM_FINAL/unet" --seed $((10 + phase)) \
+        --lr-decay cosine --final-lr-fraction 0.05
+    LDM_FINAL="$RUNS/ldm-cosine$phase/final"
+done
 
 stamp "export"
 [ -d "$RUNS/bundle" ] || reaudio export "$LDM_FINAL" --out "$RUNS/bundle" --database "$RUNS/db"
