@@ -13,14 +13,12 @@ def learning_rate(step: int, steps: int, lr: float, warmup_steps: int, decay: st
     Linear warm-up to ``lr`` over ``warmup_steps``; then ``lr`` to the end ("constant"), or half
     a cosine from ``lr`` after the warm-up down to ``final_fraction`` × ``lr`` at the last step
     ("cosine"). A function of the step alone, so a run resumed with the same ``steps`` continues
-    on the same curve (a larger ``steps`` stretches the curve from where the run stands).
+    on the same curve; resuming with another ``steps`` moves to that run's curve (the rate jumps).
     """
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
-    if decay == "constant":
+    if decay == "constant":  # the choices are checked where the run is configured (TrainConfig)
         return lr
-    if decay != "cosine":
-        raise ValueError(f"lr decay {decay!r} is not one of {', '.join(LR_DECAYS)}")
     progress = min(1.0, (step + 1 - warmup_steps) / max(1, steps - warmup_steps))
     floor = lr * final_fraction
     return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
