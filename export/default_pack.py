@@ -18,6 +18,9 @@ was trained here, small:
     db/keys.npy               CLAP audio keys, fp16
     db/audio_tokens.npy       pooled audio token features, int8 (+ audio_scales.npy per item)
 
+pack.json may also hold ``decoder_calibration``: the per-band correction of the decoder's log-mel
+(``reaudio.models.mel_calibration``) that the assembled decoder graph applies before the vocoder.
+
 :func:`assemble` rebuilds the torch models (wheel parts included), recomputes
 caption token features, and writes a regular bundle with ``export_bundle``.
 """
@@ -48,6 +51,7 @@ from reaudio.engine.retrieval.database import Items, RetrievalDB
 from reaudio.models.clap import CLAP
 from reaudio.models.configs import FamilyConfig, load_config
 from reaudio.models.hifigan import HiFiGANGenerator
+from reaudio.models.mel_calibration import MelCalibration, MelCalibrationLayer
 from reaudio.models.pretrained import UNIVERSAL_HIFIGAN, universal_hifigan
 from reaudio.models.retrieval_features import RetrievalFeatureEncoder
 from reaudio.models.unet import UNet
@@ -193,6 +197,13 @@ def add_vae_part(
         _save_weights(stored, tmp / name)
         record = (provenance or _run_record(vae)) | {"stored": "fp16" if fp16 else "int8"}
         meta = {**meta, "provenance": {**meta.get("provenance", {}), f"vae_{part}": record}}
+        if part == "decoder" and meta.pop("decoder_calibration", None) is not None:
+            meta["provenance"].pop("decoder_calibration", None)
+            log.warning(
+                "%s: its decoder calibration was fitted to the old decoder and is dropped; fit one for the "
+                "new decoder with `reaudio default-model calibrate-decoder --data MANIFEST`",
+                pack,
+            )
         meta["files"] = _checksums(tmp)
         write_json_atomic(tmp / "pack.json", meta)
     return meta
@@ -264,7 +275,8 @@ def _load_part(model: nn.Module, state: dict[str, torch.Tensor], allowed_missing
 
 
 def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
-    """The torch models of a pack: trained parts from the pack, the rest from the wheels."""
+    """The torch models of a pack: trained parts from the pack, the rest from the wheels, and the
+    decoder's ``mel_calibration`` when pack.json holds one."""
     cfg = load_config(pack / "family.json")
     unet = UNet(cfg.unet)
     _load_part(unet, dequantize_state(load_file(str(pack / "unet.safetensors"))), (), "unet")
@@ -284,7 +296,16 @@ def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
         _load_part(vocoder, dequantize_state(load_file(str(pack / "vocoder.safetensors"))), (), "vocoder")
     else:
         vocoder = universal_hifigan()
-    return cfg, {"unet": unet.eval(), "vae": vae.eval(), "clap": clap.eval(), "vocoder": vocoder.eval()}
+    models = {"unet": unet.eval(), "vae": vae.eval(), "clap": clap.eval(), "vocoder": vocoder.eval()}
+    calibration = json.loads((pack / "pack.json").read_text(encoding="utf-8")).get("decoder_calibration")
+    if calibration is not None:
+        fitted = MelCalibration.from_dict(calibration, f"{pack / 'pack.json'}: decoder_calibration")
+        if fitted.n_mels != cfg.mel.n_mels:
+            raise ValueError(
+                f"{pack / 'pack.json'}: decoder_calibration has {fitted.n_mels} bands, the model's mel {cfg.mel.n_mels}"
+            )
+        models["mel_calibration"] = MelCalibrationLayer(fitted)
+    return cfg, models
 
 
 @torch.no_grad()

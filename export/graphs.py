@@ -92,15 +92,21 @@ class VAEEncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """Scaled latent (B, C, T, F) → waveform (B, T · r · hop): VAE decoder, then vocoder."""
+    """Scaled latent (B, C, T, F) → waveform (B, T · r · hop): VAE decoder, the decoder's mel
+    calibration when it has one, then vocoder."""
 
-    def __init__(self, vae: AutoencoderKL, vocoder: HiFiGANGenerator, n_mels: int) -> None:
+    def __init__(
+        self, vae: AutoencoderKL, vocoder: HiFiGANGenerator, n_mels: int, calibration: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.vae = vae
         self.vocoder = vocoder
         self.n_mels = n_mels
         self.scaling_factor = vae.cfg.scaling_factor
+        self.calibration = calibration
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         mel = self.vae.decode(latent / self.scaling_factor)[..., : self.n_mels]
+        if self.calibration is not None:
+            mel = self.calibration(mel)
         return self.vocoder(mel)

@@ -19,7 +19,8 @@
 # min-SNR-gamma 5. It trains at lr 2e-4 for LDM_STEPS, then continues from that UNet at lr 1e-4 for
 # LDM_TUNE_STEPS (train ldm --unet; 0 skips it), then runs the cosine phases of LDM_COSINE in turn
 # ("STEPS:PEAK_LR" each, every one continuing from the last UNet with --lr-decay cosine down to 5 %
-# of its peak; empty skips them), as the shipped model did.
+# of its peak; empty skips them), as the shipped model did. The export fits the decoder's log-mel
+# calibration (per-band level and sharpening, docs/default_model.md) on training clips.
 set -euo pipefail
 CORPUS=${1:?corpus folder (reaudio data build-sfx --out CORPUS)}
 RUNS=${2:?folder for the training runs}
@@ -98,6 +99,7 @@ for cosine in $LDM_COSINE; do
     LDM_FINAL="$RUNS/ldm-cosine$phase/final"
 done
 
-stamp "export"
-[ -d "$RUNS/bundle" ] || reaudio export "$LDM_FINAL" --out "$RUNS/bundle" --database "$RUNS/db"
+stamp "export (with the decoder's log-mel calibration fitted on training clips)"
+[ -d "$RUNS/bundle" ] || reaudio export "$LDM_FINAL" --out "$RUNS/bundle" --database "$RUNS/db" \
+    --calibrate-decoder "$CORPUS/manifest.jsonl"
 stamp "done: $RUNS/bundle"

@@ -55,6 +55,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from reaudio.models.system import load_system
 
     cfg, models = load_system(args.checkpoints, args.config)
+    if args.calibrate_decoder is not None:
+        from reaudio.models.mel_calibration import MelCalibrationLayer
+
+        from .decoder_calibration import calibrate_decoder
+
+        fitted = calibrate_decoder(models["vae"], cfg.mel, args.calibrate_decoder)
+        models["mel_calibration"] = MelCalibrationLayer(fitted)
+        print(f"decoder calibration fitted on {args.calibrate_decoder} ({_sharpening(fitted)})")
     manifest = export_bundle(
         cfg,
         models,
@@ -71,6 +79,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.trt:
         return _build_plans(args.out)
     return 0
+
+
+def _sharpening(calibration) -> str:
+    low, high = min(calibration.sharpen), max(calibration.sharpen)
+    return f"sharpening along time {low:.2f}-{high:.2f} by band, across bands {calibration.sharpen_freq:.2f}"
 
 
 def _need_quantisation() -> None:
@@ -468,6 +481,13 @@ def add_training_commands(sub, common, dbsub) -> None:
         "convolution kernels; needs --fp16)",
     )
     p.add_argument("--trt", action="store_true", help="then build TensorRT plans (needs a GPU and tensorrt)")
+    p.add_argument(
+        "--calibrate-decoder",
+        type=Path,
+        metavar="MANIFEST",
+        help="fit the per-band correction of the VAE decoder's log-mel on 300 training clips of this corpus "
+        "manifest and build it into the decoder graph (docs/default_model.md)",
+    )
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     p.set_defaults(func=_cmd_export)
@@ -569,6 +589,18 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
             f"{out}/family.json --unet {out}/unet --vae {out}/vae --clap {out}/clap --database {out}/db ...`"
         )
         return 0
+    if args.action == "calibrate-decoder":
+        from reaudio.engine.bundle.default_model import pack_path
+
+        from .decoder_calibration import calibrate_pack
+
+        pack = args.pack or pack_path()
+        fitted = calibrate_pack(pack, args.data, clips=args.clips)
+        print(
+            f"{pack}: decoder calibration fitted on {args.data} ({_sharpening(fitted)}); "
+            "run `reaudio default-model assemble --force`"
+        )
+        return 0
     if args.action in ("add-encoder", "add-decoder"):
         from reaudio.engine.bundle.default_model import pack_path
 
@@ -605,6 +637,14 @@ def _add_default_model(sub, common) -> None:
         e.add_argument("vae", type=Path, help=f"VAE checkpoint folder (train vae {flag} PACK's final/vae)")
         e.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
         e.add_argument("--fp16", action="store_true", help=f"store the {part} in fp16 (default: int8 per channel)")
+    c = dsub.add_parser(
+        "calibrate-decoder",
+        parents=[common],
+        help="maintainers: fit the per-band correction of the decoder's log-mel on training clips (torch)",
+    )
+    c.add_argument("--data", type=Path, required=True, help="the corpus manifest the model was trained on")
+    c.add_argument("--clips", type=int, default=300, help="training clips to fit on, evenly spread (default 300)")
+    c.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     u = dsub.add_parser(
         "unpack", parents=[common], help="the pack as checkpoints and a database, to fine-tune it (torch)"
     )

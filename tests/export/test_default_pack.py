@@ -177,3 +177,73 @@ def load_config_with_wider_vae():
 
     cfg = load_config("tiny").vae
     return AutoencoderKL(replace(cfg, ch=cfg.ch * 2))
+
+
+def test_a_fitted_decoder_calibration_reaches_the_assembled_decoder(tiny_pack, tmp_path):
+    import shutil
+
+    from reaudio.export.default_pack import add_vae_part, load_pack_models
+    from reaudio.models.checkpoint import save_checkpoint
+    from reaudio.training.decoder_calibration import calibrate_pack
+
+    pack = tmp_path / "pack"
+    shutil.copytree(tiny_pack[0], pack)
+    before = Engine.from_bundle(assemble(pack, tmp_path / "before"), backend="cpu")
+    fitted = calibrate_pack(pack, _tone_corpus(tmp_path / "corpus", before.sample_rate), clips=3)
+    meta = verify_pack(pack)
+    assert meta["decoder_calibration"] == fitted.to_dict() and len(fitted.scale) == before.manifest.mel.n_mels
+    assert meta["provenance"]["decoder_calibration"]["train_clips"] == 3
+    cfg, models = load_pack_models(pack)
+    assert torch.equal(models["mel_calibration"].sharpen, torch.tensor(fitted.sharpen, dtype=torch.float32))
+
+    after = Engine.from_bundle(assemble(pack, tmp_path / "after"), backend="cpu")
+    spec = after.manifest.latent
+    z = np.random.default_rng(1).standard_normal((1, spec.channels, 8, spec.freq)).astype(np.float32)
+    old, new = before.runners["decoder"].run({"latent": z})[0], after.runners["decoder"].run({"latent": z})[0]
+    assert old.shape == new.shape and not np.allclose(old, new, atol=1e-3)
+
+    # A new decoder drops the calibration fitted to the old one.
+    save_checkpoint(tmp_path / "run" / "final" / "vae", models["vae"])
+    add_vae_part(pack, tmp_path / "run" / "final" / "vae", "decoder")
+    meta = verify_pack(pack)
+    assert "decoder_calibration" not in meta and "decoder_calibration" not in meta["provenance"]
+    assert "mel_calibration" not in load_pack_models(pack)[1]
+
+    broken = json.loads((pack / "pack.json").read_text())
+    broken["decoder_calibration"] = {"scale": [1.0] * 3, "bias": [0.0] * 3, "sharpen": [0.0] * 3}
+    (pack / "pack.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="decoder_calibration has 3 bands"):
+        load_pack_models(pack)
+
+
+def test_export_builds_a_fitted_calibration_into_the_decoder(tiny_artifacts, tmp_path, capsys):
+    from reaudio.engine.cli import main
+
+    plain = Engine.from_bundle(tiny_artifacts / "bundle", backend="cpu")
+    manifest = _tone_corpus(tmp_path / "corpus", plain.sample_rate)
+    out = tmp_path / "calibrated"
+    args = ["export", str(tiny_artifacts / "system"), "--out", str(out), "--calibrate-decoder", str(manifest)]
+    assert main([*args, "--fp16"]) == 0
+    assert "decoder calibration fitted on" in capsys.readouterr().out
+    calibrated = Engine.from_bundle(out, backend="cpu")
+    report = json.loads((out / "export_report.json").read_text())
+    assert any(r["stage"] == "decoder" for r in report["parity_fp16"])  # the fp16 decoder was made and checked
+    spec = plain.manifest.latent
+    z = np.random.default_rng(2).standard_normal((1, spec.channels, 8, spec.freq)).astype(np.float32)
+    old, new = plain.runners["decoder"].run({"latent": z})[0], calibrated.runners["decoder"].run({"latent": z})[0]
+    assert old.shape == new.shape and not np.allclose(old, new, atol=1e-3)
+
+
+def _tone_corpus(folder, sample_rate: int):
+    """A corpus manifest of four 1-s training clips (tone bursts in noise); returns its path."""
+    import soundfile as sf
+
+    rng, t = np.random.default_rng(0), np.arange(sample_rate) / sample_rate
+    (folder / "audio").mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t) * (t < 0.5) + 0.05 * rng.standard_normal(sample_rate)
+        sf.write(folder / "audio" / f"c{i}.wav", wave.astype(np.float32), sample_rate)
+        rows.append({"id": f"c{i}", "audio": f"audio/c{i}.wav", "caption": f"clip {i}", "split": "train"})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "manifest.jsonl"
