@@ -440,7 +440,9 @@ def _write_generation(folder: Path, info: DatabaseInfo, items: Items) -> None:
                 expansion_add=info.expansion_add,
                 expansion_search=info.expansion_search,
             )
-            index.add(np.arange(info.count), index_keys)
+            # One thread: a multi-threaded build links the graph in a different order each run, so
+            # the same database could answer differently from one build to the next.
+            index.add(np.arange(info.count), index_keys, threads=1)
             index.save(str(tmp / "index.usearch"))
         write_json_atomic(tmp / "db.json", to_dict(info))
         write_json_atomic(tmp / CHECKSUMS, {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()})

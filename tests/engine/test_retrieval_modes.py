@@ -41,6 +41,15 @@ def _db(folder, n=40, dim=16, caption_keys=True, seed=0, **info):
     return db.add(items), audio, caption
 
 
+def test_the_same_database_builds_the_same_hnsw_index(tmp_path):
+    # A multi-threaded usearch build links the graph in a different order each run.
+    extra = {"exact_threshold": 1, "index": "hnsw", "index_mode": "hybrid"}
+    first, _, _ = _db(tmp_path / "a", n=400, hybrid_weight=0.3, **extra)
+    second, _, _ = _db(tmp_path / "b", n=400, hybrid_weight=0.3, **extra)
+    a, b = (db.generation / "index.usearch" for db in (first, second))
+    assert a.read_bytes() == b.read_bytes()
+
+
 @pytest.mark.parametrize("index", ["exact", "hnsw", "ivf"])
 def test_each_mode_ranks_by_its_own_score(tmp_path, index):
     extra = {} if index == "exact" else {"exact_threshold": 1, "index": index, "ivf_probe": 64, "index_mode": "hybrid"}
