@@ -81,7 +81,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sharpening(calibration) -> str:
+def _sharpening(calibration) -> str:  # a MelCalibration
     low, high = min(calibration.sharpen), max(calibration.sharpen)
     return f"sharpening along time {low:.2f}-{high:.2f} by band, across bands {calibration.sharpen_freq:.2f}"
 

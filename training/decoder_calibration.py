@@ -73,13 +73,22 @@ def _matching_sharpen(real: list, mapped: list, mean, axis: int, per_band: bool 
 
 def calibrate_decoder(vae: AutoencoderKL, mel_cfg: MelConfig, manifest: Path, clips: int = 300) -> MelCalibration:
     """The calibration of ``vae``'s decoder on ``clips`` training clips of ``manifest`` (evenly spread)."""
+    return _calibrate(vae, mel_cfg, _training_clips(manifest, clips))
+
+
+def _training_clips(manifest: Path, clips: int) -> list:
     if clips < 1:
         raise ValueError(f"clips={clips}: the calibration needs at least one training clip (300 is the default)")
     train = _spread([c for c in read_corpus(manifest) if c.split == "train"], clips)
     if not train:
         raise ValueError(f"{manifest}: no clips in the train split to calibrate the decoder on")
+    return train
+
+
+def _calibrate(vae: AutoencoderKL, mel_cfg: MelConfig, train: list) -> MelCalibration:
     real, decoded = round_trip_mels(vae.eval(), mel_cfg, [c.audio for c in train])
-    return fit_calibration(real, decoded)
+    # As stored (rounded), so what the caller gets is what the graph will apply.
+    return MelCalibration.from_dict(fit_calibration(real, decoded).to_dict())
 
 
 def calibrate_pack(pack: str | Path, manifest: str | Path, clips: int = 300) -> MelCalibration:
@@ -93,10 +102,10 @@ def calibrate_pack(pack: str | Path, manifest: str | Path, clips: int = 300) -> 
     meta = verify_pack(pack)
     if not (pack / "vae_encoder.safetensors").is_file():
         raise ValueError(f"{pack}: this pack has no VAE encoder, which the calibration needs (a round trip)")
+    train = _training_clips(manifest, clips)
     cfg, models = load_pack_models(pack)
-    calibration = MelCalibration.from_dict(calibrate_decoder(models["vae"], cfg.mel, manifest, clips).to_dict())
-    used = min(clips, sum(c.split == "train" for c in read_corpus(manifest)))
-    record = {"train_clips": used, "manifest": manifest.name, "manifest_sha256": sha256_file(manifest)}
+    calibration = _calibrate(models["vae"], cfg.mel, train)
+    record = {"train_clips": len(train), "manifest": manifest.name, "manifest_sha256": sha256_file(manifest)}
     meta["decoder_calibration"] = calibration.to_dict()
     meta["provenance"] = {**meta.get("provenance", {}), "decoder_calibration": record}
     write_json_atomic(pack / "pack.json", meta)
