@@ -296,6 +296,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from .evaluate import EvalConfig, ablation, evaluate
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}: use 1 or more CPU threads")
+        import torch
+
+        torch.set_num_threads(args.threads)  # the scoring side (aisfx, CLAP, label classifier)
+
     def config(k, bundle=None, sub=None):
         out = args.out / sub if sub else (args.out if k is None else args.out / f"k{k}")
         return EvalConfig(
@@ -316,6 +323,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             init=args.init,
             strength=args.strength,
             candidates=args.candidates,
+            threads=args.threads,
         )
 
     if args.compare:
@@ -365,6 +373,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--init", choices=("neighbour",), help="start each clip from its top neighbour's audio")
     p.add_argument("--strength", type=float, help="with --init: how far a clip may move from its start (0, 1]")
     p.add_argument("--candidates", type=int, default=1, help="best-of-N by CLAP score (default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for generation and scoring (default: all cores; fewer beside a training run)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="score at most this many test clips")
     p.add_argument("--backbone", default="aisfx", help="aisfx, or package.module:factory for your own weights")

@@ -53,6 +53,8 @@ class EvalConfig:
         init, strength: start each clip from its top neighbour's audio ("neighbour") at this
             strength (see ``Request``); the manifest's folder is the items' audio root.
         candidates: best-of-N by CLAP score (1: plain generation).
+        threads: onnxruntime threads for generation (None: all cores); fewer leave cores to a
+            training run beside it (both spinning on all cores slows each several-fold).
     """
 
     bundle: Path
@@ -73,6 +75,7 @@ class EvalConfig:
     init: str | None = None
     strength: float | None = None
     candidates: int = 1
+    threads: int | None = None
     bundle_name: str = field(default="")
 
 
@@ -114,7 +117,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len(test) < 2:
         raise ValueError(f"{cfg.data}: need at least 2 '{cfg.split}' clips to score, found {len(test)}")
     engine = Engine.from_bundle(
-        cfg.bundle, backend=cfg.backend, precision=cfg.precision, audio_root=Path(cfg.data).parent
+        cfg.bundle,
+        backend=cfg.backend,
+        precision=cfg.precision,
+        threads=cfg.threads,
+        audio_root=Path(cfg.data).parent,
     )
     sr = engine.sample_rate
     real = [load_audio(c.audio, sr) for c in test]

@@ -139,6 +139,31 @@ def test_eval_scores_the_sampler_it_is_given(tiny_artifacts, eval_manifest, tmp_
     assert results["ddim"]["copy_top1"]["fad"] == results["dpmpp-2m"]["copy_top1"]["fad"]
 
 
+def test_eval_threads_reach_the_engine_and_torch(tiny_artifacts, eval_manifest, tmp_path, monkeypatch):
+    from reaudio.training import evaluate as evaluate_module
+
+    engines = []
+    opened = evaluate_module.Engine.from_bundle
+
+    def spy(*args, **kwargs):
+        engines.append(opened(*args, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(evaluate_module.Engine, "from_bundle", spy)
+    args = ["-q", "eval", "--bundle", str(tiny_artifacts / "bundle"), "--data", str(eval_manifest)]
+    args += ["--out", str(tmp_path / "e"), "--steps", "2", "--limit", "2", "--backend", "cpu"]
+    args += ["--backbone", "tests.training.fake_backbone:make"]
+    before = torch.get_num_threads()
+    try:
+        assert cli([*args, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    sessions = [r.session for r in engines[0].runners.values() if hasattr(r, "session")]
+    assert sessions and {s.get_session_options().intra_op_num_threads for s in sessions} == {1}
+    assert cli([*args, "--threads", "0"]) == 2
+
+
 @pytest.mark.skipif(not HAS_AISFX, reason="aisfx wheel not installed (pip install --no-deps aisfx)")
 def test_aisfx_network_matches_the_package_and_separates_sounds():
     from reaudio.models.pretrained import wheel_data
