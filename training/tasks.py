@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -209,46 +210,153 @@ class Discriminators(nn.Module):
 
 
 class VocoderTask(Task):
-    """HiFi-GAN on short random segments (8192 samples, as in Kong et al., 2020)."""
+    """HiFi-GAN on short random segments (8192 samples, as in Kong et al., 2020).
+
+    ``decoded_by`` (a VAE checkpoint folder or a default-model pack): the generator hears what
+    it will hear in the engine — each training clip's log-mel through that VAE's encoder and
+    decoder (and a pack's decoder calibration) — and is judged against the real audio, as
+    Kong et al. fine-tune on a text-to-mel model's ground-truth-aligned output. The clip's first
+    ``clip_seconds`` are decoded whole, once, as the engine decodes a clip.
+    ``train_stages``: only the last N up-sampling stages (with their residual blocks) and the
+    output convolution train; the rest stays as loaded (a small set of weights to ship).
+    """
 
     deliverables = ("vocoder",)
     segment_samples = 8192
 
-    def __init__(self, family, manifest, init: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        family,
+        manifest,
+        init: str | Path | None = None,
+        decoded_by: str | Path | None = None,
+        train_stages: int | None = None,
+    ) -> None:
         super().__init__(family, manifest)
         self.init = init
+        self.decoded_by = decoded_by
+        stages = len(family.vocoder.upsample_rates)
+        if train_stages is not None and not 1 <= train_stages <= stages:
+            raise ValueError(
+                f"--train-stages {train_stages}: choose 1 to {stages} (this vocoder has {stages} up-sampling stages)"
+            )
+        if train_stages is not None and init is None:
+            raise ValueError("--train-stages fine-tunes a trained vocoder: pass it with --vocoder (or universal)")
+        self.train_stages = train_stages
         hop = family.mel.hop_length
+        self.decode_samples = self.clip_samples  # the engine's clip length, whole hops
         self.clip_samples = max(hop, min(self.clip_samples, self.segment_samples // hop * hop))
 
     def setup(self, trainer) -> None:
         super().setup(trainer)
         self.generator = load_vocoder(self.init, self.family) if self.init else HiFiGANGenerator(self.family.vocoder)
+        if self.train_stages is not None:
+            self.generator.requires_grad_(False)
+            for name in tail_parameter_names(self.generator, self.train_stages):
+                self.generator.get_parameter(name).requires_grad_(True)
+        self.decoder = self._decoder_chain(self.decoded_by) if self.decoded_by is not None else None
+        self._decoded: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
         self.discriminators = Discriminators(trainer.cfg.discriminator_width)
         self.before = self._test_distance(self.generator.to(self.device))
+
+    def _decoder_chain(self, source: str | Path) -> nn.Module:
+        vae = AutoencoderKL(self.family.vae)
+        for part in ("encoder", "decoder"):
+            result = vae.load_state_dict(vae_part_state(source, part), strict=False)
+            if result.unexpected_keys or any(k.startswith(VAE_PARTS[part]) for k in result.missing_keys):
+                raise ValueError(f"{source}: its VAE {part} does not fit the config's VAE (pass its family.json)")
+        chain = [_Reconstruct(vae)]
+        meta = Path(source) / "pack.json"
+        if meta.is_file():
+            from reaudio.models.mel_calibration import MelCalibration, MelCalibrationLayer
+
+            fitted = json.loads(meta.read_text(encoding="utf-8")).get("decoder_calibration")
+            if fitted is not None:
+                chain.append(MelCalibrationLayer(MelCalibration.from_dict(fitted, f"{meta}: decoder_calibration")))
+        return nn.Sequential(*chain).to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def _decoded_clip(self, index: int) -> tuple[np.ndarray, torch.Tensor]:
+        """The clip's first decode_samples (zero-padded to whole latent frames) and their decoded log-mel."""
+        if index not in self._decoded:
+            unit = self.family.mel.hop_length * self.family.vae.downsample_factor
+            wav = self.train.audio[index][: self.decode_samples]
+            length = max(-(-len(wav) // unit) * unit, -(-self.clip_samples // unit) * unit)
+            wav = np.pad(wav, (0, length - len(wav))).astype(np.float32)
+            mel = self.decoder(self.mel(torch.from_numpy(wav)[None].to(self.device)))[0]
+            self._decoded[index] = (wav, mel)
+        return self._decoded[index]
+
+    def _training_batch(self, trainer, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real audio, the mel the generator hears) for one step."""
+        if self.decoder is None:
+            _, wav = self.batch_audio(self.train, trainer, step)
+            return wav, self.mel(wav)
+        cfg = trainer.cfg
+        idx, rng = step_indices(len(self.train), cfg.batch_size, cfg.seed, step, trainer.rank, trainer.world)
+        hop, frames = self.family.mel.hop_length, self.clip_samples // self.family.mel.hop_length
+        wavs, mels = [], []
+        for i in idx:
+            wav, mel = self._decoded_clip(int(i))
+            start = int(rng.integers(0, mel.shape[0] - frames + 1))
+            wavs.append(torch.from_numpy(wav[start * hop : start * hop + self.clip_samples]))
+            mels.append(mel[start : start + frames])
+        return torch.stack(wavs).to(self.device), torch.stack(mels)
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"vocoder": self.generator, "discriminator": self.discriminators}
 
     def train_step(self, trainer, step: int) -> dict[str, float]:
-        _, wav = self.batch_audio(self.train, trainer, step)
-        mel = self.mel(wav)
-        fake = trainer.ddp["vocoder"](mel)
+        wav, heard = self._training_batch(trainer, step)
+        fake = trainer.ddp["vocoder"](heard)
         d_loss = discriminator_loss(trainer.ddp["discriminator"](wav), trainer.ddp["discriminator"](fake.detach()))
         trainer.optimise("discriminator", d_loss)
         real_out, fake_out = trainer.ddp["discriminator"](wav), trainer.ddp["discriminator"](fake)
-        mel_l1 = F.l1_loss(self.mel(fake), mel)
+        mel_l1 = F.l1_loss(self.mel(fake), self.mel(wav))
         g_loss = generator_adversarial_loss(fake_out) + feature_matching_loss(real_out, fake_out) + 45 * mel_l1
         trainer.optimise("vocoder", g_loss)
         return {"loss": g_loss.item(), "loss_mel": mel_l1.item(), "loss_d": d_loss.item()}
 
     @torch.no_grad()
     def _test_distance(self, generator: nn.Module) -> float | None:
-        distances = [float(F.l1_loss(self.mel(generator(m := self.mel(w))), m)) for _, w in self.test_batches()]
+        """Mean log-mel L1 of the test segments re-synthesised from what the generator hears
+        (with ``decoded_by``: each 8192-sample segment's own round trip)."""
+        hear = self.decoder or nn.Identity()
+        distances = [float(F.l1_loss(self.mel(generator(hear(m := self.mel(w)))), m)) for _, w in self.test_batches()]
         return float(np.mean(distances)) if distances else None
 
     def evaluate(self, trainer) -> dict:
         after = self._test_distance(trainer.final_modules()["vocoder"].to(self.device))
         return {"test_mel_l1_before": self.before, "test_mel_l1_after": after}
+
+
+class _Reconstruct(nn.Module):
+    """A VAE's deterministic round trip (the posterior's mean), as the engine's encoder→decoder."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.vae(mel, sample=False)[0]
+
+
+def tail_parameter_names(generator: HiFiGANGenerator, stages: int) -> list[str]:
+    """The parameters of a HiFi-GAN generator's last ``stages`` up-sampling stages (each
+    transposed convolution with its residual blocks) and of its output convolution."""
+    n_up, n_res = len(generator.ups), len(generator.cfg.resblock_kernel_sizes)
+    kept = range(n_up - stages, n_up)
+
+    def in_tail(name: str) -> bool:
+        head, _, rest = name.partition(".")
+        index = int(rest.split(".", 1)[0]) if head in ("ups", "resblocks") else None
+        if head == "ups":
+            return index in kept
+        if head == "resblocks":
+            return index // n_res in kept
+        return head == "conv_post"
+
+    return [name for name, _ in generator.named_parameters() if in_tail(name)]
 
 
 def condition_keep_masks(batch: int, cfg, device) -> tuple[torch.Tensor, torch.Tensor]:

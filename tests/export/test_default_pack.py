@@ -247,3 +247,58 @@ def _tone_corpus(folder, sample_rate: int):
         rows.append({"id": f"c{i}", "audio": f"audio/c{i}.wav", "caption": f"clip {i}", "split": "train"})
     (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder / "manifest.jsonl"
+
+
+def test_a_universal_sized_pack_stores_only_the_vocoder_tensors_a_fine_tune_changed(
+    tiny_pack, tiny_artifacts, tmp_path, monkeypatch, capsys
+):
+    """Packs of the universal HiFi-GAN's size keep only a fine-tune's changed tensors; the
+    rest comes from the wheel. The tiny vocoder stands in for the universal one here."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from reaudio.engine.cli import main
+    from reaudio.export import default_pack
+    from reaudio.export.default_pack import add_vocoder, load_pack_models, unpack
+    from reaudio.models.checkpoint import load_checkpoint, save_checkpoint
+    from reaudio.models.system import load_system
+
+    _, models = load_system([tiny_artifacts / "system"])
+    wheel = models["vocoder"]
+    save_checkpoint(tmp_path / "wheel", wheel)
+    monkeypatch.setattr(default_pack, "UNIVERSAL_HIFIGAN", wheel.cfg)
+    monkeypatch.setattr(default_pack, "universal_hifigan", lambda: load_checkpoint(tmp_path / "wheel"))
+    pack = tmp_path / "pack"
+    shutil.copytree(tiny_pack[0], pack)
+    (pack / "vocoder.safetensors").unlink()  # a pack that uses the (stand-in) universal vocoder
+    meta = json.loads((pack / "pack.json").read_text())
+    meta["files"].pop("vocoder.safetensors")
+    (pack / "pack.json").write_text(json.dumps(meta))
+
+    tuned = load_checkpoint(tmp_path / "wheel")
+    with torch.no_grad():  # stands in for `train vocoder --train-stages 1`
+        for name, param in tuned.named_parameters():
+            if name.startswith("conv_post."):
+                param.add_(0.05 * torch.randn_like(param))
+    save_checkpoint(tmp_path / "run" / "final" / "vocoder", tuned)
+    assert main(["default-model", "add-vocoder", str(tmp_path / "run" / "final" / "vocoder"), "--pack", str(pack)]) == 0
+    meta = verify_pack(pack)
+
+    changed = {k for k in tuned.state_dict() if k.startswith("conv_post.")}
+    assert f"({len(changed)} tensors)" in capsys.readouterr().out
+    stored = load_file(str(pack / "vocoder.safetensors"))
+    assert set(stored) == changed and meta["vocoder_base"] == "universal"
+    record = {"checkpoint": "run/final/vocoder", "stored": "fp16", "tensors": len(changed)}
+    assert meta["provenance"]["vocoder"] == record
+    _, loaded = load_pack_models(pack)
+    expected = {k: (v.half().float() if k in changed else v) for k, v in tuned.state_dict().items()}
+    assert all(torch.equal(loaded["vocoder"].state_dict()[k], v) for k, v in expected.items())
+    out = unpack(pack, tmp_path / "unpacked")
+    again = load_checkpoint(out / "vocoder").state_dict()
+    assert all(torch.equal(again[k], v) for k, v in expected.items())
+
+    assert main(["default-model", "add-vocoder", str(tmp_path / "wheel"), "--pack", str(pack)]) == 2
+    assert "the universal HiFi-GAN unchanged; there is nothing to add" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a vocoder of the pack's size"):
+        add_vocoder(pack, tiny_artifacts / "system" / "vae")

@@ -15,6 +15,7 @@ from reaudio.models.configs import load_config
 from reaudio.models.system import build_system
 from reaudio.training.cli import main as cli
 from reaudio.training.database import build_database_from_manifest
+from reaudio.training.tasks import VocoderTask, tail_parameter_names
 from reaudio.training.trainer import TrainConfig
 
 
@@ -100,6 +101,46 @@ def frozen_parts(tiny_manifest, tmp_path_factory):
         save_checkpoint(folder / name, models[name])
     build_database_from_manifest(tiny_manifest, folder / "clap", cfg, folder / "db")
     return folder
+
+
+def test_vocoder_fine_tunes_its_tail_on_decoded_mels(tiny_manifest, frozen_parts, tmp_path, capsys):
+    f = frozen_parts
+    out = tmp_path / "voc"
+    args = ("--vocoder", str(f / "vocoder"), "--decoded-by", str(f / "vae"), "--discriminator-width", "0.125")
+    _train("vocoder", tiny_manifest, out, *args, "--train-stages", "1", steps=4, batch=4)
+    before = load_checkpoint(f / "vocoder")
+    after = load_checkpoint(out / "final" / "vocoder").state_dict()
+    tail = set(tail_parameter_names(before, 1))
+    assert tail and any(k.startswith("conv_post.") for k in tail) and any(k.startswith("ups.") for k in tail)
+    assert all(torch.equal(v, after[k]) for k, v in before.state_dict().items() if k not in tail)
+    assert all(not torch.equal(v, after[k]) for k, v in before.state_dict().items() if k in tail)
+    run = json.loads((out / "config.json").read_text())
+    assert run["inputs"]["decoded_by"] == str(f / "vae") and run["train_stages"] == 1
+    bad = ["train", "vocoder", "--config", "tiny", "--data", str(tiny_manifest), "--out", str(tmp_path / "bad")]
+    assert cli([*bad, *args, "--train-stages", "9"]) == 2
+    assert "--train-stages 9: choose 1 to 3 (this vocoder has 3 up-sampling stages)" in capsys.readouterr().err
+    assert cli([*bad, "--train-stages", "1"]) == 2
+    assert "--train-stages fine-tunes a trained vocoder: pass it with --vocoder" in capsys.readouterr().err
+
+
+def test_decoded_mels_line_up_with_their_audio_segments(tiny_manifest, frozen_parts):
+    """Each training segment's audio is paired with the frames of the same instants: with an
+    identity in place of the VAE, the paired mel is the segment's own (inner frames)."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    task = VocoderTask(load_config("tiny"), tiny_manifest, decoded_by=frozen_parts / "vae")
+    cfg = SimpleNamespace(loudness_db=-20.0, discriminator_width=0.125, batch_size=6, seed=3)
+    trainer = SimpleNamespace(device=torch.device("cpu"), cfg=cfg, rank=0, world=1)
+    task.setup(trainer)
+    task.decoder = nn.Identity()
+    for step in range(3):
+        task._decoded.clear()
+        wav, heard = task._training_batch(trainer, step)
+        assert wav.shape[1] == heard.shape[1] * task.family.mel.hop_length
+        own = task.mel(wav)
+        assert torch.allclose(heard[:, 2:-2], own[:, 2:-2], atol=1e-4)
 
 
 def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_manifest, tmp_path):
