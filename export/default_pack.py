@@ -278,15 +278,16 @@ def _load_part(model: nn.Module, state: dict[str, torch.Tensor], allowed_missing
         )
 
 
-def _pack_vocoder(pack: Path, meta: dict, cfg: FamilyConfig) -> HiFiGANGenerator:
+def pack_vocoder(pack: str | Path) -> HiFiGANGenerator:
     """The universal HiFi-GAN, the pack's own vocoder, or the universal one with the pack's
     fine-tuned tensors in place (``vocoder_base: universal``)."""
+    pack = Path(pack)
     stored = pack / "vocoder.safetensors"
     if not stored.is_file():
         return universal_hifigan()
     state = dequantize_state(load_file(str(stored)))
-    if meta.get("vocoder_base") != "universal":
-        vocoder = HiFiGANGenerator(cfg.vocoder)
+    if json.loads((pack / "pack.json").read_text(encoding="utf-8")).get("vocoder_base") != "universal":
+        vocoder = HiFiGANGenerator(load_config(pack / "family.json").vocoder)
         _load_part(vocoder, state, (), "vocoder")
         return vocoder
     vocoder = universal_hifigan()
@@ -349,18 +350,23 @@ def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
     clap = CLAP(cfg.clap)  # a wheel-shipped text tower loads from its wheel here
     wheel_text = ("text_encoder.",) if cfg.clap.text.pretrained is not None else ()
     _load_part(clap, {k: v.float() for k, v in load_file(str(pack / "clap.safetensors")).items()}, wheel_text, "clap")
-    meta = json.loads((pack / "pack.json").read_text(encoding="utf-8"))
-    vocoder = _pack_vocoder(pack, meta, cfg)
-    models = {"unet": unet.eval(), "vae": vae.eval(), "clap": clap.eval(), "vocoder": vocoder.eval()}
-    calibration = meta.get("decoder_calibration")
+    models = {"unet": unet.eval(), "vae": vae.eval(), "clap": clap.eval(), "vocoder": pack_vocoder(pack).eval()}
+    calibration = pack_calibration(pack, cfg.mel.n_mels)
     if calibration is not None:
-        fitted = MelCalibration.from_dict(calibration, f"{pack / 'pack.json'}: decoder_calibration")
-        if fitted.n_mels != cfg.mel.n_mels:
-            raise ValueError(
-                f"{pack / 'pack.json'}: decoder_calibration has {fitted.n_mels} bands, the model's mel {cfg.mel.n_mels}"
-            )
-        models["mel_calibration"] = MelCalibrationLayer(fitted)
+        models["mel_calibration"] = calibration
     return cfg, models
+
+
+def pack_calibration(pack: Path, n_mels: int) -> MelCalibrationLayer | None:
+    """The decoder's log-mel calibration that ``pack``'s pack.json holds, if any."""
+    meta = pack / "pack.json"
+    calibration = json.loads(meta.read_text(encoding="utf-8")).get("decoder_calibration")
+    if calibration is None:
+        return None
+    fitted = MelCalibration.from_dict(calibration, f"{meta}: decoder_calibration")
+    if fitted.n_mels != n_mels:
+        raise ValueError(f"{meta}: decoder_calibration has {fitted.n_mels} bands, the model's mel {n_mels}")
+    return MelCalibrationLayer(fitted)
 
 
 @torch.no_grad()

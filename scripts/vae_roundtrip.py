@@ -105,9 +105,9 @@ def _vocoder(source: Path | None):
 
         return universal_hifigan()
     if (source / "pack.json").is_file():
-        from reaudio.export.default_pack import load_pack_models
+        from reaudio.export.default_pack import pack_vocoder
 
-        return load_pack_models(source)[1]["vocoder"]
+        return pack_vocoder(source)
     from reaudio.models.checkpoint import load_checkpoint
 
     return load_checkpoint(source)

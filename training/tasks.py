@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from pathlib import Path
 
@@ -266,13 +265,11 @@ class VocoderTask(Task):
             if result.unexpected_keys or any(k.startswith(VAE_PARTS[part]) for k in result.missing_keys):
                 raise ValueError(f"{source}: its VAE {part} does not fit the config's VAE (pass its family.json)")
         chain = [_Reconstruct(vae)]
-        meta = Path(source) / "pack.json"
-        if meta.is_file():
-            from reaudio.models.mel_calibration import MelCalibration, MelCalibrationLayer
+        if (Path(source) / "pack.json").is_file():
+            from reaudio.export.default_pack import pack_calibration
 
-            fitted = json.loads(meta.read_text(encoding="utf-8")).get("decoder_calibration")
-            if fitted is not None:
-                chain.append(MelCalibrationLayer(MelCalibration.from_dict(fitted, f"{meta}: decoder_calibration")))
+            calibration = pack_calibration(Path(source), self.family.mel.n_mels)
+            chain += [calibration] if calibration is not None else []
         return nn.Sequential(*chain).to(self.device).eval().requires_grad_(False)
 
     @torch.no_grad()
