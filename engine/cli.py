@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .jobs.library import LibraryLocked
+from .jobs.errors import LibraryLocked
 from .stages.backends import PRECISIONS
 from .stages.runners import BackendUnavailable
 

@@ -299,6 +299,58 @@ def pack_vocoder(pack: str | Path) -> HiFiGANGenerator:
     return vocoder
 
 
+def add_unet(pack: str | Path, unet: str | Path, provenance: dict | None = None) -> dict:
+    """Give ``pack`` the UNet checkpoint ``unet`` (``reaudio train ldm``'s final/unet, from the
+    corpus or from a payload), int8 per output channel as packed. Its sizes may differ from the
+    pack's UNet (``family.json`` follows), its inputs may not: the latent channels, FiLM width and
+    contexts are the pack's VAE's, CLAP's and database's. The pack is rewritten whole, then swapped."""
+    from reaudio.models.checkpoint import load_checkpoint
+
+    pack = Path(pack)
+    meta = verify_pack(pack)
+    cfg = load_config(pack / "family.json")
+    model = load_checkpoint(unet)
+    if not isinstance(model, UNet):
+        raise ValueError(f"{unet}: not a UNet checkpoint (train ldm's final/unet)")
+    ours, theirs = cfg.unet, model.cfg
+    if (ours.in_channels, ours.out_channels, ours.film_dim, ours.contexts) != (
+        theirs.in_channels,
+        theirs.out_channels,
+        theirs.film_dim,
+        theirs.contexts,
+    ):
+        raise ValueError(
+            f"{unet}: its UNet takes other inputs than the pack's (latent channels {theirs.in_channels} vs "
+            f"{ours.in_channels}, FiLM {theirs.film_dim} vs {ours.film_dim}, contexts {theirs.contexts} vs "
+            f"{ours.contexts}); train it with --config {pack}/family.json"
+        )
+    _check_trained_scale(unet, cfg.vae.scaling_factor)
+    with atomic_dir(pack) as tmp:
+        shutil.copytree(pack, tmp, dirs_exist_ok=True)
+        _save_weights(quantize_state(model.state_dict()), tmp / "unet.safetensors")
+        if theirs != ours:
+            replace(cfg, unet=theirs).save(tmp / "family.json")
+        record = (provenance or _run_record(unet)) | {"stored": "int8"}
+        meta = {**meta, "provenance": {**meta.get("provenance", {}), "unet": record}}
+        meta["files"] = _checksums(tmp)
+        write_json_atomic(tmp / "pack.json", meta)
+    return meta
+
+
+def _check_trained_scale(unet: str | Path, pack_scale: float) -> None:
+    """A UNet learns latents at its run's scaling factor; at the pack's other one it would denoise
+    the wrong level. Its run folder's family.json (train ldm writes one beside final/unet) says which."""
+    trained = Path(unet).parent / "family.json"
+    if not trained.is_file():
+        return
+    scale = load_config(trained).vae.scaling_factor
+    if abs(scale - pack_scale) > 1e-6 * abs(pack_scale):
+        raise ValueError(
+            f"{unet}: trained on latents scaled by {scale:g} ({trained}), the pack scales them by {pack_scale:g}; "
+            "train with the pack's family.json as --config (its scaling factor is kept)"
+        )
+
+
 def add_vocoder(pack: str | Path, vocoder: str | Path, provenance: dict | None = None) -> dict:
     """Give ``pack`` the vocoder checkpoint ``vocoder`` (``reaudio train vocoder``'s final/vocoder).
 

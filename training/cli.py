@@ -192,7 +192,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .run import train_from_args
 
     summary = train_from_args(args)
-    if not args.quiet:
+    if not args.quiet and getattr(args, "payload_out", None) is not None:
+        print(f"payload {args.payload_out}: {summary}; train from it with `reaudio train ldm --payload FILE --out RUN`")
+    elif not args.quiet:
         print(f"{args.model} run {args.out}: {summary}")
     return 0
 
@@ -200,9 +202,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a component: clap, vae, vocoder or ldm (needs torch)")
     p.add_argument("model", choices=("clap", "vae", "vocoder", "ldm"))
-    p.add_argument("--config", required=True, help="family config: a name (tiny, sfx-small, …) or a JSON file")
-    p.add_argument("--data", type=Path, required=True, help="clip manifest (JSONL: id, audio, caption, source, split)")
-    p.add_argument("--out", type=Path, required=True, help="run folder (resumes when it holds a checkpoint)")
+    p.add_argument(
+        "--config",
+        help="family config: a name (tiny, sfx-small, …) or a JSON file (ldm --payload: default the payload's)",
+    )
+    p.add_argument("--data", type=Path, help="clip manifest (JSONL: id, audio, caption, source, split)")
+    p.add_argument("--out", type=Path, help="run folder (resumes when it holds a checkpoint)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -293,6 +298,24 @@ def _add_train(sub) -> None:
         "--unet",
         type=Path,
         help="ldm: a UNet checkpoint folder to continue from (e.g. the default model's: reaudio default-model unpack)",
+    )
+    p.add_argument(
+        "--payload-out",
+        type=Path,
+        help="ldm: do not train; write what training reads (each clip's VAE posterior, prompt embedding and "
+        "neighbours' features) into this .npz, for `train ldm --payload` on another machine",
+    )
+    p.add_argument(
+        "--payload-precision",
+        choices=("fp16", "fp32"),
+        default="fp16",
+        help="ldm --payload-out: fp16: features in fp16, VAE posteriors in fixed steps (about half the size); "
+        "fp32: exact, a run from it equals one from the corpus",
+    )
+    p.add_argument(
+        "--payload",
+        type=Path,
+        help="ldm: train the UNet from a payload (train ldm --payload-out) instead of --data/--vae/--clap/--database",
     )
     p.add_argument(
         "--vocoder",
@@ -637,6 +660,18 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
             "tensors); run `reaudio default-model assemble --force`"
         )
         return 0
+    if args.action == "add-unet":
+        from reaudio.engine.bundle.default_model import pack_path
+        from reaudio.export.default_pack import add_unet
+
+        pack = args.pack or pack_path()
+        add_unet(pack, args.unet)
+        size = sum(p.stat().st_size for p in Path(pack).rglob("*") if p.is_file())
+        print(
+            f"{pack}: unet.safetensors taken from {args.unet} (pack {size / 2**20:.1f} MiB); "
+            "run `reaudio default-model assemble --force`"
+        )
+        return 0
     if args.action in ("add-encoder", "add-decoder"):
         from reaudio.engine.bundle.default_model import pack_path
 
@@ -673,13 +708,13 @@ def _add_default_model(sub, common) -> None:
         e.add_argument("vae", type=Path, help=f"VAE checkpoint folder (train vae {flag} PACK's final/vae)")
         e.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
         e.add_argument("--fp16", action="store_true", help=f"store the {part} in fp16 (default: int8 per channel)")
-    v = dsub.add_parser(
-        "add-vocoder",
-        parents=[common],
-        help="maintainers: give a pack a fine-tuned vocoder (train vocoder --decoded-by PACK); torch",
-    )
-    v.add_argument("vocoder", type=Path, help="vocoder checkpoint folder (train vocoder's final/vocoder)")
-    v.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
+    for part, trained, checkpoint in (
+        ("unet", "a trained UNet (train ldm's final/unet, from the corpus or a payload)", "train ldm's final/unet"),
+        ("vocoder", "a fine-tuned vocoder (train vocoder --decoded-by PACK)", "train vocoder's final/vocoder"),
+    ):
+        n = dsub.add_parser(f"add-{part}", parents=[common], help=f"maintainers: give a pack {trained}; torch")
+        n.add_argument(part, type=Path, help=f"{part} checkpoint folder ({checkpoint})")
+        n.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     c = dsub.add_parser(
         "calibrate-decoder",
         parents=[common],

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from reaudio.engine.audio.audio_io import load_audio
 from reaudio.engine.jobs.records import read_records
 
 #: "heldout": clips of packages kept out of training entirely (the zero-shot evaluation).
@@ -72,6 +71,9 @@ class ClipAudio:
             raise ValueError("no clips in this split")
         self.clips = clips
         self.clip_samples = clip_samples
+        # Here, not at import: a run from a payload (training/ldm_payload.py) reads no audio.
+        from reaudio.engine.audio.audio_io import load_audio
+
         self.audio = [load_audio(c.audio, sample_rate) for c in clips]
         if loudness_db is not None:
             from .loudness import normalise_loudness

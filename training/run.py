@@ -14,9 +14,22 @@ from .trainer import TrainConfig, Trainer
 log = logging.getLogger(__name__)
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    payload, payload_out = getattr(args, "payload", None), getattr(args, "payload_out", None)
+    if (payload or payload_out) and args.model != "ldm":
+        raise ValueError("--payload and --payload-out are for train ldm")
+    if payload and payload_out:
+        raise ValueError("--payload trains from a payload, --payload-out writes one; pass one of them")
+    if payload is None and (args.config is None or args.data is None):
+        raise ValueError(f"train {args.model} needs --config and --data (train ldm: or --payload FILE)")
+    if payload_out is None and args.out is None:
+        raise ValueError("train needs --out, the run folder")
+
+
 def train_from_args(args: argparse.Namespace) -> dict:
-    family = load_config(args.config)
-    if getattr(args, "prediction", None):
+    _check_inputs(args)
+    family = load_config(args.config) if args.config else None
+    if getattr(args, "prediction", None) and family is not None:
         family = replace(family, schedule=replace(family.schedule, prediction_type=args.prediction))
     ema = args.ema_decay if args.ema_decay is not None else (0.999 if args.model == "ldm" else 0.0)
     cfg = TrainConfig(
@@ -57,16 +70,26 @@ def train_from_args(args: argparse.Namespace) -> dict:
         task = VocoderTask(
             family, args.data, init=args.vocoder, decoded_by=args.decoded_by, train_stages=args.train_stages
         )
+    elif getattr(args, "payload", None) is not None:
+        from .ldm_payload import PayloadLDMTask
+
+        given = [f"--{k}" for k in ("data", "vae", "clap", "database", "vocoder") if getattr(args, k, None)]
+        if given:
+            raise ValueError(f"--payload holds what {', '.join(given)} would give; pass one or the other")
+        task = PayloadLDMTask(family, args.payload, unet=args.unet)
+        if getattr(args, "prediction", None):
+            task.family = replace(task.family, schedule=replace(task.family.schedule, prediction_type=args.prediction))
+        family = task.family
     else:
-        if args.vae is None or args.clap is None:
-            raise ValueError("train ldm needs --vae and --clap checkpoint folders (and --database when k > 0)")
-        family = with_checkpoint_clap(family, args.clap)
-        task = LDMTask(family, args.data, args.vae, args.clap, args.database, args.vocoder, unet=args.unet)
+        task = _corpus_ldm_task(args, family)
+        family = task.family
+        if getattr(args, "payload_out", None) is not None:
+            return _write_payload(task, cfg, args.payload_out, args.payload_precision)
     task.progress = not getattr(args, "quiet", False)
     resolved = {
         "model": args.model,
         "family": family.to_dict(),
-        "data": str(args.data),
+        "data": str(args.data or args.payload),
         "inputs": {
             k: str(getattr(args, k))
             for k in ("vae", "clap", "database", "vocoder", "unet", "frozen_decoder", "frozen_encoder", "decoded_by")
@@ -76,6 +99,32 @@ def train_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "train_stages", None) is not None:
         resolved["train_stages"] = args.train_stages
     return Trainer(task, args.out, cfg, resolved).run()
+
+
+def _corpus_ldm_task(args, family) -> LDMTask:
+    if args.vae is None or args.clap is None:
+        raise ValueError("train ldm needs --vae and --clap checkpoint folders (and --database when k > 0)")
+    family = with_checkpoint_clap(family, args.clap)
+    return LDMTask(family, args.data, args.vae, args.clap, args.database, args.vocoder, unet=args.unet)
+
+
+def _write_payload(task: LDMTask, cfg: TrainConfig, out, precision: str) -> dict:
+    """Set ``task`` up as a run would (same seed, device, loudness), then write its payload instead of training."""
+    import types
+
+    import torch
+
+    from .ldm_payload import write_ldm_payload
+
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+    setup = types.SimpleNamespace(
+        cfg=cfg, device=torch.device("cuda" if want_cuda else "cpu"), rank=0, world=1, resolved={}
+    )
+    task.setup(setup)
+    meta = write_ldm_payload(task, setup, out, precision)
+    size = out.stat().st_size
+    return {"payload": str(out), "clips": len(meta["clips"]), "precision": precision, "mib": round(size / 2**20, 1)}
 
 
 def with_checkpoint_clap(family, clap_folder):

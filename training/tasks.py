@@ -392,7 +392,7 @@ class LDMTask(Task):
         super().setup(trainer)
         self.vae = load_checkpoint(self.paths["vae"]).to(self.device).eval().requires_grad_(False)
         self.clap = load_checkpoint(self.paths["clap"]).to(self.device).eval().requires_grad_(False)
-        self.unet = UNet(self.family.unet)
+        self.unet = self._initial_unet(trainer)
         if self.paths["unet"] is not None:
             self._continue_from(self.paths["unet"])
         self.diffusion = Diffusion(self.family.schedule, self.device)
@@ -402,6 +402,12 @@ class LDMTask(Task):
             log.info("latent scaling factor estimated from data: %.5f", self.scale)
         trainer.resolved["latent_scaling_factor"] = self.scale
         self.db = RetrievalDB(self.paths["database"]) if self.paths["database"] else None
+
+    def _initial_unet(self, trainer) -> UNet:
+        # Seeded here, so the UNet starts the same whatever was loaded before it (a run from a
+        # payload loads no VAE or CLAP and must draw what a run from the corpus draws).
+        torch.manual_seed(trainer.cfg.seed)
+        return UNet(self.family.unet)
 
     def _continue_from(self, folder: str | Path) -> None:
         """Start from a trained UNet (a resumed run's checkpoint still takes precedence)."""

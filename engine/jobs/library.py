@@ -20,6 +20,7 @@ from ..audio.loudness import integrated_lufs, true_peak_db
 from ..audio.tags import ClipTags, add_bext, sndfile_strings, tag_flac
 from ..bundle.dataclass_io import atomic_path
 from ..bundle.manifest import sha256_file
+from .errors import LibraryLocked
 
 log = logging.getLogger(__name__)
 LIBRARY_INDEX = "library.jsonl"
@@ -63,10 +64,6 @@ def check_file_name(name: str, template: str) -> None:
             f"--name-template {template!r} gives a name of {len(name.encode('utf-8'))} bytes "
             f"({name[:40]!r}…); file names hold at most 255"
         )
-
-
-class LibraryLocked(RuntimeError):
-    """Another job holds the library folder."""
 
 
 class Library:

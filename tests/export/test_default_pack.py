@@ -302,3 +302,47 @@ def test_a_universal_sized_pack_stores_only_the_vocoder_tensors_a_fine_tune_chan
     assert "the universal HiFi-GAN unchanged; there is nothing to add" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a vocoder of the pack's size"):
         add_vocoder(pack, tiny_artifacts / "system" / "vae")
+
+
+def test_a_pack_takes_a_trained_unet_of_another_width_and_refuses_other_inputs(
+    tiny_pack, tiny_artifacts, tmp_path, capsys
+):
+    import shutil
+    from dataclasses import replace
+
+    from reaudio.engine.cli import main
+    from reaudio.export.default_pack import add_unet, load_pack_models
+    from reaudio.models.checkpoint import save_checkpoint
+    from reaudio.models.configs import load_config
+    from reaudio.models.unet import UNet
+
+    pack = tmp_path / "pack"
+    shutil.copytree(tiny_pack[0], pack)
+    cfg = load_config(pack / "family.json")
+    torch.manual_seed(3)
+    wider = UNet(replace(cfg.unet, model_channels=cfg.unet.model_channels * 2))  # stands in for a GPU-trained one
+    save_checkpoint(tmp_path / "run" / "final" / "unet", wider)
+    assert main(["default-model", "add-unet", str(tmp_path / "run" / "final" / "unet"), "--pack", str(pack)]) == 0
+    assert "unet.safetensors taken from" in capsys.readouterr().out
+
+    meta = verify_pack(pack)
+    assert meta["provenance"]["unet"] == {"checkpoint": "run/final/unet", "stored": "int8"}
+    assert load_config(pack / "family.json").unet == wider.cfg
+    _, loaded = load_pack_models(pack)
+    expected = dequantize_state(quantize_state(wider.state_dict()))
+    assert all(torch.equal(loaded["unet"].state_dict()[k], v) for k, v in expected.items())
+    engine = Engine.from_bundle(assemble(pack, tmp_path / "bundle"), backend="cpu")
+    (result,) = engine.generate([Request("a short high beep", steps=2)])
+    assert result.ok
+
+    other = UNet(replace(cfg.unet, film_dim=cfg.unet.film_dim + 8))
+    save_checkpoint(tmp_path / "other" / "final" / "unet", other)
+    with pytest.raises(ValueError, match="takes other inputs than the pack's"):
+        add_unet(pack, tmp_path / "other" / "final" / "unet")
+    with pytest.raises(ValueError, match="not a UNet checkpoint"):
+        add_unet(pack, tiny_artifacts / "system" / "vae")
+    rescaled = tmp_path / "rescaled" / "final"
+    save_checkpoint(rescaled / "unet", wider)
+    replace(cfg, vae=replace(cfg.vae, scaling_factor=cfg.vae.scaling_factor * 1.5)).save(rescaled / "family.json")
+    with pytest.raises(ValueError, match="trained on latents scaled by"):
+        add_unet(pack, rescaled / "unet")

@@ -31,3 +31,23 @@ def tiny_manifest(tmp_path_factory):
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+@pytest.fixture(scope="session")
+def frozen_parts(tiny_manifest, tmp_path_factory):
+    """A random tiny VAE, CLAP and vocoder, and a database over the tiny corpus with that CLAP."""
+    import torch
+
+    from reaudio.models.checkpoint import save_checkpoint
+    from reaudio.models.configs import load_config
+    from reaudio.models.system import build_system
+    from reaudio.training.database import build_database_from_manifest
+
+    folder = tmp_path_factory.mktemp("frozen")
+    torch.manual_seed(0)
+    cfg = load_config("tiny")
+    models = build_system(cfg)
+    for name in ("vae", "clap", "vocoder"):
+        save_checkpoint(folder / name, models[name])
+    build_database_from_manifest(tiny_manifest, folder / "clap", cfg, folder / "db")
+    return folder

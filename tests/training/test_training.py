@@ -10,11 +10,9 @@ import pytest
 import torch
 
 from reaudio.engine.pipeline import Engine, Request
-from reaudio.models.checkpoint import load_checkpoint, save_checkpoint
+from reaudio.models.checkpoint import load_checkpoint
 from reaudio.models.configs import load_config
-from reaudio.models.system import build_system
 from reaudio.training.cli import main as cli
-from reaudio.training.database import build_database_from_manifest
 from reaudio.training.tasks import VocoderTask, tail_parameter_names
 from reaudio.training.trainer import TrainConfig
 
@@ -89,18 +87,6 @@ def test_vocoder_mel_loss_goes_down(tiny_manifest, tmp_path):
     assert _mean(mel[-5:]) < 0.9 * _mean(mel[:5])
     summary = json.loads((tmp_path / "voc" / "summary.json").read_text())
     assert summary["test_mel_l1_after"] < summary["test_mel_l1_before"]
-
-
-@pytest.fixture(scope="module")
-def frozen_parts(tiny_manifest, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("frozen")
-    torch.manual_seed(0)
-    cfg = load_config("tiny")
-    models = build_system(cfg)
-    for name in ("vae", "clap", "vocoder"):
-        save_checkpoint(folder / name, models[name])
-    build_database_from_manifest(tiny_manifest, folder / "clap", cfg, folder / "db")
-    return folder
 
 
 def test_vocoder_fine_tunes_its_tail_on_decoded_mels(tiny_manifest, frozen_parts, tmp_path, capsys):
