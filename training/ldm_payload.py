@@ -169,11 +169,13 @@ class PayloadLDMTask(LDMTask):
 
     def setup(self, trainer) -> None:
         self.device = trainer.device
-        if trainer.cfg.loudness_db != self.meta["loudness_db"]:
+        stored = self.meta["loudness_db"]
+        if trainer.cfg.loudness_db not in (None, stored):
+            level = "their own levels" if stored is None else f"{stored:g} LUFS"
             log.warning(
-                "--loudness-db %s: the payload's clips were encoded at %s; the payload's level is what trains",
+                "--loudness-db %g: the payload's clips were encoded at %s; the payload's level is what trains",
                 trainer.cfg.loudness_db,
-                self.meta["loudness_db"],
+                level,
             )
         self.unet = self._initial_unet(trainer)
         if self.paths["unet"] is not None:

@@ -131,3 +131,11 @@ def test_payload_errors_name_the_problem(short_manifest, tiny_manifest, frozen_p
     assert "does not take this payload's inputs" in capsys.readouterr().err
     assert _ldm("--data", str(short_manifest), "--out", str(tmp_path / "r")) == 2
     assert "needs --config and --data" in capsys.readouterr().err
+
+
+def test_a_payload_run_warns_only_when_asked_for_another_loudness(payloads, tmp_path, caplog):
+    payload = ["--payload", str(payloads / "fp16.npz")]
+    assert _ldm(*payload, "--out", str(tmp_path / "same"), steps=1) == 0
+    assert "the payload's level is what trains" not in caplog.text
+    assert _ldm(*payload, "--loudness-db", "-20", "--out", str(tmp_path / "other"), steps=1) == 0
+    assert "--loudness-db -20: the payload's clips were encoded at their own levels" in caplog.text
