@@ -708,12 +708,12 @@ def _add_default_model(sub, common) -> None:
         e.add_argument("vae", type=Path, help=f"VAE checkpoint folder (train vae {flag} PACK's final/vae)")
         e.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
         e.add_argument("--fp16", action="store_true", help=f"store the {part} in fp16 (default: int8 per channel)")
-    for part, trained, checkpoint in (
-        ("unet", "a trained UNet (train ldm's final/unet, from the corpus or a payload)", "train ldm's final/unet"),
-        ("vocoder", "a fine-tuned vocoder (train vocoder --decoded-by PACK)", "train vocoder's final/vocoder"),
+    for part, name, trained, checkpoint in (
+        ("unet", "UNet", "a trained UNet (from the corpus or a payload)", "train ldm's final/unet"),
+        ("vocoder", "vocoder", "a vocoder fine-tuned with --decoded-by PACK", "train vocoder's final/vocoder"),
     ):
         n = dsub.add_parser(f"add-{part}", parents=[common], help=f"maintainers: give a pack {trained}; torch")
-        n.add_argument(part, type=Path, help=f"{part} checkpoint folder ({checkpoint})")
+        n.add_argument(part, type=Path, help=f"{name} checkpoint folder ({checkpoint})")
         n.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     c = dsub.add_parser(
         "calibrate-decoder",
