@@ -313,16 +313,10 @@ def add_unet(pack: str | Path, unet: str | Path, provenance: dict | None = None)
     if not isinstance(model, UNet):
         raise ValueError(f"{unet}: not a UNet checkpoint (train ldm's final/unet)")
     ours, theirs = cfg.unet, model.cfg
-    if (ours.in_channels, ours.out_channels, ours.film_dim, ours.contexts) != (
-        theirs.in_channels,
-        theirs.out_channels,
-        theirs.film_dim,
-        theirs.contexts,
-    ):
+    if differences := theirs.input_differences(ours):
         raise ValueError(
-            f"{unet}: its UNet takes other inputs than the pack's (latent channels {theirs.in_channels} vs "
-            f"{ours.in_channels}, FiLM {theirs.film_dim} vs {ours.film_dim}, contexts {theirs.contexts} vs "
-            f"{ours.contexts}); train it with --config {pack}/family.json"
+            f"{unet}: its UNet takes other inputs than the pack's ({'; '.join(differences)}, its own first); "
+            f"train it with --config {pack}/family.json"
         )
     _check_trained_scale(unet, cfg.vae.scaling_factor)
     with atomic_dir(pack) as tmp:

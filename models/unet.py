@@ -75,6 +75,20 @@ class UNetConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"UNetConfig.contexts: duplicate names in {names}")
 
+    def input_differences(self, other: UNetConfig) -> list[str]:
+        """How ``other``'s inputs differ from this UNet's, each as "what: ours vs theirs" (empty: same inputs).
+
+        Widths inside may differ between two UNets that take the same inputs; those do not count.
+        """
+        found = []
+        if (self.in_channels, self.out_channels) != (other.in_channels, other.out_channels):
+            found.append(f"latent channels {self.in_channels} vs {other.in_channels}")
+        if self.film_dim != other.film_dim:
+            found.append(f"FiLM width {self.film_dim} vs {other.film_dim}")
+        if {c.name: c.dim for c in self.contexts} != {c.name: c.dim for c in other.contexts}:
+            found.append(f"contexts {self.contexts} vs {other.contexts}")
+        return found
+
 
 class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int) -> None:

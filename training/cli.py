@@ -666,9 +666,8 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
 
         pack = args.pack or pack_path()
         add_unet(pack, args.unet)
-        size = sum(p.stat().st_size for p in Path(pack).rglob("*") if p.is_file())
         print(
-            f"{pack}: unet.safetensors taken from {args.unet} (pack {size / 2**20:.1f} MiB); "
+            f"{pack}: unet.safetensors taken from {args.unet} (pack {_mib(pack):.1f} MiB); "
             "run `reaudio default-model assemble --force`"
         )
         return 0
@@ -681,9 +680,12 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
         return 0
     defaults = {"guidance": args.guidance} if args.guidance is not None else None
     meta = write_pack(args.system, args.database, args.out, provenance={"system": str(args.system)}, defaults=defaults)
-    size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
-    print(f"{args.out}: {len(meta['files'])} files, {size / 2**20:.1f} MiB")
+    print(f"{args.out}: {len(meta['files'])} files, {_mib(args.out):.1f} MiB")
     return 0
+
+
+def _mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 2**20
 
 
 def _add_default_model(sub, common) -> None:

@@ -139,18 +139,13 @@ def read_ldm_payload(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def check_family_fits(family: FamilyConfig, payload_family: FamilyConfig, path: Path) -> None:
     """The UNet may differ from the payload's (a larger one, say), its inputs may not."""
-    ours, theirs = family.unet, payload_family.unet
-    problems = []
-    if family.vae.embed_dim != payload_family.vae.embed_dim or ours.in_channels != theirs.in_channels:
-        problems.append(f"latent channels {ours.in_channels} vs the payload's {theirs.in_channels}")
-    if ours.film_dim != theirs.film_dim:
-        problems.append(f"FiLM width {ours.film_dim} vs {theirs.film_dim}")
-    if {c.name: c.dim for c in ours.contexts} != {c.name: c.dim for c in theirs.contexts}:
-        problems.append(f"contexts {ours.contexts} vs {theirs.contexts}")
+    problems = family.unet.input_differences(payload_family.unet)
     if family.retrieval.k != payload_family.retrieval.k:
         problems.append(f"k={family.retrieval.k} vs k={payload_family.retrieval.k}")
     if problems:
-        raise ValueError(f"{path}: the config's UNet does not take this payload's inputs: {'; '.join(problems)}")
+        raise ValueError(
+            f"{path}: the config's UNet does not take this payload's inputs ({'; '.join(problems)}, the config's first)"
+        )
 
 
 class PayloadLDMTask(LDMTask):
@@ -202,19 +197,11 @@ class PayloadLDMTask(LDMTask):
             "retrieved_audio": (a["audio_tokens"].astype(np.float32), a["audio_mask"]),
         }
 
-    def _contexts(self, rows: np.ndarray, keep: torch.Tensor) -> dict:
-        if rows.shape[1] == 0:
-            return {}
+    def _neighbour_tokens(self, rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        b, k = rows.shape
         out = {}
-        for ctx in self.family.unet.contexts:
-            tokens, mask = self._features[ctx.name]
-            b, k = rows.shape
-            picked_tokens = tokens[rows].reshape(b, k * tokens.shape[1], tokens.shape[2])
-            picked_mask = mask[rows].reshape(b, k * mask.shape[1])
-            out[ctx.name] = (
-                torch.from_numpy(picked_tokens).to(self.device),
-                torch.from_numpy(picked_mask).to(self.device) & keep[:, None],
-            )
+        for name, (tokens, mask) in self._features.items():
+            out[name] = (tokens[rows].reshape(b, k * tokens.shape[1], -1), mask[rows].reshape(b, k * mask.shape[1]))
         return out
 
     def evaluate(self, trainer) -> dict:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from reaudio.models.configs import load_config
 
 from .tasks import LDMTask, VAETask, VocoderTask
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, training_device
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 def train_from_args(args: argparse.Namespace) -> dict:
     _check_inputs(args)
-    family = load_config(args.config) if args.config else None
-    if getattr(args, "prediction", None) and family is not None:
-        family = replace(family, schedule=replace(family.schedule, prediction_type=args.prediction))
+    family = _with_prediction(load_config(args.config), args) if args.config else None
     ema = args.ema_decay if args.ema_decay is not None else (0.999 if args.model == "ldm" else 0.0)
     cfg = TrainConfig(
         steps=args.steps,
@@ -77,9 +75,7 @@ def train_from_args(args: argparse.Namespace) -> dict:
         if given:
             raise ValueError(f"--payload holds what {', '.join(given)} would give; pass one or the other")
         task = PayloadLDMTask(family, args.payload, unet=args.unet)
-        if getattr(args, "prediction", None):
-            task.family = replace(task.family, schedule=replace(task.family.schedule, prediction_type=args.prediction))
-        family = task.family
+        task.family = family = _with_prediction(task.family, args)
     else:
         task = _corpus_ldm_task(args, family)
         family = task.family
@@ -101,6 +97,12 @@ def train_from_args(args: argparse.Namespace) -> dict:
     return Trainer(task, args.out, cfg, resolved).run()
 
 
+def _with_prediction(family, args):
+    if not getattr(args, "prediction", None):
+        return family
+    return replace(family, schedule=replace(family.schedule, prediction_type=args.prediction))
+
+
 def _corpus_ldm_task(args, family) -> LDMTask:
     if args.vae is None or args.clap is None:
         raise ValueError("train ldm needs --vae and --clap checkpoint folders (and --database when k > 0)")
@@ -116,11 +118,8 @@ def _write_payload(task: LDMTask, cfg: TrainConfig, out, precision: str) -> dict
 
     from .ldm_payload import write_ldm_payload
 
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     torch.manual_seed(cfg.seed)
-    setup = types.SimpleNamespace(
-        cfg=cfg, device=torch.device("cuda" if want_cuda else "cpu"), rank=0, world=1, resolved={}
-    )
+    setup = types.SimpleNamespace(cfg=cfg, device=training_device(cfg.device), rank=0, world=1, resolved={})
     task.setup(setup)
     meta = write_ldm_payload(task, setup, out, precision)
     size = out.stat().st_size

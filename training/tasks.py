@@ -498,11 +498,7 @@ class LDMTask(Task):
     def _contexts(self, rows: np.ndarray, keep: torch.Tensor) -> dict:
         if rows.shape[1] == 0:
             return {}
-        nb = self.db.gather(rows)
-        found = {
-            "retrieved_text": (nb.caption_tokens, nb.caption_mask),
-            "retrieved_audio": (nb.audio_tokens, nb.audio_mask),
-        }
+        found = self._neighbour_tokens(rows)
         out = {}
         for ctx in self.family.unet.contexts:
             tokens, mask = found[ctx.name]
@@ -511,6 +507,14 @@ class LDMTask(Task):
                 torch.from_numpy(mask).to(self.device) & keep[:, None],
             )
         return out
+
+    def _neighbour_tokens(self, rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each context's (tokens (B, k·L, D), mask (B, k·L)) for the database ``rows`` (B, k)."""
+        nb = self.db.gather(rows)
+        return {
+            "retrieved_text": (nb.caption_tokens, nb.caption_mask),
+            "retrieved_audio": (nb.audio_tokens, nb.audio_mask),
+        }
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"unet": self.unet}

@@ -100,6 +100,14 @@ def distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+def training_device(device: str) -> torch.device:
+    """``--device`` as a torch device: "auto" takes CUDA when there is one; each rank its own GPU."""
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if want_cuda else "cpu")
+
+
 class Trainer:
     """Runs ``task`` for ``cfg.steps`` steps in ``run_dir``, resuming from its last checkpoint."""
 
@@ -108,10 +116,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.rank, self.world = distributed()
-        want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if want_cuda else "cpu")
+        self.device = training_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.resolved = {"train": to_dict(cfg), **resolved, "world_size": self.world}
         task.setup(self)

@@ -337,7 +337,7 @@ def test_a_pack_takes_a_trained_unet_of_another_width_and_refuses_other_inputs(
 
     other = UNet(replace(cfg.unet, film_dim=cfg.unet.film_dim + 8))
     save_checkpoint(tmp_path / "other" / "final" / "unet", other)
-    with pytest.raises(ValueError, match="takes other inputs than the pack's"):
+    with pytest.raises(ValueError, match="takes other inputs than the pack's \\(FiLM width"):
         add_unet(pack, tmp_path / "other" / "final" / "unet")
     with pytest.raises(ValueError, match="not a UNet checkpoint"):
         add_unet(pack, tiny_artifacts / "system" / "vae")

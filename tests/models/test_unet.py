@@ -82,3 +82,19 @@ def test_unknown_context_is_an_error():
     x, t, film, _ = _inputs(cfg, 1, 32)
     with pytest.raises(ValueError, match="unknown context"):
         unet(x, t, film, {"captions": (torch.zeros(1, 2, 32), None)})
+
+
+def test_input_differences_name_inputs_not_widths():
+    from dataclasses import replace
+
+    from reaudio.models.unet import ContextConfig
+
+    cfg = load_config("tiny").unet
+    assert cfg.input_differences(replace(cfg, model_channels=cfg.model_channels * 2)) == []
+    film = cfg.input_differences(replace(cfg, film_dim=cfg.film_dim + 8))
+    assert film == [f"FiLM width {cfg.film_dim} vs {cfg.film_dim + 8}"]
+    channels = cfg.input_differences(replace(cfg, in_channels=3, out_channels=3))
+    assert channels == [f"latent channels {cfg.in_channels} vs 3"]
+    widened = tuple(ContextConfig(c.name, c.dim + 1) for c in cfg.contexts)
+    (contexts,) = cfg.input_differences(replace(cfg, contexts=widened))
+    assert contexts.startswith("contexts ")
