@@ -12,7 +12,9 @@
 # recipe (docs/default_model.md "Training"); the environment sets the budget:
 #   STEPS (20000) BATCH (64) LR (1e-4, cosine down to 5 %) SEED (21) DEVICE (cuda) CONFIG (the pack's
 #   family; another UNet width is allowed, other inputs are not) FROM_SCRATCH (1: do not start from
-#   the pack's UNet).
+#   the pack's UNet) TIME_LIMIT (minutes of training per call, 0: none; a call that runs out saves a
+#   checkpoint and exits with status 3, and the same call again continues on the same lr curve —
+#   for machines lent by the hour: bring WORK_DIR/run back between calls).
 # Each step resumes: rerun after an interruption.
 set -euo pipefail
 action=${1:?payload|train|pack}
@@ -37,7 +39,7 @@ train)
         --steps "${STEPS:-20000}" --batch-size "${BATCH:-64}" --lr "${LR:-1e-4}" --warmup-steps 200 \
         --lr-decay cosine --final-lr-fraction 0.05 --seed "${SEED:-21}" --device "${DEVICE:-cuda}" \
         --loudness-db -20 --cfg-dropout 0.1 --film-dropout 0.1 --context-dropout 0.1 --min-snr-gamma 5 \
-        --checkpoint-every 500
+        --checkpoint-every 500 --time-limit "${TIME_LIMIT:-0}"
     echo "bring $WORK/run/final back"
     ;;
 pack)

@@ -13,7 +13,10 @@ through the universal HiFi-GAN alone (log-mel → vocoder) and through the bundl
 vocoder, each against the same other test clips: how much of the distance between a
 generated set and real audio the decoder alone accounts for. The "vocoder" row is the universal
 HiFi-GAN unless --vocoder names another (a default-model pack, whose vocoder it is, or a vocoder
-checkpoint folder).
+checkpoint folder). --vocoder-gains G [G …] adds a row per input level: the clip
+G dB louder into the vocoder (or peak-normalised to 0.95, as HiFi-GAN's training data, for
+"peak"), its output brought back by the same factor — does the vocoder render these clips
+better at another level?
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ def main() -> None:
     parser.add_argument("--vae", type=Path, help="torch VAE checkpoint folder to compare the packed encoder with")
     parser.add_argument("--fad", action="store_true", help="also score the resynthesised clips with FAD")
     parser.add_argument("--vocoder", type=Path, help="with --fad: the log-mel row's vocoder (pack or checkpoint)")
+    parser.add_argument(
+        "--vocoder-gains",
+        nargs="+",
+        default=[],
+        type=_gain,
+        help="with --fad: vocoder rows at these input gains (dB, or peak)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -91,11 +101,25 @@ def main() -> None:
             errors.append(float(np.linalg.norm(z - ref) / np.linalg.norm(ref)))
         report["int8_vs_fp32_encoder_relative_error"] = {"median": float(np.median(errors)), "max": float(max(errors))}
     if args.fad:
-        report["fad"] = _decoder_fad(args.manifest, test, decoded, sr, mel_cfg, args.vocoder)
+        report["fad"] = _decoder_fad(args.manifest, test, decoded, sr, mel_cfg, args.vocoder, args.vocoder_gains)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
+
+
+def _gain(text: str) -> float | str:
+    if text == "peak":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a gain in dB (e.g. -6 or 10) or peak") from None
+
+
+def _input_gain_db(wave: np.ndarray, gain: float | str) -> float:
+    """``gain`` in dB; "peak": what brings the clip's peak to 0.95 (HiFi-GAN's training level)."""
+    return 20 * float(np.log10(0.95 / max(float(np.abs(wave).max()), 1e-6))) if gain == "peak" else float(gain)
 
 
 def _vocoder(source: Path | None):
@@ -114,7 +138,13 @@ def _vocoder(source: Path | None):
 
 
 def _decoder_fad(
-    manifest: Path, test: list, decoded: list[np.ndarray], sr: int, mel_cfg, vocoder_source: Path | None
+    manifest: Path,
+    test: list,
+    decoded: list[np.ndarray],
+    sr: int,
+    mel_cfg,
+    vocoder_source: Path | None,
+    gains: list[float | str] = (),
 ) -> dict:
     """FAD of the test clips as read, vocoded from their log-mel, and VAE-decoded (``decoded``),
     each against as many other test clips (the eval's real-vs-real floor set)."""
@@ -129,14 +159,22 @@ def _decoder_fad(
     vocoder = _vocoder(vocoder_source).eval()
     vocoder.remove_weight_norm()
     waves = [training_level(load_audio(c.audio, sr), sr) for c in test]
-    with torch.no_grad():
-        vocoded = [vocoder(torch.from_numpy(log_mel(w, mel_cfg))[None])[0, : len(w)].numpy() for w in waves]
+
+    @torch.no_grad()
+    def vocode(wave: np.ndarray, gain_db: float = 0.0) -> np.ndarray:
+        factor = 10 ** (gain_db / 20)
+        return vocoder(torch.from_numpy(log_mel(wave * factor, mel_cfg))[None])[0, : len(wave)].numpy() / factor
+
+    rows = [("as_read", waves), ("vocoder", [vocode(w) for w in waves]), ("vae_and_vocoder", decoded)]
+    rows += [
+        (f"vocoder_at_{g:g}_db" if g != "peak" else "vocoder_at_peak", [vocode(w, _input_gain_db(w, g)) for w in waves])
+        for g in gains
+    ]
     backbone = load_backbone("aisfx")
     reference = embed_at(backbone, [load_audio(c.audio, sr) for c in others], sr)
-    return {
-        name: fad(reference, embed_at(backbone, clips, sr))
-        for name, clips in (("as_read", waves), ("vocoder", vocoded), ("vae_and_vocoder", decoded))
-    } | {"reference_clips": len(others)}
+    return {name: fad(reference, embed_at(backbone, clips, sr)) for name, clips in rows} | {
+        "reference_clips": len(others)
+    }
 
 
 if __name__ == "__main__":

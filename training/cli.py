@@ -194,6 +194,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = train_from_args(args)
     if not args.quiet and getattr(args, "payload_out", None) is not None:
         print(f"payload {args.payload_out}: {summary}; train from it with `reaudio train ldm --payload FILE --out RUN`")
+    elif summary.get("stopped") == "time limit":
+        # Not an error (it did what was asked), but not a finished run either: scripts that
+        # loop until final/ exists, or stop on it, can tell the two apart.
+        print(
+            f"{args.model} run {args.out}: stopped by --time-limit at step {summary['steps']} of {summary['of']}; "
+            "run the same command again to continue"
+        )
+        return 3
     elif not args.quiet:
         print(f"{args.model} run {args.out}: {summary}")
     return 0
@@ -229,6 +237,13 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        metavar="MINUTES",
+        help="stop after this many minutes of training with a checkpoint; rerunning continues (0: none)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="ldm: drop all conditions together")
     p.add_argument("--film-dropout", type=float, default=0.0, help="ldm: drop only the FiLM prompt embedding")

@@ -51,6 +51,7 @@ def train_from_args(args: argparse.Namespace) -> dict:
         kl_weight=args.kl_weight,
         discriminator_width=args.discriminator_width,
         segment_seconds=args.segment_seconds,
+        time_limit_minutes=args.time_limit,
     )
     if args.model == "clap":
         from .clap_task import CLAPTask

@@ -61,6 +61,10 @@ class TrainConfig:
         discriminator_width: channel multiplier of the HiFi-GAN discriminators (vocoder).
         segment_seconds: train the VAE on random crops this long (0: whole training clips);
             it is convolutional, so shorter crops cost less per step and learn the same.
+        time_limit_minutes: stop after this much training time in this process (0: no limit),
+            with a checkpoint at the step where it stops and no ``final/``; the same command
+            resumes there and, with the learning rate a function of the step, stays on the
+            curve a run in one piece would have followed. For machines lent by the hour.
     """
 
     steps: int = 1000
@@ -84,12 +88,15 @@ class TrainConfig:
     kl_weight: float = 1e-6
     discriminator_width: float = 1.0
     segment_seconds: float = 0.0
+    time_limit_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay {self.lr_decay!r} is not one of {', '.join(LR_DECAYS)}")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ValueError(f"final_lr_fraction {self.final_lr_fraction} is outside 0…1")
+        if self.time_limit_minutes < 0:
+            raise ValueError(f"time limit {self.time_limit_minutes:g} minutes is negative (--time-limit 0: no limit)")
 
 
 def distributed() -> tuple[int, int]:
@@ -200,7 +207,10 @@ class Trainer:
         return float(norm)
 
     def run(self) -> dict:
-        """Train to ``cfg.steps``; returns the final summary (also written to ``summary.json``)."""
+        """Train to ``cfg.steps``; returns the final summary (also written to ``summary.json``).
+
+        Cut short by ``cfg.time_limit_minutes``: returns ``{"steps": …, "stopped": "time limit", …}``
+        after saving a checkpoint, and writes neither ``final/`` nor ``summary.json``."""
         from tqdm import tqdm
 
         metrics_path = self.run_dir / "metrics.csv"
@@ -232,6 +242,17 @@ class Trainer:
                 )
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
                 self.save()
+            if self.step < self.cfg.steps and self._out_of_time(elapsed):
+                bar.close()
+                self.save()
+                if self.rank == 0:
+                    log.warning(
+                        "stopped by the time limit (%g min) at step %d of %d; the same command continues from there",
+                        self.cfg.time_limit_minutes,
+                        self.step,
+                        self.cfg.steps,
+                    )
+                return {"steps": self.step, "of": self.cfg.steps, "stopped": "time limit", "last": last}
         bar.close()
         summary = {"steps": self.step, "last": last, **self.task.evaluate(self)}
         if self.world > 1:
@@ -247,6 +268,15 @@ class Trainer:
             # can abort the process at shutdown (seen as SIGABRT on a rank).
             dist.destroy_process_group()
         return summary
+
+    def _out_of_time(self, elapsed_s: float) -> bool:
+        if self.cfg.time_limit_minutes <= 0:
+            return False
+        over = torch.tensor(float(elapsed_s >= 60 * self.cfg.time_limit_minutes), device=self.device)
+        if self.world > 1:
+            # Ranks' clocks differ; they stop at the step any of them runs out, together.
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        return bool(over.item())
 
     def _ranks_identical(self) -> bool:
         """True when every rank holds bit-identical weights (what DDP promises)."""

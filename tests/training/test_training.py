@@ -80,6 +80,26 @@ def test_resume_after_interruption_gives_identical_weights(tiny_manifest, tmp_pa
     assert not list((tmp_path / "resumed" / "checkpoints").glob(".*"))  # no temp files left
 
 
+def test_time_limit_stops_with_a_checkpoint_and_reruns_finish_as_one_run(tiny_manifest, tmp_path):
+    cosine = ("--lr-decay", "cosine", "--final-lr-fraction", "0.1", "--checkpoint-every", "100")
+    _train("vae", tiny_manifest, tmp_path / "straight", *cosine, steps=4)
+    sliced = tmp_path / "sliced"
+    args = ["-q", "train", "vae", "--config", "tiny", "--data", str(tiny_manifest), "--out", str(sliced)]
+    args += ["--steps", "4", "--batch-size", "8", "--lr", "2e-3", "--warmup-steps", "3", "--log-every", "1", *cosine]
+    # A limit every step outlasts: each call trains one step, saves it and says it is not done.
+    for step in (1, 2, 3):
+        assert cli([*args, "--time-limit", "1e-9"]) == 3
+        assert torch.load(sliced / "checkpoints" / "last.pt", weights_only=True)["step"] == step
+        assert not (sliced / "final").exists() and not (sliced / "summary.json").exists()
+    assert cli([*args, "--time-limit", "1e-9"]) == 0  # the last step finishes the run
+    with open(sliced / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    a = load_checkpoint(tmp_path / "straight" / "final" / "vae").state_dict()
+    b = load_checkpoint(sliced / "final" / "vae").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert cli([*args, "--time-limit", "-1"]) == 2
+
+
 def test_vocoder_mel_loss_goes_down(tiny_manifest, tmp_path):
     _train("vocoder", tiny_manifest, tmp_path / "voc", "--discriminator-width", "0.125", steps=25, batch=4)
     with open(tmp_path / "voc" / "metrics.csv") as f:
@@ -240,6 +260,12 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_manifest, tmp_pat
         "1e-3",
         "--quiet",
     ]
+    # A first slice cut by the time limit: both ranks stop at step 1 with one checkpoint
+    # (a rank that went on alone would hang in its next all-reduce).
+    proc = subprocess.run([*cmd, "--time-limit", "1e-9"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "stopped by the time limit" in proc.stderr, proc.stderr[-3000:]
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+    assert not (out / "final").exists()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
