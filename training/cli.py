@@ -374,6 +374,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             strength=args.strength,
             candidates=args.candidates,
             threads=args.threads,
+            progress=not args.quiet,
         )
 
     if args.compare:

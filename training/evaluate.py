@@ -55,6 +55,8 @@ class EvalConfig:
         candidates: best-of-N by CLAP score (1: plain generation).
         threads: onnxruntime threads for generation (None: all cores); fewer leave cores to a
             training run beside it (both spinning on all cores slows each several-fold).
+        progress: a progress bar over the clips as they are generated (stderr), and a log line
+            per scoring phase.
     """
 
     bundle: Path
@@ -76,6 +78,7 @@ class EvalConfig:
     strength: float | None = None
     candidates: int = 1
     threads: int | None = None
+    progress: bool = True
     bundle_name: str = field(default="")
 
 
@@ -141,12 +144,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         )
         for i, (c, d) in enumerate(zip(test, durations))
     ]
-    if cfg.candidates > 1:
-        from reaudio.engine.jobs.candidates import generate_ranked
-
-        results = [ranked.best for ranked in generate_ranked(engine, requests, cfg.candidates)]
-    else:
-        results = engine.generate(requests)
+    results = _generate(engine, requests, cfg)
+    log.info("scoring %d clips: embeddings, copy and real references, label classifier, CLAP", len(results))
     failed = [c.id for c, r in zip(test, results) if not r.ok]
     pairs = [(c, w[: len(r.waveform)], r.waveform) for c, w, r in zip(test, real, results) if r.ok]
     if len(pairs) < 2:
@@ -211,6 +210,21 @@ def evaluate(cfg: EvalConfig) -> dict:
     write_report(cfg.out, metrics)
     log.info("scored %d clips in %.1f s", len(pairs), metrics["seconds"])
     return metrics
+
+
+def _generate(engine: Engine, requests: list[Request], cfg: EvalConfig) -> list:
+    """Each request's clip (best of ``cfg.candidates``), in request order, with a bar as they finish."""
+    from tqdm import tqdm
+
+    from reaudio.engine.jobs.candidates import stream_ranked
+
+    results: list = [None] * len(requests)
+    label = "generating" if cfg.candidates == 1 else f"generating (best of {cfg.candidates})"
+    with tqdm(total=len(requests), unit="clip", desc=label, disable=not cfg.progress, dynamic_ncols=True) as bar:
+        for i, ranked in stream_ranked(engine, requests, [cfg.candidates] * len(requests)):
+            results[i] = ranked.best
+            bar.update(1)
+    return results
 
 
 def _references(

@@ -139,6 +139,18 @@ def test_eval_scores_the_sampler_it_is_given(tiny_artifacts, eval_manifest, tmp_
     assert results["ddim"]["copy_top1"]["fad"] == results["dpmpp-2m"]["copy_top1"]["fad"]
 
 
+def test_eval_shows_its_progress_unless_quiet(tiny_artifacts, eval_manifest, tmp_path, capsys):
+    args = ["eval", "--bundle", str(tiny_artifacts / "bundle"), "--data", str(eval_manifest), "--steps", "2"]
+    args += ["--limit", "3", "--backbone", "tests.training.fake_backbone:make", "--backend", "cpu"]
+    assert cli([*args, "--out", str(tmp_path / "shown"), "--candidates", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "generating (best of 2)" in err and "3/3" in err
+    assert cli(["-q", *args, "--out", str(tmp_path / "quiet")]) == 0
+    assert "generating" not in capsys.readouterr().err
+    shown = json.loads((tmp_path / "shown" / "results.json").read_text())
+    assert shown["clips"] == 3 and shown["settings"]["candidates"] == 2
+
+
 def test_eval_threads_reach_the_engine_and_torch(tiny_artifacts, eval_manifest, tmp_path, monkeypatch):
     from reaudio.training import evaluate as evaluate_module
 
