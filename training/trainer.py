@@ -240,11 +240,11 @@ class Trainer:
                 self._log(
                     metrics_path, {"step": self.step, "lr": self.lr_at(self.step - 1), "items_s": items_s, **last}
                 )
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+            stopping = self.step < self.cfg.steps and self._out_of_time(elapsed)
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps or stopping:
                 self.save()
-            if self.step < self.cfg.steps and self._out_of_time(elapsed):
+            if stopping:
                 bar.close()
-                self.save()
                 if self.rank == 0:
                     log.warning(
                         "stopped by the time limit (%g min) at step %d of %d; the same command continues from there",
@@ -252,6 +252,7 @@ class Trainer:
                         self.step,
                         self.cfg.steps,
                     )
+                self._leave_process_group()
                 return {"steps": self.step, "of": self.cfg.steps, "stopped": "time limit", "last": last}
         bar.close()
         summary = {"steps": self.step, "last": last, **self.task.evaluate(self)}
@@ -262,21 +263,27 @@ class Trainer:
                 save_checkpoint(self.run_dir / "final" / name, module)
             self.task.finalize(self, self.run_dir / "final")
             write_json_atomic(self.run_dir / "summary.json", summary)
+        self._leave_process_group()
+        return summary
+
+    @staticmethod
+    def _leave_process_group() -> None:
         if dist.is_initialized():
             dist.barrier()
             # Tear gloo/NCCL down before interpreter exit; left alive, its threads
             # can abort the process at shutdown (seen as SIGABRT on a rank).
             dist.destroy_process_group()
-        return summary
 
     def _out_of_time(self, elapsed_s: float) -> bool:
         if self.cfg.time_limit_minutes <= 0:
             return False
-        over = torch.tensor(float(elapsed_s >= 60 * self.cfg.time_limit_minutes), device=self.device)
-        if self.world > 1:
-            # Ranks' clocks differ; they stop at the step any of them runs out, together.
-            dist.all_reduce(over, op=dist.ReduceOp.MAX)
-        return bool(over.item())
+        over = elapsed_s >= 60 * self.cfg.time_limit_minutes
+        if self.world == 1:
+            return over
+        # Ranks' clocks differ; they stop together at the step any of them runs out.
+        flag = torch.tensor(float(over), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _ranks_identical(self) -> bool:
         """True when every rank holds bit-identical weights (what DDP promises)."""
