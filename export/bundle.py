@@ -66,6 +66,7 @@ def build_manifest(
     null_condition: str = "zeros",
     family: str | None = None,
     licence: Licence | None = None,
+    guidance_rescale: float = 0.0,
 ) -> BundleManifest:
     r = cfg.vae.downsample_factor
     retrieval = None
@@ -95,6 +96,7 @@ def build_manifest(
         null_condition=null_condition,
         licence=licence,
         audio_frontend=audio_frontend(cfg),
+        guidance_rescale=guidance_rescale,
     )
 
 
@@ -119,6 +121,8 @@ def export_bundle(
     ``models`` holds vae, vocoder, unet and either our ``clap`` or an imported Hugging
     Face ``text_encoder`` (then ``tokenizer_json`` is required and no audio encoder
     is exported). ``optimize="gpu"`` adds the denoiser's fused fp16 graph for CUDA (needs ``fp16``).
+    Optional entries: ``mel_calibration`` (into the decoder graph) and ``guidance_rescale`` (a
+    :class:`~reaudio.models.guidance_rescale.GuidanceRescale`, into the denoiser graph and the manifest).
     """
     if optimize not in OPTIMIZE_TARGETS:
         raise ValueError(f"optimize={optimize!r}; valid: {', '.join(str(t) for t in OPTIMIZE_TARGETS)}")
@@ -175,8 +179,9 @@ def export_bundle(
         write_json_atomic(tmp / "export_report.json", report)
         cfg.save(tmp / "family.json")  # lets `reaudio plans build` derive profiles from the bundle alone
         defaults = defaults or Defaults(duration=cfg.clip_seconds)
+        rescale = models["guidance_rescale"].factor if "guidance_rescale" in models else 0.0
         manifest = write_bundle_manifest(
-            tmp, build_manifest(cfg, stages, defaults, null_condition, family_name, licence)
+            tmp, build_manifest(cfg, stages, defaults, null_condition, family_name, licence, rescale)
         )
     log.info("bundle written: %s (%d files)", out, len(manifest.files))
     return manifest

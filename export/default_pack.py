@@ -21,7 +21,9 @@ was trained here, small:
     db/audio_tokens.npy       pooled audio token features, int8 (+ audio_scales.npy per item)
 
 pack.json may also hold ``decoder_calibration``: the per-band correction of the decoder's log-mel
-(``reaudio.models.mel_calibration``) that the assembled decoder graph applies before the vocoder.
+(``reaudio.models.mel_calibration``) that the assembled decoder graph applies before the vocoder,
+and ``guidance_rescale``: the factor by which the assembled denoiser graph rescales guided
+predictions (``reaudio.models.guidance_rescale``).
 
 :func:`assemble` rebuilds the torch models (wheel parts included), recomputes
 caption token features, and writes a regular bundle with ``export_bundle``.
@@ -52,6 +54,7 @@ from reaudio.engine.bundle.manifest import Defaults, sha256_file
 from reaudio.engine.retrieval.database import Items, RetrievalDB
 from reaudio.models.clap import CLAP
 from reaudio.models.configs import FamilyConfig, load_config
+from reaudio.models.guidance_rescale import GuidanceRescale
 from reaudio.models.hifigan import HiFiGANGenerator
 from reaudio.models.mel_calibration import MelCalibration, MelCalibrationLayer
 from reaudio.models.pretrained import UNIVERSAL_HIFIGAN, universal_hifigan
@@ -381,7 +384,7 @@ def add_vocoder(pack: str | Path, vocoder: str | Path, provenance: dict | None =
 
 def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
     """The torch models of a pack: trained parts from the pack, the rest from the wheels, and the
-    decoder's ``mel_calibration`` when pack.json holds one."""
+    decoder's ``mel_calibration`` and the denoiser's ``guidance_rescale`` when pack.json holds them."""
     cfg = load_config(pack / "family.json")
     unet = UNet(cfg.unet)
     _load_part(unet, dequantize_state(load_file(str(pack / "unet.safetensors"))), (), "unet")
@@ -400,7 +403,38 @@ def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
     calibration = pack_calibration(pack, cfg.mel.n_mels)
     if calibration is not None:
         models["mel_calibration"] = calibration
+    rescale = pack_guidance_rescale(pack)
+    if rescale is not None:
+        models["guidance_rescale"] = rescale
     return cfg, models
+
+
+def pack_guidance_rescale(pack: Path) -> GuidanceRescale | None:
+    """The denoiser's guidance rescale that ``pack``'s pack.json sets, if any."""
+    meta = pack / "pack.json"
+    factor = json.loads(meta.read_text(encoding="utf-8")).get("guidance_rescale")
+    if not factor:
+        return None
+    try:
+        return GuidanceRescale(float(factor))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{meta}: guidance_rescale {factor!r}: {exc}") from None
+
+
+def set_guidance_rescale(pack: str | Path, factor: float, measured: str | None = None) -> dict:
+    """Record in ``pack``'s pack.json that its assembled denoiser rescales guidance by ``factor``
+    (0 removes it); ``measured`` says where the choice was scored. Assemble it again to use it."""
+    pack = Path(pack)
+    GuidanceRescale(factor)  # the range check, with its message
+    meta = verify_pack(pack)
+    meta.pop("guidance_rescale", None)
+    provenance = {k: v for k, v in meta.get("provenance", {}).items() if k != "guidance_rescale"}
+    if factor:
+        meta["guidance_rescale"] = float(factor)
+        provenance["guidance_rescale"] = {"factor": float(factor), **({"measured": measured} if measured else {})}
+    meta["provenance"] = provenance
+    write_json_atomic(pack / "pack.json", meta)
+    return meta
 
 
 def pack_calibration(pack: Path, n_mels: int) -> MelCalibrationLayer | None:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reaudio.models.guidance_rescale import GuidanceRescale
 from reaudio.models.hifigan import HiFiGANGenerator
 from reaudio.models.unet import UNet
 from reaudio.models.vae import AutoencoderKL
@@ -55,13 +56,16 @@ class DenoiserStepGraph(nn.Module):
     gets ``uncond_film`` (zeros for models trained with condition dropout to zeros;
     the embedding of "" or a negative prompt for AudioLDM) and all-false context masks.
     Outputs: next latent and this step's data prediction x0 (the next step's prev_x0).
+    With ``rescale`` the guided prediction is rescaled toward the conditional one's spread
+    (:mod:`reaudio.models.guidance_rescale`).
     """
 
-    def __init__(self, unet: UNet, prediction_type: str = "epsilon") -> None:
+    def __init__(self, unet: UNet, prediction_type: str = "epsilon", rescale: GuidanceRescale | None = None) -> None:
         super().__init__()
         self.unet = unet
         self.context_names = [c.name for c in unet.cfg.contexts]
         self.v_prediction = prediction_type == "v_prediction"
+        self.rescale = rescale if rescale is not None and rescale.factor > 0 else None
 
     def forward(self, latent, timestep, film, uncond_film, guidance, coefs, prev_x0, *context_inputs):
         contexts = {}
@@ -72,8 +76,11 @@ class DenoiserStepGraph(nn.Module):
         film2 = torch.cat([film, uncond_film])
         out_c, out_u = self.unet(x2, torch.cat([timestep, timestep]), film2, contexts).chunk(2)
         out = out_u + guidance.view(-1, 1, 1, 1) * (out_c - out_u)
+        if self.rescale is not None:
+            out = self.rescale(out, out_c)
         c = coefs.to(latent.dtype).view(-1, 5, 1, 1, 1)
-        # Guidance is linear, so guiding v and then converting equals converting each half.
+        # Guidance is linear, so guiding v and then converting equals converting each half
+        # (the rescale is not: like diffusers, it rescales the prediction the model makes).
         eps = c[:, 1] * latent + c[:, 0] * out if self.v_prediction else out
         x0 = (latent - c[:, 1] * eps) / c[:, 0]
         return c[:, 2] * latent + c[:, 3] * x0 + c[:, 4] * prev_x0, x0

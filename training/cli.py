@@ -63,6 +63,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         fitted = calibrate_decoder(models["vae"], cfg.mel, args.calibrate_decoder)
         models["mel_calibration"] = MelCalibrationLayer(fitted)
         print(f"decoder calibration fitted on {args.calibrate_decoder} ({_sharpening(fitted)})")
+    if args.guidance_rescale:
+        from reaudio.models.guidance_rescale import GuidanceRescale
+
+        models["guidance_rescale"] = GuidanceRescale(args.guidance_rescale)
     manifest = export_bundle(
         cfg,
         models,
@@ -79,6 +83,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.trt:
         return _build_plans(args.out)
     return 0
+
+
+def _unit_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (valid: 0 to 1)") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside 0 to 1")
+    return value
 
 
 def _sharpening(calibration) -> str:  # a MelCalibration
@@ -552,6 +566,14 @@ def add_training_commands(sub, common, dbsub) -> None:
         help="fit the per-band correction of the VAE decoder's log-mel on 300 training clips of this corpus "
         "manifest and build it into the decoder graph (docs/default_model.md)",
     )
+    p.add_argument(
+        "--guidance-rescale",
+        type=_unit_fraction,
+        default=0.0,
+        metavar="PHI",
+        help="build guidance rescaling into the denoiser graph: the guided prediction is pulled toward the "
+        "conditional one's spread by PHI in [0, 1] (Lin et al. 2024; 0.7 is usual; default 0: plain guidance)",
+    )
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     p.set_defaults(func=_cmd_export)
@@ -665,6 +687,15 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
             "run `reaudio default-model assemble --force`"
         )
         return 0
+    if args.action == "guidance-rescale":
+        from reaudio.engine.bundle.default_model import pack_path
+        from reaudio.export.default_pack import set_guidance_rescale
+
+        pack = args.pack or pack_path()
+        set_guidance_rescale(pack, args.factor, args.measured)
+        state = f"rescales guidance by {args.factor:g}" if args.factor else "uses plain guidance"
+        print(f"{pack}: the assembled denoiser {state}; run `reaudio default-model assemble --force`")
+        return 0
     if args.action == "add-vocoder":
         from reaudio.engine.bundle.default_model import pack_path
         from reaudio.export.default_pack import add_vocoder
@@ -741,6 +772,14 @@ def _add_default_model(sub, common) -> None:
     c.add_argument("--data", type=Path, required=True, help="the corpus manifest the model was trained on")
     c.add_argument("--clips", type=int, default=300, help="training clips to fit on, evenly spread (default 300)")
     c.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
+    g = dsub.add_parser(
+        "guidance-rescale",
+        parents=[common],
+        help="maintainers: build guidance rescaling into the pack's assembled denoiser (0: plain guidance)",
+    )
+    g.add_argument("factor", type=_unit_fraction, metavar="PHI", help="rescale factor in [0, 1] (0.7 is usual)")
+    g.add_argument("--measured", help="where the choice was scored (recorded in pack.json's provenance)")
+    g.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     u = dsub.add_parser(
         "unpack", parents=[common], help="the pack as checkpoints and a database, to fine-tune it (torch)"
     )

@@ -24,7 +24,13 @@ class TorchPipeline:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], initial_latents: np.ndarray, steps: int, guidance: float, k: int
+        self,
+        prompts: list[str],
+        initial_latents: np.ndarray,
+        steps: int,
+        guidance: float,
+        k: int,
+        guidance_rescale: float = 0.0,
     ) -> np.ndarray:
         cfg, clap, unet = self.cfg, self.models["clap"], self.models["unet"]
         ids, mask = clap.tokenizer(prompts)
@@ -48,6 +54,10 @@ class TorchPipeline:
             eps_c = unet(x, tt, film, contexts)
             eps_u = unet(x, tt, torch.zeros_like(film), null)
             out = eps_u + guidance * (eps_c - eps_u)
+            if guidance_rescale:  # Lin et al. 2024, eq. 15-16: toward the conditional prediction's std
+                dims = tuple(range(1, out.dim()))
+                rescaled = out * eps_c.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True)
+                out = guidance_rescale * rescaled + (1 - guidance_rescale) * out
             eps = self.diffusion.to_epsilon(x, out, float(acp[t]) ** 0.5, float(1 - acp[t]) ** 0.5)
             a_prev = acp[t - ratio] if t - ratio >= 0 else acp[0]
             x = ddim_step_reference(x, eps, float(acp[t]), float(a_prev))

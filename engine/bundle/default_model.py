@@ -78,10 +78,18 @@ def _torch_installed() -> bool:
         return False
 
 
-def resolve_bundle(bundle: str | Path | None = None, echo=print, rebuild: bool = False) -> Path:
+def _to_stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr)
+
+
+def resolve_bundle(bundle: str | Path | None = None, echo=_to_stderr, rebuild: bool = False) -> Path:
     """The bundle a job runs: ``bundle`` when given; else the assembled default model; else, where
     torch is installed, the default model assembled now (once, about a minute); else
-    :class:`DefaultModelMissing`, whose message names the fix. ``rebuild`` assembles it again."""
+    :class:`DefaultModelMissing`, whose message names the fix. ``rebuild`` assembles it again.
+    Progress goes to ``echo`` (standard error: `reaudio default-model assemble` prints only the path,
+    so ``B=$(reaudio default-model assemble)`` works)."""
     if bundle is not None:
         return Path(bundle)
     if not rebuild:

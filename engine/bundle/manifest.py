@@ -226,6 +226,10 @@ class BundleManifest:
     licence: Licence | None = None
     #: The audio encoder's front end when it is not ``mel`` (None: ``mel`` at any length).
     audio_frontend: AudioFrontend | None = None
+    #: How far the denoiser graph rescales guided predictions toward the conditional one's spread
+    #: (0: plain guidance). Fixed at export (``reaudio export --guidance-rescale``); recorded here
+    #: so a bundle says how it samples.
+    guidance_rescale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.null_condition not in NULL_CONDITIONS:
@@ -264,6 +268,8 @@ def _check_ranges(m: BundleManifest) -> None:
             problems.append(f"latent.{name}={getattr(m.latent, name)}; valid: 1 to 4096")
     if not 0 < m.latent.scaling_factor < 1e6:
         problems.append(f"latent.scaling_factor={m.latent.scaling_factor}; must be positive")
+    if not 0.0 <= m.guidance_rescale <= 1.0:
+        problems.append(f"guidance_rescale={m.guidance_rescale}; valid: 0 to 1")
     missing = [s for s in REQUIRED_STAGES if s not in m.stages]
     if missing:
         problems.append(f"stages: missing {missing}")

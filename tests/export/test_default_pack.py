@@ -87,6 +87,17 @@ def test_default_model_locations_follow_the_cache_variable(tiny_pack, monkeypatc
     assert json.loads((expected / "manifest.json").read_text())["name"] == "tiny"
 
 
+def test_assemble_prints_only_the_path_on_stdout(tiny_pack, monkeypatch, tmp_path, capsys):
+    from reaudio.engine.cli import main
+
+    monkeypatch.setenv("REAUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(default_model, "pack_path", lambda: tiny_pack[0])
+    assert main(["default-model", "assemble", "--force"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{default_model.bundle_path()}\n"  # so B=$(reaudio default-model assemble) works
+    assert "assembling the default model" in err and "ready in" in err
+
+
 def test_a_pack_without_an_encoder_gains_one_and_its_items_their_audio(tiny_pack, tiny_artifacts, tmp_path):
     import shutil
 
