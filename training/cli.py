@@ -16,7 +16,7 @@ from pathlib import Path
 from reaudio.engine.denoising.sampler import SAMPLERS
 
 from .lr_schedule import LR_DECAYS
-from .sfx_sources import HELDOUT_PACKAGES, PACKAGES
+from .sfx_sources import HELDOUT_PACKAGES, PACKAGES, refuse_reserved
 
 
 def _need_training_side(extra: str = "train") -> None:
@@ -489,6 +489,16 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus_package(name: str) -> str:
+    try:
+        refuse_reserved([name])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if name not in PACKAGES:
+        raise argparse.ArgumentTypeError(f"unknown package {name!r}; the corpus uses: {', '.join(PACKAGES)}")
+    return name
+
+
 def _add_data(sub, common) -> None:
     p = sub.add_parser("data", help="datasets: import your own clips, label statistics (needs torch)")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -502,14 +512,14 @@ def _add_data(sub, common) -> None:
     )
     b.add_argument("--out", type=Path, required=True, help="corpus folder (created; a rerun resumes)")
     b.add_argument("--config", default="sfx-small", help="model config whose sample rate and clip length to use")
-    b.add_argument("--packages", nargs="+", choices=PACKAGES, metavar="PKG", help="a subset of the packages")
+    b.add_argument("--packages", nargs="+", type=_corpus_package, metavar="PKG", help="a subset of the packages")
     b.add_argument("--max-segments", type=int, default=8, help="segments kept per source file")
     b.add_argument("--test-percent", type=int, default=10, help="share of source files in the test split")
     b.add_argument("--captions", type=Path, help="caption map (TSV) instead of the curated one")
     b.add_argument(
         "--heldout",
         nargs="*",
-        choices=PACKAGES,
+        type=_corpus_package,
         metavar="PKG",
         help=f"packages kept out of training for the zero-shot split (default: {' '.join(HELDOUT_PACKAGES)}; "
         "none: --heldout with no names)",

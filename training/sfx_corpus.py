@@ -5,6 +5,7 @@ Layout of the output folder::
     debs/<package>_<version>_all.deb     apt-get download (kept: a rerun downloads nothing)
     unpacked/<package>/                  dpkg-deb -x (zip/pk3 archives inside stay packed)
     audio/<package>/<id>.flac            segments, mono, at the front end's rate
+    fullband/<package>/<id>.flac         the same segments at the source's own rate (≤ 48 kHz), when above it
     journal/<package>.jsonl              one line per source file: kept (with its clips) or dropped, why
     manifest.jsonl                       the clip manifest (id, audio, caption(s), label, source, …)
     report.json                          the summary: counts, hours, drops by reason, unknown labels
@@ -45,11 +46,16 @@ from .sfx_sources import (
     SourceFile,
     drop_reason,
     lookup_keys,
+    refuse_reserved,
 )
 
 log = logging.getLogger(__name__)
 #: A segment whose RMS is below this (dBFS) is silence.
 SILENCE_DBFS = -60.0
+#: Full-band copies are kept at the source's rate up to this one (sound designers deliver 48 kHz).
+MAX_FULLBAND_RATE = 48000
+#: A clip's bandwidth: the frequency under which this share of its energy lies.
+BANDWIDTH_ENERGY = 0.99
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class CorpusError(RuntimeError):
 
 def fetch_package(package: str, debs: Path, run: Callable = subprocess.run) -> Path:
     """The package's .deb in ``debs``, downloaded with ``apt-get download`` when absent."""
+    refuse_reserved([package])
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{package}_*.deb"))
     if found:
@@ -160,21 +167,51 @@ class _Archives:
             archive.close()
 
 
-def decode(source: SourceFile, root: Path, sample_rate: int, archives: _Archives) -> np.ndarray:
-    """The source's audio, mono at ``sample_rate``; raises ValueError/RuntimeError when corrupt."""
+@dataclass(frozen=True)
+class Decoded:
+    """A source file as the corpus keeps it: mono at the front end's rate and, when the source's rate is
+    higher, mono at ``min(source rate, MAX_FULLBAND_RATE)`` (``fullband`` None otherwise)."""
+
+    wav: np.ndarray
+    source_rate: int
+    fullband: np.ndarray | None
+    fullband_rate: int
+
+
+def decode(source: SourceFile, root: Path, sample_rate: int, archives: _Archives) -> Decoded:
+    """The source's audio; raises ValueError/RuntimeError when corrupt."""
     path = root / source.path
     handle = io.BytesIO(archives.read(path, source.member)) if source.member else str(path)
     data, rate = sf.read(handle, dtype="float32", always_2d=True)
     if data.shape[0] == 0:
         raise ValueError("no samples")
-    return prepare_audio(data, rate, sample_rate, where=source.key)
+    wav = prepare_audio(data, rate, sample_rate, where=source.key)
+    if rate <= sample_rate:
+        return Decoded(wav, rate, None, sample_rate)
+    full_rate = min(rate, MAX_FULLBAND_RATE)
+    return Decoded(wav, rate, prepare_audio(data, rate, full_rate, where=source.key), full_rate)
 
 
-def segments(wav: np.ndarray, cfg: CorpusConfig) -> list[np.ndarray]:
+def bandwidth_hz(wav: np.ndarray, rate: int, share: float = BANDWIDTH_ENERGY) -> float:
+    """The frequency under which ``share`` of the clip's energy lies (power spectrum of 2048-sample frames)."""
+    n_fft = 2048
+    if len(wav) < n_fft:
+        wav = np.pad(wav, (0, n_fft - len(wav)))
+    frames = np.lib.stride_tricks.sliding_window_view(wav, n_fft)[:: n_fft // 2]
+    power = (np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)) ** 2).sum(axis=0)
+    cumulative = np.cumsum(power)
+    if cumulative[-1] <= 0:
+        return 0.0
+    index = int(np.searchsorted(cumulative, share * cumulative[-1]))
+    return float(index * rate / n_fft)
+
+
+def segments(wav: np.ndarray, cfg: CorpusConfig, rate: int | None = None) -> list[np.ndarray]:
     """Cut into ``clip_seconds`` pieces; keep a short last piece only when it is long enough."""
-    size = int(round(cfg.clip_seconds * cfg.sample_rate))
+    rate = rate or cfg.sample_rate
+    size = int(round(cfg.clip_seconds * rate))
     pieces = [wav[i : i + size] for i in range(0, len(wav), size)]
-    if len(pieces) > 1 and len(pieces[-1]) < cfg.min_tail_seconds * cfg.sample_rate:
+    if len(pieces) > 1 and len(pieces[-1]) < cfg.min_tail_seconds * rate:
         pieces.pop()
     return pieces[: cfg.max_segments]
 
@@ -207,9 +244,10 @@ def process_source(
             "label": lookup_keys(source)[1],
         }
     try:
-        wav = decode(source, root, cfg.sample_rate, archives)
+        decoded = decode(source, root, cfg.sample_rate, archives)
     except (ValueError, RuntimeError, sf.LibsndfileError, zipfile.BadZipFile, KeyError) as exc:
         return {**record, "status": "dropped", "reason": "corrupt", "detail": str(exc)[:200]}
+    wav = decoded.wav
     duration = len(wav) / cfg.sample_rate
     if duration < MIN_SECONDS:
         return {**record, "status": "dropped", "reason": f"shorter than {MIN_SECONDS} s", "detail": f"{duration:.2f} s"}
@@ -221,6 +259,7 @@ def process_source(
     base = f"{slugify(f'{source.package}-{tail}', 80)}-{zlib.crc32(source.key.encode()):08x}"
     folder = cfg.out / "audio" / source.package
     folder.mkdir(parents=True, exist_ok=True)
+    full_pieces = segments(decoded.fullband, cfg, decoded.fullband_rate) if decoded.fullband is not None else None
     clips = []
     for index, piece in enumerate(segments(wav, cfg)):
         if is_silent(piece):
@@ -229,6 +268,17 @@ def process_source(
         target = folder / f"{clip_id}.flac"
         with atomic_path(target) as tmp:
             sf.write(str(tmp), piece, cfg.sample_rate, format="FLAC", subtype="PCM_16")
+        band = {"source_rate": decoded.source_rate}
+        if full_pieces is not None and index < len(full_pieces):
+            full_target = cfg.out / "fullband" / source.package / f"{clip_id}.flac"
+            full_target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(full_target) as tmp:
+                sf.write(str(tmp), full_pieces[index], decoded.fullband_rate, format="FLAC", subtype="PCM_16")
+            band["fullband"] = full_target.relative_to(cfg.out).as_posix()
+            band["fullband_rate"] = decoded.fullband_rate
+            band["bandwidth_hz"] = round(bandwidth_hz(full_pieces[index], decoded.fullband_rate))
+        else:
+            band["bandwidth_hz"] = round(bandwidth_hz(piece, cfg.sample_rate))
         # Phrasings rotate over clips so one label's clips do not all share one caption.
         first = zlib.crc32(clip_id.encode()) % len(entry.captions)
         ordered = list(entry.captions[first:] + entry.captions[:first])
@@ -243,6 +293,7 @@ def process_source(
                 "source": source.key,
                 "duration": round(len(piece) / cfg.sample_rate, 3),
                 "split": split,
+                **band,
             }
         )
     if not clips:
@@ -296,6 +347,7 @@ def _progress(items: list, package: str, enabled: bool):
 
 def build_corpus(cfg: CorpusConfig, progress: bool = True) -> dict:
     """Build (or finish) the corpus in ``cfg.out``; writes manifest.jsonl and report.json, returns the report."""
+    refuse_reserved([*cfg.packages, *cfg.heldout])
     unknown_packages = sorted((set(cfg.packages) | set(cfg.heldout)) - set(PACKAGES))
     if unknown_packages:
         raise ValueError(f"unknown package(s) {unknown_packages}; the corpus uses only: {', '.join(PACKAGES)}")
@@ -336,6 +388,9 @@ def summarize(records: list[dict], clips: list[dict]) -> dict:
         "unknown_label_files": sum(unknown.values()),
         "unknown_labels": dict(unknown.most_common()),
         "clips_per_package": dict(Counter(c["package"] for c in clips)),
+        "fullband_clips": sum("fullband" in c for c in clips),
+        "fullband_hours": round(sum(c["duration"] for c in clips if "fullband" in c) / 3600, 3),
+        "clips_with_band_above_11khz": sum(c.get("bandwidth_hz", 0) > 11025 for c in clips),
     }
 
 
@@ -345,6 +400,7 @@ def describe(report: dict) -> str:
         f"{report['source_files']} files; {report['labels']} labels "
         f"({report['train_labels_with_1_clip']} with 1 training clip, "
         f"{report['train_labels_with_100_or_more']} with ≥ 100); splits {report['splits']}; "
-        f"dropped {report['dropped']}; {report['unknown_label_files']} files with "
+        f"dropped {report['dropped']}; full band kept for {report['fullband_clips']} clips "
+        f"({report['fullband_hours']:.2f} h); {report['unknown_label_files']} files with "
         f"{len(report['unknown_labels'])} unknown labels (see report.json)"
     )

@@ -32,6 +32,21 @@ PACKAGES = (
 #: Packages held out of training entirely: the zero-shot evaluation split ("heldout").
 HELDOUT_PACKAGES = ("supertuxkart-data",)
 
+#: Packages kept for an independent evaluation outside this project: they never enter a corpus, a
+#: database, a tuning run or a test, so the builder refuses them by name before fetching anything.
+RESERVED_PACKAGES = ("minetest-data", "widelands-data", "lincity-ng-data")
+
+
+def refuse_reserved(packages) -> None:
+    """Raise ValueError when any of ``packages`` is reserved for the independent evaluation."""
+    reserved = sorted(set(packages) & set(RESERVED_PACKAGES))
+    if reserved:
+        raise ValueError(
+            f"package(s) {', '.join(reserved)} are reserved for an independent evaluation and never enter a "
+            f"corpus (reserved: {', '.join(RESERVED_PACKAGES)})"
+        )
+
+
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".mp3")
 ARCHIVE_SUFFIXES = (".zip", ".pk3")
 

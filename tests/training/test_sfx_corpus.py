@@ -151,6 +151,14 @@ def test_build_corpus_end_to_end_and_resume(tmp_path):
     assert report["dropped"] == {"music": 1, "corrupt": 1, "shorter than 0.3 s": 1, "silent": 1}
     assert report["unknown_labels"] == {"0ad-data:zzqx": 1}
     assert report["clips"] == len(rows) == 6
+    # Full-band copies beside the model-rate ones: same segment, the source's rate, its bandwidth measured.
+    for row in rows:
+        assert row["source_rate"] == 44100 and row["fullband_rate"] == 44100
+        full, full_rate = sf.read(str(out / row["fullband"]))
+        model_rate = sf.read(str(out / row["audio"]))[0]
+        assert full_rate == 44100 and abs(len(full) / full_rate - len(model_rate) / RATE) < 1e-3
+        assert abs(row["bandwidth_hz"] - 440) < 50  # a 440 Hz tone
+    assert report["fullband_clips"] == 6
     assert len({r["id"] for r in rows}) == len(rows)
     assert len(read_corpus(out / "manifest.jsonl")) == 6  # the training side reads it
 
@@ -213,6 +221,42 @@ def test_missing_package_needs_apt(tmp_path, monkeypatch):
         ["apt-get", "update"],
         ["apt-get", "download", "hedgewars-data"],
     ]
+
+
+def test_reserved_packages_are_refused_by_name_before_anything_is_fetched(tmp_path):
+    from reaudio.training.sfx_sources import RESERVED_PACKAGES
+
+    assert set(RESERVED_PACKAGES) == {"minetest-data", "widelands-data", "lincity-ng-data"}
+    for name in RESERVED_PACKAGES:
+        with pytest.raises(ValueError, match=f"{name} are reserved for an independent evaluation"):
+            build_corpus(CorpusConfig(out=tmp_path / "c", packages=("0ad-data", name)), progress=False)
+        with pytest.raises(ValueError, match="reserved"):
+            build_corpus(CorpusConfig(out=tmp_path / "c", heldout=(name,)), progress=False)
+        with pytest.raises(ValueError, match="reserved"):
+            fetch_package(name, tmp_path / "debs", run=lambda *a, **k: pytest.fail("apt-get was called"))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "debs").exists()
+
+
+def test_reserved_packages_are_refused_on_the_command_line(tmp_path, capsys):
+    from reaudio.engine.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "build-sfx", "--out", str(tmp_path / "c"), "--packages", "0ad-data", "widelands-data"])
+    assert exit_info.value.code == 2
+    assert "widelands-data are reserved for an independent evaluation" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_bandwidth_is_where_99_percent_of_the_energy_lies():
+    from reaudio.training.sfx_corpus import bandwidth_hz
+
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(44100).astype(np.float32)
+    assert bandwidth_hz(noise, 44100) > 21000  # white: energy up to Nyquist
+    spectrum = np.fft.rfft(noise)
+    spectrum[np.fft.rfftfreq(len(noise), 1 / 44100) > 6000] = 0
+    assert 5800 < bandwidth_hz(np.fft.irfft(spectrum, len(noise)), 44100) < 6100
+    assert bandwidth_hz(np.zeros(100, np.float32), 44100) == 0.0
 
 
 def test_unknown_package_is_refused(tmp_path):
