@@ -19,14 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
@@ -53,7 +49,7 @@ def main() -> None:
     from reaudio.engine.pipeline import Engine, Request
     from reaudio.export.import_audioldm import import_audioldm
     from reaudio.export.int8 import CALIBRATION_PROMPTS, Calibration, quantize_bundle, snr_db
-    from tests.make_tiny_audioldm import make
+    from reaudio.training.toy_audioldm import make
 
     work = args.work / args.size
     pipeline_dir, bundle = work / "pipeline", work / "bundle"

@@ -19,7 +19,7 @@ def bench_bundle(tmp_path_factory) -> Path:
     env = os.environ.get("REAUDIO_BENCH_BUNDLE")
     if env:
         return Path(env)
-    from tests.make_tiny_bundle import make
+    from reaudio.training.toy_bundle import make
 
     return make(tmp_path_factory.mktemp("bench"), fp16=False)
 

@@ -64,11 +64,12 @@ def scale(args) -> list[dict]:
     rows = []
     for seconds, one_shot in [(s, False) for s in args.durations] + [(s, True) for s in args.one_shot]:
         code = (
-            f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r}); "
-            f"from benchmarks.long_clips import _one; "
+            f"import json; from benchmarks.long_clips import _one; "
             f"print(json.dumps(_one({str(args.bundle)!r}, {seconds}, {one_shot}, {args.steps})))"
         )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent
+        )
         if proc.returncode != 0:
             row = {
                 "seconds": seconds,

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _measure(bundle: Path, seconds: float, one_shot: bool = False) -> dict:
     code = (
-        f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.long_clips import _one; "
+        f"import json; from benchmarks.long_clips import _one; "
         f"print(json.dumps(_one({str(bundle)!r}, {seconds}, {one_shot}, 10)))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

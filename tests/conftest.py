@@ -36,7 +36,7 @@ def realistic_audio(sample_rate: int, seconds: float, rng: np.random.Generator) 
 def tiny_artifacts(tmp_path_factory):
     """A random `tiny` system, its database and its bundle (fp32 + fp16), made once per run.
 
-    ``REAUDIO_TINY_ARTIFACTS`` names a folder already made by ``python tests/make_tiny_bundle.py
+    ``REAUDIO_TINY_ARTIFACTS`` names a folder already made by ``python -m reaudio.training.toy_bundle
     DIR --fp16``: the runtime-only test run (no torch) uses it instead of making one.
     """
     made = os.environ.get("REAUDIO_TINY_ARTIFACTS")
@@ -44,11 +44,11 @@ def tiny_artifacts(tmp_path_factory):
         if not (Path(made) / "bundle" / "manifest.json").is_file():
             pytest.fail(
                 f"REAUDIO_TINY_ARTIFACTS={made}: no bundle/manifest.json there; "
-                "make it with `python tests/make_tiny_bundle.py DIR --fp16`"
+                "make it with `python -m reaudio.training.toy_bundle DIR --fp16`"
             )
         return Path(made)
     pytest.importorskip("torch", reason="the tiny bundle is made with torch (or set REAUDIO_TINY_ARTIFACTS)")
-    from tests.make_tiny_bundle import make
+    from reaudio.training.toy_bundle import make
 
     out = tmp_path_factory.mktemp("tiny")
     make(out, fp16=True)

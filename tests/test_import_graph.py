@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+SRC = Path(__file__).resolve().parents[1] / "src" / "reaudio"
 PACKAGES = ("engine", "models", "export", "training")
 #: Which top-level packages each may import (engine ◀─ models ◀─ export ◀─ training).
 ALLOWED = {
@@ -22,8 +22,8 @@ ENGINE_UPPER = ("jobs", "pipeline", "planning", "cli")
 def _modules() -> dict[str, Path]:
     mods = {}
     for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = [p for p in path.relative_to(ROOT / package).with_suffix("").parts if p != "__init__"]
+        for path in (SRC / package).rglob("*.py"):
+            parts = [p for p in path.relative_to(SRC / package).with_suffix("").parts if p != "__init__"]
             mods[".".join(["reaudio", package, *parts])] = path
     return mods
 

@@ -39,11 +39,36 @@ def test_wheel_holds_every_module_of_every_package(wheel):
     missing = [
         str(path)
         for package in ("engine", "models", "training", "export")
-        for path in (ROOT / package).rglob("*.py")
-        if f"reaudio/{path.relative_to(ROOT).as_posix()}" not in names
+        for path in (ROOT / "src" / "reaudio" / package).rglob("*.py")
+        if path.relative_to(ROOT / "src").as_posix() not in names
     ]
     assert missing == []
     assert "reaudio/engine/jobs/audition_page.html" in names
+    assert "reaudio/training/data/sfx_captions.tsv" in names
+    assert "reaudio/models/default_pack/pack.json" in names
+
+
+def test_the_version_is_stated_once_and_read_by_the_build(wheel):
+    import reaudio
+    import reaudio.engine
+
+    assert f"reaudio-{reaudio.__version__}-" in wheel.name
+    assert reaudio.engine.__version__ == reaudio.__version__
+    stated = [
+        path
+        for path in [ROOT / "pyproject.toml", *(ROOT / "src").rglob("*.py")]
+        if '__version__ = "' in path.read_text(encoding="utf-8") or '\nversion = "' in path.read_text(encoding="utf-8")
+    ]
+    assert stated == [ROOT / "src" / "reaudio" / "__init__.py"]
+
+
+def test_a_plain_checkout_imports_by_folder_path():
+    """src/reaudio/engine is reaudio.engine: a checkout on the path imports without installing."""
+    # -S: no site-packages, so no installed (or editable) reaudio can answer instead of the folder.
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'src')!r}); import reaudio.engine as m; print(m.__file__)"
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == ROOT / "src" / "reaudio" / "engine" / "__init__.py"
 
 
 def test_wheel_declares_the_console_script_and_runtime_only_base(wheel):

@@ -36,9 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
 STEPS, SECONDS, GUIDANCE, REPEATS = 25, 10.0, 2.5, 3
 #: --dry-run-cpu: the whole script on the CPU with the tiny pipeline, to check it before spending GPU time.
 DEVICE, SIZE = "cuda", "audioldm-s"
@@ -118,7 +115,7 @@ def clip_frames(m) -> tuple[int, float]:
 
 def build(work: Path) -> dict:
     from reaudio.export.import_audioldm import import_audioldm
-    from tests.make_tiny_audioldm import make
+    from reaudio.training.toy_audioldm import make
 
     times = {}
     if not (work / SIZE / "pipeline" / "model_index.json").is_file():
@@ -305,7 +302,7 @@ def parity(work: Path) -> list[dict]:
     from reaudio.engine.bundle.manifest import read_bundle_manifest
     from reaudio.export.contracts import contract
     from reaudio.models.configs import load_config
-    from tests.make_tiny_bundle import make
+    from reaudio.training.toy_bundle import make
 
     bundle = make(work / "reaudio-tiny", fp16=True)
     manifest = read_bundle_manifest(bundle)

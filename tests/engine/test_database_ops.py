@@ -23,7 +23,7 @@ def _clip(folder, name, freq, caption):
 @pytest.fixture
 def empty_bundle(tiny_artifacts, tmp_path):
     """The tiny models exported without a database (``reaudio export``; a runtime-only run copies
-    the one ``make_tiny_bundle.py --empty`` made)."""
+    the one ``reaudio.training.toy_bundle --empty`` made)."""
     out = tmp_path / "empty"
     made = tiny_artifacts / "bundle-empty"
     if made.is_dir() and importlib.util.find_spec("torch") is None:

@@ -68,9 +68,8 @@ def _reaudio_without_torch(*args):
 
 
 def test_the_console_script_runs_without_torch(tiny_artifacts, tmp_path):
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["reaudio"] == "reaudio.engine.cli:main"

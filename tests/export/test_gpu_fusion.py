@@ -16,7 +16,7 @@ from reaudio.export.contracts import contract  # noqa: E402
 from reaudio.export.gpu_fusion import fuse_denoiser  # noqa: E402
 from reaudio.export.import_audioldm import import_audioldm  # noqa: E402
 from reaudio.models.configs import load_config  # noqa: E402
-from tests.make_tiny_audioldm import make  # noqa: E402
+from reaudio.training.toy_audioldm import make  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from reaudio.engine.bundle.manifest import read_bundle_manifest  # noqa: E402
 from reaudio.engine.jobs.bulk import GenerateJob, run_job  # noqa: E402
 from reaudio.export.hub_cache import HubCacheError, resolve_model  # noqa: E402
 from reaudio.export.import_audioldm import import_audioldm, load_audioldm, weight_files  # noqa: E402
-from tests.make_tiny_audioldm import make  # noqa: E402
+from reaudio.training.toy_audioldm import make  # noqa: E402
 
 REPO = "tiny-org/tiny-audioldm"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

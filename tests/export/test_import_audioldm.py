@@ -11,7 +11,7 @@ diffusers = pytest.importorskip("diffusers")
 from reaudio.engine.pipeline import Engine, Request  # noqa: E402
 from reaudio.export.import_audioldm import AudioLDMImportError, import_audioldm, load_audioldm  # noqa: E402
 from reaudio.models.checkpoint import CheckpointError  # noqa: E402
-from tests.make_tiny_audioldm import make  # noqa: E402
+from reaudio.training.toy_audioldm import make  # noqa: E402
 
 
 @pytest.fixture(scope="module")

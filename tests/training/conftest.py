@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.make_tiny_bundle import SOUNDS, synthetic_sound
+from reaudio.training.toy_bundle import SOUNDS, synthetic_sound
 
 
 @pytest.fixture(scope="session")

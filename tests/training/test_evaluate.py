@@ -15,7 +15,7 @@ def eval_manifest(tmp_path_factory):
     """More clips per label than the training fixture, so the label classifier has data."""
     import soundfile as sf
 
-    from tests.make_tiny_bundle import SOUNDS, synthetic_sound
+    from reaudio.training.toy_bundle import SOUNDS, synthetic_sound
 
     folder = tmp_path_factory.mktemp("evalclips")
     rng = np.random.default_rng(1)

@@ -30,7 +30,7 @@ from reaudio.models.laion_clap import (  # noqa: E402
     import_laion_clap,
 )
 from reaudio.models.mel import LogMel, MelConfig  # noqa: E402
-from tests.make_tiny_audioldm import make_tokenizer  # noqa: E402
+from reaudio.training.toy_audioldm import make_tokenizer  # noqa: E402
 
 HF_BLOCK = re.compile(r"audio_model\.audio_encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)")
 BLOCK_PARTS = {

@@ -1,6 +1,6 @@
 """Regenerate the toy artefacts the tests run against: a random `tiny` system and its bundle.
 
-    python tests/make_tiny_bundle.py OUT_DIR [--fp16] [--empty]
+    python -m reaudio.training.toy_bundle OUT_DIR [--fp16] [--empty]
 
 writes OUT_DIR/system (checkpoints), OUT_DIR/db (a retrieval database of
 synthetic sounds) and OUT_DIR/bundle; with --empty also OUT_DIR/bundle-empty (the

@@ -1,6 +1,6 @@
 """Make a random-initialised diffusers AudioLDM pipeline folder, offline (no hub).
 
-    python tests/make_tiny_audioldm.py OUT_DIR [--size tiny|audioldm-s]
+    python -m reaudio.training.toy_audioldm OUT_DIR [--size tiny|audioldm-s]
 
 `tiny` is for tests; `audioldm-s` has AudioLDM-S's published sizes (UNet 128
 channels, [1, 2, 3, 5], VAE 128 [1, 2, 4], HiFi-GAN 1024 / [5, 4, 2, 2, 2], CLAP

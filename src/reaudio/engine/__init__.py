@@ -10,7 +10,8 @@ imports torch, transformers or the training side (a test enforces it).
 The public API: ``from reaudio.engine import Engine, Request, Result``.
 """
 
-__version__ = "0.1.0"
+from reaudio import __version__  # noqa: F401  (stated once, in the package root)
+
 __all__ = ["Engine", "Request", "Result"]
 
 
