@@ -47,7 +47,7 @@ def _one(bundle: str, seconds: float, one_shot: bool, steps: int) -> dict:
     start = time.perf_counter()
     (result,) = engine.generate([request])
     wall = time.perf_counter() - start
-    resolved = engine.resolve(request)
+    resolved = engine.planner.resolve(request)
     return {
         "seconds": seconds,
         "one_shot": one_shot,
@@ -94,7 +94,7 @@ def joints(args) -> dict:
     for i, prompt in enumerate(AMBIENCES[: args.prompts]):
         request = Request(prompt, duration=args.long_seconds, seed=i, steps=args.steps)
         (result,) = engine.generate([request])
-        r = engine.resolve(request)
+        r = engine.planner.resolve(request)
         windows = r.windows()
         edges = sorted({int(w[0]) for w in windows.indices[1:]} | {int(w[-1]) + 1 for w in windows.indices[:-1]})
         decode = plan_decode(r.frames, r.window, max(1, r.overlap // 2))
@@ -204,7 +204,7 @@ def quality(args) -> dict:
         sets["long_last_4s"].append(long.waveform[-seg:])
         print(f"{i + 1}/{len(prompts)} {clip.caption}", flush=True)
     text_emb, _, _ = engine.embed_text([c.caption for c in prompts])
-    top1 = engine.db.search(text_emb, 1, mode=engine.default_retrieval)[:, 0]
+    top1 = engine.db.search(text_emb, 1, mode=engine.planner.default_retrieval)[:, 0]
     audio_of = {c.id: c.audio for c in clips}
     sets["copy_top1"] = [load_audio(audio_of[engine.db.items[r]["id"]], sr)[:seg] for r in top1]
     sets["real_floor"] = [load_audio(c.audio, sr) for c in _spread(others, len(prompts))]

@@ -70,7 +70,7 @@ def diagnose(system: Path, bundle: Path, manifest: Path, limit: int) -> dict:
     engine = Engine.from_bundle(bundle, backend="cpu")
     requests = [Request(c.caption, duration=len(w) / sr, seed=i) for i, (c, w) in enumerate(zip(test, real))]
     sampled = []
-    for batch in engine.planner.batches(engine.resolve_all(requests), 8):
+    for batch in engine.planner.batches(engine.planner.resolve_all(requests), 8):
         conditions, _, _ = engine._conditions(batch)
         sampled.append(engine._denoise(engine.denoiser, batch, conditions))  # (B, C, T, F)
     sampled_flat = np.concatenate([s.transpose(1, 0, 2, 3).reshape(s.shape[1], -1) for s in sampled], axis=1)

@@ -64,7 +64,7 @@ def main() -> None:
     l1, env, level, latents, decoded = [], [], [], [], []
     for clip in test:
         wave = training_level(load_audio(clip.audio, sr), sr)
-        frames = -(-len(wave) // engine._per_frame)
+        frames = -(-len(wave) // engine.manifest.samples_per_frame)
         latent = engine.encode_latents([wave], frames)
         back = engine.runners["decoder"].run({"latent": latent})[0][0, : len(wave)]
         a, b = log_mel(wave, mel_cfg), log_mel(back, mel_cfg)
@@ -95,7 +95,7 @@ def main() -> None:
         errors = []
         for clip, z in zip(test[:24], latents):
             wave = training_level(load_audio(clip.audio, sr), sr)
-            mel = start_mels(engine.manifest.mel, [wave], z.shape[1], engine._per_frame)[0]
+            mel = start_mels(engine.manifest.mel, [wave], z.shape[1], engine.manifest.samples_per_frame)[0]
             with torch.no_grad():
                 ref = (vae.encode(torch.from_numpy(mel[None])).mean * vae.cfg.scaling_factor)[0].numpy()
             errors.append(float(np.linalg.norm(z - ref) / np.linalg.norm(ref)))

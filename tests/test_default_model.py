@@ -12,8 +12,8 @@ pytest.importorskip("torch")
 
 from reaudio.engine.bundle import default_model  # noqa: E402
 from reaudio.engine.bundle.manifest import read_bundle_manifest  # noqa: E402
+from reaudio.engine.cli import main  # noqa: E402
 from reaudio.export.default_pack import verify_pack  # noqa: E402
-from reaudio.training.cli import main  # noqa: E402
 
 
 def test_pack_is_committed_small_and_intact():

@@ -28,27 +28,52 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
-def _graph() -> dict[str, set[str]]:
-    """Module → modules it imports (at the top or inside functions), among ours."""
-    mods = _modules()
-    graph: dict[str, set[str]] = {}
-    for name, path in mods.items():
-        deps: set[str] = set()
-        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package[: len(package) - (node.level - 1)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
-                candidates = [target] + [f"{target}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                candidates = [a.name for a in node.names]
+_DYNAMIC = ("import_module", "__import__")
+
+
+def _imports_of(tree: ast.AST, package: list[str], modules=()) -> tuple[set[str], list[int]]:
+    """Modules a parsed file imports — statements at any depth and ``import_module("…")`` /
+    ``__import__("…")`` calls with a literal name — and the lines of such calls whose name is not a
+    literal (which no reader could follow)."""
+    found: set[str] = set()
+    dynamic: list[int] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
             else:
-                continue
-            deps.update(c for c in candidates if c in mods and c != name)
-        graph[name] = deps
+                target = node.module or ""
+            # `from pkg import module` imports the module (pkg's __init__ ran before any of its
+            # modules could); the package itself counts only for a name that is not a module.
+            for alias in node.names:
+                found.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in _DYNAMIC and node.args:
+                first = node.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    found.add(first.value)
+                else:
+                    dynamic.append(node.lineno)
+    return found, dynamic
+
+
+def _parsed() -> dict[str, tuple[Path, ast.AST]]:
+    return {name: (path, ast.parse(path.read_text(encoding="utf-8"))) for name, path in _modules().items()}
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module → modules it imports (at the top, inside functions, or by ``import_module``), among ours."""
+    parsed = _parsed()
+    graph: dict[str, set[str]] = {}
+    for name, (path, tree) in parsed.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        found, _ = _imports_of(tree, package, parsed)
+        graph[name] = {c for c in found if c in parsed and c != name}
     return graph
 
 
@@ -121,3 +146,44 @@ def test_engine_parts_below_the_pipeline_do_not_import_it_or_the_jobs():
         if dep.startswith("reaudio.engine.") and dep.split(".")[2] in ENGINE_UPPER
     ]
     assert wrong == []
+
+
+def test_imports_by_name_are_edges_too():
+    snippet = ast.parse(
+        "import importlib\n"
+        "def f():\n"
+        "    return importlib.import_module('reaudio.training.commands')\n"
+        "def g(name):\n"
+        "    from importlib import import_module\n"
+        "    return import_module(name), __import__('reaudio.export.bundle')\n"
+    )
+    found, dynamic = _imports_of(snippet, ["reaudio", "engine"], _modules())
+    assert {"reaudio.training.commands", "reaudio.export.bundle"} <= found
+    assert dynamic == [6]
+    # The engine ↔ training circle of the old console script is what the graph would now show.
+    assert _cycles({"reaudio.engine.cli": {"reaudio.training.cli"}, "reaudio.training.cli": {"reaudio.engine.cli"}})
+
+
+def test_the_engine_names_no_module_it_cannot_see():
+    """The engine reaches the packages above it only through entry points (reaudio.engine.plugins)."""
+    unreadable = [
+        f"{path}:{line}"
+        for name, (path, tree) in _parsed().items()
+        if name.startswith("reaudio.engine")
+        for line in _imports_of(tree, name.split("."), ())[1]
+    ]
+    assert unreadable == []
+
+
+def test_plug_ins_are_declared_by_the_packages_above_the_engine():
+    import tomllib
+
+    project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    groups = project["project"]["entry-points"]
+    assert set(groups) == {"reaudio.commands", "reaudio.default_model"}
+    modules = _modules()
+    for group in groups.values():
+        for target in group.values():
+            module = target.split(":")[0]
+            assert module in modules, target
+            assert module.split(".")[1] in {"export", "training"}, f"{target}: only packages above the engine plug in"

@@ -83,15 +83,13 @@ def test_wheel_declares_the_console_script_and_runtime_only_base(wheel):
 
 def test_cli_lists_configs():
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.training.cli", "configs", "tiny", "audioldm-s"], capture_output=True, text=True
+        [sys.executable, "-m", "reaudio", "configs", "tiny", "audioldm-s"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert "audioldm-s" in proc.stdout and "tiny" in proc.stdout
 
 
 def test_cli_reports_unknown_config_with_exit_code_2():
-    proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.training.cli", "configs", "huge"], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "reaudio", "configs", "huge"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown config 'huge'" in proc.stderr and "sfx-small" in proc.stderr

@@ -39,7 +39,7 @@ def test_strength_one_ignores_the_clip_and_a_tiny_strength_returns_its_decode(ti
         ]
     )
     assert np.array_equal(plain.waveform, full.waveform)
-    frames = -(-len(wave) // engine._per_frame)
+    frames = -(-len(wave) // engine.manifest.samples_per_frame)
     decoded = engine.runners["decoder"].run({"latent": engine.encode_latents([wave], frames)})[0][0, : len(wave)]
     np.testing.assert_allclose(tiny.waveform, decoded, atol=1e-6)
     assert len(half.waveform) == len(wave)  # the input's duration
@@ -82,20 +82,22 @@ def test_neighbour_seeded_clip_starts_from_its_top_neighbour(tiny_bundle, tmp_pa
     (result,) = engine.generate([Request("a high tone", init="neighbour", k=1, seed=1, strength=0.4)])
     top = result.neighbours[0]["id"]
     assert result.init_from == top and result.strength == 0.4
-    assert len(result.waveform) <= 12000 * engine.sample_rate // 16000 + engine._per_frame  # the neighbour's length
+    assert (
+        len(result.waveform) <= 12000 * engine.sample_rate // 16000 + engine.manifest.samples_per_frame
+    )  # the neighbour's length
 
 
 def test_relative_item_audio_needs_an_audio_root(tiny_bundle, tmp_path):
     engine = Engine.from_bundle(tiny_bundle, backend="cpu")
     item = {"id": "x", "audio": "audio/x.flac"}
     with pytest.raises(ValueError, match="pass --audio-root"):
-        engine.neighbour_audio(item)
-    engine.audio_root = tmp_path
+        engine.planner.neighbour_audio(item)
+    engine.planner.audio_root = tmp_path
     with pytest.raises(ValueError, match="not found"):
-        engine.neighbour_audio(item)
+        engine.planner.neighbour_audio(item)
     (tmp_path / "audio").mkdir()
     sf.write(tmp_path / "audio" / "x.flac", np.zeros(800, np.float32), 16000)
-    assert engine.neighbour_audio(item) == tmp_path / "audio" / "x.flac"
+    assert engine.planner.neighbour_audio(item) == tmp_path / "audio" / "x.flac"
 
 
 def test_prompt_file_start_columns_are_validated_with_file_and_line(tmp_path):
@@ -201,10 +203,10 @@ def test_long_start_clips_are_encoded_in_chunks_that_match_one_shot_away_from_jo
     from reaudio.engine.audio.init_audio import encode_latents
 
     engine = Engine.from_bundle(tiny_bundle, backend="cpu")
-    wave = np.random.default_rng(0).standard_normal(engine._per_frame * 60).astype(np.float32) * 0.1
+    wave = np.random.default_rng(0).standard_normal(engine.manifest.samples_per_frame * 60).astype(np.float32) * 0.1
     runner, mel = engine.runners["vae_encoder"], engine.manifest.mel
-    whole = encode_latents(runner, mel, [wave], 60, engine._per_frame)
-    chunked = encode_latents(runner, mel, [wave], 60, engine._per_frame, chunk=20)
+    whole = encode_latents(runner, mel, [wave], 60, engine.manifest.samples_per_frame)
+    chunked = encode_latents(runner, mel, [wave], 60, engine.manifest.samples_per_frame, chunk=20)
     assert chunked.shape == whole.shape
 
     # Chunks land where they belong: the chunked latent matches the one-shot latent best unshifted.

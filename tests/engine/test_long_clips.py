@@ -109,7 +109,9 @@ def test_the_windowed_loop_with_one_window_is_bit_identical_to_the_one_shot_loop
     from reaudio.engine.denoising.windowed import denoise_windowed
     from reaudio.engine.pipeline import Request
 
-    resolved = tiny_engine.resolve_all([Request("a dog barks", duration=1.0, seed=3, sampler="dpmpp-2m", steps=8)])
+    resolved = tiny_engine.planner.resolve_all(
+        [Request("a dog barks", duration=1.0, seed=3, sampler="dpmpp-2m", steps=8)]
+    )
     conditions, _, _ = tiny_engine._conditions(resolved)
     plan = make_plan(tiny_engine.manifest.schedule, "dpmpp-2m", 8)
     latent = tiny_engine._initial_latents(resolved)
@@ -138,7 +140,7 @@ def test_a_long_clip_is_made_window_by_window(tiny_engine):
     decoder = tiny_engine.runners["decoder"] = _Recorder(tiny_engine.runners["decoder"])
     request = Request("wind", duration=6.0, seed=2, steps=4)
     (result,) = tiny_engine.generate([request])
-    resolved = tiny_engine.resolve(request)
+    resolved = tiny_engine.planner.resolve(request)
     assert result.ok and len(result.waveform) == 6 * 8000 and np.isfinite(result.waveform).all()
     assert resolved.frames > 3 * resolved.window
     # No graph call ever sees more than one window: memory depends on the window, not the clip.
@@ -212,7 +214,7 @@ def test_bad_loop_and_window_values_are_refused(tiny_engine):
         (Request("x", overlap=-1.0), "overlap"),
     ):
         with pytest.raises(ValueError, match=field):
-            tiny_engine.resolve(request)
+            tiny_engine.planner.resolve(request)
 
 
 # -- seam measures --------------------------------------------------------------------------------
@@ -367,5 +369,5 @@ def test_long_clips_and_loops_run_after_the_short_clips_of_a_job(tiny_engine):
         Request("a loop", duration=1.0, loop=True),
         Request("a hum", duration=1.0),
     ]
-    batches = tiny_engine.plan_batches(requests, batch_size=8)
+    batches = tiny_engine.planner.plan_batches(requests, batch_size=8)
     assert [b for b in batches] == [[1], [3], [0], [2]]

@@ -101,7 +101,7 @@ def test_cli_export_from_a_system_folder(tiny_artifacts, tmp_path):
         [
             sys.executable,
             "-m",
-            "reaudio.training.cli",
+            "reaudio",
             "-q",
             "export",
             str(tiny_artifacts / "system"),

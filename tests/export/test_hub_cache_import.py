@@ -67,7 +67,7 @@ def test_cli_imports_a_hub_id_offline_and_records_the_licence(cache, tmp_path):
     out = tmp_path / "bundle"
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.training.cli", "-q", "import", "audioldm", REPO, "--out", str(out)],
+        [sys.executable, "-m", "reaudio", "-q", "import", "audioldm", REPO, "--out", str(out)],
         capture_output=True,
         text=True,
         env=env,

@@ -186,7 +186,7 @@ def test_cli_import(pipeline_dir, tmp_path):
         [
             sys.executable,
             "-m",
-            "reaudio.training.cli",
+            "reaudio",
             "-q",
             "import",
             "audioldm",

@@ -37,7 +37,7 @@ def test_without_tensorrt_plans_are_skipped_with_a_reason(tiny_bundle):
     with pytest.raises(TensorRTUnavailable, match="cannot build TensorRT plans"):
         build_bundle_plans(tiny_bundle, load_config(tiny_bundle / "family.json"))
     proc = subprocess.run(
-        [sys.executable, "-m", "reaudio.training.cli", "plans", "build", str(tiny_bundle)],
+        [sys.executable, "-m", "reaudio", "plans", "build", str(tiny_bundle)],
         capture_output=True,
         text=True,
     )

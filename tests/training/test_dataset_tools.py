@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from reaudio.training.cli import main as cli
+from reaudio.engine.cli import main as cli
 from reaudio.training.dataset_tools import DatasetError, import_dataset, split_of
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from reaudio.training.cli import main as cli
+from reaudio.engine.cli import main as cli
 
 HAS_AISFX = importlib.util.find_spec("aisfx") is not None
 

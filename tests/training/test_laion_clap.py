@@ -178,7 +178,7 @@ def test_cli_import_then_database(original, checkpoint, tmp_path, clip):
         [
             sys.executable,
             "-m",
-            "reaudio.training.cli",
+            "reaudio",
             "-q",
             "import",
             "laion-clap",
@@ -219,7 +219,7 @@ def test_cli_without_tokenizer_says_what_is_missing(checkpoint, tmp_path):
         [
             sys.executable,
             "-m",
-            "reaudio.training.cli",
+            "reaudio",
             "import",
             "laion-clap",
             str(checkpoint),
@@ -302,9 +302,9 @@ def test_laion_keyed_database_trains_exports_and_generates(original, checkpoint,
     import json
 
     from reaudio.engine.bundle.manifest import read_bundle_manifest
+    from reaudio.engine.cli import main as cli
     from reaudio.engine.pipeline import Engine, Request
     from reaudio.models.configs import load_config
-    from reaudio.training.cli import main as cli
 
     tok = tmp_path / "tokenizer.json"
     tok.write_text(original.cfg.tokenizer)

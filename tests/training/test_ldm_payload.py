@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from reaudio.engine.cli import main as cli
 from reaudio.models.checkpoint import load_checkpoint
-from reaudio.training.cli import main as cli
 from reaudio.training.ldm_payload import latent_posteriors, read_ldm_payload
 
 
@@ -105,7 +105,7 @@ def test_a_payload_run_imports_no_audio_retrieval_or_text_libraries(payloads, tm
     # Looked up (torch probes for some) but never imported: a machine without them runs this.
     code = f"""
 import sys
-from reaudio.training.cli import main
+from reaudio.engine.cli import main
 code = main(['-q', 'train', 'ldm', '--payload', {str(payloads / "fp16.npz")!r}, '--out', {str(tmp_path / "run")!r},
              '--steps', '2', '--batch-size', '4'])
 print(sorted(name for name in sys.modules if name.split('.')[0] in {blocked!r}))

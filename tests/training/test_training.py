@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
+from reaudio.engine.cli import main as cli
 from reaudio.engine.pipeline import Engine, Request
 from reaudio.models.checkpoint import load_checkpoint
 from reaudio.models.configs import load_config
-from reaudio.training.cli import main as cli
 from reaudio.training.tasks import VocoderTask, tail_parameter_names
 from reaudio.training.trainer import TrainConfig
 

@@ -1,19 +1,21 @@
-"""The ``reaudio`` console script: ``generate``, ``audition`` and the database commands, which need
-no torch, plus the training side's commands (``reaudio.training.cli``, torch-free at import;
-each says what to install when torch is missing).
+"""The ``reaudio`` console script: ``generate``, ``bench``, ``audition`` and the database commands,
+which need no torch, plus the commands the installed packages above the engine plug in
+(:mod:`reaudio.engine.plugins`: the export and training sides, torch-free at import; each command
+says what to install when torch is missing).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import settings
 from .jobs.errors import LibraryLocked
-from .stages.backends import PRECISIONS
+from .plugins import command_plugins
+from .stages.backends import BACKENDS, PRECISIONS
 from .stages.runners import BackendUnavailable
 
 log = logging.getLogger("reaudio")
@@ -28,19 +30,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .audio.postprocess import PostProcess
     from .jobs.bulk import GenerateJob, run_job
 
+    per_clip = {name: value for name, value in settings.from_arguments(args).items() if name != "loudness_lufs"}
     job = GenerateJob(
         prompts=args.prompts,
         out=args.out,
         bundle=args.bundle,
         batch_size=args.batch_size,
-        steps=args.steps,
-        guidance=args.guidance,
-        sampler=args.sampler,
-        k=args.k,
-        retrieval=args.retrieval,
-        duration=args.duration,
-        seed=args.seed,
-        variations=args.variations,
         audio_format=args.format,
         backend=args.backend,
         device_id=args.device_id,
@@ -57,16 +52,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         ),
         dry_run=args.dry_run,
         cuda_graphs=args.cuda_graphs,
-        loop=args.loop,
-        window=args.window,
-        overlap=args.overlap,
-        negative_prompt=args.negative_prompt,
-        init_audio=args.init_audio,
-        init=args.init,
-        strength=args.strength,
         audio_root=args.audio_root,
-        candidates=args.candidates,
         keep_candidates=args.keep_candidates,
+        **per_clip,
     )
     echo = (lambda *a, **k: None) if args.quiet and not args.dry_run else print
     if args.ray:
@@ -131,7 +119,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency benchmark: per-stage p50/p95, clips/s, real-time factor, memory")
     p.add_argument("--bundle", type=Path, help="model bundle folder (default: the embedded default model)")
-    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="as for generate")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="N", help="default: 1 8")
     p.add_argument("--duration", type=float, default=4.0, help="seconds per clip (default 4)")
@@ -191,20 +179,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output library folder")
     p.add_argument("--bundle", type=Path, help="model bundle folder (default: the embedded default model)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the bundle's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
-    p.add_argument("--sampler", choices=("ddim", "dpmpp-2m"), help="sampler (default: the bundle's)")
-    p.add_argument("--k", type=int, help="retrieved neighbours per prompt, 0 for none (default: the bundle's)")
-    p.add_argument(
-        "--duration", type=float, help="seconds per clip (default: the neighbours' median duration, else the bundle's)"
-    )
-    p.add_argument(
-        "--retrieval",
-        choices=("caption", "audio", "hybrid"),
-        help="match prompts to the database's captions, audio or both (default: the bundle's)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--variations", type=int, default=1, help="clips per prompt (default 1)")
+    # The per-clip settings, from their one declaration; a prompt row's own value wins over each.
+    settings.add_arguments(p)
     p.add_argument(
         "--format",
         choices=("wav", "flac"),
@@ -220,7 +196,7 @@ def _add_generate(sub) -> None:
     p.add_argument(
         "--sample-rate", type=int, help="resample every clip to this rate, e.g. 44100 or 48000 (default: the model's)"
     )
-    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "trt-native"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device-id", type=int, default=0, help="GPU index")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores)")
     p.add_argument(
@@ -237,75 +213,19 @@ def _add_generate(sub) -> None:
     )
     p.add_argument("--trim-db", type=float, help="trim edges quieter than this many dB below the peak")
     p.add_argument(
-        "--loudness-lufs",
-        type=float,
-        help="integrated loudness target, ITU-R BS.1770 (e.g. -23); a prompt row's loudness_lufs wins",
-    )
-    p.add_argument(
         "--true-peak-db",
         type=float,
         help="true-peak ceiling in dBTP (e.g. -1), met by lowering the gain, never by clipping",
     )
-    g = p.add_argument_group("long clips and loops")
-    g.add_argument(
-        "--loop",
-        action="store_true",
-        help="seamless loops: each clip's end continues into its start (a prompt row's loop column wins); "
-        "WAV files get a smpl loop, FLAC files LOOPSTART/LOOPLENGTH",
-    )
-    g.add_argument(
-        "--window",
-        type=float,
-        metavar="SECONDS",
-        help="seconds one denoising window spans; longer clips are made of overlapping windows "
-        "(default: the bundle's, its training length)",
-    )
-    g.add_argument(
-        "--overlap",
-        type=float,
-        metavar="SECONDS",
-        help="seconds neighbouring windows share, at most half a window (default: a quarter window)",
-    )
-    s = p.add_argument_group("starting from real audio (bundles with a vae_encoder stage)")
-    s.add_argument(
-        "--init-audio",
-        type=Path,
-        metavar="FILE",
-        help="audio-to-audio: start every clip from this file (a prompt row's init_audio column wins)",
-    )
-    s.add_argument(
-        "--init",
-        choices=("neighbour",),
-        help="neighbour: start each clip from its top retrieved clip's audio (an init column wins)",
-    )
-    s.add_argument(
-        "--strength",
-        type=float,
-        help="how far a clip may move from its start clip, in (0, 1] (default: the bundle's, 0.6)",
-    )
-    s.add_argument(
+    p.add_argument(
         "--audio-root",
         type=Path,
         metavar="DIR",
-        help="folder the database's relative audio paths start from (the embedded default model's: a "
-        "corpus built by `reaudio data build-sfx --out DIR`)",
-    )
-    c = p.add_argument_group("candidates ranked by CLAP")
-    c.add_argument(
-        "--candidates",
-        type=int,
-        default=1,
-        metavar="N",
-        help="generate N clips per output (seeds seed + j·2^32) and write the one whose CLAP audio "
-        "embedding is closest to the prompt's (a candidates column wins; default 1)",
-    )
-    c.add_argument(
-        "--keep-candidates", action="store_true", help="also write the other candidates, ranked: NAME-c2, NAME-c3, …"
+        help="folder the database's relative audio paths start from, for --init neighbour (the embedded "
+        "default model's: a corpus built by `reaudio data build-sfx --out DIR`)",
     )
     p.add_argument(
-        "--negative-prompt",
-        metavar="TEXT",
-        help="steer every clip away from this text (a prompt row's negative_prompt column wins)",
+        "--keep-candidates", action="store_true", help="also write the other candidates, ranked: NAME-c2, NAME-c3, …"
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument(
@@ -407,14 +327,9 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
 def build_parser() -> argparse.ArgumentParser:
     """``reaudio``'s parser: the engine's commands, then the training side's where it is installed."""
     parser, sub, common = make_parser()
-    dbsub = add_engine_commands(sub, common)
-    # A plug-in by name: the engine does not depend on the training side, which may be absent.
-    try:
-        training_cli = importlib.import_module("reaudio.training.cli")
-    except ImportError:
-        log.debug("training commands not installed")
-    else:
-        training_cli.add_training_commands(sub, common, dbsub)
+    tables = {"db": add_engine_commands(sub, common)}
+    for _name, register in command_plugins():
+        register(sub, common, tables)
     return parser
 
 

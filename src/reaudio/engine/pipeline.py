@@ -17,7 +17,7 @@ from .audio.postprocess import trim_tail
 from .bundle.manifest import BundleManifest, read_bundle_manifest
 from .denoising.denoisers import Denoiser, Fp32Retry, choose_denoiser
 from .denoising.sampler import initial_noise, make_plan, noised_start
-from .denoising.windowed import WINDOWS_PER_CALL, decode_windowed, denoise_windowed
+from .denoising.windowed import WINDOWS_PER_CALL, decode_windowed
 from .denoising.windows import plan_decode
 from .planning import Planner, Request, Resolved, text_embeddings
 from .retrieval.database import RetrievalDB
@@ -57,7 +57,8 @@ class Engine:
     Safe to share between threads for generation: onnxruntime sessions are
     thread-safe and a call keeps its state on its own stack. Changing the
     retrieval database (``reaudio db add``) is not seen by a running engine;
-    load it again afterwards.
+    load it again afterwards. Planning (defaults, validation, batches, neighbour audio) is
+    ``engine.planner``'s (:class:`~reaudio.engine.planning.Planner`).
     """
 
     def __init__(
@@ -141,15 +142,6 @@ class Engine:
         )
 
     @property
-    def audio_root(self) -> Path | None:
-        """Where the database items' relative ``audio`` paths start (neighbour-seeded generation)."""
-        return self.planner.audio_root
-
-    @audio_root.setter
-    def audio_root(self, folder: str | Path | None) -> None:
-        self.planner.audio_root = Path(folder) if folder is not None else None
-
-    @property
     def sample_rate(self) -> int:
         return self.manifest.sample_rate
 
@@ -187,12 +179,13 @@ class Engine:
             )
         window = self.planner.seconds_to_frames(self.manifest.defaults.window_seconds)
         return encode_latents(
-            self.runners["vae_encoder"], self.manifest.mel, waveforms, frames, self._per_frame, chunk=window
+            self.runners["vae_encoder"],
+            self.manifest.mel,
+            waveforms,
+            frames,
+            self.manifest.samples_per_frame,
+            chunk=window,
         )
-
-    @property
-    def _per_frame(self) -> int:
-        return self.manifest.latent.downsample * self.manifest.mel.hop_length
 
     # -- generation -------------------------------------------------------------------
 
@@ -212,25 +205,6 @@ class Engine:
     def stream_indexed(self, requests: Iterable[Request], batch_size: int = 8) -> Iterator[tuple[int, Result]]:
         """:meth:`stream`, each result with its request's index."""
         yield from self._stream(list(requests), batch_size)
-
-    def resolve(self, request: Request, index: int = 0) -> Resolved:
-        """One request with its defaults filled in and validated (see :meth:`Planner.resolve`)."""
-        return self.planner.resolve(request, index)
-
-    def resolve_all(self, requests: list[Request]) -> list[Resolved]:
-        """Defaults filled in and every request validated (``ValueError`` names the request and field)."""
-        return self.planner.resolve_all(requests)
-
-    def plan_batches(self, requests: list[Request], batch_size: int) -> list[list[int]]:
-        """Indices of ``requests`` per batch, as :meth:`stream` runs them (see :meth:`Planner.plan_batches`)."""
-        return self.planner.plan_batches(requests, batch_size)
-
-    @property
-    def default_retrieval(self) -> str:
-        return self.planner.default_retrieval
-
-    def neighbour_audio(self, item: dict) -> Path:
-        return self.planner.neighbour_audio(item)
 
     def _stream(self, requests: list[Request], batch_size: int) -> Iterator[tuple[int, Result]]:
         resolved = self.planner.resolve_all(requests)  # all errors before any work
@@ -309,7 +283,7 @@ class Engine:
         if batch[0].windowed:
             # Host loop over windows on every backend: a window's graph call is the unit of work.
             windows = batch[0].windows()
-            frame_s = self.manifest.latent.downsample * self.manifest.mel.hop_length / self.sample_rate
+            frame_s = self.manifest.samples_per_frame / self.sample_rate
             log.info(
                 "%d clip(s) of %.1f s%s: %d windows of %.1f s each, %d steps",
                 len(batch),
@@ -325,8 +299,7 @@ class Engine:
                 if len(windows) * len(batch) > WINDOWS_PER_CALL and (done % every == 0 or done == steps):
                     log.info("… step %d of %d", done, steps)
 
-            return denoise_windowed(
-                denoiser.runner,
+            return denoiser.windowed(
                 plan,
                 latent,
                 conditions,
@@ -342,7 +315,7 @@ class Engine:
             return decoder.run({"latent": latent})[0]
         # Decoder windows span the denoising window; their context is half the overlap.
         plan = plan_decode(r.frames, r.window, max(1, r.overlap // 2), circular=r.loop)
-        return decode_windowed(decoder, latent, plan, self.manifest.latent.downsample * self.manifest.mel.hop_length)
+        return decode_windowed(decoder, latent, plan, self.manifest.samples_per_frame)
 
     def _run_batch(self, batch, conditions, neighbours, prep_s) -> Iterator[tuple[int, Result]]:
         t0 = time.perf_counter()

@@ -9,87 +9,51 @@ this one planner, so the batches they form are the same.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from . import settings
 from .audio.init_audio import check_init_audio
 from .bundle.manifest import BundleManifest, read_bundle_manifest
 from .denoising.sampler import SAMPLERS
 from .denoising.windows import WindowPlan, plan_windows
 from .retrieval.database import RetrievalDB
 
-INIT_KINDS = ("neighbour",)
-LIMITS = {
-    "duration": (0.1, 600.0),
-    "steps": (1, 1000),
-    "guidance": (0.0, 50.0),
-    "k": (0, 64),
-    "variations": (1, 1000),
-    "seed": (0, 2**63 - 1),
-    "loudness_lufs": (-70.0, 0.0),
-    "candidates": (1, 16),
-}
 #: Text prompts in, (CLAP embeddings, token features, mask) out: the text encoder stage.
 EmbedText = Callable[[list[str]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-@dataclass(eq=False)
-class Request:
-    """One clip to generate; None fields take the bundle's defaults.
+Request = make_dataclass(
+    "Request",
+    [
+        ("prompt", str),
+        *settings.fields_for("request"),
+        ("initial_latent", Any, None),
+        ("id", Any, None),
+        ("variation", int, 0),
+    ],
+    eq=False,  # it may hold arrays
+)
+Request.__module__ = __name__
+Request.__doc__ = f"""One clip to generate; None fields take the bundle's defaults.
 
     Attributes:
         prompt: the text prompt.
-        duration: seconds of audio. None: the bundle's default, or, for a bundle whose
-            database records clip durations and a request with k > 0, the median duration of
-            the neighbours (clamped to the training length), with trailing near-silence trimmed.
-        seed: seeds the initial noise (``numpy.random.PCG64(seed)``).
-        steps: denoising steps.
-        guidance: classifier-free guidance scale (1.0: conditional only).
-        sampler: "ddim" or "dpmpp-2m".
-        k: neighbours retrieved (0: none); ignored by bundles without retrieval.
-        retrieval: how the prompt finds neighbours: "caption", "audio" or "hybrid" (None:
-            the bundle's default; a database offers the modes whose keys it holds).
+{settings.describe("request")}
         initial_latent: explicit initial noise (C, T, F) instead of the seeded one, to
             compare with other implementations; fixes the duration to its frames and, unless
             ``window`` or ``loop`` is set, generates in one shot as other implementations do.
-        negative_prompt: steer away from this text: its embedding replaces the null
-            condition in the unconditional half of guidance.
-        loop: make a seamless loop: the clip's end continues into its start (denoised and
-            decoded with windows that wrap around); its tail is never trimmed.
-        window, overlap: seconds one denoising window spans and neighbouring windows share
-            (None: the bundle's). A clip longer than the window, or a loop, is denoised window
-            by window and decoded the same way, so memory depends on the window, not the clip.
-        init_audio: start from this clip (a path, or mono samples at the bundle's rate) instead
-            of noise: audio-to-audio (SDEdit). The clip's duration is the input's unless given.
-            Needs a bundle with a ``vae_encoder`` stage.
-        init: "neighbour": start from the top retrieved clip's audio (its duration unless
-            given); the database's items must reach their audio (see ``Planner.audio_root``).
-        strength: how far from the start clip the result may move, in (0, 1] (None: the
-            bundle's default, 0.6): the last ``int(steps · strength)`` steps run from the clip
-            noised to that level; 1.0 ignores the clip (plain generation from the seed's noise).
         id, variation: labels carried into the result.
-    """
 
-    prompt: str
-    duration: float | None = None
-    seed: int = 0
-    steps: int | None = None
-    guidance: float | None = None
-    sampler: str | None = None
-    k: int | None = None
-    retrieval: str | None = None
-    initial_latent: np.ndarray | None = None
-    negative_prompt: str | None = None
-    loop: bool = False
-    window: float | None = None
-    overlap: float | None = None
-    init_audio: np.ndarray | str | Path | None = None
-    init: str | None = None
-    strength: float | None = None
-    id: str | None = None
-    variation: int = 0
+    A request without ``duration`` whose bundle's database records clip durations (and k > 0) takes
+    the median duration of its neighbours, clamped to the training length, with trailing near-silence
+    trimmed. ``init_audio`` may also be mono samples at the bundle's rate; ``init="neighbour"`` needs a
+    database whose items reach their audio (``Planner.audio_root``). ``strength``: the last
+    ``int(steps · strength)`` steps run from the start clip noised to that level; 1.0 ignores the clip.
+    """
 
 
 @dataclass
@@ -153,10 +117,6 @@ class Planner:
         db = RetrievalDB(bundle / manifest.retrieval.folder, verify=verify) if manifest.retrieval else None
         return cls(bundle, manifest, db, _LazyTextEncoder(bundle, manifest, threads), audio_root)
 
-    @property
-    def _per_frame(self) -> int:
-        return self.manifest.latent.downsample * self.manifest.mel.hop_length
-
     def resolve(
         self,
         request: Request,
@@ -189,7 +149,7 @@ class Planner:
                     f"{', '.join(self.db.info.modes)}"
                 )
         for name, value in (("steps", steps), ("guidance", guidance), ("k", k)):
-            lo, hi = LIMITS[name]
+            lo, hi = settings.by_name()[name].limits
             if not lo <= value <= hi:
                 raise ValueError(f"request {index}: {name}={value} out of range {lo}..{hi}")
         if isinstance(request.seed, bool) or not isinstance(request.seed, (int, np.integer)):
@@ -207,17 +167,17 @@ class Planner:
                     f"request {index}: initial_latent shape {shape}; expected ({latent.channels}, T, {latent.freq})"
                 )
             frames = shape[1]
-            samples = frames * latent.downsample * mel.hop_length
+            samples = frames * self.manifest.samples_per_frame
         else:
             duration = d.duration if request.duration is None else float(request.duration)
             if request.duration is None and natural_duration is not None:
                 duration = natural_duration
-            lo, hi = LIMITS["duration"]
+            lo, hi = settings.DURATION_RANGE
             if not lo <= duration <= hi:
                 raise ValueError(f"request {index}: duration={duration} out of range {lo}..{hi} s")
             samples = round(duration * mel.sample_rate)
             # Enough latent frames that the decoded waveform covers every requested sample.
-            frames = -(-samples // (latent.downsample * mel.hop_length))
+            frames = -(-samples // self.manifest.samples_per_frame)
         natural = (
             natural_duration is not None
             and request.duration is None
@@ -228,7 +188,7 @@ class Planner:
         if request.initial_latent is not None and request.window is None and not request.loop:
             window = max(window, frames)
         if request.loop:  # the loop's period is the whole latent: round up to a whole latent frame
-            samples = frames * latent.downsample * mel.hop_length
+            samples = frames * self.manifest.samples_per_frame
         return Resolved(
             index,
             request,
@@ -254,26 +214,29 @@ class Planner:
         """Strength, start clip (path or samples), its seconds and its origin of a request
         (1.0, None, 0.0, "" when it starts from noise). Files are checked here, read when their batch runs."""
         where = f"request {index}"
-        if request.init is not None and request.init not in INIT_KINDS:
-            raise ValueError(f"{where}: init={request.init!r}; valid: {', '.join(INIT_KINDS)} (or init_audio=PATH)")
-        if request.init is not None and request.init_audio is not None:
-            raise ValueError(f"{where}: give init_audio or init, not both")
+        if request.init is not None and request.init not in settings.INIT_KINDS:
+            raise ValueError(
+                f"{where}: init={request.init!r}; valid: {', '.join(settings.INIT_KINDS)} (or init_audio=PATH)"
+            )
+        problem = settings.start_problem(request.init_audio, request.init, request.strength)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
         if request.init is None and request.init_audio is None:
-            if request.strength is not None:
-                raise ValueError(f"{where}: strength={request.strength} needs init_audio or init=neighbour")
             return 1.0, None, 0.0, ""
         if request.initial_latent is not None:
             raise ValueError(f"{where}: initial_latent and init_audio/init exclude each other")
         strength = self.manifest.defaults.strength if request.strength is None else float(request.strength)
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"{where}: strength={strength} must be in (0, 1] (1.0: ignore the start clip)")
+        try:
+            settings.check_value(settings.by_name()["strength"], strength)
+        except settings.SettingError as exc:
+            raise ValueError(f"{where}: {exc} (1: ignore the start clip)") from None
         if "vae_encoder" not in self.manifest.stages:
             raise ValueError(
                 f"{where}: {self.bundle} has no VAE encoder (vae_encoder stage), so it cannot start "
                 "from a clip; export the model again with this reaudio (from a VAE with its encoder)"
             )
         if request.init_audio is not None:
-            seconds = check_init_audio(request.init_audio, self.manifest.sample_rate, where, LIMITS["duration"])
+            seconds = check_init_audio(request.init_audio, self.manifest.sample_rate, where, settings.DURATION_RANGE)
             return strength, request.init_audio, seconds, "audio"
         if k < 1:
             raise ValueError(f"{where}: init=neighbour needs retrieval (k >= 1; this request has k={k})")
@@ -293,17 +256,17 @@ class Planner:
             if request.overlap is None
             else float(request.overlap)
         )
-        lo, hi = LIMITS["duration"]
+        lo, hi = settings.DURATION_RANGE
         if not lo <= window <= hi:
             raise ValueError(f"request {index}: window={window} s out of range {lo}..{hi} s")
         if not 0 <= overlap <= window / 2:
             raise ValueError(f"request {index}: overlap={overlap} s must be in 0..{window / 2:g} s (half the window)")
         frames = self.seconds_to_frames(window)
-        return frames, min(frames // 2, round(overlap * self.manifest.sample_rate / self._per_frame))
+        return frames, min(frames // 2, round(overlap * self.manifest.sample_rate / self.manifest.samples_per_frame))
 
     def seconds_to_frames(self, window: float) -> int:
         """A window's latent frames, counted like a clip's, so a clip of the window's length is one window."""
-        return max(2, -(-round(window * self.manifest.sample_rate) // self._per_frame))
+        return max(2, -(-round(window * self.manifest.sample_rate) // self.manifest.samples_per_frame))
 
     @property
     def default_retrieval(self) -> str:

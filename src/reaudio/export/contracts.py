@@ -65,15 +65,14 @@ class StageContract:
 
     def dims(self, cfg: FamilyConfig, limits: Limits, which: int) -> dict[str, int]:
         """Values of the dynamic axes at min (0), opt (1) or max (2) of ``limits``."""
-        r, hop = cfg.vae.downsample_factor, cfg.mel.hop_length
         frames = limits.latent_frames[which]
         k = limits.neighbours[which]
         return {
             "batch": limits.batch[which],
             "frames": frames,
             "text_tokens": limits.text_tokens[which],
-            "mel_frames": frames * r,
-            "samples": frames * r * hop,
+            "mel_frames": frames * cfg.vae.downsample_factor,
+            "samples": frames * cfg.samples_per_frame,
             "text_context": k * cfg.retrieval.caption_tokens,
             "audio_context": k * cfg.retrieval.audio_tokens,
         }

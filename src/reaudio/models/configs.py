@@ -68,6 +68,11 @@ class FamilyConfig:
         return {name: dims[name] for name in self.retrieval.contexts}
 
     @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per latent frame (as the bundle manifest's ``samples_per_frame``)."""
+        return self.vae.downsample_factor * self.mel.hop_length
+
+    @property
     def clip_frames(self) -> int:
         return self.mel.num_frames(round(self.clip_seconds * self.mel.sample_rate))
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from reaudio.training.cli import main
+from reaudio.engine.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["train", *sys.argv[1:]]))

@@ -202,7 +202,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "sampler": cfg.sampler or engine.manifest.defaults.sampler,
         "seed": cfg.seed,
         "split": cfg.split,
-        "retrieval": cfg.retrieval or engine.default_retrieval,
+        "retrieval": cfg.retrieval or engine.planner.default_retrieval,
         "init": cfg.init,
         "strength": cfg.strength,
         "candidates": cfg.candidates,
@@ -243,7 +243,7 @@ def _references(
             rows = engine.db.search(text_emb, 3, mode=mode)
             found = [[engine.db.items[r].get("label", "") for r in row if r >= 0] for row in rows]
             out["retrieval"][mode] = neighbour_label_scores(labels, found, 1) | neighbour_label_scores(labels, found, 3)
-            if mode == (cfg.retrieval or engine.default_retrieval):
+            if mode == (cfg.retrieval or engine.planner.default_retrieval):
                 top1 = rows[:, 0]
         audio_of = {c.id: c.audio for c in clips}
         if top1 is not None and all(r >= 0 and engine.db.items[r]["id"] in audio_of for r in top1):
@@ -294,7 +294,7 @@ def _top1_similarity(engine: Engine, backbone, pairs: list, gen_emb: np.ndarray,
         return {}
     audio_of = {c.id: c.audio for c in clips}
     text_emb, _, _ = engine.embed_text([p[0].caption for p in pairs])
-    rows = engine.db.search(text_emb, 1, mode=engine.default_retrieval)[:, 0]
+    rows = engine.db.search(text_emb, 1, mode=engine.planner.default_retrieval)[:, 0]
     if not all(r >= 0 and engine.db.items[r]["id"] in audio_of for r in rows):
         return {}
     sr = engine.sample_rate

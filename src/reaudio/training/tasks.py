@@ -138,7 +138,7 @@ class VAETask(Task):
 
     def setup(self, trainer) -> None:
         if trainer.cfg.segment_seconds > 0:
-            hop = self.family.mel.hop_length * self.family.vae.downsample_factor
+            hop = self.family.samples_per_frame
             samples = round(trainer.cfg.segment_seconds * self.family.mel.sample_rate)
             self.clip_samples = max(hop, samples // hop * hop)
         super().setup(trainer)
@@ -276,7 +276,7 @@ class VocoderTask(Task):
     def _decoded_clip(self, index: int) -> tuple[np.ndarray, torch.Tensor]:
         """The clip's first decode_samples (zero-padded to whole latent frames) and their decoded log-mel."""
         if index not in self._decoded:
-            unit = self.family.mel.hop_length * self.family.vae.downsample_factor
+            unit = self.family.samples_per_frame
             wav = self.train.audio[index][: self.decode_samples]
             length = max(-(-len(wav) // unit) * unit, -(-self.clip_samples // unit) * unit)
             wav = np.pad(wav, (0, length - len(wav))).astype(np.float32)

@@ -9,6 +9,11 @@ import numpy as np
 
 from .loudness import loudness_gain_db
 
+#: The ranges a finishing setting may take (dB, LUFS, dBTP); the clip settings' schema reads them here.
+TRIM_RANGE = (-120.0, 0.0)
+LOUDNESS_RANGE = (-70.0, 0.0)
+TRUE_PEAK_RANGE = (-60.0, 0.0)
+
 
 @dataclass(frozen=True)
 class PostProcess:
@@ -27,7 +32,11 @@ class PostProcess:
     true_peak_db: float | None = None
 
     def __post_init__(self) -> None:
-        for name, low, high in (("trim_db", -120.0, 0.0), ("loudness_lufs", -70.0, 0.0), ("true_peak_db", -60.0, 0.0)):
+        for name, (low, high) in (
+            ("trim_db", TRIM_RANGE),
+            ("loudness_lufs", LOUDNESS_RANGE),
+            ("true_peak_db", TRUE_PEAK_RANGE),
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or not low <= value <= high):
                 raise ValueError(f"{name}={value!r} must be between {low:g} and {high:g}")

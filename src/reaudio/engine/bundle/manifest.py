@@ -239,6 +239,11 @@ class BundleManifest:
     def sample_rate(self) -> int:
         return self.mel.sample_rate
 
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per latent frame: the VAE's time downsampling × the mel hop."""
+        return self.latent.downsample * self.mel.hop_length
+
     def to_dict(self) -> dict:
         return to_dict(self)
 

@@ -1,9 +1,9 @@
 """Denoiser strategies: how a batch's denoising loop runs on a backend, chosen once per engine.
 
-Every strategy is called the same way, ``denoiser(plan, latent, conditions) -> latent``,
-and exposes the denoiser stage's ``runner`` (windowed clips call it window by window). A strategy
-reads the runner from the engine's ``runners`` mapping at each call, so a runner swapped in there
-(timed, recorded) is the one that runs.
+Every strategy is called the same way, ``denoiser(plan, latent, conditions) -> latent``, and
+runs clips longer than a window (and loops) with ``denoiser.windowed(plan, latent, conditions,
+windows, …)``. A strategy reads the runner from the engine's ``runners`` mapping at each call, so a
+runner swapped in there (timed, recorded) is the one that runs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import numpy as np
 
 from .loop import denoise_device, denoise_host
 from .sampler import SamplerPlan
+from .windowed import WINDOWS_PER_CALL, denoise_windowed
+from .windows import WindowPlan
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,16 @@ class Denoiser(Protocol):
 
     def __call__(self, plan: SamplerPlan, latent: np.ndarray, conditions: dict[str, np.ndarray]) -> np.ndarray: ...
 
+    def windowed(
+        self,
+        plan: SamplerPlan,
+        latent: np.ndarray,
+        conditions: dict[str, np.ndarray],
+        windows: WindowPlan,
+        per_call: int = WINDOWS_PER_CALL,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray: ...
+
 
 class _OnRunners:
     def __init__(self, runners: dict) -> None:
@@ -34,6 +46,11 @@ class _OnRunners:
     @property
     def runner(self):
         return self.runners["denoiser"]
+
+    def windowed(self, plan, latent, conditions, windows, per_call=WINDOWS_PER_CALL, on_step=None):
+        # Window by window on the host for every backend so far: one graph call per group of
+        # windows is the unit of work (device-resident windowed loops are a strategy to add).
+        return denoise_windowed(self.runner, plan, latent, conditions, windows, per_call, on_step)
 
 
 class HostLoop(_OnRunners):
@@ -71,6 +88,9 @@ class GraphLoop:
     @property
     def runner(self):
         return self.fallback.runner
+
+    def windowed(self, *args, **kwargs):
+        return self.fallback.windowed(*args, **kwargs)
 
     def __call__(self, plan, latent, conditions):
         from .cuda_graphs import CudaGraphsUnavailable

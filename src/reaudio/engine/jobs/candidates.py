@@ -76,6 +76,27 @@ def rank(engine: Engine, request: Request, results: list[Result]) -> Ranked:
     return Ranked(request, ranked, [float(scores[i]) for i in order] + [None] * (len(results) - len(ok)))
 
 
+def rank_stream(
+    indexed: Iterable[tuple[int, Result]], requests: list[Request], counts: list[int], ranker: Engine | None
+) -> Iterator[tuple[int, Ranked]]:
+    """Group the results of :func:`expand`'s requests (``indexed``: (position, result), in any order)
+    back into their requests, and yield (request index, ranking) as soon as a request's last candidate
+    is in. Candidates are ranked in candidate order by ``ranker``'s CLAP; a position delivered twice
+    (a retried batch) counts once."""
+    owner = [i for i, n in enumerate(counts) for _ in range(n)]
+    pending: dict[int, dict[int, Result]] = {}
+    done: set[int] = set()
+    for position, result in indexed:
+        i = owner[position]
+        if i in done:
+            continue
+        pending.setdefault(i, {}).setdefault(position, result)
+        if len(pending[i]) == counts[i]:
+            got = [result for _, result in sorted(pending.pop(i).items())]
+            done.add(i)
+            yield i, rank(ranker, requests[i], got) if counts[i] > 1 else Ranked(requests[i], got, [None])
+
+
 def stream_ranked(
     engine: Engine, requests: list[Request], counts: list[int], batch_size: int = 8
 ) -> Iterator[tuple[int, Ranked]]:
@@ -83,14 +104,7 @@ def stream_ranked(
     as soon as a request's last candidate is done."""
     check_rankable(engine.manifest, max(counts, default=1), engine.bundle)
     expanded = expand(requests, counts)
-    owner = [i for i, n in enumerate(counts) for _ in range(n)]
-    pending: dict[int, list[Result]] = {}
-    for position, result in engine.stream_indexed(expanded, batch_size=batch_size):
-        i = owner[position]
-        pending.setdefault(i, []).append(result)
-        if len(pending[i]) == counts[i]:
-            got = pending.pop(i)
-            yield i, rank(engine, requests[i], got) if counts[i] > 1 else Ranked(requests[i], got, [None])
+    yield from rank_stream(engine.stream_indexed(expanded, batch_size=batch_size), requests, counts, engine)
 
 
 def generate_ranked(engine: Engine, requests: Iterable[Request], n: int, batch_size: int = 8) -> list[Ranked]:

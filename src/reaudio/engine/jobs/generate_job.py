@@ -7,9 +7,11 @@ import logging
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from .. import settings
 from ..audio.postprocess import PostProcess
 from ..audio.tags import ClipTags
 from ..bundle.dataclass_io import to_dict
@@ -25,79 +27,57 @@ from ..pipeline import Engine, Result
 from ..planning import Request
 from .candidates import Ranked
 from .library import Library, check_file_name, check_template
-from .prompts import LIMITS, PromptRow, read_prompt_file, slugify
+from .prompts import PromptRow, read_prompt_file, slugify
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class GenerateJob:
-    """Everything ``reaudio generate`` does. A prompt row's own values win over these.
+GenerateJob = make_dataclass(
+    "GenerateJob",
+    [
+        ("prompts", Path),
+        ("out", Path),
+        ("bundle", Any, None),
+        ("batch_size", int, 8),
+        *settings.fields_for("job"),
+        ("audio_format", str, "wav"),
+        ("subtype", str, "PCM_16"),
+        ("backend", str, "auto"),
+        ("device_id", int, 0),
+        ("threads", Any, None),
+        ("precision", str, "auto"),
+        ("name_template", str, "{id}-v{variation}"),
+        ("postprocess", PostProcess, field(default_factory=PostProcess)),
+        ("dry_run", bool, False),
+        ("cuda_graphs", bool, False),
+        ("overwrite", bool, False),
+        ("audio_root", Any, None),
+        ("keep_candidates", bool, False),
+    ],
+    frozen=True,
+)
+GenerateJob.__module__ = __name__
+GenerateJob.__doc__ = f"""Everything ``reaudio generate`` does. A prompt row's own values win over the job's.
 
     Attributes:
         prompts: the prompt file (.txt, .csv, .jsonl).
         out: the output library folder.
         bundle: the model bundle (None: the embedded default model).
         batch_size: clips per batch.
-        steps, guidance, sampler, k, duration: defaults for rows that do not set them
-            (None: the bundle's defaults; see :class:`Request` for the natural duration).
-        retrieval: "caption", "audio" or "hybrid" neighbour search (None: the bundle's).
-        seed: base seed; a row without a seed uses seed + crc32(id), variation v adds v.
-        variations: clips per prompt, for rows that do not set it.
+{settings.describe("job")}
         audio_format: "wav" or "flac"; subtype: "PCM_16", "PCM_24" or "FLOAT" (wav only).
         backend, device_id, threads: where to run.
         precision: "auto", "fp32", "fp16" or "int8" (the CPU's quantised graphs, see ``reaudio quantize``).
-        name_template: file name without extension; fields {id} {slug} {seed} {variation}.
+        name_template: file name without extension; fields {{id}} {{slug}} {{seed}} {{variation}}.
         postprocess: optional trimming, resampling, loudness target (LUFS) and true-peak ceiling;
             a row's ``loudness_lufs`` replaces the target for that row.
         dry_run: print the plan and stop.
-        overwrite: regenerate clips finished with other settings (bundle, seed, steps, guidance,
-            sampler, k, retrieval, format, subtype, sample rate, loudness); without it such a library
-            is refused up front.
+        overwrite: regenerate clips finished with other settings (bundle, seed, the settings marked
+            ``resume``, format, subtype, sample rate); without it such a library is refused up front.
         cuda_graphs: replay the denoising loop as CUDA graphs (backend "cuda").
-        loop: make seamless loops, for rows that do not set ``loop`` (see :class:`Request`).
-        window, overlap: seconds of a denoising window and of the overlap between windows, for
-            clips longer than a window and loops (None: the bundle's).
-        negative_prompt, init_audio, init, strength: defaults for rows that do not set them
-            (see :class:`Request`); ``init_audio`` is a path.
         audio_root: where the database items' relative audio paths start (``init`` "neighbour").
-        candidates: clips generated per output (different seeds); the one whose CLAP audio
-            embedding is closest to the prompt's is written. keep_candidates: write them all, ranked.
+        keep_candidates: write every candidate, ranked, not only the best.
     """
-
-    prompts: Path
-    out: Path
-    bundle: Path | None = None
-    batch_size: int = 8
-    steps: int | None = None
-    guidance: float | None = None
-    sampler: str | None = None
-    k: int | None = None
-    duration: float | None = None
-    retrieval: str | None = None
-    seed: int = 0
-    variations: int = 1
-    audio_format: str = "wav"
-    subtype: str = "PCM_16"
-    backend: str = "auto"
-    device_id: int = 0
-    threads: int | None = None
-    precision: str = "auto"
-    name_template: str = "{id}-v{variation}"
-    postprocess: PostProcess = field(default_factory=PostProcess)
-    dry_run: bool = False
-    cuda_graphs: bool = False
-    overwrite: bool = False
-    loop: bool = False
-    window: float | None = None
-    overlap: float | None = None
-    negative_prompt: str | None = None
-    init_audio: Path | None = None
-    init: str | None = None
-    strength: float | None = None
-    audio_root: Path | None = None
-    candidates: int = 1
-    keep_candidates: bool = False
 
 
 @dataclass
@@ -139,12 +119,10 @@ class JobSummary:
 
 def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
     check_template(job.name_template)
-    lo, hi = LIMITS["variations"]
-    if isinstance(job.variations, bool) or not isinstance(job.variations, int) or not lo <= job.variations <= hi:
-        raise ValueError(f"--variations {job.variations!r} must be an integer from {lo} to {hi}")
-    lo, hi = LIMITS["candidates"]
-    if isinstance(job.candidates, bool) or not isinstance(job.candidates, int) or not lo <= job.candidates <= hi:
-        raise ValueError(f"--candidates {job.candidates!r} must be an integer from {lo} to {hi}")
+    for name in ("variations", "candidates"):
+        value, (lo, hi) = getattr(job, name), settings.by_name()[name].limits
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"--{name} {value!r} must be an integer from {lo} to {hi}")
     ext = job.audio_format
     clips, names = [], {}
     for row in rows:
@@ -192,56 +170,68 @@ def reconcile(job: GenerateJob, clips: list[Clip], bundle: Path, bundle_hash: st
     return [c for c in clips if c.key in redo or not library.is_finished(c.key)]
 
 
-def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_hash: str) -> str:
-    """What differs between a finished clip's entry and what this job would make ("" if nothing)."""
-    row, d = clip.row, manifest.defaults
-    k_default = manifest.retrieval.k if manifest.retrieval else 0
-    expected = {
-        "steps": row.steps if row.steps is not None else job.steps if job.steps is not None else d.steps,
-        "guidance": row.guidance
-        if row.guidance is not None
-        else job.guidance
-        if job.guidance is not None
-        else d.guidance,
-        "sampler": row.sampler or job.sampler or d.sampler,
-        "k": row.k if row.k is not None else job.k if job.k is not None else k_default,
+#: Settings a finished clip records from the engine's result (what it resolved), not from the job.
+_FROM_RESULT = ("steps", "guidance", "sampler", "k", "retrieval")
+
+
+def _job_output(job: GenerateJob) -> dict:
+    """What a finished file records of how the job writes files (the job's alone, never a row's)."""
+    return {
         "format": job.audio_format,
         "subtype": job.subtype,
         "resample": job.postprocess.sample_rate,
-        "loudness_lufs": row.loudness_lufs if row.loudness_lufs is not None else job.postprocess.loudness_lufs,
         "true_peak_db": job.postprocess.true_peak_db,
-        "loop": _loops(job, row),
-        "window": job.window,
-        "overlap": job.overlap,
         "int8": job.precision == "int8",
-        **_start_settings(job, row, d.strength),
     }
-    # Entries of libraries written before a setting existed hold its default.
-    settings = {
-        "subtype": "PCM_16",
-        "resample": None,
-        "loudness_lufs": None,
-        "true_peak_db": None,
-        "loop": False,
-        "window": None,
-        "overlap": None,
-        "negative_prompt": None,
-        "init": None,
-        "strength": None,
-        "candidates": 1,
-        "int8": False,
-        **entry.get("settings", {}),
-    }
+
+
+#: What entries written before a job-output setting existed hold.
+_OUTPUT_LEGACY = {"subtype": "PCM_16", "resample": None, "true_peak_db": None, "int8": False}
+
+
+def bundle_defaults(manifest: BundleManifest) -> dict:
+    """The bundle's default of each setting that has one."""
+    return {s.name: s.bundle_default(manifest) for s in settings.SETTINGS if s.bundle_default is not None}
+
+
+def clip_settings(job: GenerateJob, row: PromptRow, defaults: dict) -> dict:
+    """A clip's resume settings (the schema's ``resume`` ones, but those the engine's result records) as
+    the job makes it: its row's value, else the job's, else the bundle's (``defaults``, by name). A start
+    clip is recorded by its kind or file name under ``init``; ``strength`` only with a start clip."""
+    audio, init = settings.start_of(row, job)
+    out = {}
+    for setting in settings.SETTINGS:
+        if not setting.resume or setting.name in _FROM_RESULT:
+            continue
+        value = settings.merged(row, job, setting.name)
+        out[setting.name] = defaults.get(setting.name) if value is None else value
+    out["init"] = init or (Path(audio).name if audio else None)
+    if not (audio or init):
+        out["strength"] = None
+    return out
+
+
+def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_hash: str) -> str:
+    """What differs between a finished clip's entry and what this job would make ("" if nothing)."""
+    row, defaults = clip.row, bundle_defaults(manifest)
+    expected = {}
+    for name in _FROM_RESULT:
+        value = settings.merged(row, job, name)
+        if settings.by_name()[name].resume:
+            expected[name] = defaults.get(name) if value is None else value
+    expected.update(_job_output(job))
+    expected.update(clip_settings(job, row, defaults))
+    # Entries of libraries written before a setting existed hold its legacy value.
+    legacy = {s.name: s.legacy for s in settings.SETTINGS if s.resume}
+    stored = {**legacy, **_OUTPUT_LEGACY, **entry.get("settings", {})}
     found = [
-        f"{name} {settings.get(name)!r} → {value!r}"
+        f"{name} {stored.get(name)!r} → {value!r}"
         for name, value in expected.items()
-        if settings.get(name) != value
-        and not (
-            name == "guidance" and settings.get(name) is not None and abs(float(settings[name]) - float(value)) < 1e-6
-        )
+        if stored.get(name) != value
+        and not (name == "guidance" and stored.get(name) is not None and abs(float(stored[name]) - float(value)) < 1e-6)
     ]
-    if job.retrieval and settings.get("retrieval") not in (None, job.retrieval):
-        found.append(f"retrieval {settings.get('retrieval')!r} → {job.retrieval!r}")
+    if job.retrieval and stored.get("retrieval") not in (None, job.retrieval):
+        found.append(f"retrieval {stored.get('retrieval')!r} → {job.retrieval!r}")
     if entry.get("seed") != clip.seed:
         found.append(f"seed {entry.get('seed')} → {clip.seed}")
     if entry.get("bundle_sha256") != bundle_hash:
@@ -249,58 +239,17 @@ def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_has
     return ", ".join(found)
 
 
-def _loops(job: GenerateJob, row: PromptRow) -> bool:
-    return row.loop if row.loop is not None else job.loop
-
-
-def _start(job: GenerateJob, row: PromptRow) -> tuple[str | None, str | None]:
-    """The row's start clip: (init_audio path, init kind); a row's own wins over the job's."""
-    if row.init_audio is not None or row.init is not None:
-        return row.init_audio, row.init
-    return (str(job.init_audio) if job.init_audio is not None else None), job.init
-
-
-def _start_settings(job: GenerateJob, row: PromptRow, default_strength: float) -> dict:
-    """What a finished clip records of its start clip and ranking (resume keys)."""
-    audio, init = _start(job, row)
-    strength = row.strength if row.strength is not None else job.strength
-    return {
-        "negative_prompt": row.negative_prompt or job.negative_prompt,
-        "init": init or (Path(audio).name if audio else None),
-        "strength": (strength if strength is not None else default_strength) if audio or init else None,
-        "candidates": candidates_for(job, row),
-    }
-
-
 def candidates_for(job: GenerateJob, row: PromptRow) -> int:
-    return row.candidates if row.candidates is not None else job.candidates
+    return settings.merged(row, job, "candidates")
 
 
 def request_for(job: GenerateJob, clip: Clip) -> Request:
+    """The engine's request for a clip: each request setting from its row, else the job."""
     row = clip.row
-    return Request(
-        prompt=row.prompt,
-        duration=row.duration if row.duration is not None else job.duration,
-        seed=clip.seed,
-        steps=row.steps if row.steps is not None else job.steps,
-        guidance=row.guidance if row.guidance is not None else job.guidance,
-        sampler=row.sampler or job.sampler,
-        k=row.k if row.k is not None else job.k,
-        retrieval=job.retrieval,
-        loop=_loops(job, row),
-        window=job.window,
-        overlap=job.overlap,
-        negative_prompt=row.negative_prompt or job.negative_prompt,
-        init_audio=_start(job, row)[0],
-        init=_start(job, row)[1],
-        strength=row.strength if row.strength is not None else job.strength if _any_start(job, row) else None,
-        id=clip.key,
-        variation=clip.variation,
-    )
-
-
-def _any_start(job: GenerateJob, row: PromptRow) -> bool:
-    return any(v is not None for v in _start(job, row))
+    values = {s.name: settings.merged(row, job, s.name) for s in settings.SETTINGS if s.request and s.name != "seed"}
+    audio, init = settings.start_of(row, job)
+    values.update(init_audio=audio, init=init, strength=values["strength"] if audio or init else None)
+    return Request(prompt=row.prompt, seed=clip.seed, id=clip.key, variation=clip.variation, **values)
 
 
 @dataclass(frozen=True)
@@ -381,22 +330,10 @@ def _write_one(
         "prompt": clip.row.prompt,
         "seed": clip.seed,
         "settings": {
-            "steps": result.steps,
-            "guidance": result.guidance,
-            "sampler": result.sampler,
-            "k": result.k,
-            "retrieval": result.retrieval,
+            **{name: getattr(result, name) for name in _FROM_RESULT},
             "backend": made_by.backend,
-            "format": job.audio_format,
-            "subtype": job.subtype,
-            "resample": post.sample_rate,
-            "loudness_lufs": post.loudness_lufs,
-            "true_peak_db": post.true_peak_db,
-            "loop": loop,
-            "window": job.window,
-            "overlap": job.overlap,
-            "int8": job.precision == "int8",
-            **_start_settings(job, clip.row, made_by.default_strength),
+            **_job_output(job),
+            **clip_settings(job, clip.row, {"strength": made_by.default_strength}),
         },
         **({"start": {"from": result.init_from, "strength": result.strength}} if result.init_from else {}),
         "loop": loop,

@@ -19,46 +19,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from ..pipeline import Engine, Result
 from ..planning import Planner, Request
-from ..stages.backends import check_precision
-from .candidates import Ranked, check_rankable, expand, rank
-from .generate_job import (
-    Clip,
-    GenerateJob,
-    JobSummary,
-    PreparedJob,
-    Producer,
-    prepare_job,
-    write_clip,
-)
+from .candidates import expand, rank_stream
+from .generate_job import GenerateJob, JobSummary, PreparedJob, Producer, prepare_job
+from .job_loop import describe_plan, preflight, run_prepared
 
 log = logging.getLogger(__name__)
-#: Request fields carried through the dataset (one row per clip).
-_FIELDS = (
-    "prompt",
-    "duration",
-    "seed",
-    "steps",
-    "guidance",
-    "sampler",
-    "k",
-    "retrieval",
-    "loop",
-    "window",
-    "overlap",
-    "negative_prompt",
-    "init_audio",
-    "init",
-    "strength",
-    "id",
-    "variation",
-)
+#: Request fields carried through the dataset (one row per clip): all but explicit initial noise.
+_FIELDS = tuple(f.name for f in fields(Request) if f.name != "initial_latent")
 
 
 def _import_ray():
@@ -113,23 +87,6 @@ class EngineWorker:
         }
 
 
-def _result_meta(result: Result) -> dict:
-    return {
-        "seed": result.seed,
-        "steps": result.steps,
-        "guidance": result.guidance,
-        "sampler": result.sampler,
-        "k": result.k,
-        "retrieval": result.retrieval,
-        "neighbours": result.neighbours,
-        "timings": result.timings,
-        "error": result.error,
-        "sample_rate": result.sample_rate,
-        "strength": result.strength,
-        "init_from": result.init_from,
-    }
-
-
 def run_job_on_ray(
     job: GenerateJob,
     address: str | None = None,
@@ -142,40 +99,33 @@ def run_job_on_ray(
     """Run ``job`` on Ray (``address`` None: start or join a local instance); resumable like :func:`run_job`."""
     ray = _import_ray()
     with prepare_job(job) as prepared:
-        return _run_prepared(ray, prepared, address, num_workers, num_gpus_per_worker, progress, echo, fail_once_marker)
-
-
-def _run_prepared(
-    ray, prepared: PreparedJob, address, num_workers, num_gpus_per_worker, progress, echo, fail_once_marker
-) -> JobSummary:
-    job, todo, summary, bundle = prepared.job, prepared.todo, prepared.summary, prepared.bundle
-    if job.dry_run or not todo:
+        if prepared.todo:
+            # Settings errors surface here, before the cluster is touched, from the manifest (and the
+            # text encoder where neighbours set durations): the workers' engines form the same batches.
+            planner = Planner.for_bundle(prepared.bundle, audio_root=job.audio_root)
+            preflight(prepared, planner, echo)
         if job.dry_run:
-            echo(f"plan (ray, {num_workers} worker(s)): {len(todo)} of {len(prepared.clips)} clip(s) to generate")
-        return summary
-    # Settings errors surface here, before the cluster is touched, from the manifest (and the text
-    # encoder where neighbours set durations): the workers' engines form the same batches.
-    planner = Planner.for_bundle(bundle, audio_root=job.audio_root)
-    manifest = planner.manifest
-    if job.precision == "int8":  # said here, before any worker starts
-        check_precision(bundle, manifest, "cpu", "int8")
-    requests = {c.key: r for c, r in zip(todo, prepared.requests)}
-    counts = {c.key: n for c, n in zip(todo, prepared.counts)}
-    check_rankable(manifest, max(counts.values()), bundle)
+            describe_plan(prepared, echo, where=f", on Ray with {num_workers} worker(s)")
+        if job.dry_run or not prepared.todo:
+            return prepared.summary
+        return _run_on_ray(
+            ray, prepared, planner, address, num_workers, num_gpus_per_worker, progress, fail_once_marker
+        )
+
+
+def _run_on_ray(
+    ray, prepared: PreparedJob, planner: Planner, address, num_workers, num_gpus_per_worker, progress, fail_once_marker
+) -> JobSummary:
+    job, bundle, manifest = prepared.job, prepared.bundle, planner.manifest
+    requests, counts = prepared.requests, prepared.counts
     # The driver ranks candidates with the bundle's CLAP (text and audio encoders: cheap next to
     # denoising); loaded only when some clip has candidates to rank.
     ranker = (
-        Engine.from_bundle(bundle, backend="cpu", threads=1, audio_root=job.audio_root)
-        if max(counts.values()) > 1
-        else None
+        Engine.from_bundle(bundle, backend="cpu", threads=1, audio_root=job.audio_root) if max(counts) > 1 else None
     )
-    ordered = expand(list(requests.values()), list(counts.values()))
-    # Candidate j of clip `key` arrives under its own request id: map it back.
-    owner = dict(zip((r.id for r in ordered), ((key, j) for key, n in counts.items() for j in range(n))))
-    by_id = {r.id: r for r in ordered}
-    plan = planner.plan_batches(ordered, job.batch_size)  # validates every request, too
-    if manifest.licence is not None:
-        echo(manifest.licence.notice())
+    ordered = expand(requests, counts)
+    position = {r.id: p for p, r in enumerate(ordered)}  # candidate j of a clip arrives under its own id
+    plan = planner.plan_batches(ordered, job.batch_size)
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
@@ -184,7 +134,6 @@ def _run_prepared(
     context.print_on_execution_start = False
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-    by_key: dict[str, Clip] = {c.key: c for c in todo}
     batches = [{"requests": json.dumps([_row(ordered[i]) for i in indices])} for indices in plan]
     dataset = ray.data.from_items(batches, override_num_blocks=len(batches))
     outputs = dataset.map_batches(
@@ -203,46 +152,28 @@ def _run_prepared(
         num_cpus=1 if not num_gpus_per_worker else None,
         batch_format="numpy",
     )  # Ray Data restarts dead pool actors and retries their batches by default (max_restarts=-1).
-    from tqdm import tqdm
+    owner = [i for i, n in enumerate(counts) for _ in range(n)]
+    producers: dict[int, Producer] = {}
 
-    bar = tqdm(total=len(todo), unit="clip", disable=not progress, dynamic_ncols=True)
-    start = time.perf_counter()
-    tries: dict[str, dict[int, Result]] = {}
-    try:
+    def arrived():
         for batch in outputs.iter_batches(batch_size=None, batch_format="numpy"):
             for rid, waveform, meta, backend in zip(batch["id"], batch["waveform"], batch["meta"], batch["backend"]):
-                key, j = owner.get(rid, (None, 0))
-                if key not in by_key or prepared.library.is_finished(key):
-                    continue  # a retried batch re-delivered a clip that is already written
-                tries.setdefault(key, {})[j] = _remote_result(by_id[rid], waveform, json.loads(meta))
-                if len(tries[key]) < counts[key]:
+                if rid not in position:
                     continue
-                arrived = tries.pop(key)
-                got = [arrived[i] for i in range(counts[key])]
-                ranked = rank(ranker, requests[key], got) if counts[key] > 1 else Ranked(requests[key], got, [None])
-                made_by = Producer.from_manifest(manifest, str(backend))
-                write_clip(job, prepared.library, by_key[key], ranked, prepared.bundle_hash, made_by, summary)
-                bar.update(1)
-    finally:
-        bar.close()
-    summary.seconds = time.perf_counter() - start
-    return summary
+                p = position[rid]
+                producers.setdefault(owner[p], Producer.from_manifest(manifest, str(backend)))
+                yield p, _remote_result(ordered[p], waveform, json.loads(meta))
+
+    return run_prepared(prepared, rank_stream(arrived(), requests, counts, ranker), producers.__getitem__, progress)
+
+
+#: What a worker sends back of a result besides its request and waveform (all of it, by field).
+_META = tuple(f.name for f in fields(Result) if f.name not in ("request", "waveform"))
+
+
+def _result_meta(result: Result) -> dict:
+    return {name: getattr(result, name) for name in _META}
 
 
 def _remote_result(request: Request, waveform, meta: dict) -> Result:
-    return Result(
-        request=request,
-        waveform=waveform if meta["error"] is None else None,
-        sample_rate=meta["sample_rate"],
-        seed=meta["seed"],
-        steps=meta["steps"],
-        guidance=meta["guidance"],
-        sampler=meta["sampler"],
-        k=meta["k"],
-        retrieval=meta["retrieval"],
-        neighbours=meta["neighbours"],
-        timings=meta["timings"],
-        error=meta["error"],
-        strength=meta["strength"],
-        init_from=meta["init_from"],
-    )
+    return Result(request=request, waveform=waveform if meta["error"] is None else None, **meta)

@@ -1,0 +1,413 @@
+"""A clip's settings, declared once: what each is, its limits and choices, and where it appears.
+
+Every surface that carries a clip's settings is derived from :data:`SETTINGS`:
+
+- the ``generate`` flags, and the subsets other commands take (``eval``): :func:`add_arguments`;
+- prompt-file columns, their parsing and ``file:line`` errors: :func:`parse_value`, :func:`start_problem`
+  (``jobs/prompts.py``: ``PromptRow`` has a field per setting a row may set);
+- the job's defaults (``GenerateJob`` has a field per setting with a flag) and the row-over-job
+  merge: :func:`merged`;
+- :class:`~reaudio.engine.planning.Request`: a field per setting marked ``request``, in declared
+  order, checked by the planner with the same rules (:func:`check_value`, :func:`start_problem`);
+- the Ray row format: the fields of ``Request``;
+- the library entry's ``settings`` and the resume check: the settings marked ``resume``.
+
+A new per-clip setting is one :class:`Setting` here plus the code that uses its value. Lower layers
+(``audio/``, ``denoising/``) receive plain, validated values and never import this module; the
+ranges they own (loudness) are read from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .audio.postprocess import LOUDNESS_RANGE
+from .denoising.sampler import SAMPLERS
+from .retrieval.database import MODES as RETRIEVAL_MODES
+
+#: How a request can start from real audio instead of noise, besides an ``init_audio`` file.
+INIT_KINDS = ("neighbour",)
+#: Longest clip, window or start clip, in seconds.
+DURATION_RANGE = (0.1, 600.0)
+#: Longest prompt or negative prompt, in characters.
+MAX_TEXT_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One per-clip setting.
+
+    Attributes:
+        name: its name everywhere: ``Request`` field, prompt-file column, library entry, ``--flag-name``.
+        kind: ``int``, ``float``, ``str``, ``bool`` or ``Path`` (a file; relative to the prompt file in a row).
+        help: one line for ``--help`` and the documentation.
+        limits: inclusive (low, high) of a number; ``open_low``: the low end itself is not allowed.
+        choices: the valid values of a text setting.
+        row: a prompt row may set it (a row's value wins over the job's).
+        flag: ``generate`` has a flag for it, and ``GenerateJob`` a field: the job-wide value.
+        request: a field of ``Request`` (what the engine reads); otherwise the job uses it itself,
+            to plan clips (``variations``, ``candidates``) or to finish files (``finish``).
+        finish: the job-wide value lives in ``GenerateJob.postprocess`` (how files are finished).
+        resume: recorded in the library entry's ``settings`` and compared when a job resumes; a
+            finished clip made with another value is made again (``--overwrite``) or stops the job.
+        job_default: the job's value when no flag gives one (None: the bundle's default).
+        legacy: what entries written before the setting existed hold (the resume check reads it).
+        bundle_default: the bundle's default, from its manifest, when neither row nor job sets it.
+        group: the ``--help`` section of its flag.
+        metavar: the flag's placeholder.
+    """
+
+    name: str
+    kind: type
+    help: str
+    limits: tuple[float, float] | None = None
+    open_low: bool = False
+    choices: tuple[str, ...] | None = None
+    row: bool = True
+    flag: bool = True
+    request: bool = True
+    finish: bool = False
+    resume: bool = True
+    job_default: Any = None
+    legacy: Any = None
+    bundle_default: Callable[[Any], Any] | None = None
+    group: str = ""
+    metavar: str | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+_LONG = "long clips and loops"
+_START = "starting from real audio (bundles with a vae_encoder stage)"
+_RANK = "candidates ranked by CLAP"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "duration",
+        float,
+        "seconds per clip (default: the neighbours' median duration, else the bundle's)",
+        limits=DURATION_RANGE,
+        resume=False,
+    ),
+    Setting(
+        "seed",
+        int,
+        "seed of a row's first clip; the job's is a base seed: a row without one uses base + crc32(id), "
+        "and variation v adds v (default 0)",
+        limits=(0, 2**63 - 1),
+        job_default=0,
+        resume=False,  # the entry's own "seed"
+    ),
+    Setting(
+        "steps",
+        int,
+        "denoising steps (default: the bundle's)",
+        limits=(1, 1000),
+        bundle_default=lambda m: m.defaults.steps,
+    ),
+    Setting(
+        "guidance",
+        float,
+        "classifier-free guidance scale (default: the bundle's)",
+        limits=(0.0, 50.0),
+        bundle_default=lambda m: m.defaults.guidance,
+    ),
+    Setting(
+        "sampler", str, "sampler (default: the bundle's)", choices=SAMPLERS, bundle_default=lambda m: m.defaults.sampler
+    ),
+    Setting(
+        "k",
+        int,
+        "retrieved neighbours per prompt, 0 for none (default: the bundle's)",
+        limits=(0, 64),
+        bundle_default=lambda m: m.retrieval.k if m.retrieval else 0,
+    ),
+    Setting(
+        "retrieval",
+        str,
+        "match prompts to the database's captions, audio or both (default: the bundle's)",
+        choices=RETRIEVAL_MODES,
+        row=False,
+        resume=False,  # compared when a job names one (generate_job._differences)
+    ),
+    Setting(
+        "negative_prompt",
+        str,
+        "steer clips away from this text (a prompt row's negative_prompt column wins)",
+        metavar="TEXT",
+    ),
+    Setting(
+        "loop",
+        bool,
+        "seamless loops: each clip's end continues into its start (a prompt row's loop column wins); "
+        "WAV files get a smpl loop, FLAC files LOOPSTART/LOOPLENGTH",
+        job_default=False,
+        legacy=False,
+        group=_LONG,
+    ),
+    Setting(
+        "window",
+        float,
+        "seconds one denoising window spans; longer clips are made of overlapping windows "
+        "(default: the bundle's, its training length)",
+        row=False,
+        group=_LONG,
+        metavar="SECONDS",
+    ),
+    Setting(
+        "overlap",
+        float,
+        "seconds neighbouring windows share, at most half a window (default: a quarter window)",
+        row=False,
+        group=_LONG,
+        metavar="SECONDS",
+    ),
+    Setting(
+        "init_audio",
+        Path,
+        "audio-to-audio: start clips from this file (a prompt row's init_audio column wins)",
+        resume=False,  # recorded by file name under "init"
+        group=_START,
+        metavar="FILE",
+    ),
+    Setting(
+        "init",
+        str,
+        "neighbour: start each clip from its top retrieved clip's audio (an init column wins)",
+        choices=INIT_KINDS,
+        group=_START,
+    ),
+    Setting(
+        "strength",
+        float,
+        "how far a clip may move from its start clip, in (0, 1] (default: the bundle's, 0.6)",
+        limits=(0.0, 1.0),
+        open_low=True,
+        bundle_default=lambda m: m.defaults.strength,
+        group=_START,
+    ),
+    Setting(
+        "variations", int, "clips per prompt (default 1)", limits=(1, 1000), request=False, resume=False, job_default=1
+    ),
+    Setting(
+        "candidates",
+        int,
+        "generate N clips per output (seeds seed + j·2^32) and write the one whose CLAP audio embedding "
+        "is closest to the prompt's (a candidates column wins; default 1)",
+        limits=(1, 16),
+        request=False,
+        job_default=1,
+        legacy=1,
+        group=_RANK,
+        metavar="N",
+    ),
+    Setting(
+        "loudness_lufs",
+        float,
+        "integrated loudness target, ITU-R BS.1770 (e.g. -23); a prompt row's loudness_lufs wins",
+        limits=LOUDNESS_RANGE,
+        request=False,
+        finish=True,
+    ),
+)
+
+
+def by_name() -> dict[str, Setting]:
+    return {s.name: s for s in SETTINGS}
+
+
+def row_fields() -> tuple[str, ...]:
+    """Columns a prompt file may have: the prompt, its id, and the settings a row may set."""
+    return ("prompt", "id", *(s.name for s in SETTINGS if s.row))
+
+
+def resume_keys() -> tuple[str, ...]:
+    """The settings a finished clip records and a resumed job compares."""
+    return tuple(s.name for s in SETTINGS if s.resume)
+
+
+def add(setting: Setting) -> None:
+    """Declare one more setting (before the modules that derive from the schema are imported:
+    ``Request``, ``PromptRow`` and ``GenerateJob`` are made from it at import)."""
+    global SETTINGS
+    if setting.name in by_name():
+        raise ValueError(f"setting {setting.name!r} is declared already")
+    SETTINGS = (*SETTINGS, setting)
+
+
+# -- command lines ----------------------------------------------------------------------------
+
+
+def add_arguments(parser, names: Iterable[str] | None = None) -> None:
+    """A ``--flag`` per setting in ``names`` (default: every one with ``flag``), grouped as in ``--help``;
+    defaults are the settings' ``job_default``."""
+    chosen = [by_name()[n] for n in names] if names is not None else [s for s in SETTINGS if s.flag]
+    groups: dict[str, Any] = {}
+    for setting in chosen:
+        where = parser
+        if setting.group:
+            if setting.group not in groups:
+                groups[setting.group] = parser.add_argument_group(setting.group)
+            where = groups[setting.group]
+        if setting.kind is bool:
+            where.add_argument(setting.option, action="store_true", help=setting.help)
+            continue
+        where.add_argument(
+            setting.option,
+            type=setting.kind,
+            choices=setting.choices,
+            default=setting.job_default,
+            metavar=setting.metavar,
+            help=setting.help,
+        )
+
+
+def from_arguments(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The values of the flags :func:`add_arguments` added, by setting name."""
+    chosen = [by_name()[n] for n in names] if names is not None else [s for s in SETTINGS if s.flag]
+    return {s.name: getattr(args, s.name) for s in chosen}
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+class SettingError(ValueError):
+    """A value a setting cannot take; the message says what is valid."""
+
+
+def _exact_int(value) -> int:
+    """An integer from an int, an integral float or a decimal string, without passing through
+    float for strings and ints (2**53 + 1 stays itself)."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        as_float = float(text)  # "1e3", "4.0"
+        if not as_float.is_integer() or abs(as_float) >= 2**53:
+            raise ValueError(value) from None
+        return int(as_float)
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def in_range(setting: Setting, number: float) -> bool:
+    lo, hi = setting.limits or (float("-inf"), float("inf"))
+    low_ok = lo < number if setting.open_low else lo <= number
+    return low_ok and number <= hi and number == number
+
+
+def range_text(setting: Setting) -> str:
+    lo, hi = setting.limits or (float("-inf"), float("inf"))
+    return f"must be in ({lo:g}, {hi:g}]" if setting.open_low else f"is out of range; valid: {lo} to {hi}"
+
+
+def parse_value(setting: Setting, value) -> Any:
+    """A prompt-file value (JSON, or CSV text) as the setting's type, within its limits and choices
+    (None: a blank text, which sets nothing); raises :class:`SettingError` saying what is valid."""
+    name = setting.name
+    if setting.kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise SettingError(f"{name}={value!r} must be true or false (or yes/no, 1/0)")
+    if setting.kind in (int, float):
+        if isinstance(value, bool):
+            raise SettingError(f"{name}={value!r} must be a number")
+        try:
+            number = _exact_int(value) if setting.kind is int else float(value)
+        except (TypeError, ValueError, OverflowError):
+            kind = "an integer" if setting.kind is int else "a number"
+            raise SettingError(f"{name}={value!r} must be {kind}") from None
+        if not in_range(setting, number):
+            raise SettingError(f"{name}={value!r} {range_text(setting)}")
+        return number
+    if setting.choices is not None:
+        if value not in setting.choices:
+            raise SettingError(f"{name}={value!r}; valid: {', '.join(setting.choices)}")
+        return value
+    if not isinstance(value, str):
+        what = "a path to an audio file" if setting.kind is Path else "text"
+        raise SettingError(f"{name}={value!r} must be {what}")
+    if setting.kind is Path:
+        return value
+    if len(value) > MAX_TEXT_CHARS:
+        raise SettingError(f"{name} must be text of at most {MAX_TEXT_CHARS} characters")
+    return " ".join(value.split()) or None
+
+
+def check_value(setting: Setting, value) -> None:
+    """A number given to the API (``Request``) within the setting's range; raises :class:`SettingError`."""
+    if not in_range(setting, value):
+        raise SettingError(f"{setting.name}={value!r} {range_text(setting)}")
+
+
+def start_problem(init_audio, init, strength, *, row: bool = False) -> str | None:
+    """What is wrong with a start clip's settings together (one of them alone is checked by its
+    setting), or None. ``row``: phrased for a prompt row."""
+    if init is not None and init_audio is not None:
+        return "give init_audio or init, not both"
+    if strength is not None and init is None and init_audio is None:
+        if row:
+            return "strength needs init_audio or init on the same row"
+        return f"strength={strength} needs init_audio or init=neighbour"
+    return None
+
+
+# -- merging ------------------------------------------------------------------------------------
+
+
+def merged(row, job, name: str) -> Any:
+    """A clip's value of setting ``name``: its row's when the row sets it, else the job's."""
+    setting = by_name()[name]
+    value = getattr(row, name, None) if setting.row else None
+    if value is not None:
+        return value
+    return getattr(job.postprocess if setting.finish else job, name)
+
+
+def start_of(row, job) -> tuple[str | None, str | None]:
+    """A clip's start clip, (init_audio path, init kind): a row's own start wins as a whole over the job's."""
+    if row.init_audio is not None or row.init is not None:
+        return row.init_audio, row.init
+    return (str(job.init_audio) if job.init_audio is not None else None), job.init
+
+
+# -- derived fields -----------------------------------------------------------------------------
+
+
+def fields_for(which: str) -> list[tuple[str, Any, Any]]:
+    """(name, type, default) of the settings a derived dataclass carries, in declared order:
+    ``request`` (``Request``), ``row`` (``PromptRow``: None means "the job's") or ``job``
+    (``GenerateJob``: the flags' defaults)."""
+    out = []
+    for s in SETTINGS:
+        if which == "request" and s.request:
+            default = s.job_default if s.name in ("seed", "loop") else None
+        elif which == "row" and s.row:
+            default = None
+        elif which == "job" and s.flag and not s.finish:
+            default = s.job_default
+        else:
+            continue
+        out.append((s.name, Any, default))
+    return out
+
+
+def describe(which: str) -> str:
+    """Docstring lines (``name: help``) of the settings :func:`fields_for` gives."""
+    return "\n".join(f"        {name}: {by_name()[name].help}" for name, _, _ in fields_for(which))
