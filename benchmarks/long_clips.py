@@ -34,7 +34,7 @@ AMBIENCES = (
 )
 
 
-def _one(bundle: str, seconds: float, one_shot: bool, steps: int) -> dict:
+def measure_one(bundle: str, seconds: float, one_shot: bool, steps: int) -> dict:
     """Generate one clip in this process; time it and read this process's peak RSS."""
     import resource
     import time
@@ -64,8 +64,8 @@ def scale(args) -> list[dict]:
     rows = []
     for seconds, one_shot in [(s, False) for s in args.durations] + [(s, True) for s in args.one_shot]:
         code = (
-            f"import json; from benchmarks.long_clips import _one; "
-            f"print(json.dumps(_one({str(args.bundle)!r}, {seconds}, {one_shot}, {args.steps})))"
+            f"import json; from benchmarks.long_clips import measure_one; "
+            f"print(json.dumps(measure_one({str(args.bundle)!r}, {seconds}, {one_shot}, {args.steps})))"
         )
         proc = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent
@@ -85,7 +85,7 @@ def scale(args) -> list[dict]:
 
 def joints(args) -> dict:
     from reaudio.engine.audio.seams import MEASURES, compare, loop_seam
-    from reaudio.engine.denoising.windows import plan_decode
+    from reaudio.engine.denoising.window_plans import plan_decode
     from reaudio.engine.pipeline import Engine, Request
 
     engine = Engine.from_bundle(args.bundle, backend="cpu")
@@ -172,13 +172,13 @@ def quality(args) -> dict:
     from reaudio.engine.pipeline import Engine, Request
     from reaudio.training.backbones import embed_at, load_backbone
     from reaudio.training.data import read_corpus
-    from reaudio.training.evaluate import _spread
+    from reaudio.training.evaluate import evenly_spaced
     from reaudio.training.metrics import fad
 
     clips = read_corpus(args.data)
     real = [c for c in clips if c.split == "test" and c.label in AMBIENCE_LABELS]
     others = [c for c in clips if c.split == "train" and c.label in AMBIENCE_LABELS]
-    prompts = _spread(real, args.clips)
+    prompts = evenly_spaced(real, args.clips)
     engine = Engine.from_bundle(args.bundle, backend="cpu")
     sr, seg = engine.sample_rate, int(4 * engine.sample_rate)
     backbone = load_backbone("aisfx")
@@ -207,7 +207,7 @@ def quality(args) -> dict:
     top1 = engine.db.search(text_emb, 1, mode=engine.planner.default_retrieval)[:, 0]
     audio_of = {c.id: c.audio for c in clips}
     sets["copy_top1"] = [load_audio(audio_of[engine.db.items[r]["id"]], sr)[:seg] for r in top1]
-    sets["real_floor"] = [load_audio(c.audio, sr) for c in _spread(others, len(prompts))]
+    sets["real_floor"] = [load_audio(c.audio, sr) for c in evenly_spaced(others, len(prompts))]
     out = {
         "clips": len(prompts),
         "real_reference_clips": len(real),

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _measure(bundle: Path, seconds: float, one_shot: bool = False) -> dict:
     code = (
-        f"import json; from benchmarks.long_clips import _one; "
-        f"print(json.dumps(_one({str(bundle)!r}, {seconds}, {one_shot}, 10)))"
+        f"import json; from benchmarks.long_clips import measure_one; "
+        f"print(json.dumps(measure_one({str(bundle)!r}, {seconds}, {one_shot}, 10)))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(proc.stdout.strip().splitlines()[-1])

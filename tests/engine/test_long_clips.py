@@ -10,7 +10,7 @@ import soundfile as sf
 
 from reaudio.engine.audio.postprocess import PostProcess, resample_loop
 from reaudio.engine.audio.seams import compare, loop_seam
-from reaudio.engine.denoising.windows import plan_decode, plan_windows
+from reaudio.engine.denoising.window_plans import plan_decode, plan_windows
 
 PLANS = [
     (63, 63, 16, False),
@@ -106,7 +106,7 @@ class _Recorder:
 def test_the_windowed_loop_with_one_window_is_bit_identical_to_the_one_shot_loop(tiny_engine):
     from reaudio.engine.denoising.loop import denoise_host
     from reaudio.engine.denoising.sampler import make_plan
-    from reaudio.engine.denoising.windowed import denoise_windowed
+    from reaudio.engine.denoising.windowed_loops import denoise_windowed
     from reaudio.engine.pipeline import Request
 
     resolved = tiny_engine.planner.resolve_all(
@@ -165,7 +165,7 @@ def _db(x):
 
 
 def test_windowed_decoding_matches_one_shot_with_no_level_dip_at_the_joins(tiny_engine, rng):
-    from reaudio.engine.denoising.windowed import decode_windowed
+    from reaudio.engine.denoising.windowed_loops import decode_windowed
 
     decoder = tiny_engine.runners["decoder"]
     latent = _smooth_latent(rng, 4, 400, 8, circular=False)
@@ -181,7 +181,7 @@ def test_windowed_decoding_matches_one_shot_with_no_level_dip_at_the_joins(tiny_
 
 
 def test_a_loop_decodes_as_the_latent_repeated_forever(tiny_engine, rng):
-    from reaudio.engine.denoising.windowed import decode_windowed
+    from reaudio.engine.denoising.windowed_loops import decode_windowed
 
     decoder = tiny_engine.runners["decoder"]
     latent = _smooth_latent(rng, 4, 150, 8, circular=True)

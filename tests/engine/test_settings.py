@@ -100,3 +100,19 @@ def test_values_are_parsed_and_checked_by_their_declaration():
     assert settings.parse_value(settings.by_name()["negative_prompt"], "  hum   and  hiss ") == "hum and hiss"
     with pytest.raises(ValueError, match="declared already"):
         settings.add(settings.Setting("steps", int, "again"))
+
+
+def test_the_planner_checks_api_requests_by_the_same_declaration(tiny_bundle):
+    from reaudio.engine.planning import Planner
+
+    planner = Planner.for_bundle(tiny_bundle)
+    for request, message in (
+        (Request("x", steps=2.7), "request 0: steps=2.7 must be an integer"),
+        (Request("x", guidance="high"), "request 0: guidance='high' must be a number"),
+        (Request("x", loop="yes"), "request 0: loop='yes' must be true or false"),
+        (Request("x", negative_prompt=3), "request 0: negative_prompt=3 must be text"),
+        (Request("x", duration=601.0), "request 0: duration=601.0 is out of range"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            planner.resolve(request)
+    assert planner.resolve(Request("x", steps=3, duration=1.0)).steps == 3

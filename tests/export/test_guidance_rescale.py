@@ -17,7 +17,7 @@ from reaudio.engine.retrieval.database import RetrievalDB  # noqa: E402
 from reaudio.export.bundle import export_bundle  # noqa: E402
 from reaudio.models.guidance_rescale import GuidanceRescale  # noqa: E402
 from reaudio.models.system import load_system  # noqa: E402
-from reaudio.training.pipeline import TorchPipeline  # noqa: E402
+from reaudio.training.torch_reference import TorchPipeline  # noqa: E402
 
 
 def _predictions(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ from reaudio.engine.retrieval.database import RetrievalDB
 from reaudio.export.contracts import STAGES
 from reaudio.export.onnx_export import check_parity, ort_session
 from reaudio.models.system import load_system
-from reaudio.training.pipeline import TorchPipeline
+from reaudio.training.torch_reference import TorchPipeline
 
 CASES = [(1, 8), (2, 39), (3, 63), (1, 125), (2, 250)]  # (batch, latent frames): odd and even lengths
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import settings
-from .jobs.errors import LibraryLocked
+from .jobs.library_lock import LibraryLocked
 from .plugins import command_plugins
 from .stages.backends import BACKENDS, PRECISIONS
 from .stages.runners import BackendUnavailable

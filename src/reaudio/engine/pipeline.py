@@ -17,8 +17,8 @@ from .audio.postprocess import trim_tail
 from .bundle.manifest import BundleManifest, read_bundle_manifest
 from .denoising.denoisers import Denoiser, Fp32Retry, choose_denoiser
 from .denoising.sampler import initial_noise, make_plan, noised_start
-from .denoising.windowed import WINDOWS_PER_CALL, decode_windowed
-from .denoising.windows import plan_decode
+from .denoising.window_plans import plan_decode
+from .denoising.windowed_loops import WINDOWS_PER_CALL, decode_windowed
 from .planning import Planner, Request, Resolved, text_embeddings
 from .retrieval.database import RetrievalDB
 from .stages.backends import make_runners, open_backend, stage_file

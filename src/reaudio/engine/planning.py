@@ -18,8 +18,7 @@ import numpy as np
 from . import settings
 from .audio.init_audio import check_init_audio
 from .bundle.manifest import BundleManifest, read_bundle_manifest
-from .denoising.sampler import SAMPLERS
-from .denoising.windows import WindowPlan, plan_windows
+from .denoising.window_plans import WindowPlan, plan_windows
 from .retrieval.database import RetrievalDB
 
 #: Text prompts in, (CLAP embeddings, token features, mask) out: the text encoder stage.
@@ -132,14 +131,20 @@ class Planner:
         d = self.manifest.defaults
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise ValueError(f"request {index}: prompt must be a non-empty string")
+        # Every setting the request gives, by its declaration (the same rules as a prompt row's).
+        for setting in settings.SETTINGS:
+            value = getattr(request, setting.name, None) if setting.request else None
+            if value is not None and setting.kind is not Path:
+                try:
+                    settings.check_request_value(setting, value)
+                except settings.SettingError as exc:
+                    raise ValueError(f"request {index}: {exc}") from None
         steps = d.steps if request.steps is None else int(request.steps)
         guidance = d.guidance if request.guidance is None else float(request.guidance)
         sampler = request.sampler or d.sampler
         k = 0
         if self.manifest.retrieval:
             k = self.manifest.retrieval.k if request.k is None else int(request.k)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"request {index}: sampler={sampler!r}; valid: {', '.join(SAMPLERS)}")
         retrieval = ""
         if self.manifest.retrieval:
             retrieval = request.retrieval or self.default_retrieval
@@ -152,10 +157,6 @@ class Planner:
             lo, hi = settings.by_name()[name].limits
             if not lo <= value <= hi:
                 raise ValueError(f"request {index}: {name}={value} out of range {lo}..{hi}")
-        if isinstance(request.seed, bool) or not isinstance(request.seed, (int, np.integer)):
-            raise ValueError(f"request {index}: seed={request.seed!r} must be an integer in 0..2**63-1")
-        if not 0 <= request.seed < 2**63:
-            raise ValueError(f"request {index}: seed={request.seed} must be in 0..2**63-1")
         strength, init_source, init_seconds, init_from = self._resolve_init(request, index, k, neighbour_init)
         if request.init_audio is not None and request.duration is None:
             natural_duration = init_seconds

@@ -8,7 +8,9 @@ Every surface that carries a clip's settings is derived from :data:`SETTINGS`:
 - the job's defaults (``GenerateJob`` has a field per setting with a flag) and the row-over-job
   merge: :func:`merged`;
 - :class:`~reaudio.engine.planning.Request`: a field per setting marked ``request``, in declared
-  order, checked by the planner with the same rules (:func:`check_value`, :func:`start_problem`);
+  order, checked by the planner with the same declaration (:func:`check_request_value`,
+  :func:`start_problem`): a prompt row's text is parsed into a value by :func:`parse_value`, an
+  API request's value is checked as given, and both meet the same limits, choices and rules;
 - the Ray row format: the fields of ``Request``;
 - the library entry's ``settings`` and the resume check: the settings marked ``resume``.
 
@@ -24,6 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .audio.postprocess import LOUDNESS_RANGE
 from .denoising.sampler import SAMPLERS
@@ -354,6 +358,31 @@ def check_value(setting: Setting, value) -> None:
     """A number given to the API (``Request``) within the setting's range; raises :class:`SettingError`."""
     if not in_range(setting, value):
         raise SettingError(f"{setting.name}={value!r} {range_text(setting)}")
+
+
+def check_request_value(setting: Setting, value) -> None:
+    """A value given to the API (a ``Request`` field; not None) of the setting's type, within its limits
+    and choices; raises :class:`SettingError`. ``Path`` settings (a file or samples) and ``retrieval``
+    (whose choices are the bundle's database's) are the planner's to check."""
+    import numbers
+
+    name = setting.name
+    if setting.kind is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise SettingError(f"{name}={value!r} must be true or false")
+        return
+    if setting.kind in (int, float):
+        integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if setting.kind is int and not integral:
+            raise SettingError(f"{name}={value!r} must be an integer")
+        if setting.kind is float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise SettingError(f"{name}={value!r} must be a number")
+        check_value(setting, value)
+        return
+    if setting.choices is not None and name != "retrieval" and value not in setting.choices:
+        raise SettingError(f"{name}={value!r}; valid: {', '.join(setting.choices)}")
+    if setting.kind is str and not isinstance(value, str):
+        raise SettingError(f"{name}={value!r} must be text")
 
 
 def start_problem(init_audio, init, strength, *, row: bool = False) -> str | None:

@@ -302,7 +302,7 @@ def _add_default_model(sub, common) -> argparse._SubParsersAction:
         help="maintainers: record each database item's audio path within a corpus (relative)",
     )
     la.add_argument(
-        "manifest", type=Path, help="the corpus manifest (reaudio data build-sfx --out DIR: DIR/manifest.jsonl)"
+        "manifest", type=Path, help="the corpus's clip list (reaudio data build-sfx --out DIR: DIR/manifest.jsonl)"
     )
     la.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     p.set_defaults(func=_cmd_default_model)

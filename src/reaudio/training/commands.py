@@ -40,12 +40,45 @@ def _cmd_db_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_job(args: argparse.Namespace):
+    """The :class:`~reaudio.training.run.TrainJob` of ``reaudio train``'s flags."""
+    from .run import TrainJob
+    from .trainer import TrainConfig
+
+    ema = args.ema_decay if args.ema_decay is not None else (0.999 if args.model == "ldm" else 0.0)
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        lr_decay=args.lr_decay,
+        final_lr_fraction=args.final_lr_fraction,
+        grad_clip=args.grad_clip,
+        ema_decay=ema,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        cfg_dropout=args.cfg_dropout,
+        film_dropout=args.film_dropout,
+        context_dropout=args.context_dropout,
+        min_snr_gamma=args.min_snr_gamma,
+        loudness_db=args.loudness_db,
+        kl_weight=args.kl_weight,
+        discriminator_width=args.discriminator_width,
+        segment_seconds=args.segment_seconds,
+        time_limit_minutes=args.time_limit,
+    )
+    run_fields = {f for f in TrainJob.__dataclass_fields__ if f not in ("train", "progress")}
+    return TrainJob(train=config, progress=not args.quiet, **{f: getattr(args, f) for f in run_fields})
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     need_torch()
-    from .run import train_from_args
+    from .run import train
 
-    summary = train_from_args(args)
-    if not args.quiet and getattr(args, "payload_out", None) is not None:
+    summary = train(_train_job(args))
+    if not args.quiet and args.payload_out is not None:
         print(f"payload {args.payload_out}: {summary}; train from it with `reaudio train ldm --payload FILE --out RUN`")
     elif summary.get("stopped") == "time limit":
         # Not an error (it did what was asked), but not a finished run either: scripts that
@@ -67,7 +100,7 @@ def _add_train(sub) -> None:
         "--config",
         help="family config: a name (tiny, sfx-small, …) or a JSON file (ldm --payload: default the payload's)",
     )
-    p.add_argument("--data", type=Path, help="clip manifest (JSONL: id, audio, caption, source, split)")
+    p.add_argument("--data", type=Path, help="clip list (JSONL: id, audio, caption, source, split)")
     p.add_argument("--out", type=Path, help="run folder (resumes when it holds a checkpoint)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=16)
@@ -161,7 +194,7 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--vae", type=Path, help="ldm: the frozen VAE checkpoint folder")
     p.add_argument("--clap", type=Path, help="ldm: the frozen CLAP checkpoint folder; clap: one to continue from")
-    p.add_argument("--database", type=Path, help="ldm: retrieval database built over the training manifest")
+    p.add_argument("--database", type=Path, help="ldm: retrieval database built over the training clips")
     p.add_argument(
         "--unet",
         type=Path,
@@ -255,11 +288,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="generate for a test manifest and score FAD, KL, IS, CLAP score (needs torch)")
+    p = sub.add_parser(
+        "eval", help="generate for a clip list's test captions and score FAD, KL, IS, CLAP score (needs torch)"
+    )
     p.add_argument("--bundle", type=Path)
-    p.add_argument("--data", type=Path, required=True, help="clip manifest with train and test splits")
+    p.add_argument("--data", type=Path, required=True, help="clip list with train and test splits")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, long_tail.png")
-    p.add_argument("--split", default="test", help="manifest split to score: test, or heldout (zero-shot)")
+    p.add_argument("--split", default="test", help="split of the clip list to score: test, or heldout (zero-shot)")
     # The clip settings an evaluation varies, as `generate` declares them.
     settings.add_arguments(
         p, ("retrieval", "k", "steps", "guidance", "sampler", "init", "strength", "candidates", "seed")
@@ -314,7 +349,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         )
         report = build_corpus(cfg, progress=not args.quiet)
         print(describe(report))
-        print(f"manifest: {args.out / 'manifest.jsonl'}  report: {args.out / 'report.json'}")
+        print(f"clip list: {args.out / 'manifest.jsonl'}  report: {args.out / 'report.json'}")
     else:
         stats = dataset_stats(args.manifest, args.out)
         print(json.dumps({k: v for k, v in stats.items() if k != "frequencies"}))
@@ -335,9 +370,9 @@ def _add_data(sub, common) -> None:
     p = sub.add_parser("data", help="datasets: import your own clips, label statistics (needs torch)")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
-    i = dsub.add_parser("import", parents=[common], help="CSV/JSONL of (audio, caption[, label, source]) → manifest")
+    i = dsub.add_parser("import", parents=[common], help="CSV/JSONL of (audio, caption[, label, source]) → a clip list")
     i.add_argument("source", type=Path)
-    i.add_argument("--out", type=Path, required=True, help="manifest to write (JSONL)")
+    i.add_argument("--out", type=Path, required=True, help="clip list to write (JSONL)")
     i.add_argument("--test-percent", type=int, default=10, help="share of source recordings in the test split")
     b = dsub.add_parser(
         "build-sfx", parents=[common], help="sound-effect corpus from Debian packages (apt-get download, dpkg-deb -x)"
@@ -391,13 +426,15 @@ def _fit_export_calibration(vae, mel_cfg, manifest: Path):
 def register(sub, common, tables: dict) -> None:
     """Add train, eval, data, configs and ``db build``; extend ``export`` and ``default-model``."""
     bd = tables["db"].add_parser(
-        "build", parents=[common], help="build a database over a clip manifest with a CLAP (torch)"
+        "build", parents=[common], help="build a database over a clip list with a CLAP (torch)"
     )
     bd.add_argument("--clap", type=Path, required=True, help="CLAP checkpoint folder")
     bd.add_argument("--config", required=True, help="family config name or JSON")
-    bd.add_argument("--data", type=Path, required=True, help="clip manifest")
+    bd.add_argument("--data", type=Path, required=True, help="clip list")
     bd.add_argument("--out", type=Path, required=True, help="database folder to create")
-    bd.add_argument("--splits", nargs="+", default=["train"], help="manifest splits to include (default: train)")
+    bd.add_argument(
+        "--splits", nargs="+", default=["train"], help="splits of the clip list to include (default: train)"
+    )
     bd.add_argument(
         "--index",
         choices=("hnsw", "ivf"),
@@ -419,7 +456,7 @@ def register(sub, common, tables: dict) -> None:
         type=Path,
         metavar="MANIFEST",
         help="fit the per-band correction of the VAE decoder's log-mel on 300 training clips of this corpus "
-        "manifest and build it into the decoder graph (docs/default_model.md)",
+        "clip list and build it into the decoder graph (docs/default_model.md)",
     )
     export.set_defaults(fit_decoder_calibration=_fit_export_calibration)
     c = tables["default-model"].add_parser(
@@ -427,7 +464,7 @@ def register(sub, common, tables: dict) -> None:
         parents=[common],
         help="maintainers: fit the per-band correction of the decoder's log-mel on training clips (torch)",
     )
-    c.add_argument("--data", type=Path, required=True, help="the corpus manifest the model was trained on")
+    c.add_argument("--data", type=Path, required=True, help="the clip list the model was trained on")
     c.add_argument("--clips", type=int, default=300, help="training clips to fit on, evenly spread (default 300)")
     c.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     c.set_defaults(func=_cmd_calibrate_decoder)

@@ -15,7 +15,7 @@ from reaudio.models.mel_calibration import MelCalibration, band_mean, local_mean
 from reaudio.models.vae import AutoencoderKL
 
 from .data import read_corpus
-from .evaluate import _spread
+from .evaluate import evenly_spaced
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def calibrate_decoder(vae: AutoencoderKL, mel_cfg: MelConfig, manifest: Path, cl
 def _training_clips(manifest: Path, clips: int) -> list:
     if clips < 1:
         raise ValueError(f"clips={clips}: the calibration needs at least one training clip (300 is the default)")
-    train = _spread([c for c in read_corpus(manifest) if c.split == "train"], clips)
+    train = evenly_spaced([c for c in read_corpus(manifest) if c.split == "train"], clips)
     if not train:
         raise ValueError(f"{manifest}: no clips in the train split to calibrate the decoder on")
     return train

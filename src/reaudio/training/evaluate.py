@@ -104,7 +104,7 @@ def train_label_classifier(embeddings: np.ndarray, labels: list[str], seed: int 
     return predict_proba, classes
 
 
-def _spread(items: list, limit: int | None) -> list:
+def evenly_spaced(items: list, limit: int | None) -> list:
     """At most ``limit`` items, evenly spaced (manifests are often grouped by source)."""
     if not limit or len(items) <= limit:
         return list(items)
@@ -115,7 +115,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     start = time.perf_counter()
     clips = read_corpus(cfg.data)
     split = [c for c in clips if c.split == cfg.split]
-    test = _spread(split, cfg.limit)
+    test = evenly_spaced(split, cfg.limit)
     train = [c for c in clips if c.split == "train"]
     if len(test) < 2:
         raise ValueError(f"{cfg.data}: need at least 2 '{cfg.split}' clips to score, found {len(test)}")
@@ -260,7 +260,7 @@ def _references(
                 )
         else:
             log.warning("top-1 neighbours are not all clips of %s: copy baseline skipped", cfg.data)
-    floor = _spread(others, len(pairs))
+    floor = evenly_spaced(others, len(pairs))
     if len(floor) >= 2:
         floor_emb = _cached(
             ("floor", backbone.name, sr, tuple(c.id for c in floor)),
@@ -281,7 +281,7 @@ def _through_decoder(engine: Engine, waveforms: list[np.ndarray]) -> list[np.nda
         return None
     decoded = []
     for wave in waveforms:
-        frames = -(-len(wave) // engine._per_frame)
+        frames = -(-len(wave) // engine.manifest.samples_per_frame)
         latent = engine.encode_latents([wave], frames)
         decoded.append(engine.runners["decoder"].run({"latent": latent})[0][0, : len(wave)])
     return decoded

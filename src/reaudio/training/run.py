@@ -1,10 +1,11 @@
-"""Build a training run from command-line arguments (``reaudio train`` and ``python -m reaudio.training``)."""
+"""A training run as one dataclass (:class:`TrainJob`) and the one function that runs it (:func:`train`);
+``reaudio train`` builds the first from its flags."""
 
 from __future__ import annotations
 
-import argparse
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from reaudio.models.configs import load_config
 
@@ -14,101 +15,117 @@ from .trainer import TrainConfig, Trainer, training_device
 log = logging.getLogger(__name__)
 
 
-def _check_inputs(args: argparse.Namespace) -> None:
-    payload, payload_out = getattr(args, "payload", None), getattr(args, "payload_out", None)
-    if (payload or payload_out) and args.model != "ldm":
+@dataclass(frozen=True)
+class TrainJob:
+    """One ``reaudio train`` run: what to train, from what, into which folder, and how.
+
+    Attributes:
+        model: "clap", "vae", "vocoder" or "ldm".
+        out: the run folder (checkpoints, ``final/``); a rerun resumes.
+        train: the optimisation settings (:class:`TrainConfig`).
+        config: the family config, a name or a JSON file (ldm from a payload: the payload's).
+        data: the corpus manifest (not with ``payload``).
+        prediction: override the config's prediction type ("epsilon" or "v_prediction").
+        vae, clap, database, vocoder, unet: checkpoint folders the run starts from or conditions on.
+        frozen_decoder, frozen_encoder, adversarial_weight: VAE runs against a pack's frozen half.
+        decoded_by, train_stages: a vocoder fine-tuned on a VAE's (or pack's) decoded mels, its last stages.
+        payload: train the LDM from this file alone; payload_out: write that file instead of training,
+            at ``payload_precision``.
+        progress: show progress bars.
+    """
+
+    model: str
+    out: Path | None
+    train: TrainConfig
+    config: str | None = None
+    data: Path | None = None
+    prediction: str | None = None
+    vae: Path | None = None
+    clap: Path | None = None
+    database: Path | None = None
+    vocoder: str | None = None
+    unet: Path | None = None
+    frozen_decoder: Path | None = None
+    frozen_encoder: Path | None = None
+    adversarial_weight: float = 0.0
+    decoded_by: Path | None = None
+    train_stages: int | None = None
+    payload: Path | None = None
+    payload_out: Path | None = None
+    payload_precision: str = "fp16"
+    progress: bool = True
+
+
+def _check_inputs(job: TrainJob) -> None:
+    if (job.payload or job.payload_out) and job.model != "ldm":
         raise ValueError("--payload and --payload-out are for train ldm")
-    if payload and payload_out:
+    if job.payload and job.payload_out:
         raise ValueError("--payload trains from a payload, --payload-out writes one; pass one of them")
-    if payload is None and (args.config is None or args.data is None):
-        raise ValueError(f"train {args.model} needs --config and --data (train ldm: or --payload FILE)")
-    if payload_out is None and args.out is None:
+    if job.payload is None and (job.config is None or job.data is None):
+        raise ValueError(f"train {job.model} needs --config and --data (train ldm: or --payload FILE)")
+    if job.payload_out is None and job.out is None:
         raise ValueError("train needs --out, the run folder")
 
 
-def train_from_args(args: argparse.Namespace) -> dict:
-    _check_inputs(args)
-    family = _with_prediction(load_config(args.config), args) if args.config else None
-    ema = args.ema_decay if args.ema_decay is not None else (0.999 if args.model == "ldm" else 0.0)
-    cfg = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        lr_decay=args.lr_decay,
-        final_lr_fraction=args.final_lr_fraction,
-        grad_clip=args.grad_clip,
-        ema_decay=ema,
-        seed=args.seed,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        device=args.device,
-        cfg_dropout=args.cfg_dropout,
-        film_dropout=args.film_dropout,
-        context_dropout=args.context_dropout,
-        min_snr_gamma=args.min_snr_gamma,
-        loudness_db=args.loudness_db,
-        kl_weight=args.kl_weight,
-        discriminator_width=args.discriminator_width,
-        segment_seconds=args.segment_seconds,
-        time_limit_minutes=args.time_limit,
-    )
-    if args.model == "clap":
+def train(job: TrainJob) -> dict:
+    """Run (or continue) ``job``; returns the trainer's summary (a payload's, with ``payload_out``)."""
+    _check_inputs(job)
+    family = _with_prediction(load_config(job.config), job) if job.config else None
+    cfg = job.train
+    if job.model == "clap":
         from .clap_task import CLAPTask
 
-        task = CLAPTask(family, args.data, init=args.clap)
-    elif args.model == "vae":
+        task = CLAPTask(family, job.data, init=job.clap)
+    elif job.model == "vae":
         task = VAETask(
             family,
-            args.data,
-            frozen_decoder=args.frozen_decoder,
-            frozen_encoder=args.frozen_encoder,
-            adversarial_weight=args.adversarial_weight,
+            job.data,
+            frozen_decoder=job.frozen_decoder,
+            frozen_encoder=job.frozen_encoder,
+            adversarial_weight=job.adversarial_weight,
         )
-    elif args.model == "vocoder":
-        task = VocoderTask(
-            family, args.data, init=args.vocoder, decoded_by=args.decoded_by, train_stages=args.train_stages
-        )
-    elif getattr(args, "payload", None) is not None:
+    elif job.model == "vocoder":
+        task = VocoderTask(family, job.data, init=job.vocoder, decoded_by=job.decoded_by, train_stages=job.train_stages)
+    elif job.payload is not None:
         from .ldm_payload import PayloadLDMTask
 
-        given = [f"--{k}" for k in ("data", "vae", "clap", "database", "vocoder") if getattr(args, k, None)]
+        given = [f"--{k}" for k in ("data", "vae", "clap", "database", "vocoder") if getattr(job, k)]
         if given:
             raise ValueError(f"--payload holds what {', '.join(given)} would give; pass one or the other")
-        task = PayloadLDMTask(family, args.payload, unet=args.unet)
-        task.family = family = _with_prediction(task.family, args)
+        task = PayloadLDMTask(family, job.payload, unet=job.unet)
+        task.family = family = _with_prediction(task.family, job)
     else:
-        task = _corpus_ldm_task(args, family)
+        task = _corpus_ldm_task(job, family)
         family = task.family
-        if getattr(args, "payload_out", None) is not None:
-            return _write_payload(task, cfg, args.payload_out, args.payload_precision)
-    task.progress = not getattr(args, "quiet", False)
+        if job.payload_out is not None:
+            return _write_payload(task, cfg, job.payload_out, job.payload_precision)
+    task.progress = job.progress
     resolved = {
-        "model": args.model,
+        "model": job.model,
         "family": family.to_dict(),
-        "data": str(args.data or args.payload),
+        "data": str(job.data or job.payload),
         "inputs": {
-            k: str(getattr(args, k))
+            k: str(getattr(job, k))
             for k in ("vae", "clap", "database", "vocoder", "unet", "frozen_decoder", "frozen_encoder", "decoded_by")
-            if getattr(args, k, None)
+            if getattr(job, k)
         },
     }
-    if getattr(args, "train_stages", None) is not None:
-        resolved["train_stages"] = args.train_stages
-    return Trainer(task, args.out, cfg, resolved).run()
+    if job.train_stages is not None:
+        resolved["train_stages"] = job.train_stages
+    return Trainer(task, job.out, cfg, resolved).run()
 
 
-def _with_prediction(family, args):
-    if not getattr(args, "prediction", None):
+def _with_prediction(family, job: TrainJob):
+    if not job.prediction:
         return family
-    return replace(family, schedule=replace(family.schedule, prediction_type=args.prediction))
+    return replace(family, schedule=replace(family.schedule, prediction_type=job.prediction))
 
 
-def _corpus_ldm_task(args, family) -> LDMTask:
-    if args.vae is None or args.clap is None:
+def _corpus_ldm_task(job: TrainJob, family) -> LDMTask:
+    if job.vae is None or job.clap is None:
         raise ValueError("train ldm needs --vae and --clap checkpoint folders (and --database when k > 0)")
-    family = with_checkpoint_clap(family, args.clap)
-    return LDMTask(family, args.data, args.vae, args.clap, args.database, args.vocoder, unet=args.unet)
+    family = with_checkpoint_clap(family, job.clap)
+    return LDMTask(family, job.data, job.vae, job.clap, job.database, job.vocoder, unet=job.unet)
 
 
 def _write_payload(task: LDMTask, cfg: TrainConfig, out, precision: str) -> dict:

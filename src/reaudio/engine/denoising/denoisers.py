@@ -16,8 +16,8 @@ import numpy as np
 
 from .loop import denoise_device, denoise_host
 from .sampler import SamplerPlan
-from .windowed import WINDOWS_PER_CALL, denoise_windowed
-from .windows import WindowPlan
+from .window_plans import WindowPlan
+from .windowed_loops import WINDOWS_PER_CALL, denoise_windowed
 
 log = logging.getLogger(__name__)
 

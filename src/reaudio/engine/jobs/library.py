@@ -20,7 +20,7 @@ from ..audio.loudness import integrated_lufs, true_peak_db
 from ..audio.tags import ClipTags, add_bext, sndfile_strings, tag_flac
 from ..bundle.dataclass_io import atomic_path
 from ..bundle.manifest import sha256_file
-from .errors import LibraryLocked
+from .library_lock import LibraryLocked
 
 log = logging.getLogger(__name__)
 LIBRARY_INDEX = "library.jsonl"

@@ -1,6 +1,6 @@
 """How well does a trained LDM denoise, by noise level, and what do its samples look like?
 
-    python scripts/diagnose_denoising.py SYSTEM DATABASE BUNDLE_MANIFEST [--clips 12] [--out diag.json]
+    python benchmarks/experiments/diagnose_denoising.py SYSTEM DATABASE BUNDLE_MANIFEST [--clips 12] [--out diag.json]
 
 SYSTEM is a `reaudio train ldm` final/ folder, DATABASE the retrieval database it was
 trained with. On test clips (loudness-normalised as in training, -20 LUFS) it reports:

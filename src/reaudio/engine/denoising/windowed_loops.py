@@ -8,7 +8,7 @@ import numpy as np
 
 from .loop import step_feeds
 from .sampler import SamplerPlan
-from .windows import DecodePlan, WindowPlan
+from .window_plans import DecodePlan, WindowPlan
 
 #: Windows denoised in one graph call (at least the clips of a batch): a constant, so a clip's
 #: audio does not depend on the batch size a job ran with.

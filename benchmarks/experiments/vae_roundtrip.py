@@ -1,6 +1,6 @@
 """How well a bundle's vae_encoder stage brings real clips into its latent space.
 
-    python scripts/vae_roundtrip.py BUNDLE BUNDLE_MANIFEST [--limit 100] [--vae CHECKPOINT] [--out roundtrip.json]
+    python benchmarks/experiments/vae_roundtrip.py BUNDLE BUNDLE_MANIFEST [--limit 100] [--vae CKPT] [--out F]
 
 For test clips of BUNDLE_MANIFEST (evenly spread), each brought to the engine's start-clip level:
 encode (bundle's vae_encoder) → decode (bundle's decoder: VAE decoder + vocoder) and report
@@ -151,11 +151,11 @@ def _decoder_fad(
     import torch
 
     from reaudio.training.backbones import embed_at, load_backbone
-    from reaudio.training.evaluate import _spread
+    from reaudio.training.evaluate import evenly_spaced
     from reaudio.training.metrics import fad
 
     chosen = {c.id for c in test}
-    others = _spread([c for c in read_corpus(manifest) if c.split == "test" and c.id not in chosen], len(test))
+    others = evenly_spaced([c for c in read_corpus(manifest) if c.split == "test" and c.id not in chosen], len(test))
     vocoder = _vocoder(vocoder_source).eval()
     vocoder.remove_weight_norm()
     waves = [training_level(load_audio(c.audio, sr), sr) for c in test]

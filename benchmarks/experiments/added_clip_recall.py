@@ -1,6 +1,6 @@
 """Do clips a user adds with `reaudio db add` come back when prompted with their own captions?
 
-    python scripts/added_clip_recall.py BUNDLE BUNDLE_MANIFEST [--split heldout] [--limit 120]
+    python benchmarks/experiments/added_clip_recall.py BUNDLE BUNDLE_MANIFEST [--split heldout] [--limit 120]
 
 Copies BUNDLE to a temporary folder, adds the split's clips (audio + caption) with the
 bundle's own encoders, then prompts with each added caption and reports, per retrieval

@@ -1,7 +1,7 @@
 """Does the generated clips' level cost FAD? Score the same clips as generated, brought to their
 retrieved neighbours' loudness, and brought to their own real clip's loudness (an oracle).
 
-    python scripts/level_from_neighbours.py BUNDLE CORPUS/manifest.jsonl [--limit 100] [--out levels.json]
+    python benchmarks/experiments/level_from_neighbours.py BUNDLE CORPUS/manifest.jsonl [--limit 100] [--out F]
 
 Every set is scored on the same test clips as ``reaudio eval`` picks (evenly spaced over the
 split, durations of the real clips up to the bundle's length, seed = index), beside the
@@ -22,7 +22,7 @@ from reaudio.engine.audio.loudness import integrated_lufs
 from reaudio.engine.pipeline import Engine, Request
 from reaudio.training.backbones import embed_at, load_backbone
 from reaudio.training.data import read_corpus
-from reaudio.training.evaluate import _spread
+from reaudio.training.evaluate import evenly_spaced
 from reaudio.training.listening import listener_metrics
 from reaudio.training.metrics import fad
 
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     clips = read_corpus(args.data)
     split = [c for c in clips if c.split == "test"]
-    test = _spread(split, args.limit)
+    test = evenly_spaced(split, args.limit)
     others = [c for c in split if c not in test]
     audio_of = {c.id: c.audio for c in clips}
     engine = Engine.from_bundle(args.bundle, backend="cpu")
@@ -72,7 +72,7 @@ def main() -> None:
     }
     backbone = load_backbone("aisfx")
     real_emb = embed_at(backbone, real, sr)
-    floor = [load_audio(c.audio, sr) for c in _spread(others, len(test))]
+    floor = [load_audio(c.audio, sr) for c in evenly_spaced(others, len(test))]
     out = {"clips": len(test), "real_floor_fad": round(fad(real_emb, embed_at(backbone, floor, sr)), 1), "sets": {}}
     real_lufs = [integrated_lufs(w, sr) for w in real]
     for name, waves in sets.items():

@@ -1,7 +1,7 @@
 """Should the vocoder be int8 too? A bundle's decoder stage three ways, side by side: fp32, the
 VAE decoder's convolutions in int8 (what ``reaudio quantize`` ships), and the vocoder's as well.
 
-    python scripts/vocoder_int8.py BUNDLE --out DIR [--prompts 16] [--repeats 3] [--threads 2]
+    python benchmarks/experiments/vocoder_int8.py BUNDLE --out DIR [--prompts 16] [--repeats 3] [--threads 2]
         [--variants NAME=PREFIX,PREFIX ...]
 
 Calibration inputs come from the bundle's own fp32 generations (as ``reaudio quantize``); each

@@ -1,6 +1,6 @@
 """Mel-spectrogram gallery: generated clips next to their nearest real clips.
 
-    python scripts/make_gallery.py BUNDLE CORPUS/manifest.jsonl OUT_DIR [--prompts P ...] [--steps N] [--seed S]
+    python benchmarks/experiments/make_gallery.py BUNDLE CORPUS/manifest.jsonl OUT [--prompts P ...] [--steps N]
 
 For each prompt the bundle generates one clip; the clip's CLAP audio embedding
 (the bundle's own audio encoder) finds the nearest clip of the bundle's

@@ -1,7 +1,7 @@
 """Label precision@k and hit@k of a database's neighbours for a manifest split's captions, per
 retrieval mode (and hybrid weight), with the torch CLAP that built the database.
 
-    python scripts/retrieval_precision.py DB CLAP BUNDLE_MANIFEST [--split test] [--k 3] [--weights 0.25 0.5 0.75]
+    python benchmarks/experiments/retrieval_precision.py DB CLAP CLIPS [--split test] [--k 3] [--weights W ...]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Two bundles of one model (e.g. the int8 default pack's assembly vs the fp32 export), same
 requests: waveform SNR and log-mel L1 of B against A, and each one's level.
 
-    python scripts/compare_bundles.py BUNDLE_A BUNDLE_B CORPUS/manifest.jsonl [--clips 16] [--steps 25]
+    python benchmarks/experiments/compare_bundles.py BUNDLE_A BUNDLE_B CORPUS/manifest.jsonl [--clips 16] [--steps 25]
 """
 
 from __future__ import annotations
