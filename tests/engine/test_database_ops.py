@@ -144,3 +144,46 @@ def test_repair_brings_back_a_bundle_an_older_db_add_left_half_done(tiny_bundle,
         k.startswith("retrieval/") for k in json_.loads((tiny_bundle / BUNDLE_MANIFEST).read_text())["files"]
     )
     assert (RetrievalDB(tiny_bundle / "retrieval").generation / CHECKSUMS).is_file()
+
+
+def test_a_crafted_current_pointer_cannot_reach_out_of_its_bundle(tiny_bundle, tmp_path):
+    from reaudio.engine.retrieval.database import CURRENT
+
+    other = tmp_path / "other-bundle"
+    shutil.copytree(tiny_bundle, other)
+    live = (other / "retrieval" / CURRENT).read_text().strip()
+    (tiny_bundle / "retrieval" / CURRENT).write_text(f"../../other-bundle/retrieval/{live}\n")
+    clips = tmp_path / "mine"
+    clips.mkdir()
+    _clip(clips, "a", 300, "a low tone")
+    proc = subprocess.run(
+        [*CLI, "db", "add", str(clips), "--bundle", str(tiny_bundle)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "not a generation of this database" in proc.stderr, proc.stderr
+    assert (other / "retrieval" / live / "db.json").is_file()  # the other bundle's live database is untouched
+    with pytest.raises(ValueError, match="not a generation of this database"):
+        Engine.from_bundle(tiny_bundle, backend="cpu")
+
+
+def test_a_change_killed_between_its_rename_and_the_pointer_swap_is_recovered(tiny_bundle, tmp_path):
+    from reaudio.engine.retrieval.database import CURRENT, RetrievalDB
+
+    folder = tiny_bundle / "retrieval"
+    live = (folder / CURRENT).read_text().strip()
+    number = int(live.split("-")[1])
+    # What a kill -9 leaves: the next generation renamed into place, CURRENT still naming the old one,
+    # and an unfinished temporary folder of another writer.
+    shutil.copytree(folder / live, folder / f"gen-{number + 1:06d}")
+    (folder / f".gen-{number + 2:06d}.x1y2z3").mkdir()
+    clips = tmp_path / "mine"
+    clips.mkdir()
+    _clip(clips, "a", 300, "a low tone")
+    db = add_clips(tiny_bundle, read_clip_list(clips))  # was: "Directory not empty"
+    assert len(db) == 19
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    assert names == [RetrievalDB(folder).generation.name]
+    # db repair finds and removes such leftovers too.
+    shutil.copytree(folder / names[0], folder / "gen-999999")
+    proc = subprocess.run([*CLI, "db", "repair", "--bundle", str(tiny_bundle)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "removed 1 folder(s) a killed change left" in proc.stdout, proc.stderr
+    assert not (folder / "gen-999999").exists()

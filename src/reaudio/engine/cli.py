@@ -43,6 +43,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         precision=args.precision,
         name_template=args.name_template,
         overwrite=args.overwrite,
+        overwrite_foreign=args.overwrite_foreign,
         subtype=args.subtype,
         postprocess=PostProcess(
             trim_db=args.trim_db,
@@ -232,6 +233,11 @@ def _add_generate(sub) -> None:
         "--overwrite",
         action="store_true",
         help="make again the clips of --out that were made with other settings or another bundle",
+    )
+    p.add_argument(
+        "--overwrite-foreign",
+        action="store_true",
+        help="replace files at planned names that this library did not make (without it they stop the job)",
     )
     p.add_argument(
         "--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (--backend cuda)"

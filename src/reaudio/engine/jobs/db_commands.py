@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 from ..audio.audio_io import AudioLoadError, load_audio
 from ..bundle.manifest import read_bundle_manifest, write_bundle_manifest
 from ..pipeline import Engine
-from ..retrieval.database import Items, RetrievalDB
+from ..retrieval.database import Items, RetrievalDB, stale_generations
 from .prompts import ID_PATTERN, slugify
 from .records import read_records
 
@@ -196,7 +197,11 @@ def repair(bundle: str | Path) -> str:
     manifest = read_bundle_manifest(bundle, verify=True)  # verifies all but the database
     if manifest.retrieval is None:
         return f"{bundle}: no retrieval database; nothing to repair"
-    db = RetrievalDB(bundle / manifest.retrieval.folder)
+    folder = bundle / manifest.retrieval.folder
+    stale = stale_generations(folder)  # a killed change's leftovers would stop the next one
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    db = RetrievalDB(folder)
     had = db.verify_checksums()
     if not had:
         from ..bundle.dataclass_io import write_json_atomic
@@ -208,9 +213,10 @@ def repair(bundle: str | Path) -> str:
             {p.name: sha256_file(p) for p in sorted(db.generation.iterdir()) if p.is_file() and p.name != CHECKSUMS},
         )
     write_bundle_manifest(bundle, manifest)
+    cleaned = f"; removed {len(stale)} folder(s) a killed change left" if stale else ""
     return (
         f"{bundle}: database {db.generation.name} with {len(db)} clip(s) "
-        f"{'verified' if had else 'checksummed'}; manifest.json rewritten"
+        f"{'verified' if had else 'checksummed'}; manifest.json rewritten{cleaned}"
     )
 
 

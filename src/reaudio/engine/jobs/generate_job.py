@@ -51,6 +51,7 @@ GenerateJob = make_dataclass(
         ("dry_run", bool, False),
         ("cuda_graphs", bool, False),
         ("overwrite", bool, False),
+        ("overwrite_foreign", bool, False),
         ("audio_root", Any, None),
         ("keep_candidates", bool, False),
     ],
@@ -74,6 +75,8 @@ GenerateJob.__doc__ = f"""Everything ``reaudio generate`` does. A prompt row's o
         dry_run: print the plan and stop.
         overwrite: regenerate clips finished with other settings (bundle, seed, the settings marked
             ``resume``, format, subtype, sample rate); without it such a library is refused up front.
+        overwrite_foreign: replace files at planned names that the library did not make (without it,
+            such a file stops the job up front, named).
         cuda_graphs: replay the denoising loop as CUDA graphs (backend "cuda").
         audio_root: where the database items' relative audio paths start (``init`` "neighbour").
         keep_candidates: write every candidate, ranked, not only the best.
@@ -125,21 +128,42 @@ def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
             raise ValueError(f"--{name} {value!r} must be an integer from {lo} to {hi}")
     ext = job.audio_format
     clips, names = [], {}
+
+    def claim(name: str, owner: str) -> None:
+        check_file_name(name, job.name_template)
+        if name in names:
+            raise ValueError(
+                f"--name-template {job.name_template!r} gives the same file {name!r} to {names[name]} and {owner}; "
+                f"include {{id}} and {{variation}}"
+                + (" (kept candidates are named NAME-c2, NAME-c3, …)" if "candidate" in names[name] + owner else "")
+            )
+        names[name] = owner
+
     for row in rows:
         base = row.seed if row.seed is not None else job.seed + zlib.crc32(row.id.encode()) % 2**31
         for v in range(row.variations or job.variations):
             seed = base + v
             name = job.name_template.format(id=row.id, slug=slugify(row.prompt), seed=seed, variation=v) + f".{ext}"
-            check_file_name(name, job.name_template)
             key = Library.key(row.id, v)
-            if name in names:
-                raise ValueError(
-                    f"--name-template {job.name_template!r} gives the same file {name!r} to {names[name]} and {key}; "
-                    f"include {{id}} and {{variation}}"
-                )
-            names[name] = key
+            claim(name, key)
             clips.append(Clip(row, v, seed, key, name))
+    if job.keep_candidates:
+        # Every kept candidate's file too, against every planned name (another row's included).
+        for clip in clips:
+            stem = clip.file_name.rsplit(".", 1)[0]
+            for n in range(2, candidates_for(job, clip.row) + 1):
+                claim(f"{stem}-c{n}.{ext}", f"{clip.key}'s candidate {n}")
     return clips
+
+
+def planned_files(job: GenerateJob, clips: list[Clip]) -> list[str]:
+    """Every file name the job may write: each clip's, and its kept candidates'."""
+    names = [c.file_name for c in clips]
+    if job.keep_candidates:
+        for clip in clips:
+            stem, ext = clip.file_name.rsplit(".", 1)
+            names += [f"{stem}-c{n}.{ext}" for n in range(2, candidates_for(job, clip.row) + 1)]
+    return names
 
 
 def reconcile(job: GenerateJob, clips: list[Clip], bundle: Path, bundle_hash: str, library: Library) -> list[Clip]:
@@ -396,6 +420,13 @@ def prepare_job(job: GenerateJob) -> Iterator[PreparedJob]:
             removed = library.clean_partials()
             if removed:
                 log.info("removed %d partial file(s) of an interrupted run", removed)
+        foreign = library.foreign(planned_files(job, clips))
+        if foreign and not job.overwrite_foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ValueError(
+                f"{job.out}: {len(foreign)} file(s) at planned names were not made by this library: {shown}; "
+                "move them away, use another --out, or pass --overwrite-foreign to replace them"
+            )
         bundle_hash = sha256_file(bundle / BUNDLE_MANIFEST)
         todo = reconcile(job, clips, bundle, bundle_hash, library)
         yield PreparedJob(

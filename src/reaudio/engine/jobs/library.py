@@ -1,16 +1,20 @@
 """The output sound library: audio files written atomically plus an append-only JSONL index (``library.jsonl``).
 
 A clip counts as finished only when its index line exists and its file
-verifies (size and sha256). A crash between writing a file and its line means
-the clip is generated again and the file replaced: never half-written, never
-listed twice.
+verifies (size and sha256). A clip is written to a partial file of ours, listed
+in the index, and only then renamed to its name: a crash in between means the
+clip is generated again (its line dropped first), never half-written, never
+listed twice; and a file at a planned name that no line lists is someone
+else's, which a job refuses to replace without ``--overwrite-foreign``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,13 @@ SUBTYPES = {"wav": ("PCM_16", "PCM_24", "FLOAT"), "flac": ("PCM_16", "PCM_24")}
 TEMPLATE_FIELDS = ("id", "slug", "seed", "variation")
 #: Where audio that would pass full scale is brought down to (dBFS).
 OVER_PEAK_DBFS = -0.1
+#: A clip is written first as ``.NAME.XXXXXXXX.reaudio`` (8 random characters), then renamed: a
+#: name no user file has, so cleaning up after a killed run removes only files of ours.
+PARTIAL_SUFFIX = ".reaudio"
+_PARTIAL = re.compile(r"\..+\.[A-Za-z0-9_]{8}" + re.escape(PARTIAL_SUFFIX))
+#: Bytes the partial's name adds to a clip's: the longest name a job writes is NAME + this.
+PARTIAL_EXTRA_BYTES = len(".") + len(".XXXXXXXX") + len(PARTIAL_SUFFIX)
+MAX_NAME_BYTES = 255
 
 
 def check_template(template: str) -> None:
@@ -59,10 +70,12 @@ def check_file_name(name: str, template: str) -> None:
         raise ValueError(
             f"--name-template {template!r} gives {name!r}: it must be a plain file name (no '/' or '\\', not hidden)"
         )
-    if len(name.encode("utf-8")) > 255:
+    size = len(name.encode("utf-8"))
+    if size + PARTIAL_EXTRA_BYTES > MAX_NAME_BYTES:
         raise ValueError(
-            f"--name-template {template!r} gives a name of {len(name.encode('utf-8'))} bytes "
-            f"({name[:40]!r}…); file names hold at most 255"
+            f"--name-template {template!r} gives a name of {size} bytes ({name[:40]!r}…); file names hold at most "
+            f"{MAX_NAME_BYTES}, and the partial file each clip is written to first adds {PARTIAL_EXTRA_BYTES}: "
+            f"at most {MAX_NAME_BYTES - PARTIAL_EXTRA_BYTES} bytes"
         )
 
 
@@ -78,6 +91,7 @@ class Library:
         self, folder: str | Path, audio_format: str = "wav", writable: bool = True, subtype: str = "PCM_16"
     ) -> None:
         check_format(audio_format, subtype)
+        check_output_folder(Path(folder))
         self.folder = Path(folder)
         self.format = audio_format
         self.subtype = subtype
@@ -123,6 +137,15 @@ class Library:
             entries[key] = entry
         return entries
 
+    def owned_files(self) -> set[str]:
+        """The file names the index lists: what this library made, and may replace."""
+        return {e["file"] for e in self.entries.values() if isinstance(e.get("file"), str)}
+
+    def foreign(self, names) -> list[str]:
+        """Those of ``names`` present in the folder (a link too) that the library did not make."""
+        owned = self.owned_files()
+        return [n for n in names if n not in owned and ((self.folder / n).exists() or (self.folder / n).is_symlink())]
+
     @staticmethod
     def key(clip_id: str, variation: int) -> str:
         return f"{clip_id}#{variation}"
@@ -142,7 +165,12 @@ class Library:
             )
             return False
         path = self.folder / name
-        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        if (
+            path.is_symlink()
+            or not path.is_file()
+            or path.stat().st_size != entry["bytes"]
+            or sha256_file(path) != entry["sha256"]
+        ):
             log.warning("%s: listed but missing or altered; it will be generated again", path)
             return False
         return True
@@ -150,7 +178,8 @@ class Library:
     def write(
         self, file_name: str, waveform: np.ndarray, sample_rate: int, entry: dict, tags: ClipTags | None = None
     ) -> dict:
-        """Write the audio atomically (with ``tags`` embedded), then append its manifest line (fsynced).
+        """Write the audio to a partial file (with ``tags`` embedded), append its index line (fsynced),
+        then rename the file into place.
 
         Audio that would pass full scale is scaled down to ``OVER_PEAK_DBFS`` rather than
         hard-clipped (clipping distorts); that gain is added to the entry's ``gain_db``. The
@@ -166,17 +195,34 @@ class Library:
             "loudness_lufs": _rounded(integrated_lufs(audio, sample_rate)),
             "true_peak_db": _rounded(true_peak_db(audio, sample_rate)),
         }
-        with atomic_path(path, suffix=".part") as tmp:
+        with atomic_path(path, suffix=PARTIAL_SUFFIX) as tmp:
             _write_audio(tmp, audio, sample_rate, self.format, self.subtype, tags and replace(tags, **measured))
-        entry = {
-            **entry,
-            "gain_db": round(entry.get("gain_db", 0.0) + 20 * float(np.log10(gain)), 3),
-            **measured,
-            "file": file_name,
-            "bytes": path.stat().st_size,
-            "sha256": sha256_file(path),
-        }
-        with open(self.index_path, "a+b") as f:
+            # The index lists the file before it takes its name, so a file at a planned name that no
+            # line lists was never this library's (a crash between the two redoes the clip).
+            entry = {
+                **entry,
+                "gain_db": round(entry.get("gain_db", 0.0) + 20 * float(np.log10(gain)), 3),
+                **measured,
+                "file": file_name,
+                "bytes": tmp.stat().st_size,
+                "sha256": sha256_file(tmp),
+            }
+            self._append(entry)
+        self.entries[entry["key"]] = entry
+        return entry
+
+    def _append(self, entry: dict) -> None:
+        # Opened anew for every line without following links: an index swapped for a link while the
+        # job runs is refused, not written through.
+        try:
+            fd = os.open(self.index_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ValueError(
+                    f"{self.index_path}: became a link while the job ran; reaudio never writes through links"
+                ) from None
+            raise
+        with os.fdopen(fd, "a+b") as f:
             f.seek(0, os.SEEK_END)
             if f.tell():
                 f.seek(-1, os.SEEK_END)
@@ -185,8 +231,6 @@ class Library:
             f.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
-        self.entries[entry["key"]] = entry
-        return entry
 
     def drop(self, keys: list[str]) -> None:
         """Rewrite the manifest without ``keys``' entries (atomically; unreadable lines are kept), so a
@@ -194,6 +238,8 @@ class Library:
         keys = set(keys) & set(self.entries)
         if not keys:
             return
+        if self.index_path.is_symlink():
+            raise ValueError(f"{self.index_path}: became a link while the job ran; reaudio never writes through links")
         kept = []
         for line in self.index_path.read_bytes().splitlines():
             try:
@@ -209,15 +255,36 @@ class Library:
             del self.entries[key]
 
     def clean_partials(self) -> int:
-        """Remove temp files of interrupted writes."""
+        """Remove the partial files interrupted writes of ours left (their name pattern only; never a
+        link, nor anything else in the folder)."""
         count = 0
-        for tmp in self.folder.glob(".*.part"):
-            tmp.unlink(missing_ok=True)
-            count += 1
+        for tmp in self.folder.glob(f".*{PARTIAL_SUFFIX}"):
+            if _PARTIAL.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+                count += 1
         return count
 
 
 LOCK_FILE = ".reaudio.lock"
+
+
+def check_output_folder(folder: Path) -> None:
+    """``--out`` must be a new folder, an empty one (hidden files aside) or a library (it holds
+    ``library.jsonl``): a job never makes its library in a folder of other files."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ValueError(f"--out {folder}: not a folder (a file or a link); choose a new or empty folder")
+    if not folder.is_dir() or (folder / LIBRARY_INDEX).is_file():
+        return
+    try:
+        visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    except PermissionError as exc:
+        raise ValueError(f"--out {folder}: cannot list it ({exc.strerror}); choose a folder you can write to") from None
+    if visible:
+        shown = ", ".join(visible[:3]) + (f" and {len(visible) - 3} more" if len(visible) > 3 else "")
+        raise ValueError(
+            f"--out {folder} is not empty and is not a reaudio library (no {LIBRARY_INDEX}; it holds {shown}): "
+            "use a new or empty folder, or a library made by reaudio generate"
+        )
 
 
 def check_format(audio_format: str, subtype: str) -> None:
@@ -251,23 +318,44 @@ def _write_audio(
 
 
 def _take_lock(folder: Path):
-    """An exclusive, non-blocking lock on ``folder`` (released by the OS if the process dies)."""
+    """An exclusive, non-blocking lock on ``folder`` (released by the OS if the process dies).
+
+    The lock file and its holder note are ours by name: neither is ever opened through a link (a
+    planted link is refused, or replaced), and another job's note is shown only as ours reads."""
     from filelock import FileLock, Timeout
 
-    lock = FileLock(folder / LOCK_FILE)
-    info = folder / (LOCK_FILE + ".holder")
+    path, info = folder / LOCK_FILE, folder / (LOCK_FILE + ".holder")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ValueError(f"{path}: not a regular file (a link?); reaudio locks only a file of its own")
+    lock = FileLock(path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        holder = info.read_text(encoding="utf-8").strip() if info.is_file() else "another process"
         raise LibraryLocked(
-            f"{folder} is being written by another reaudio job ({holder}); wait for it to "
+            f"{folder} is being written by another reaudio job ({_holder(info)}); wait for it to "
             "finish or stop it, or choose another --out"
         ) from None
     import socket
     import time
 
-    info.write_text(
-        f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n", encoding="utf-8"
-    )
+    text = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    if info.is_symlink() or (info.exists() and not info.is_file()):
+        info.unlink()  # the name is ours; whatever a link there points at is never touched
+    fd = os.open(info, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     return lock
+
+
+_HOLDER = re.compile(r"pid \d+ on [^\n]{1,255} since [0-9: -]{19}")
+
+
+def _holder(info: Path) -> str:
+    """Who holds the lock, from its note: only a note of ours, read without following a link."""
+    try:
+        fd = os.open(info, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return "another process"
+    with os.fdopen(fd, "rb") as f:
+        text = f.read(512).decode("utf-8", "replace").strip()
+    return text if _HOLDER.fullmatch(text) else "another process"

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -145,7 +146,7 @@ class RetrievalDB:
         if not pointer.is_file():
             raise FileNotFoundError(f"{self.folder}: not a retrieval database ({CURRENT} missing)")
         for attempt in range(10):
-            self.generation = self.folder / pointer.read_text(encoding="utf-8").strip()
+            self.generation = self.folder / current_generation(self.folder)
             try:
                 self._open_generation()
                 break
@@ -405,10 +406,43 @@ def _search_keys(info: DatabaseInfo, keys, caption_keys, mode: str) -> np.ndarra
     return np.asarray(keys, dtype=np.float32)
 
 
+_GENERATION = re.compile(r"gen-\d{6}")
+
+
+def current_generation(folder: Path) -> str:
+    """The live generation's folder name, as ``CURRENT`` names it. Only a name of ours
+    (``gen-NNNNNN``: a folder inside this database) is accepted, before anything is read or removed."""
+    pointer = Path(folder) / CURRENT
+    if pointer.is_symlink():
+        raise ValueError(f"{pointer}: a link; a database's pointer must be a file of its own")
+    text = pointer.read_text(encoding="utf-8").strip()
+    if not _GENERATION.fullmatch(text):
+        raise ValueError(
+            f"{pointer}: names {text[:80]!r}, not a generation of this database (gen-NNNNNN); "
+            "the bundle is damaged or was crafted: rebuild its database"
+        )
+    return text
+
+
+def stale_generations(folder: Path) -> list[Path]:
+    """What killed writers left: generation folders other than the live one, and unfinished temporary
+    ones (``.gen-NNNNNN.*``). Removed by the next change (under the write lock) and by ``db repair``."""
+    live = current_generation(folder) if (folder / CURRENT).is_file() else None
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir()
+        and not p.is_symlink()
+        and ((_GENERATION.fullmatch(p.name) and p.name != live) or re.fullmatch(r"\.gen-\d{6}\..+", p.name))
+    )
+
+
 def _write_generation(folder: Path, info: DatabaseInfo, items: Items) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pointer = folder / CURRENT
-    old = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    old = current_generation(folder) if pointer.is_file() else None
+    for stale in stale_generations(folder):  # a killed writer's: the lock is ours, nobody reads them
+        shutil.rmtree(stale, ignore_errors=True)
     number = int(old.split("-")[1]) + 1 if old else 1
     name = f"gen-{number:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
