@@ -156,9 +156,7 @@ def test_a_crafted_current_pointer_cannot_reach_out_of_its_bundle(tiny_bundle, t
     clips = tmp_path / "mine"
     clips.mkdir()
     _clip(clips, "a", 300, "a low tone")
-    proc = subprocess.run(
-        [*CLI, "db", "add", str(clips), "--bundle", str(tiny_bundle)], capture_output=True, text=True
-    )
+    proc = subprocess.run([*CLI, "db", "add", str(clips), "--bundle", str(tiny_bundle)], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a generation of this database" in proc.stderr, proc.stderr
     assert (other / "retrieval" / live / "db.json").is_file()  # the other bundle's live database is untouched
     with pytest.raises(ValueError, match="not a generation of this database"):
