@@ -47,14 +47,10 @@ DUMMY = textwrap.dedent(
     out["ray_row"] = "wobble" in _FIELDS and "wobble" in {f for f in Request.__dataclass_fields__}
     out["resume_keys"] = "wobble" in settings.resume_keys()
 
-    class Manifest:
-        class defaults:
-            steps, guidance, sampler, strength = 10, 3.0, "ddim", 0.6
-        retrieval = None
-
+    defaults = {"steps": 10, "guidance": 3.0, "sampler": "ddim", "k": 0, "strength": 0.6, "retrieval": ""}
     made = {"steps": 10, "guidance": 3.0, "sampler": "ddim", "k": 0}
     old = {"seed": clips[0].seed, "bundle_sha256": "h", "settings": made}
-    out["resume"] = generate_job._differences(job, clips[0], old, Manifest, "h")
+    out["resume"] = generate_job._differences(job, clips[0], old, defaults, "h")
     out["entry"] = generate_job.clip_settings(job, rows[1], {})["wobble"]
     print(json.dumps(out))
     """

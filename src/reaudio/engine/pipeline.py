@@ -21,7 +21,7 @@ from .denoising.window_plans import plan_decode
 from .denoising.windowed_loops import WINDOWS_PER_CALL, decode_windowed
 from .planning import Planner, Request, Resolved, text_embeddings
 from .retrieval.database import RetrievalDB
-from .stages.backends import make_runners, open_backend, stage_file
+from .stages.backends import make_runners, open_backend, run_errors, stage_file
 from .stages.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class Engine:
         self.backend = backend
         self.device_id = device_id
         self.runners = runners
+        self._run_errors = run_errors()
         self.tokenizer = TextTokenizer.from_file(bundle / manifest.tokenizer.file, manifest.tokenizer.max_length)
         self.db = RetrievalDB(bundle / manifest.retrieval.folder, verify=verify) if manifest.retrieval else None
         self._empty_prompt: np.ndarray | None = None
@@ -323,7 +324,7 @@ class Engine:
             latent = self._denoise(self.denoiser, batch, conditions)
             t1 = time.perf_counter()
             audio = self._decode(self.runners["decoder"], batch, latent)
-        except (RuntimeError, MemoryError) as exc:  # onnxruntime's allocation failures among them
+        except self._run_errors as exc:  # onnxruntime's allocation failures among them
             # One batch that cannot run (too long for this machine's memory, say) fails only its clips.
             log.error(
                 "a batch of %d clip(s) of %.1f s failed: %s",

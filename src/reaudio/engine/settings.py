@@ -97,7 +97,6 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         "seconds per clip (default: the neighbours' median duration, else the bundle's)",
         limits=DURATION_RANGE,
-        resume=False,
     ),
     Setting(
         "seed",
@@ -138,7 +137,6 @@ SETTINGS: tuple[Setting, ...] = (
         "match prompts to the database's captions, audio or both (default: the bundle's)",
         choices=RETRIEVAL_MODES,
         row=False,
-        resume=False,  # compared when a job names one (generate_job._differences)
     ),
     Setting(
         "negative_prompt",

@@ -13,13 +13,19 @@ class AudioLoadError(ValueError):
     """An audio file could not be used; the message names the file and the reason."""
 
 
-def load_audio(path: str | Path, sample_rate: int, *, mono: bool = True) -> np.ndarray:
-    """Read ``path`` as float32 at ``sample_rate``; mono (samples,) or (channels, samples)."""
+def load_audio(
+    path: str | Path, sample_rate: int, *, mono: bool = True, max_seconds: float | None = None
+) -> np.ndarray:
+    """Read ``path`` as float32 at ``sample_rate``; mono (samples,) or (channels, samples).
+    ``max_seconds``: read only that much from the start (a long file is never decoded whole)."""
     path = Path(path)
     if not path.is_file():
         raise AudioLoadError(f"{path}: no such audio file")
     try:
-        data, source_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        frames = -1
+        if max_seconds is not None:
+            frames = max(1, round(max_seconds * sf.info(str(path)).samplerate))
+        data, source_rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioLoadError(
             f"{path}: unreadable audio ({exc}); supported formats: {', '.join(sorted(sf.available_formats()))}"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from ..audio.audio_io import AudioLoadError, load_audio
 from ..bundle.manifest import read_bundle_manifest, write_bundle_manifest
@@ -106,21 +107,22 @@ def add_clips(bundle: str | Path, clips: list[ClipSpec], backend: str = "cpu") -
     limit = round(MAX_ADD_SECONDS * engine.sample_rate)
     for clip in clips:
         try:
-            wav = load_audio(clip.audio, engine.sample_rate)
-        except AudioLoadError as exc:
+            # The encoders' cost grows with length (an hour asks onnxruntime for ~100 GB): the
+            # opening MAX_ADD_SECONDS stand for the clip, and only they are read from the file.
+            wav = load_audio(clip.audio, engine.sample_rate, max_seconds=MAX_ADD_SECONDS)
+            seconds = sf.info(str(clip.audio)).duration
+        except (AudioLoadError, sf.LibsndfileError) as exc:
             problems.append(f"{clip.where}: {exc}")
             continue
-        if len(wav) > limit:
-            # The encoders' cost grows with length (an hour asks onnxruntime for ~100 GB): the
-            # opening MAX_ADD_SECONDS stand for the clip.
+        if seconds > MAX_ADD_SECONDS:
             log.warning(
                 "%s: %s is %.0f s long; its first %d s are encoded",
                 clip.where or clip.id,
                 clip.audio,
-                len(wav) / engine.sample_rate,
+                seconds,
                 MAX_ADD_SECONDS,
             )
-            wav = wav[:limit]
+        wav = wav[:limit]
         waves.append(wav)
     if problems:
         raise ClipListError(problems)

@@ -20,11 +20,10 @@ from ..bundle.manifest import (
     BUNDLE_MANIFEST,
     BundleManifest,
     Licence,
-    read_bundle_manifest,
     sha256_file,
 )
 from ..pipeline import Engine, Result
-from ..planning import Request
+from ..planning import Planner, Request
 from .candidates import Ranked
 from .library import Library, check_file_name, check_template
 from .prompts import PromptRow, read_prompt_file, slugify
@@ -166,19 +165,20 @@ def planned_files(job: GenerateJob, clips: list[Clip]) -> list[str]:
     return names
 
 
-def reconcile(job: GenerateJob, clips: list[Clip], bundle: Path, bundle_hash: str, library: Library) -> list[Clip]:
+def reconcile(
+    job: GenerateJob, clips: list[Clip], defaults: dict, bundle_hash: str, library: Library, database: str | None
+) -> list[Clip]:
     """The clips still to generate. A clip counts as done only if its file verifies and it was made
     with this job's bundle (``bundle_hash``: its manifest's sha256) and settings; clips made otherwise
     stop the job (the message says which and how) unless ``job.overwrite``. Entries of clips to be made
     again are dropped from the library index first (not in a dry run), so every key keeps one line."""
-    manifest = read_bundle_manifest(bundle, verify=False)
     listed = [c for c in clips if c.key in library.entries]
-    broken = [c for c in listed if not library.is_finished(c.key)]
+    broken = [c for c in listed if not library.is_finished(c.key) or _kept_candidates_missing(job, library, c.key)]
     changed: list[tuple[Clip, str]] = []
     for clip in listed:
         if clip in broken:
             continue
-        why = _differences(job, clip, library.entries[clip.key], manifest, bundle_hash)
+        why = _differences(job, clip, library.entries[clip.key], defaults, bundle_hash)
         if why:
             changed.append((clip, why))
     if changed and not job.overwrite:
@@ -188,10 +188,22 @@ def reconcile(job: GenerateJob, clips: list[Clip], bundle: Path, bundle_hash: st
             f"{job.out}: {len(changed)} finished clip(s) were made with other settings: {shown}{more}; "
             "rerun with --overwrite to make them again, or use another --out"
         )
-    if not job.dry_run:
-        library.drop([c.key for c in broken] + [c.key for c, _ in changed])
+    older = [c for c in listed if library.entries[c.key].get("database") not in (None, database)]
+    if older:
+        log.warning(
+            "%d finished clip(s) were made before the retrieval database last changed (db add/remove): kept as "
+            "they are; to make them with today's database, remove their lines from %s or use another --out",
+            len(older),
+            library.index_path,
+        )
     redo = {c.key for c in broken} | {c.key for c, _ in changed}
-    return [c for c in clips if c.key in redo or not library.is_finished(c.key)]
+    # A clip not done (or redone) takes its kept candidates' lines with it, so each key keeps one line.
+    todo = [c for c in clips if c.key in redo or not library.is_finished(c.key)]
+    todo_keys = {c.key for c in todo}
+    candidates = [k for k in library.entries if "~c" in k and k.split("~c", 1)[0] in todo_keys]
+    if not job.dry_run:
+        library.drop(sorted(redo) + candidates)
+    return todo
 
 
 #: Settings a finished clip records from the engine's result (what it resolved), not from the job.
@@ -205,17 +217,20 @@ def _job_output(job: GenerateJob) -> dict:
         "subtype": job.subtype,
         "resample": job.postprocess.sample_rate,
         "true_peak_db": job.postprocess.true_peak_db,
+        "trim_db": job.postprocess.trim_db,
         "int8": job.precision == "int8",
     }
 
 
 #: What entries written before a job-output setting existed hold.
-_OUTPUT_LEGACY = {"subtype": "PCM_16", "resample": None, "true_peak_db": None, "int8": False}
+_OUTPUT_LEGACY = {"subtype": "PCM_16", "resample": None, "true_peak_db": None, "trim_db": None, "int8": False}
 
 
-def bundle_defaults(manifest: BundleManifest) -> dict:
-    """The bundle's default of each setting that has one."""
-    return {s.name: s.bundle_default(manifest) for s in settings.SETTINGS if s.bundle_default is not None}
+def bundle_defaults(manifest: BundleManifest, retrieval: str) -> dict:
+    """The bundle's default of each setting that has one; ``retrieval``: its default search mode
+    (the database decides it: ``Planner.default_retrieval``; "" without one)."""
+    out = {s.name: s.bundle_default(manifest) for s in settings.SETTINGS if s.bundle_default is not None}
+    return {**out, "retrieval": retrieval}
 
 
 def clip_settings(job: GenerateJob, row: PromptRow, defaults: dict) -> dict:
@@ -230,14 +245,30 @@ def clip_settings(job: GenerateJob, row: PromptRow, defaults: dict) -> dict:
         value = settings.merged(row, job, setting.name)
         out[setting.name] = defaults.get(setting.name) if value is None else value
     out["init"] = init or (Path(audio).name if audio else None)
+    # The start file's content, not its name alone: an edited file of the same name is another clip.
+    out["init_sha256"] = start_clip_digest(audio) if audio else None
     if not (audio or init):
         out["strength"] = None
     return out
 
 
-def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_hash: str) -> str:
-    """What differs between a finished clip's entry and what this job would make ("" if nothing)."""
-    row, defaults = clip.row, bundle_defaults(manifest)
+_START_DIGESTS: dict[tuple, str] = {}
+
+
+def start_clip_digest(path: str | Path) -> str:
+    """The sha256 of a start clip's file (computed once per file version in a job)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _START_DIGESTS:
+        _START_DIGESTS[key] = sha256_file(path)
+    return _START_DIGESTS[key]
+
+
+def _differences(job: GenerateJob, clip: Clip, entry: dict, defaults: dict, bundle_hash: str) -> str:
+    """What differs between a finished clip's entry and what this job would make ("" if nothing):
+    every resume setting, the output format, the seed, the prompt, the file's name and the bundle."""
+    row = clip.row
     expected = {}
     for name in _FROM_RESULT:
         value = settings.merged(row, job, name)
@@ -254,8 +285,10 @@ def _differences(job: GenerateJob, clip: Clip, entry: dict, manifest, bundle_has
         if stored.get(name) != value
         and not (name == "guidance" and stored.get(name) is not None and abs(float(stored[name]) - float(value)) < 1e-6)
     ]
-    if job.retrieval and stored.get("retrieval") not in (None, job.retrieval):
-        found.append(f"retrieval {stored.get('retrieval')!r} → {job.retrieval!r}")
+    if entry.get("prompt") != row.prompt:
+        found.append(f"prompt {entry.get('prompt')!r} → {row.prompt!r}")
+    if entry.get("file") != clip.file_name:
+        found.append(f"file {entry.get('file')!r} → {clip.file_name!r}")
     if entry.get("seed") != clip.seed:
         found.append(f"seed {entry.get('seed')} → {clip.seed}")
     if entry.get("bundle_sha256") != bundle_hash:
@@ -283,15 +316,19 @@ class Producer:
     sample_rate: int
     backend: str
     licence: Licence | None
-    default_strength: float
+    defaults: dict  # the bundle's default of each setting (bundle_defaults)
+    database: str | None  # the retrieval database generation it searched
 
     @classmethod
     def of(cls, engine: Engine) -> Producer:
-        return cls.from_manifest(engine.manifest, engine.backend)
+        database = engine.db.generation.name if engine.db is not None else None
+        return cls.from_planner(engine.planner, engine.backend, database)
 
     @classmethod
-    def from_manifest(cls, manifest: BundleManifest, backend: str) -> Producer:
-        return cls(manifest.sample_rate, backend, manifest.licence, manifest.defaults.strength)
+    def from_planner(cls, planner, backend: str, database: str | None) -> Producer:
+        manifest = planner.manifest
+        retrieval = planner.default_retrieval if manifest.retrieval else ""
+        return cls(manifest.sample_rate, backend, manifest.licence, bundle_defaults(manifest, retrieval), database)
 
 
 def write_clip(
@@ -321,13 +358,32 @@ def write_clip(
         if len(ranked.results) > 1
         else []
     )
-    _write_one(job, library, clip, result, bundle_hash, made_by, summary, {"candidates": tried} if tried else {})
     if job.keep_candidates:
+        # The kept candidates first: the best's entry is what marks the clip done, so a kill in
+        # between leaves a clip to make again, never one that lacks some of its candidates.
         stem, ext = clip.file_name.rsplit(".", 1)
         for n, other in enumerate(ranked.results[1:], start=2):
             if other.ok:
-                extra = replace(clip, key=f"{clip.key}~c{n}", file_name=f"{stem}-c{n}.{ext}", seed=other.seed)
+                extra = replace(clip, key=candidate_key(clip.key, n), file_name=f"{stem}-c{n}.{ext}", seed=other.seed)
                 _write_one(job, library, extra, other, bundle_hash, made_by, summary, {"rank": n}, counted=False)
+    _write_one(job, library, clip, result, bundle_hash, made_by, summary, {"candidates": tried} if tried else {})
+
+
+def candidate_key(key: str, n: int) -> str:
+    """The index key of a clip's ``n``-th ranked candidate, kept with ``--keep-candidates``."""
+    return f"{key}~c{n}"
+
+
+def _kept_candidates_missing(job: GenerateJob, library: Library, key: str) -> bool:
+    """Whether a finished clip lacks a kept candidate its entry says was made (``--keep-candidates``)."""
+    if not job.keep_candidates:
+        return False
+    tried = library.entries[key].get("candidates") or []
+    return any(
+        "error" not in t and not library.is_finished(candidate_key(key, n))
+        for n, t in enumerate(tried[1:], start=2)
+        if isinstance(t, dict)
+    )
 
 
 def _write_one(
@@ -357,12 +413,13 @@ def _write_one(
             **{name: getattr(result, name) for name in _FROM_RESULT},
             "backend": made_by.backend,
             **_job_output(job),
-            **clip_settings(job, clip.row, {"strength": made_by.default_strength}),
+            **clip_settings(job, clip.row, made_by.defaults),
         },
         **({"start": {"from": result.init_from, "strength": result.strength}} if result.init_from else {}),
         "loop": loop,
         "neighbours": result.neighbours,
         "bundle_sha256": bundle_hash,
+        **({"database": made_by.database} if made_by.database else {}),
         **({"licence": to_dict(made_by.licence)} if made_by.licence is not None else {}),
         "duration_s": len(audio) / out_rate,
         "sample_rate": out_rate,
@@ -405,6 +462,8 @@ class PreparedJob:
     counts: list[int]  # candidates per clip of ``todo``
     summary: JobSummary
     bundle_hash: str
+    planner: Planner  # the bundle's, for checks before any work (its manifest unverified: engines verify)
+    database: str | None  # the live retrieval database generation, recorded with each clip
 
 
 @contextmanager
@@ -428,7 +487,11 @@ def prepare_job(job: GenerateJob) -> Iterator[PreparedJob]:
                 "move them away, use another --out, or pass --overwrite-foreign to replace them"
             )
         bundle_hash = sha256_file(bundle / BUNDLE_MANIFEST)
-        todo = reconcile(job, clips, bundle, bundle_hash, library)
+        planner = Planner.for_bundle(bundle, audio_root=job.audio_root, verify=False)
+        database = planner.db.generation.name if planner.db is not None else None
+        retrieval = planner.default_retrieval if planner.manifest.retrieval else ""
+        defaults = bundle_defaults(planner.manifest, retrieval)
+        todo = reconcile(job, clips, defaults, bundle_hash, library, database)
         yield PreparedJob(
             job,
             bundle,
@@ -440,4 +503,6 @@ def prepare_job(job: GenerateJob) -> Iterator[PreparedJob]:
             [candidates_for(job, c.row) for c in todo],
             JobSummary(planned=len(clips), skipped=len(clips) - len(todo)),
             bundle_hash,
+            planner,
+            database,
         )

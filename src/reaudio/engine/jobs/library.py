@@ -130,11 +130,14 @@ class Library:
                 continue
             try:
                 entry = json.loads(line)
-                key = entry["key"]
-            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 log.warning("%s:%d: not a library entry (a crash mid-append, or an edit); ignored, kept", path, number)
                 continue
-            entries[key] = entry
+            problem = entry_problem(entry)
+            if problem:
+                log.warning("%s:%d: %s; ignored, kept", path, number, problem)
+                continue
+            entries[entry["key"]] = entry
         return entries
 
     def owned_files(self) -> set[str]:
@@ -266,6 +269,46 @@ class Library:
 
 
 LOCK_FILE = ".reaudio.lock"
+
+
+#: The fields of an index line a job and the audition page rely on, and their types (None: may be null).
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "key": (str,),
+    "file": (str,),
+    "bytes": (int,),
+    "sha256": (str,),
+}
+_OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "prompt": (str,),
+    "seed": (int,),
+    "variation": (int,),
+    "settings": (dict,),
+    "neighbours": (list,),
+    "candidates": (list,),
+    "duration_s": (int, float),
+    "sample_rate": (int,),
+    "gain_db": (int, float),
+    "loudness_lufs": (int, float, type(None)),
+    "true_peak_db": (int, float, type(None)),
+    "loop": (bool,),
+}
+
+
+def entry_problem(entry) -> str | None:
+    """What is wrong with the shape of an index line (None: a usable entry)."""
+    if not isinstance(entry, dict):
+        return f"not an object but a {type(entry).__name__}"
+    for name, kinds in _ENTRY_FIELDS.items():
+        if name not in entry:
+            return f"no {name!r}"
+        if not isinstance(entry[name], kinds) or isinstance(entry[name], bool) and bool not in kinds:
+            return f"{name!r} is a {type(entry[name]).__name__}, not {' or '.join(k.__name__ for k in kinds)}"
+    for name, kinds in _OPTIONAL_FIELDS.items():
+        value = entry.get(name)
+        if name in entry and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+            return f"{name!r} is a {type(value).__name__}, not {' or '.join(k.__name__ for k in kinds)}"
+    return None
 
 
 def check_output_folder(folder: Path) -> None:

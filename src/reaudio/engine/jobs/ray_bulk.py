@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pipeline import Engine, Result
-from ..planning import Planner, Request
+from ..planning import Request
 from .candidates import expand, rank_stream
 from .generate_job import GenerateJob, JobSummary, PreparedJob, Producer, prepare_job
 from .job_loop import describe_plan, preflight, run_prepared
@@ -102,21 +102,18 @@ def run_job_on_ray(
         if prepared.todo:
             # Settings errors surface here, before the cluster is touched, from the manifest (and the
             # text encoder where neighbours set durations): the workers' engines form the same batches.
-            planner = Planner.for_bundle(prepared.bundle, audio_root=job.audio_root)
-            preflight(prepared, planner, echo)
+            preflight(prepared, prepared.planner, echo)
         if job.dry_run:
             describe_plan(prepared, echo, where=f", on Ray with {num_workers} worker(s)")
         if job.dry_run or not prepared.todo:
             return prepared.summary
-        return _run_on_ray(
-            ray, prepared, planner, address, num_workers, num_gpus_per_worker, progress, fail_once_marker
-        )
+        return _run_on_ray(ray, prepared, address, num_workers, num_gpus_per_worker, progress, fail_once_marker)
 
 
 def _run_on_ray(
-    ray, prepared: PreparedJob, planner: Planner, address, num_workers, num_gpus_per_worker, progress, fail_once_marker
+    ray, prepared: PreparedJob, address, num_workers, num_gpus_per_worker, progress, fail_once_marker
 ) -> JobSummary:
-    job, bundle, manifest = prepared.job, prepared.bundle, planner.manifest
+    job, bundle, planner = prepared.job, prepared.bundle, prepared.planner
     requests, counts = prepared.requests, prepared.counts
     # The driver ranks candidates with the bundle's CLAP (text and audio encoders: cheap next to
     # denoising); loaded only when some clip has candidates to rank.
@@ -161,7 +158,7 @@ def _run_on_ray(
                 if rid not in position:
                     continue
                 p = position[rid]
-                producers.setdefault(owner[p], Producer.from_manifest(manifest, str(backend)))
+                producers.setdefault(owner[p], Producer.from_planner(planner, str(backend), prepared.database))
                 yield p, _remote_result(ordered[p], waveform, json.loads(meta))
 
     return run_prepared(prepared, rank_stream(arrived(), requests, counts, ranker), producers.__getitem__, progress)

@@ -87,6 +87,16 @@ def has_native_plans(bundle: Path) -> bool:
     return plans.is_dir() and any(plans.glob("*.plan")) and importlib.util.find_spec("tensorrt") is not None
 
 
+def run_errors() -> tuple[type[BaseException], ...]:
+    """What a stage raises when it cannot run a batch here (memory, a kernel failing): onnxruntime's
+    own exceptions are not ``RuntimeError``, so the pipeline catches these to fail only that batch."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+    except ImportError:
+        return (RuntimeError, MemoryError)
+    return (RuntimeError, MemoryError, ort_state.Fail, ort_state.RuntimeException, ort_state.EPFail)
+
+
 class OrtRunner:
     """One stage as an onnxruntime session."""
 
