@@ -160,3 +160,82 @@ def test_every_input_that_changes_a_clip_or_its_name_is_a_resume_key(tiny_bundle
     with caplog.at_level("WARNING"):
         assert run_job(job, progress=False).skipped == 2
     assert "2 finished clip(s) were made before the retrieval database last changed" in caplog.text
+
+
+def _tmpfs(path, options):
+    import subprocess
+
+    path.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.decode().strip()[:100]})")
+
+
+@pytest.mark.parametrize("options, cause", [("size=96k", "No space left on device"), ("ro", "Read-only file system")])
+def test_a_full_or_read_only_disk_is_one_line(tiny_bundle, tmp_path, options, cause):
+    import subprocess
+    import sys
+
+    disk = tmp_path / "disk"
+    _tmpfs(disk, options)
+    try:
+        prompts = tmp_path / "p.txt"
+        prompts.write_text("".join(f"sound {i}\n" for i in range(40)))
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reaudio",
+                "generate",
+                str(prompts),
+                "--out",
+                str(disk / "lib"),
+                "--bundle",
+                str(tiny_bundle),
+                "--steps",
+                "1",
+                "--duration",
+                "2",
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    assert proc.returncode == 2, proc.stderr
+    assert cause in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_planning_embeds_prompts_in_bounded_chunks(tiny_bundle, monkeypatch):
+    from reaudio.engine import planning
+    from reaudio.engine.planning import Planner, Request
+
+    planner = Planner.for_bundle(tiny_bundle)
+    sizes = []
+    real = planner._embed_text
+
+    def spy(texts):
+        sizes.append(len(texts))
+        return real(texts)
+
+    monkeypatch.setattr(planner, "_embed_text", spy)
+    monkeypatch.setattr(planning, "PLAN_CHUNK", 16)
+    resolved = planner.resolve_all([Request(f"sound {i}", seed=i) for i in range(50)])
+    assert sizes == [16, 16, 16, 2] and len(resolved) == 50
+    # The same plan as in one call.
+    monkeypatch.setattr(planning, "PLAN_CHUNK", 256)
+    again = planner.resolve_all([Request(f"sound {i}", seed=i) for i in range(50)])
+    assert [r.samples for r in again] == [r.samples for r in resolved]
+
+
+def test_a_stray_quote_in_a_csv_is_reported_not_merged(tmp_path):
+    from reaudio.engine.jobs.prompts import PromptFileError, read_prompt_file
+
+    path = tmp_path / "p.csv"
+    path.write_text('prompt\n"a door creaks\na dog barks\nwind howls\nrain falls\n')
+    with pytest.raises(PromptFileError, match=r"p.csv:2: a quoted field runs over 4 lines .*stray quote"):
+        read_prompt_file(path)
+    path.write_text('prompt,id\n"a door, creaking",d\nwind,w\n')  # balanced on its line: fine
+    assert [r.prompt for r in read_prompt_file(path)] == ["a door, creaking", "wind"]

@@ -7,7 +7,9 @@ says what to install when torch is missing).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -325,9 +327,23 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             file=sys.stderr,
         )
         return 2
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRORS:
+            raise
+        where = exc.filename or getattr(args, "out", None) or "the output folder"
+        print(
+            f"reaudio {args.command}: error: {where}: {os.strerror(exc.errno)} "
+            "(free some space or choose another folder; rerun to resume)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("reaudio: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+#: Storage errors a user fixes by freeing space or choosing another folder: one line, no traceback.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,7 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``reaudio`` console script."""
-    return run(build_parser(), argv)
+    try:
+        return run(build_parser(), argv)
+    except BrokenPipeError:
+        # The reader went away (`reaudio generate … --dry-run | head`): stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

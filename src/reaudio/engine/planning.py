@@ -21,6 +21,9 @@ from .bundle.manifest import BundleManifest, read_bundle_manifest
 from .denoising.window_plans import WindowPlan, plan_windows
 from .retrieval.database import RetrievalDB
 
+#: Requests whose neighbours are looked up in one text-encoder call while planning: bounds the memory
+#: of planning a prompt file of any length.
+PLAN_CHUNK = 256
 #: Text prompts in, (CLAP embeddings, token features, mask) out: the text encoder stage.
 EmbedText = Callable[[list[str]], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -325,10 +328,21 @@ class Planner:
         ]
         if not todo:
             return {}, {}
-        film, _, _ = self._embed_text([requests[i].prompt for i in todo])
         longest = self.manifest.defaults.duration
         out: dict[int, float] = {}
         starts: dict[int, tuple[str, Path]] = {}
+        # In chunks, so a prompt file's size does not set the memory: the text encoder's token
+        # features alone are ~100 KB a prompt.
+        for first in range(0, len(todo), PLAN_CHUNK):
+            chunk = todo[first : first + PLAN_CHUNK]
+            film, _, _ = self._embed_text([requests[i].prompt for i in chunk])
+            self._neighbour_facts(requests, chunk, film, longest, out, starts)
+        return out, starts
+
+    def _neighbour_facts(self, requests, todo, film, longest, out, starts) -> None:
+        """Natural durations (``out``) and start neighbours (``starts``) of the requests ``todo``."""
+        k_default = self.manifest.retrieval.k
+        durations = "duration" in self.db.items[0]
         modes = [requests[i].retrieval or self.default_retrieval for i in todo]
         for mode in sorted(set(modes)):
             if mode not in self.db.info.modes:
@@ -348,7 +362,6 @@ class Planner:
                     found = found[:1]
                 if found and request.duration is None and durations:
                     out[todo[j]] = float(np.clip(np.median(found), 0.25, longest))
-        return out, starts
 
     def plan_batches(self, requests: list[Request], batch_size: int) -> list[list[int]]:
         """Indices of ``requests`` per batch, as :meth:`Engine.stream` would run them (a distributed job

@@ -6,6 +6,7 @@ fill, turned into the bundle's log-mel and encoded by the ``vae_encoder`` stage.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ def read_init_audio(value, sample_rate: int, where: str) -> np.ndarray:
 
 
 def audio_file_problem(file: Path, bounds: tuple[float, float]) -> str:
-    """Why ``file`` cannot start a clip ("" when it can): missing, unreadable, or not ``bounds`` (lo, hi) s long."""
+    """Why ``file`` cannot start a clip ("" when it can): missing, unreadable, not ``bounds`` (lo, hi) s
+    long, or holding NaN or infinite samples (read in blocks: memory stays small whatever its length)."""
     import soundfile as sf
 
     if not file.is_file():
@@ -47,6 +49,21 @@ def audio_file_problem(file: Path, bounds: tuple[float, float]) -> str:
     lo, hi = bounds
     if not lo <= seconds <= hi:
         return f"{seconds:.2f} s long; a start clip must be {lo}..{hi} s"
+    stat = file.stat()
+    return _sample_problem(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sample_problem(path: str, size: int, mtime_ns: int) -> str:
+    """Non-finite samples in a file (cached per file version: many rows may share one start clip)."""
+    import soundfile as sf
+
+    try:
+        for block in sf.blocks(path, blocksize=1 << 16, dtype="float32", always_2d=True):
+            if not np.all(np.isfinite(block)):
+                return "the audio contains NaN or infinite samples"
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        return f"unreadable audio ({exc})"
     return ""
 
 

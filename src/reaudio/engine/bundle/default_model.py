@@ -91,7 +91,9 @@ def resolve_bundle(bundle: str | Path | None = None, echo=_to_stderr, rebuild: b
     Progress goes to ``echo`` (standard error: `reaudio default-model assemble` prints only the path,
     so ``B=$(reaudio default-model assemble)`` works)."""
     if bundle is not None:
-        return Path(bundle)
+        from .manifest import check_bundle_folder
+
+        return check_bundle_folder(bundle)
     if not rebuild:
         try:
             return assembled_bundle()

@@ -285,6 +285,13 @@ def _check_ranges(m: BundleManifest) -> None:
                 paths.append((f"stages.{n}.{kind}", getattr(spec, kind)))
     if m.retrieval:
         paths.append(("retrieval.folder", m.retrieval.folder))
+        # Feature sizes allocate per neighbour and prompt: a crafted value must not ask for terabytes.
+        for name in ("caption_tokens", "audio_tokens"):
+            if not 1 <= getattr(m.retrieval, name) <= 4096:
+                problems.append(f"retrieval.{name}={getattr(m.retrieval, name)}; valid: 1 to 4096")
+        if not 0 <= m.retrieval.k <= 64:
+            problems.append(f"retrieval.k={m.retrieval.k}; valid: 0 to 64")
+    paths += [(f"files[{rel!r}]", rel) for rel in m.files]
     for name, rel in paths:
         parts = Path(rel).parts
         if not rel or Path(rel).is_absolute() or ".." in parts or rel.startswith("~"):
@@ -329,9 +336,20 @@ def write_bundle_manifest(bundle: str | Path, manifest: BundleManifest) -> Bundl
     return manifest
 
 
+def check_bundle_folder(bundle: str | Path) -> Path:
+    """``bundle`` as a path, when it is a folder at all (a clear error otherwise, not an errno)."""
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        what = "no such folder" if not bundle.exists() else "a file, not a folder"
+        raise BundleError(
+            f"{bundle}: {what}; a bundle is a folder holding {BUNDLE_MANIFEST} (made by reaudio export or import)"
+        )
+    return bundle
+
+
 def read_bundle_manifest(bundle: str | Path, verify: bool = True) -> BundleManifest:
     """Load ``manifest.json``; with ``verify``, refuse files that do not match their checksums."""
-    bundle = Path(bundle)
+    bundle = check_bundle_folder(bundle)
     path = bundle / BUNDLE_MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle}: not a bundle ({BUNDLE_MANIFEST} missing)")

@@ -14,6 +14,7 @@ from ..audio.audio_io import AudioLoadError, load_audio
 from ..bundle.manifest import read_bundle_manifest, write_bundle_manifest
 from ..pipeline import Engine
 from ..retrieval.database import Items, RetrievalDB, stale_generations
+from ..settings import MAX_TEXT_CHARS
 from .prompts import ID_PATTERN, slugify
 from .records import read_records
 
@@ -84,6 +85,11 @@ def read_clip_list(source: str | Path) -> list[ClipSpec]:
     for clip in clips:
         if not clip.caption:
             problems.append(f"{clip.where}: empty caption")
+        elif len(clip.caption) > MAX_TEXT_CHARS or "\0" in clip.caption:
+            what = "holds a NUL character" if "\0" in clip.caption else f"is {len(clip.caption)} characters long"
+            problems.append(
+                f"{clip.where}: the caption {what}; captions are text of at most {MAX_TEXT_CHARS} characters"
+            )
         if not clip.audio.is_file():
             problems.append(f"{clip.where}: audio file {clip.audio} not found")
         if clip.id in seen:

@@ -130,17 +130,35 @@ def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
 
     def claim(name: str, owner: str) -> None:
         check_file_name(name, job.name_template)
-        if name in names:
-            raise ValueError(
-                f"--name-template {job.name_template!r} gives the same file {name!r} to {names[name]} and {owner}; "
-                f"include {{id}} and {{variation}}"
-                + (" (kept candidates are named NAME-c2, NAME-c3, …)" if "candidate" in names[name] + owner else "")
+        # Keyed without case: libraries are copied to filesystems (Windows, macOS) where A.wav is a.wav.
+        if name.lower() in names:
+            other, taken = names[name.lower()]
+            same = (
+                f"the same file {name!r}" if taken == name else f"files {taken!r} and {name!r}, one name without case,"
             )
-        names[name] = owner
+            raise ValueError(
+                f"--name-template {job.name_template!r} gives {same} to {other} and {owner}; "
+                f"include {{id}} and {{variation}}"
+                + (" (kept candidates are named NAME-c2, NAME-c3, …)" if "candidate" in other + owner else "")
+            )
+        names[name.lower()] = (owner, name)
 
+    if job.strength is not None and job.init_audio is None and job.init is None:
+        if not any(r.init_audio is not None or r.init is not None for r in rows):
+            raise ValueError(
+                f"--strength {job.strength:g} needs a start clip: --init-audio FILE or --init neighbour "
+                "(or rows with init_audio or init); without one every clip starts from noise"
+            )
+    largest = settings.by_name()["seed"].limits[1]
     for row in rows:
         base = row.seed if row.seed is not None else job.seed + zlib.crc32(row.id.encode()) % 2**31
-        for v in range(row.variations or job.variations):
+        variations = row.variations or job.variations
+        if base + variations - 1 > largest:
+            raise ValueError(
+                f"{job.prompts}:{row.line}: seed {base} and {variations} variation(s) pass the largest seed, "
+                f"{largest} (2**63 - 1); lower the seed"
+            )
+        for v in range(variations):
             seed = base + v
             name = job.name_template.format(id=row.id, slug=slugify(row.prompt), seed=seed, variation=v) + f".{ext}"
             key = Library.key(row.id, v)
@@ -442,10 +460,29 @@ def _write_one(
             **({"licence": made_by.licence.name} if made_by.licence is not None else {}),
         },
     )
-    library.write(clip.file_name, audio, out_rate, entry, tags)
+    written = library.write(clip.file_name, audio, out_rate, entry, tags)
+    _say_if_short_of_target(clip, post, written.get("loudness_lufs"))
     if counted:
         summary.written += 1
         summary.audio_seconds += len(audio) / out_rate
+
+
+def _say_if_short_of_target(clip: Clip, post: PostProcess, reached: float | None) -> None:
+    """A loudness target that a peak ceiling kept the written clip from reaching is said, with the reason."""
+    if post.loudness_lufs is None or reached is None or reached >= post.loudness_lufs - 0.5:
+        return
+    ceiling = (
+        f"the true-peak ceiling of {post.true_peak_db:g} dBTP"
+        if post.true_peak_db is not None
+        else "full scale (clips are scaled down, never clipped; a target near 0 LUFS cannot be met)"
+    )
+    log.warning(
+        "%s: loudness %.1f LUFS, short of the %g LUFS target: %s limits its gain",
+        clip.key,
+        reached,
+        post.loudness_lufs,
+        ceiling,
+    )
 
 
 @dataclass

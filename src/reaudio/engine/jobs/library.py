@@ -10,6 +10,7 @@ else's, which a job refuses to replace without ``--overwrite-foreign``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -64,11 +65,23 @@ def check_template(template: str) -> None:
     check_file_name(template.format(id="x", slug="x", seed=0, variation=0), template)
 
 
+#: Characters Windows refuses in file names (libraries get copied there), besides control characters.
+WINDOWS_UNSAFE = '<>:"|?*'
+
+
 def check_file_name(name: str, template: str) -> None:
-    """A file name the template produced must be a plain, visible name of at most 255 bytes."""
+    """A file name the template produced must be a plain, visible name of at most 255 bytes that
+    Windows accepts too."""
     if "/" in name or "\\" in name or name.startswith(".") or name in ("", "..") or "\0" in name:
         raise ValueError(
             f"--name-template {template!r} gives {name!r}: it must be a plain file name (no '/' or '\\', not hidden)"
+        )
+    unsafe = sorted({c for c in name if c in WINDOWS_UNSAFE or ord(c) < 32})
+    if unsafe or name.endswith((" ", ".")):
+        shown = ", ".join(repr(c) for c in unsafe) or "a trailing space or dot"
+        raise ValueError(
+            f"--name-template {template!r} gives {name!r}, with {shown}: Windows refuses such names "
+            f"(no {WINDOWS_UNSAFE}, control characters, or trailing space or dot)"
         )
     size = len(name.encode("utf-8"))
     if size + PARTIAL_EXTRA_BYTES > MAX_NAME_BYTES:
@@ -97,6 +110,7 @@ class Library:
         self.subtype = subtype
         self.index_path = self.folder / LIBRARY_INDEX
         self._lock = None
+        self._made_folder = writable and not self.folder.exists()
         if writable:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._lock = _take_lock(self.folder)
@@ -109,6 +123,11 @@ class Library:
             # The lock file itself stays: removing it could let two later jobs lock different files.
             self._lock.release()
             self._lock = None
+            if self._made_folder and not self.index_path.exists():
+                # A job stopped before its first clip (a settings error, say) leaves no folder behind.
+                (self.folder / LOCK_FILE).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.folder.rmdir()
 
     def __enter__(self) -> Library:
         return self
@@ -199,7 +218,12 @@ class Library:
             "true_peak_db": _rounded(true_peak_db(audio, sample_rate)),
         }
         with atomic_path(path, suffix=PARTIAL_SUFFIX) as tmp:
-            _write_audio(tmp, audio, sample_rate, self.format, self.subtype, tags and replace(tags, **measured))
+            try:
+                _write_audio(tmp, audio, sample_rate, self.format, self.subtype, tags and replace(tags, **measured))
+            except sf.LibsndfileError as exc:  # libsndfile says only "System error."
+                raise OSError(
+                    _storage_errno(self.folder), f"cannot write {file_name}: {exc}", str(self.folder)
+                ) from exc
             # The index lists the file before it takes its name, so a file at a planned name that no
             # line lists was never this library's (a crash between the two redoes the clip).
             entry = {
@@ -328,6 +352,19 @@ def check_output_folder(folder: Path) -> None:
             f"--out {folder} is not empty and is not a reaudio library (no {LIBRARY_INDEX}; it holds {shown}): "
             "use a new or empty folder, or a library made by reaudio generate"
         )
+
+
+def _storage_errno(folder: Path) -> int:
+    """Why a write into ``folder`` failed, as the filesystem tells (libsndfile does not)."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return errno.EIO
+    if stat.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if stat.f_bavail * stat.f_frsize < 1 << 20:
+        return errno.ENOSPC
+    return errno.EIO
 
 
 def check_format(audio_format: str, subtype: str) -> None:

@@ -82,6 +82,15 @@ def _csv_records(path: Path, lines, problems: list[str], required, allowed) -> R
         line_index += 1 + sum(cell.count("\n") for cell in row)
         if not any(cell.strip() for cell in row):
             continue
+        spans = sum(cell.count("\n") for cell in row)
+        if spans:
+            # A quote opened and not closed on its line swallows the lines after it (four prompts
+            # become one): fields that run over lines are refused, whatever their quoting.
+            problems.append(
+                f"{path}:{number}: a quoted field runs over {spans + 1} lines (to line "
+                f"{numbers[min(line_index - 1, len(numbers) - 1)]}): a stray quote? Close each quote on its own line"
+            )
+            continue
         if len(row) != len(header):
             problems.append(f"{path}:{number}: {len(row)} cells, the header has {len(header)}")
             continue

@@ -88,6 +88,8 @@ class DatabaseInfo:
     hybrid_weight: float = 0.5
     index_mode: str = ""
     provenance: dict = field(default_factory=dict)
+    #: The generation was written with its checksums.json: a missing one means it was altered.
+    checksummed: bool = False
 
     def __post_init__(self) -> None:
         if self.index not in INDEXES:
@@ -177,6 +179,11 @@ class RetrievalDB:
         if not path.is_file():
             if not (self.generation / "db.json").is_file():
                 raise FileNotFoundError(self.generation / "db.json")
+            if json.loads((self.generation / "db.json").read_text("utf-8")).get("checksummed"):
+                raise ValueError(
+                    f"{path}: missing, though this generation was written with it; the database was altered "
+                    "(rebuild it, or remove and re-add the clips)"
+                )
             return False
         for name, digest in json.loads(path.read_text(encoding="utf-8")).items():
             file = self.generation / name
@@ -478,7 +485,7 @@ def _write_generation(folder: Path, info: DatabaseInfo, items: Items) -> None:
             # the same database could answer differently from one build to the next.
             index.add(np.arange(info.count), index_keys, threads=1)
             index.save(str(tmp / "index.usearch"))
-        write_json_atomic(tmp / "db.json", to_dict(info))
+        write_json_atomic(tmp / "db.json", to_dict(replace(info, checksummed=True)))
         write_json_atomic(tmp / CHECKSUMS, {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()})
         os.replace(tmp, folder / name)
     except BaseException:
