@@ -239,3 +239,23 @@ def test_a_stray_quote_in_a_csv_is_reported_not_merged(tmp_path):
         read_prompt_file(path)
     path.write_text('prompt,id\n"a door, creaking",d\nwind,w\n')  # balanced on its line: fine
     assert [r.prompt for r in read_prompt_file(path)] == ["a door, creaking", "wind"]
+
+
+def test_the_true_peak_meter_streams_and_measures_as_one_pass(monkeypatch):
+    import soxr
+
+    from reaudio.engine.audio import loudness
+
+    x = (0.5 * np.random.default_rng(1).standard_normal(3 * loudness.TRUE_PEAK_CHUNK + 17)).astype(np.float32)
+    up = soxr.resample(x.astype(np.float64), 22050, 88200, quality="VHQ")
+    whole = 20 * np.log10(max(np.abs(up).max(), np.abs(x).max()))
+    seen = []
+    real = soxr.ResampleStream.resample_chunk
+
+    def spy(self, chunk, last=False):
+        seen.append(len(chunk))
+        return real(self, chunk, last=last)
+
+    monkeypatch.setattr(soxr.ResampleStream, "resample_chunk", spy)
+    assert loudness.true_peak_db(x, 22050) == whole
+    assert max(seen) == loudness.TRUE_PEAK_CHUNK and len(seen) == 4
