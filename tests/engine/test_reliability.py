@@ -259,3 +259,17 @@ def test_the_true_peak_meter_streams_and_measures_as_one_pass(monkeypatch):
     monkeypatch.setattr(soxr.ResampleStream, "resample_chunk", spy)
     assert loudness.true_peak_db(x, 22050) == whole
     assert max(seen) == loudness.TRUE_PEAK_CHUNK and len(seen) == 4
+
+
+def test_long_clips_are_measured_a_chunk_at_a_time_as_pyloudnorm_measures_them():
+    import pyloudnorm
+
+    from reaudio.engine.audio import loudness
+
+    rng = np.random.default_rng(3)
+    n = int(loudness.STREAMED_LUFS_SECONDS * 8000) + 12345
+    x = (0.1 * rng.standard_normal(n) * np.sin(np.arange(n) / 20000)).astype(np.float32)
+    x[: n // 3] *= 1e-5  # a quiet third that the gates leave out
+    expected = float(pyloudnorm.Meter(8000).integrated_loudness(x.astype(np.float64)))
+    assert loudness.integrated_lufs(x, 8000) == expected
+    assert loudness.integrated_lufs(np.zeros(n, np.float32), 8000) == loudness.SILENCE
