@@ -135,7 +135,11 @@ def test_repair_brings_back_a_bundle_an_older_db_add_left_half_done(tiny_bundle,
     (tiny_bundle / BUNDLE_MANIFEST).write_text(json_.dumps(manifest))
     db = RetrievalDB(tiny_bundle / "retrieval")
     db.remove([db.items[0]["id"]])  # ... killed before the rehash
-    (RetrievalDB(tiny_bundle / "retrieval").generation / CHECKSUMS).unlink()  # as an older one wrote it
+    generation = RetrievalDB(tiny_bundle / "retrieval").generation
+    (generation / CHECKSUMS).unlink()  # as an older one wrote it: no checksums, and db.json not saying it had them
+    info = json_.loads((generation / "db.json").read_text())
+    info.pop("checksummed")
+    (generation / "db.json").write_text(json_.dumps(info))
     Engine.from_bundle(tiny_bundle, backend="cpu")  # loads: database files are not the manifest's business
     proc = subprocess.run([*CLI, "db", "repair", "--bundle", str(tiny_bundle)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
