@@ -328,7 +328,6 @@ class Planner:
         ]
         if not todo:
             return {}, {}
-        longest = self.manifest.defaults.duration
         out: dict[int, float] = {}
         starts: dict[int, tuple[str, Path]] = {}
         # In chunks, so a prompt file's size does not set the memory: the text encoder's token
@@ -336,13 +335,13 @@ class Planner:
         for first in range(0, len(todo), PLAN_CHUNK):
             chunk = todo[first : first + PLAN_CHUNK]
             film, _, _ = self._embed_text([requests[i].prompt for i in chunk])
-            self._neighbour_facts(requests, chunk, film, longest, out, starts)
+            self._neighbour_facts(requests, chunk, film, durations, out, starts)
         return out, starts
 
-    def _neighbour_facts(self, requests, todo, film, longest, out, starts) -> None:
-        """Natural durations (``out``) and start neighbours (``starts``) of the requests ``todo``."""
-        k_default = self.manifest.retrieval.k
-        durations = "duration" in self.db.items[0]
+    def _neighbour_facts(self, requests, todo, film, durations: bool, out, starts) -> None:
+        """Natural durations (``out``; ``durations``: the database records them) and start neighbours
+        (``starts``) of the requests ``todo``, whose prompts' CLAP embeddings are ``film``."""
+        k_default, longest = self.manifest.retrieval.k, self.manifest.defaults.duration
         modes = [requests[i].retrieval or self.default_retrieval for i in todo]
         for mode in sorted(set(modes)):
             if mode not in self.db.info.modes:

@@ -164,23 +164,29 @@ def plan_clips(job: GenerateJob, rows: list[PromptRow]) -> list[Clip]:
             key = Library.key(row.id, v)
             claim(name, key)
             clips.append(Clip(row, v, seed, key, name))
-    if job.keep_candidates:
-        # Every kept candidate's file too, against every planned name (another row's included).
-        for clip in clips:
-            stem = clip.file_name.rsplit(".", 1)[0]
-            for n in range(2, candidates_for(job, clip.row) + 1):
-                claim(f"{stem}-c{n}.{ext}", f"{clip.key}'s candidate {n}")
+    # Every kept candidate's file too, against every planned name (another row's included).
+    for clip in clips:
+        for n, name in kept_candidate_files(job, clip):
+            claim(name, f"{clip.key}'s candidate {n}")
     return clips
+
+
+def candidate_file(file_name: str, n: int) -> str:
+    """The file of a clip's ``n``-th ranked candidate, kept with ``--keep-candidates``: NAME-cN.EXT."""
+    stem, ext = file_name.rsplit(".", 1)
+    return f"{stem}-c{n}.{ext}"
+
+
+def kept_candidate_files(job: GenerateJob, clip: Clip) -> list[tuple[int, str]]:
+    """(rank, file name) of every candidate of ``clip`` the job may keep beside the best."""
+    if not job.keep_candidates:
+        return []
+    return [(n, candidate_file(clip.file_name, n)) for n in range(2, candidates_for(job, clip.row) + 1)]
 
 
 def planned_files(job: GenerateJob, clips: list[Clip]) -> list[str]:
     """Every file name the job may write: each clip's, and its kept candidates'."""
-    names = [c.file_name for c in clips]
-    if job.keep_candidates:
-        for clip in clips:
-            stem, ext = clip.file_name.rsplit(".", 1)
-            names += [f"{stem}-c{n}.{ext}" for n in range(2, candidates_for(job, clip.row) + 1)]
-    return names
+    return [c.file_name for c in clips] + [name for c in clips for _, name in kept_candidate_files(job, c)]
 
 
 def reconcile(
@@ -252,13 +258,13 @@ def bundle_defaults(manifest: BundleManifest, retrieval: str) -> dict:
 
 
 def clip_settings(job: GenerateJob, row: PromptRow, defaults: dict) -> dict:
-    """A clip's resume settings (the schema's ``resume`` ones, but those the engine's result records) as
-    the job makes it: its row's value, else the job's, else the bundle's (``defaults``, by name). A start
-    clip is recorded by its kind or file name under ``init``; ``strength`` only with a start clip."""
+    """A clip's resume settings (the schema's ``resume`` ones) as the job makes it: its row's value, else
+    the job's, else the bundle's (``defaults``, by name). A start clip is recorded by its kind or file
+    name under ``init``; ``strength`` only with a start clip."""
     audio, init = settings.start_of(row, job)
     out = {}
     for setting in settings.SETTINGS:
-        if not setting.resume or setting.name in _FROM_RESULT:
+        if not setting.resume:
             continue
         value = settings.merged(row, job, setting.name)
         out[setting.name] = defaults.get(setting.name) if value is None else value
@@ -287,13 +293,7 @@ def _differences(job: GenerateJob, clip: Clip, entry: dict, defaults: dict, bund
     """What differs between a finished clip's entry and what this job would make ("" if nothing):
     every resume setting, the output format, the seed, the prompt, the file's name and the bundle."""
     row = clip.row
-    expected = {}
-    for name in _FROM_RESULT:
-        value = settings.merged(row, job, name)
-        if settings.by_name()[name].resume:
-            expected[name] = defaults.get(name) if value is None else value
-    expected.update(_job_output(job))
-    expected.update(clip_settings(job, row, defaults))
+    expected = {**clip_settings(job, row, defaults), **_job_output(job)}
     # Entries of libraries written before a setting existed hold its legacy value.
     legacy = {s.name: s.legacy for s in settings.SETTINGS if s.resume}
     stored = {**legacy, **_OUTPUT_LEGACY, **entry.get("settings", {})}
@@ -379,10 +379,10 @@ def write_clip(
     if job.keep_candidates:
         # The kept candidates first: the best's entry is what marks the clip done, so a kill in
         # between leaves a clip to make again, never one that lacks some of its candidates.
-        stem, ext = clip.file_name.rsplit(".", 1)
         for n, other in enumerate(ranked.results[1:], start=2):
             if other.ok:
-                extra = replace(clip, key=candidate_key(clip.key, n), file_name=f"{stem}-c{n}.{ext}", seed=other.seed)
+                name = candidate_file(clip.file_name, n)
+                extra = replace(clip, key=candidate_key(clip.key, n), file_name=name, seed=other.seed)
                 _write_one(job, library, extra, other, bundle_hash, made_by, summary, {"rank": n}, counted=False)
     _write_one(job, library, clip, result, bundle_hash, made_by, summary, {"candidates": tried} if tried else {})
 
@@ -428,10 +428,10 @@ def _write_one(
         "prompt": clip.row.prompt,
         "seed": clip.seed,
         "settings": {
+            **clip_settings(job, clip.row, made_by.defaults),
             **{name: getattr(result, name) for name in _FROM_RESULT},
             "backend": made_by.backend,
             **_job_output(job),
-            **clip_settings(job, clip.row, made_by.defaults),
         },
         **({"start": {"from": result.init_from, "strength": result.strength}} if result.init_from else {}),
         "loop": loop,
