@@ -6,7 +6,7 @@
 #
 # Step counts come from the environment (the defaults are the CPU run of the shipped model;
 # on a GPU raise them and add DEVICE=cuda):
-#   CLAP_STEPS VAE_STEPS DEC_L1_STEPS DEC_ADV_STEPS DEC_ADV_ROUNDS LDM_STEPS LDM_TUNE_STEPS LDM_COSINE
+#   CLAP_STEPS VAE_STEPS DEC_L1_STEPS DEC_ADV_STEPS DEC_ADV_ROUNDS LDM_STEPS LDM_TUNE_STEPS LDM_COSINE BWE_STEPS
 #   BATCH LDM_BATCH
 #   DEVICE LOUDNESS PREDICTION
 # After the VAE, its decoder is trained again on the frozen encoder's latents: L1 first, then rounds
@@ -19,8 +19,11 @@
 # min-SNR-gamma 5. It trains at lr 2e-4 for LDM_STEPS, then continues from that UNet at lr 1e-4 for
 # LDM_TUNE_STEPS (train ldm --unet; 0 skips it), then runs the cosine phases of LDM_COSINE in turn
 # ("STEPS:PEAK_LR" each, every one continuing from the last UNet with --lr-decay cosine down to 5 %
-# of its peak; empty skips them), as the shipped model did. The export fits the decoder's log-mel
-# calibration (per-band level and sharpening, docs/default_model.md) on training clips.
+# of its peak; empty skips them), as the shipped model did. The band extension (44.1-kHz output, the
+# band above 8 kHz rebuilt from the octave under it at levels learned from full-band clips) trains
+# BWE_STEPS on the corpus's full-band copies, hearing the final VAE's round trip on half its steps.
+# The export fits the decoder's log-mel calibration (per-band level and sharpening,
+# docs/default_model.md) on training clips and ends the decoder with the band extension.
 set -euo pipefail
 CORPUS=${1:?corpus folder (reaudio data build-sfx --out CORPUS)}
 RUNS=${2:?folder for the training runs}
@@ -38,6 +41,7 @@ BATCH=${BATCH:-16}
 LDM_BATCH=${LDM_BATCH:-8}
 LOUDNESS=${LOUDNESS:--20}
 PREDICTION=${PREDICTION:-v_prediction}
+BWE_STEPS=${BWE_STEPS:-6000}
 mkdir -p "$RUNS"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -99,7 +103,12 @@ for cosine in $LDM_COSINE; do
     LDM_FINAL="$RUNS/ldm-cosine$phase/final"
 done
 
-stamp "export (with the decoder's log-mel calibration fitted on training clips)"
+stamp "band extension ($BWE_STEPS steps on the full-band copies)"
+reaudio train band-extension --config "$CONFIG" --data "$CORPUS/manifest.jsonl" --out "$RUNS/band-extension" \
+    --steps "$BWE_STEPS" --batch-size 32 --lr 1e-3 --lr-decay cosine --final-lr-fraction 0.05 --warmup-steps 300 \
+    --loudness-db "$LOUDNESS" --decoded-by "$VAE_FINAL" --device "$DEVICE" --checkpoint-every 2000
+
+stamp "export (with the decoder's log-mel calibration fitted on training clips, and the band extension)"
 [ -d "$RUNS/bundle" ] || reaudio export "$LDM_FINAL" --out "$RUNS/bundle" --database "$RUNS/db" \
-    --calibrate-decoder "$CORPUS/manifest.jsonl"
+    --calibrate-decoder "$CORPUS/manifest.jsonl" --band-extension "$RUNS/band-extension/final/band_extension"
 stamp "done: $RUNS/bundle"

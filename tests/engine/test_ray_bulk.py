@@ -108,3 +108,35 @@ def test_ray_job_with_candidates_matches_the_single_process_job(local_ray, tiny_
     for key in local:  # the same winner, the same ranking (scores to float round-off)
         assert on_ray[key][0] == local[key][0]
         assert [c["seed"] for c in on_ray[key][1]] == [c["seed"] for c in local[key][1]]
+
+
+def test_ray_job_with_edits_matches_the_single_process_job(local_ray, tiny_bundle, tmp_path):
+    """Inpainting and continuation rows (start clips relative to the prompt file) give the same bytes."""
+    from dataclasses import replace
+
+    import numpy as np
+    import soundfile as sf
+
+    rate = 8000
+    t = np.arange(rate) / rate
+    sf.write(tmp_path / "start.wav", (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), rate)
+    rows = [
+        {"prompt": PROMPTS[0], "init_audio": "start.wav", "inpaint": "0.2:0.5"},
+        {"prompt": PROMPTS[1], "init_audio": "start.wav", "extend": 0.5},
+        {"prompt": PROMPTS[2], "init_audio": "start.wav", "extend": -0.25},
+        {"prompt": PROMPTS[3]},
+    ]
+    prompts = tmp_path / "edits.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = replace(_job(tiny_bundle, tmp_path, "ray"), prompts=prompts, duration=None)
+    assert run_job_on_ray(job, num_workers=2, progress=False).written == len(rows)
+    assert run_job(replace(job, out=tmp_path / "single"), progress=False).written == len(rows)
+    on_ray = {
+        e["key"]: (e["sha256"], e["settings"]["inpaint"], e["settings"]["extend"]) for e in _entries(tmp_path / "ray")
+    }
+    local = {
+        e["key"]: (e["sha256"], e["settings"]["inpaint"], e["settings"]["extend"])
+        for e in _entries(tmp_path / "single")
+    }
+    assert on_ray == local
+    assert {(i, x) for _, i, x in local.values()} == {("0.2:0.5", None), (None, 0.5), (None, -0.25), (None, None)}

@@ -357,3 +357,40 @@ def test_a_pack_takes_a_trained_unet_of_another_width_and_refuses_other_inputs(
     replace(cfg, vae=replace(cfg.vae, scaling_factor=cfg.vae.scaling_factor * 1.5)).save(rescaled / "family.json")
     with pytest.raises(ValueError, match="trained on latents scaled by"):
         add_unet(pack, rescaled / "unet")
+
+
+def test_a_pack_takes_a_band_extension_and_its_bundle_writes_twice_the_rate(tiny_pack, tmp_path, capsys):
+    import shutil
+
+    from reaudio.engine.cli import main as cli
+    from reaudio.export.default_pack import load_pack_models
+    from reaudio.models.band_extension import BandExtension
+    from reaudio.models.checkpoint import save_checkpoint
+    from reaudio.models.configs import load_config
+    from reaudio.training.band_extension_task import band_extension_config
+
+    pack = tmp_path / "pack"
+    shutil.copytree(tiny_pack[0], pack)
+    torch.manual_seed(3)
+    trained = BandExtension(band_extension_config(load_config(pack / "family.json")))
+    save_checkpoint(tmp_path / "bwe", trained)
+    assert cli(["default-model", "add-band-extension", str(tmp_path / "bwe"), "--pack", str(pack)]) == 0
+    meta = verify_pack(pack)
+    assert meta["band_extension"] == trained.cfg.to_dict() and meta["provenance"]["band_extension"]["stored"] == "fp16"
+    loaded = load_pack_models(pack)[1]["band_extension"]
+    for name, value in trained.state_dict().items():  # stored fp16: equal after that rounding
+        assert torch.equal(loaded.state_dict()[name], value.half().float())
+
+    engine = Engine.from_bundle(assemble(pack, tmp_path / "full"), backend="cpu")
+    assert engine.manifest.output_rate == 16000 == engine.sample_rate
+    spec = engine.manifest.latent
+    z = np.random.default_rng(1).standard_normal((1, spec.channels, 8, spec.freq)).astype(np.float32)
+    assert engine.runners["decoder"].run({"latent": z})[0].shape == (1, 8 * engine.manifest.samples_per_frame)
+
+    assert cli(["default-model", "add-band-extension", "--remove", "--pack", str(pack)]) == 0
+    meta = verify_pack(pack)
+    assert "band_extension" not in meta and not (pack / "band_extension.safetensors").exists()
+    assert Engine.from_bundle(assemble(pack, tmp_path / "plain"), backend="cpu").sample_rate == 8000
+    capsys.readouterr()
+    assert cli(["default-model", "add-band-extension", "--pack", str(pack)]) == 2
+    assert "pass a checkpoint folder, or --remove" in capsys.readouterr().err

@@ -201,3 +201,42 @@ def test_aisfx_network_matches_the_package_and_separates_sounds():
     e = backbone.embed([*beeps, noise])
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+def test_a_band_extended_bundle_is_scored_against_full_band_copies(tiny_artifacts, eval_manifest, tmp_path):
+    """At a rate above the mel's, real clips are read from their full-band copies (where the corpus
+    kept them) and a 22.05-kHz-style bundle's clips are resampled to that rate: one scale for both."""
+    import soundfile as sf
+
+    from reaudio.training.data import read_corpus
+    from reaudio.training.evaluate import EvalConfig, evaluate, real_file
+
+    # Full-band copies of every clip: the 8-kHz clip at 16 kHz plus a quiet band above 4 kHz.
+    folder = eval_manifest.parent / "with_fullband"
+    folder.mkdir(exist_ok=True)
+    rows = [json.loads(line) for line in eval_manifest.read_text().splitlines()]
+    rng = np.random.default_rng(2)
+    for row in rows:
+        wave, rate = sf.read(eval_manifest.parent / row["audio"], dtype="float32")
+        import soxr
+
+        full = soxr.resample(wave, rate, 2 * rate) + 0.01 * rng.standard_normal(2 * len(wave)).astype(np.float32)
+        sf.write(folder / row["audio"], wave, rate)
+        sf.write(folder / f"full-{row['audio']}", full, 2 * rate)
+        row["fullband"] = f"full-{row['audio']}"
+    manifest = folder / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    clip = read_corpus(manifest)[0]
+    assert real_file(clip, 16000, 8000) == clip.fullband and real_file(clip, 8000, 8000) == clip.audio
+
+    common = dict(data=manifest, limit=4, steps=3, backbone="tests.training.fake_backbone:make", backend="cpu")
+    full = evaluate(EvalConfig(bundle=tiny_artifacts / "bundle-fullband", out=tmp_path / "a", progress=False, **common))
+    plain = evaluate(
+        EvalConfig(bundle=tiny_artifacts / "bundle", out=tmp_path / "b", progress=False, score_rate=16000, **common)
+    )
+    for metrics in (full, plain):
+        assert metrics["settings"]["score_rate"] == 16000 and metrics["clips"] == 4
+        assert "top_band" in metrics and np.isfinite(metrics["fad"])
+        assert np.isfinite(metrics["copy_decoded"]["fad"]) and np.isfinite(metrics["real_floor"]["fad"])
+    # Same real clips, same references: the floor is the same number for both bundles.
+    assert full["real_floor"]["fad"] == pytest.approx(plain["real_floor"]["fad"])

@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soxr
 
 from .audio.frontend import log_mel
 from .audio.init_audio import encode_latents, fit_to, read_init_audio
 from .audio.postprocess import trim_tail
+from .audio.splice import EDGE_FADE_SECONDS, keep_original
 from .bundle.manifest import BundleManifest, read_bundle_manifest
 from .denoising.denoisers import Denoiser, Fp32Retry, choose_denoiser
+from .denoising.known_regions import KnownLatent, keep_mask
 from .denoising.sampler import initial_noise, make_plan, noised_start
 from .denoising.window_plans import plan_decode
 from .denoising.windowed_loops import WINDOWS_PER_CALL, decode_windowed
@@ -25,6 +28,15 @@ from .stages.backends import make_runners, open_backend, run_errors, stage_file
 from .stages.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EditedBatch:
+    """What a batch of edited clips keeps: their latents' kept frames, and each start clip placed in
+    its clip at the output rate (whose samples the files keep)."""
+
+    known: KnownLatent
+    originals: list[np.ndarray]
 
 
 @dataclass
@@ -164,7 +176,9 @@ class Engine:
         embs, tokens = [], []
         front = self.manifest.audio_frontend
         for wav in waveforms:
-            mel = (front.features(wav, self.sample_rate) if front else log_mel(wav, self.manifest.mel))[None]
+            mel = (
+                front.features(wav, self.sample_rate) if front else log_mel(self._at_mel_rate(wav), self.manifest.mel)
+            )[None]
             e, t = self.runners["audio_encoder"].run({"mel": mel})
             embs.append(e[0])
             tokens.append(t[0])
@@ -182,11 +196,17 @@ class Engine:
         return encode_latents(
             self.runners["vae_encoder"],
             self.manifest.mel,
-            waveforms,
+            [self._at_mel_rate(w) for w in waveforms],
             frames,
-            self.manifest.samples_per_frame,
+            self.manifest.mel_samples_per_frame,
             chunk=window,
         )
+
+    def _at_mel_rate(self, wave: np.ndarray) -> np.ndarray:
+        """A waveform at the bundle's output rate, at its mel's rate (they differ after a band extension)."""
+        if self.sample_rate == self.manifest.mel.sample_rate or not len(wave):
+            return wave
+        return soxr.resample(wave, self.sample_rate, self.manifest.mel.sample_rate, quality="HQ").astype(np.float32)
 
     # -- generation -------------------------------------------------------------------
 
@@ -261,12 +281,7 @@ class Engine:
         c, f = self.manifest.latent.channels, self.manifest.latent.freq
         out = []
         starts = [i for i, r in enumerate(batch) if r.init_source is not None and r.strength < 1.0]
-        waves = [
-            fit_to(
-                read_init_audio(batch[i].init_source, self.sample_rate, f"request {batch[i].index}"), batch[i].samples
-            )
-            for i in starts
-        ]
+        waves = [self._start_clip(batch[i]) for i in starts]
         clean = self.encode_latents(waves, batch[0].frames) if starts else []
         for i, r in enumerate(batch):
             if r.request.initial_latent is not None:
@@ -276,11 +291,46 @@ class Engine:
             out.append(noised_start(plan, clean[starts.index(i)], noise) if i in starts else noise)
         return np.stack(out)
 
-    def _denoise(self, denoiser: Denoiser, batch: list[Resolved], conditions: dict) -> np.ndarray:
+    def _edited_latents(self, batch: list[Resolved], plan) -> tuple[np.ndarray, EditedBatch]:
+        """Starting latents of edited clips (a batch holds only edits), and what they keep: the
+        generated frames start from the seed's noise (or, at strength < 1, from the start clip noised
+        to the plan's first step, as audio-to-audio does), the kept frames from the start clip noised."""
+        c, f = self.manifest.latent.channels, self.manifest.latent.freq
+        waves = [self._start_clip(r) for r in batch]
+        clean = self.encode_latents(waves, batch[0].frames)
+        noise = np.stack([initial_noise(r.request.seed, (c, r.frames, f)) for r in batch])
+        keep = np.stack([self._keep(r)[None, :, None] for r in batch])
+        noised = noised_start(plan, clean, noise)
+        latent = noised if batch[0].strength < 1.0 else (keep * noised + (1 - keep) * noise).astype(np.float32)
+        return latent, EditedBatch(KnownLatent(clean, keep, noise), waves)
+
+    def _start_clip(self, r: Resolved) -> np.ndarray:
+        """A start clip at the output rate, fitted to the clip (an edit's placed at its offset)."""
+        wave = read_init_audio(r.init_source, self.sample_rate, f"request {r.index}")
+        if r.edit is None:
+            return fit_to(wave, r.samples)
+        placed = np.zeros(r.samples, dtype=np.float32)
+        part = wave[: r.samples - r.edit.offset]
+        placed[r.edit.offset : r.edit.offset + len(part)] = part
+        return placed
+
+    def _keep(self, r: Resolved) -> np.ndarray:
+        """(frames,) keep weights of an edited clip's latent."""
+        per = self.manifest.samples_per_frame
+        ranges = [(start // per, -(-end // per)) for start, end in r.edit.generated]
+        return keep_mask(r.frames, ranges)
+
+    def _denoise(
+        self, denoiser: Denoiser, batch: list[Resolved], conditions: dict
+    ) -> tuple[np.ndarray, EditedBatch | None]:
         plan = make_plan(self.manifest.schedule, batch[0].sampler, batch[0].steps, batch[0].strength)
-        latent = self._initial_latents(batch, plan)
+        if batch[0].edit is not None:
+            latent, edited = self._edited_latents(batch, plan)
+        else:
+            latent, edited = self._initial_latents(batch, plan), None
+        known = edited.known if edited is not None else None
         if not len(plan):  # a strength too small for one step: the start clip as encoded
-            return latent
+            return latent, edited
         if batch[0].windowed:
             # Host loop over windows on every backend: a window's graph call is the unit of work.
             windows = batch[0].windows()
@@ -307,8 +357,9 @@ class Engine:
                 windows,
                 per_call=max(WINDOWS_PER_CALL, len(batch)),
                 on_step=on_step,
-            )
-        return denoiser(plan, latent, conditions)
+                known=known,
+            ), edited
+        return denoiser(plan, latent, conditions, known), edited
 
     def _decode(self, decoder, batch: list[Resolved], latent: np.ndarray) -> np.ndarray:
         r = batch[0]
@@ -321,9 +372,15 @@ class Engine:
     def _run_batch(self, batch, conditions, neighbours, prep_s) -> Iterator[tuple[int, Result]]:
         t0 = time.perf_counter()
         try:
-            latent = self._denoise(self.denoiser, batch, conditions)
+            latent, edited = self._denoise(self.denoiser, batch, conditions)
             t1 = time.perf_counter()
             audio = self._decode(self.runners["decoder"], batch, latent)
+            if edited is not None:
+                fade = round(EDGE_FADE_SECONDS * self.sample_rate)
+                audio = [
+                    keep_original(audio[i, : r.samples], edited.originals[i], r.edit.generated, fade)
+                    for i, r in enumerate(batch)
+                ]
         except self._run_errors as exc:  # onnxruntime's allocation failures among them
             # One batch that cannot run (too long for this machine's memory, say) fails only its clips.
             log.error(
@@ -354,7 +411,7 @@ class Engine:
             return
         t2 = time.perf_counter()
         for i, r in enumerate(batch):
-            wav = audio[i, : r.samples]
+            wav = audio[i][: r.samples]
             error = None
             if not np.isfinite(wav).all():
                 wav, error = self._retry_fp32(r, conditions, i)
@@ -397,9 +454,10 @@ class Engine:
             log.warning("clip %s came out non-finite; not written", r.request.id or r.index)
             return None, "non-finite audio (NaN/inf) from the model"
         single = {k: v[i : i + 1] for k, v in conditions.items()}
-        latent = self._denoise(self.fp32_retry.denoiser, [r], single)
-        audio = self._decode(self.fp32_retry.runners["decoder"], [r], latent)
-        wav = audio[0, : r.samples]
+        latent, edited = self._denoise(self.fp32_retry.denoiser, [r], single)
+        wav = self._decode(self.fp32_retry.runners["decoder"], [r], latent)[0, : r.samples]
+        if edited is not None:
+            wav = keep_original(wav, edited.originals[0], r.edit.generated, round(EDGE_FADE_SECONDS * self.sample_rate))
         if np.isfinite(wav).all():
             log.warning("clip %s was non-finite in reduced precision; regenerated in fp32", r.request.id or r.index)
             return wav, None

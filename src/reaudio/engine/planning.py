@@ -58,6 +58,15 @@ Request.__doc__ = f"""One clip to generate; None fields take the bundle's defaul
     """
 
 
+@dataclass(frozen=True)
+class Edit:
+    """An edited clip (inpainting, continuation): where the start clip sits in it and which sample
+    ranges the model writes; every other sample is the start clip's."""
+
+    offset: int  # the start clip's first sample in the clip
+    generated: tuple[tuple[int, int], ...]
+
+
 @dataclass
 class Resolved:
     """A request with its defaults filled in and its sizes in samples and latent frames."""
@@ -78,6 +87,7 @@ class Resolved:
     strength: float = 1.0  # < 1: denoised from init_source
     init_source: np.ndarray | Path | str | None = None  # read when its batch runs, not before
     init_from: str = ""  # where init_source came from: "audio" or the neighbour's id
+    edit: Edit | None = None
 
     def windows(self) -> WindowPlan:
         return plan_windows(self.frames, self.window, self.overlap, circular=self.loop)
@@ -163,7 +173,10 @@ class Planner:
         strength, init_source, init_seconds, init_from = self._resolve_init(request, index, k, neighbour_init)
         if request.init_audio is not None and request.duration is None:
             natural_duration = init_seconds
-        mel, latent = self.manifest.mel, self.manifest.latent
+        edit_seconds = self._edit_seconds(request, index, init_seconds)
+        if edit_seconds is not None:
+            natural_duration = edit_seconds
+        latent = self.manifest.latent
         if request.initial_latent is not None:
             shape = request.initial_latent.shape
             if len(shape) != 3 or shape[0] != latent.channels or shape[2] != latent.freq:
@@ -179,7 +192,7 @@ class Planner:
             lo, hi = settings.DURATION_RANGE
             if not lo <= duration <= hi:
                 raise ValueError(f"request {index}: duration={duration} out of range {lo}..{hi} s")
-            samples = round(duration * mel.sample_rate)
+            samples = round(duration * self.manifest.sample_rate)
             # Enough latent frames that the decoded waveform covers every requested sample.
             frames = -(-samples // self.manifest.samples_per_frame)
         natural = (
@@ -193,6 +206,7 @@ class Planner:
             window = max(window, frames)
         if request.loop:  # the loop's period is the whole latent: round up to a whole latent frame
             samples = frames * self.manifest.samples_per_frame
+        edit = self._edit(request, samples, init_seconds) if edit_seconds is not None else None
         return Resolved(
             index,
             request,
@@ -210,7 +224,44 @@ class Planner:
             strength,
             init_source,
             init_from,
+            edit,
         )
+
+    def _edit_seconds(self, request: Request, index: int, init_seconds: float) -> float | None:
+        """An edited clip's length (the start clip's, plus an extension), or None for no edit."""
+        if request.inpaint is None and not request.extend:
+            return None
+        where = f"request {index}"
+        for name in ("duration", "loop", "initial_latent"):
+            value = getattr(request, name)
+            if value is not None and value is not False:
+                raise ValueError(f"{where}: {name} and inpaint/extend exclude each other (an edit sets the length)")
+        if request.inpaint is not None:
+            ranges = settings.time_ranges(settings.canonical_ranges(request.inpaint))
+            if ranges[0][0] >= init_seconds:
+                raise ValueError(
+                    f"{where}: inpaint {request.inpaint!r} starts after the start clip's end ({init_seconds:.3f} s)"
+                )
+            return init_seconds
+        total = init_seconds + abs(float(request.extend))
+        if total > settings.DURATION_RANGE[1]:
+            raise ValueError(
+                f"{where}: the extended clip would last {total:.1f} s; at most {settings.DURATION_RANGE[1]:g}"
+            )
+        return total
+
+    def _edit(self, request: Request, samples: int, init_seconds: float) -> Edit:
+        rate = self.manifest.sample_rate
+        if request.inpaint is not None:
+            ranges = settings.time_ranges(settings.canonical_ranges(request.inpaint))
+            generated = tuple(
+                (round(a * rate), min(samples, round(b * rate))) for a, b in ranges if round(a * rate) < samples
+            )
+            return Edit(0, generated)
+        added = samples - min(samples, round(init_seconds * rate))
+        if float(request.extend) > 0:
+            return Edit(0, ((samples - added, samples),))
+        return Edit(added, ((0, added),))
 
     def _resolve_init(
         self, request: Request, index: int, k: int, neighbour_init: tuple[str, Path] | None
@@ -222,14 +273,17 @@ class Planner:
             raise ValueError(
                 f"{where}: init={request.init!r}; valid: {', '.join(settings.INIT_KINDS)} (or init_audio=PATH)"
             )
-        problem = settings.start_problem(request.init_audio, request.init, request.strength)
+        problem = settings.start_problem(
+            request.init_audio, request.init, request.strength, inpaint=request.inpaint, extend=request.extend
+        )
         if problem:
             raise ValueError(f"{where}: {problem}")
         if request.init is None and request.init_audio is None:
             return 1.0, None, 0.0, ""
         if request.initial_latent is not None:
             raise ValueError(f"{where}: initial_latent and init_audio/init exclude each other")
-        strength = self.manifest.defaults.strength if request.strength is None else float(request.strength)
+        default = 1.0 if (request.inpaint is not None or request.extend) else self.manifest.defaults.strength
+        strength = default if request.strength is None else float(request.strength)
         try:
             settings.check_value(settings.by_name()["strength"], strength)
         except settings.SettingError as exc:
@@ -373,9 +427,8 @@ class Planner:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         groups: dict[tuple, list[Resolved]] = {}
         for r in resolved:
-            groups.setdefault(
-                (r.frames, r.steps, r.sampler, r.strength, r.windowed and (r.loop, r.window, r.overlap)), []
-            ).append(r)
+            key = (r.frames, r.steps, r.sampler, r.strength, r.windowed and (r.loop, r.window, r.overlap))
+            groups.setdefault((*key, r.edit is not None), []).append(r)
         # Windowed clips (long ones, loops) run after the others, so a 5-minute ambience does not hold
         # back a library's short clips; within each kind, in order of first appearance.
         ordered = sorted(groups.values(), key=lambda g: g[0].windowed)

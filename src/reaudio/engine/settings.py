@@ -63,6 +63,8 @@ class Setting:
         bundle_default: the bundle's default, from its manifest, when neither row nor job sets it.
         group: the ``--help`` section of its flag.
         metavar: the flag's placeholder.
+        parse: for a ``str`` setting with a syntax of its own: text → its canonical text, raising
+            :class:`SettingError` (what the value must look like); rows, flags and requests use it.
     """
 
     name: str
@@ -81,14 +83,50 @@ class Setting:
     bundle_default: Callable[[Any], Any] | None = None
     group: str = ""
     metavar: str | None = None
+    parse: Callable[[str], str] | None = None
 
     @property
     def option(self) -> str:
         return "--" + self.name.replace("_", "-")
 
 
+def time_ranges(text: str) -> list[tuple[float, float]]:
+    """``"1.2:2.0,3:3.5"`` → [(1.2, 2.0), (3.0, 3.5)]: seconds, each start before its end, in order, not
+    overlapping; raises :class:`SettingError` saying what a range must look like."""
+    ranges = []
+    for part in str(text).split(","):
+        start, sep, end = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError(part)
+            a, b = float(start), float(end)
+        except ValueError:
+            raise SettingError(
+                f"{part.strip()!r} is not a time range; write START:END in seconds, e.g. 1.2:2.0"
+            ) from None
+        if not (0.0 <= a < b <= DURATION_RANGE[1]):
+            raise SettingError(f"{part.strip()!r}: need 0 <= START < END <= {DURATION_RANGE[1]:g} seconds")
+        if ranges and a < ranges[-1][1]:
+            raise SettingError(
+                f"{part.strip()!r} starts before the range ahead of it ends; give ranges in order, apart"
+            )
+        ranges.append((a, b))
+    return ranges
+
+
+def canonical_ranges(value) -> str:
+    """A time-range value (text, or a JSON list of [start, end] pairs) in its one written form."""
+    if isinstance(value, (list, tuple)):
+        try:
+            value = ",".join(f"{float(a)!r}:{float(b)!r}" for a, b in value)
+        except (TypeError, ValueError):
+            raise SettingError(f"{value!r}: give [start, end] pairs in seconds, e.g. [[1.2, 2.0]]") from None
+    return ",".join(f"{a:g}:{b:g}" for a, b in time_ranges(value))
+
+
 _LONG = "long clips and loops"
 _START = "starting from real audio (bundles with a vae_encoder stage)"
+_EDIT = "editing a clip (init_audio; bundles with a vae_encoder stage)"
 _RANK = "candidates ranked by CLAP"
 
 SETTINGS: tuple[Setting, ...] = (
@@ -195,6 +233,24 @@ SETTINGS: tuple[Setting, ...] = (
         group=_START,
     ),
     Setting(
+        "inpaint",
+        str,
+        "regenerate these time ranges of the start clip (init_audio) and keep the rest sample for sample: "
+        "START:END in seconds, comma-separated (e.g. 1.2:2.0)",
+        parse=canonical_ranges,
+        group=_EDIT,
+        metavar="START:END[,...]",
+    ),
+    Setting(
+        "extend",
+        float,
+        "continue the start clip (init_audio) by this many seconds: after it (3.0) or before it (-2.0); "
+        "it is kept sample for sample",
+        limits=(-DURATION_RANGE[1], DURATION_RANGE[1]),
+        group=_EDIT,
+        metavar="SECONDS",
+    ),
+    Setting(
         "variations", int, "clips per prompt (default 1)", limits=(1, 1000), request=False, resume=False, job_default=1
     ),
     Setting(
@@ -262,12 +318,26 @@ def add_arguments(parser, names: Iterable[str] | None = None) -> None:
             continue
         where.add_argument(
             setting.option,
-            type=setting.kind,
+            type=_flag_type(setting),
             choices=setting.choices,
             default=setting.job_default,
             metavar=setting.metavar,
             help=setting.help,
         )
+
+
+def _flag_type(setting: Setting):
+    if setting.parse is None:
+        return setting.kind
+
+    def parse(text: str) -> str:
+        try:
+            return setting.parse(text)
+        except SettingError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = setting.name  # argparse names the type in its errors
+    return parse
 
 
 def from_arguments(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
@@ -342,6 +412,13 @@ def parse_value(setting: Setting, value) -> Any:
         if value not in setting.choices:
             raise SettingError(f"{name}={value!r}; valid: {', '.join(setting.choices)}")
         return value
+    if setting.parse is not None:
+        if isinstance(value, str) and not value.strip():
+            return None
+        try:
+            return setting.parse(value)
+        except SettingError as exc:
+            raise SettingError(f"{name}: {exc}") from None
     if not isinstance(value, str):
         what = "a path to an audio file" if setting.kind is Path else "text"
         raise SettingError(f"{name}={value!r} must be {what}")
@@ -379,15 +456,26 @@ def check_request_value(setting: Setting, value) -> None:
         return
     if setting.choices is not None and name != "retrieval" and value not in setting.choices:
         raise SettingError(f"{name}={value!r}; valid: {', '.join(setting.choices)}")
+    if setting.parse is not None:
+        try:
+            setting.parse(value)
+        except SettingError as exc:
+            raise SettingError(f"{name}: {exc}") from None
+        return
     if setting.kind is str and not isinstance(value, str):
         raise SettingError(f"{name}={value!r} must be text")
 
 
-def start_problem(init_audio, init, strength, *, row: bool = False) -> str | None:
+def start_problem(init_audio, init, strength, *, inpaint=None, extend=None, row: bool = False) -> str | None:
     """What is wrong with a start clip's settings together (one of them alone is checked by its
     setting), or None. ``row``: phrased for a prompt row."""
     if init is not None and init_audio is not None:
         return "give init_audio or init, not both"
+    if inpaint is not None and extend:
+        return "give inpaint or extend, not both (extend a clip, then inpaint the result)"
+    for name, value in (("inpaint", inpaint), ("extend", extend)):
+        if value is not None and value != 0 and init_audio is None:
+            return f"{name} edits a start clip: it needs init_audio" + (" on the same row" if row else "")
     if strength is not None and init is None and init_audio is None:
         if row:
             return "strength needs init_audio or init on the same row"

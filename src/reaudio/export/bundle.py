@@ -67,6 +67,7 @@ def build_manifest(
     family: str | None = None,
     licence: Licence | None = None,
     guidance_rescale: float = 0.0,
+    output_rate: int | None = None,
 ) -> BundleManifest:
     r = cfg.vae.downsample_factor
     retrieval = None
@@ -97,6 +98,7 @@ def build_manifest(
         licence=licence,
         audio_frontend=audio_frontend(cfg),
         guidance_rescale=guidance_rescale,
+        output_rate=output_rate,
     )
 
 
@@ -121,7 +123,8 @@ def export_bundle(
     ``models`` holds vae, vocoder, unet and either our ``clap`` or an imported Hugging
     Face ``text_encoder`` (then ``tokenizer_json`` is required and no audio encoder
     is exported). ``optimize="gpu"`` adds the denoiser's fused fp16 graph for CUDA (needs ``fp16``).
-    Optional entries: ``mel_calibration`` (into the decoder graph) and ``guidance_rescale`` (a
+    Optional entries: ``mel_calibration`` and ``band_extension`` (into the decoder graph; the second
+    sets the manifest's ``output_rate``) and ``guidance_rescale`` (a
     :class:`~reaudio.models.guidance_rescale.GuidanceRescale`, into the denoiser graph and the manifest).
     """
     if optimize not in OPTIMIZE_TARGETS:
@@ -180,8 +183,9 @@ def export_bundle(
         cfg.save(tmp / "family.json")  # lets `reaudio plans build` derive profiles from the bundle alone
         defaults = defaults or Defaults(duration=cfg.clip_seconds)
         rescale = models["guidance_rescale"].factor if "guidance_rescale" in models else 0.0
+        output_rate = models["band_extension"].cfg.out_rate if "band_extension" in models else None
         manifest = write_bundle_manifest(
-            tmp, build_manifest(cfg, stages, defaults, null_condition, family_name, licence, rescale)
+            tmp, build_manifest(cfg, stages, defaults, null_condition, family_name, licence, rescale, output_rate)
         )
     log.info("bundle written: %s (%d files)", out, len(manifest.files))
     return manifest

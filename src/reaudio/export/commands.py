@@ -36,6 +36,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from reaudio.models.guidance_rescale import GuidanceRescale
 
         models["guidance_rescale"] = GuidanceRescale(args.guidance_rescale)
+    if args.band_extension is not None:
+        models["band_extension"] = _band_extension(args.band_extension, cfg)
     manifest = export_bundle(
         cfg,
         models,
@@ -52,6 +54,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.trt:
         return _build_plans(args.out)
     return 0
+
+
+def _band_extension(folder: Path, cfg):
+    from reaudio.models.band_extension import BandExtension
+    from reaudio.models.checkpoint import load_checkpoint
+
+    model = load_checkpoint(folder)
+    if not isinstance(model, BandExtension):
+        raise ValueError(f"--band-extension {folder}: not a band-extension checkpoint (train band-extension's final/)")
+    if (model.cfg.in_rate, model.cfg.n_mels, model.cfg.mel_hop) != (
+        cfg.mel.sample_rate,
+        cfg.mel.n_mels,
+        cfg.mel.hop_length,
+    ):
+        raise ValueError(f"--band-extension {folder}: made for another mel than the model's ({cfg.mel.sample_rate} Hz)")
+    return model.eval()
 
 
 def _unit_fraction(text: str) -> float:
@@ -225,6 +243,17 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
             "tensors); run `reaudio default-model assemble --force`"
         )
         return 0
+    if args.action == "add-band-extension":
+        from reaudio.engine.bundle.default_model import pack_path
+        from reaudio.export.default_pack import add_band_extension
+
+        if args.remove == (args.band_extension is not None):
+            raise ValueError("default-model add-band-extension: pass a checkpoint folder, or --remove (not both)")
+        pack = args.pack or pack_path()
+        add_band_extension(pack, None if args.remove else args.band_extension)
+        state = f"taken from {args.band_extension}" if not args.remove else "removed (22.05-kHz output)"
+        print(f"{pack}: band extension {state}; run `reaudio default-model assemble --force`")
+        return 0
     if args.action == "add-unet":
         from reaudio.engine.bundle.default_model import pack_path
         from reaudio.export.default_pack import add_unet
@@ -282,6 +311,14 @@ def _add_default_model(sub, common) -> argparse._SubParsersAction:
         n = dsub.add_parser(f"add-{part}", parents=[common], help=f"maintainers: give a pack {trained}; torch")
         n.add_argument(part, type=Path, help=f"{name} checkpoint folder ({checkpoint})")
         n.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
+    b = dsub.add_parser(
+        "add-band-extension",
+        parents=[common],
+        help="maintainers: give a pack a band extension, so its decoder writes 44.1 kHz (torch)",
+    )
+    b.add_argument("band_extension", type=Path, nargs="?", help="train band-extension's final/band_extension")
+    b.add_argument("--remove", action="store_true", help="take the pack's band extension out instead")
+    b.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     g = dsub.add_parser(
         "guidance-rescale",
         parents=[common],
@@ -326,6 +363,13 @@ def register(sub, common, tables: dict) -> None:
         "convolution kernels; needs --fp16)",
     )
     p.add_argument("--trt", action="store_true", help="then build TensorRT plans (needs a GPU and tensorrt)")
+    p.add_argument(
+        "--band-extension",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="end the decoder graph with this band extension (train band-extension's final/band_extension): "
+        "the bundle writes 44.1 kHz with a band above 8 kHz learned from full-band clips",
+    )
     p.add_argument(
         "--guidance-rescale",
         type=_unit_fraction,

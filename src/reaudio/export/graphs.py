@@ -99,11 +99,17 @@ class VAEEncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """Scaled latent (B, C, T, F) → waveform (B, T · r · hop): VAE decoder, the decoder's mel
-    calibration when it has one, then vocoder."""
+    """Scaled latent (B, C, T, F) → waveform (B, T · r · hop · factor): VAE decoder, the decoder's
+    mel calibration when it has one, the vocoder, then the band extension when it has one (which
+    writes ``factor`` times the mel's rate)."""
 
     def __init__(
-        self, vae: AutoencoderKL, vocoder: HiFiGANGenerator, n_mels: int, calibration: nn.Module | None = None
+        self,
+        vae: AutoencoderKL,
+        vocoder: HiFiGANGenerator,
+        n_mels: int,
+        calibration: nn.Module | None = None,
+        band_extension: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.vae = vae
@@ -111,9 +117,13 @@ class DecoderGraph(nn.Module):
         self.n_mels = n_mels
         self.scaling_factor = vae.cfg.scaling_factor
         self.calibration = calibration
+        self.band_extension = band_extension
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         mel = self.vae.decode(latent / self.scaling_factor)[..., : self.n_mels]
         if self.calibration is not None:
             mel = self.calibration(mel)
-        return self.vocoder(mel)
+        wav = self.vocoder(mel)
+        if self.band_extension is not None:
+            wav = self.band_extension(wav, mel)
+        return wav

@@ -11,6 +11,7 @@ from torch import nn
 
 from reaudio.engine.bundle.dataclass_io import atomic_path, from_dict, to_dict, write_json_atomic
 
+from .band_extension import BandExtension, BandExtensionConfig
 from .clap import CLAP, CLAPConfig
 from .hifigan import HiFiGANConfig, HiFiGANGenerator
 from .key_maps import CheckpointError, load_state_strict  # noqa: F401  (CheckpointError: re-exported)
@@ -25,6 +26,7 @@ MODEL_TYPES: dict[str, tuple[type[nn.Module], type]] = {
     "unet": (UNet, UNetConfig),
     "clap": (CLAP, CLAPConfig),
     "laion-clap": (LaionCLAP, LaionCLAPConfig),
+    "band-extension": (BandExtension, BandExtensionConfig),
 }
 
 WEIGHTS = "model.safetensors"

@@ -94,8 +94,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a component: clap, vae, vocoder or ldm (needs torch)")
-    p.add_argument("model", choices=("clap", "vae", "vocoder", "ldm"))
+    p = sub.add_parser("train", help="train a component: clap, vae, vocoder, band-extension or ldm (needs torch)")
+    p.add_argument("model", choices=("clap", "vae", "vocoder", "band-extension", "ldm"))
     p.add_argument(
         "--config",
         help="family config: a name (tiny, sfx-small, …) or a JSON file (ldm --payload: default the payload's)",
@@ -178,7 +178,8 @@ def _add_train(sub) -> None:
         "--decoded-by",
         type=Path,
         help="vocoder: fine-tune on what the engine feeds it: each clip's log-mel through this VAE "
-        "(a checkpoint folder, or a default-model pack: its encoder, decoder and decoder calibration)",
+        "(a checkpoint folder, or a default-model pack: its encoder, decoder and decoder calibration); "
+        "band-extension: hear those mels on half the steps",
     )
     p.add_argument(
         "--train-stages",
@@ -261,6 +262,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             candidates=args.candidates,
             threads=args.threads,
             progress=not args.quiet,
+            score_rate=args.score_rate,
         )
 
     if args.compare:
@@ -312,6 +314,14 @@ def _add_eval(sub) -> None:
         help="CPU threads for generation and scoring (default: all cores; fewer beside a training run)",
     )
     p.add_argument("--limit", type=int, help="score at most this many test clips")
+    p.add_argument(
+        "--score-rate",
+        type=int,
+        choices=(22050, 44100),
+        help="score at this rate (default: the bundle's): real clips read at it, full-band copies where the "
+        "corpus kept them above the models' mel rate; generated clips resampled to it. 44100 puts a 22.05-kHz "
+        "bundle and a band-extended one on one scale",
+    )
     p.add_argument("--backbone", default="aisfx", help="aisfx, or package.module:factory for your own weights")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument(

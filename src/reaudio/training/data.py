@@ -23,6 +23,8 @@ class Clip:
     label: str = ""
     source: str = ""
     split: str = "train"
+    #: The same clip at its source's own rate (above the models' rate), when the corpus kept one.
+    fullband: Path | None = None
 
 
 def read_corpus(path: str | Path) -> list[Clip]:
@@ -42,6 +44,9 @@ def read_corpus(path: str | Path) -> list[Clip]:
             continue
         captions = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
         audio = Path(row["audio"])
+        fullband = Path(row["fullband"]) if row.get("fullband") else None
+        if fullband is not None and not fullband.is_absolute():
+            fullband = path.parent / fullband
         clips.append(
             Clip(
                 str(row["id"]),
@@ -50,6 +55,7 @@ def read_corpus(path: str | Path) -> list[Clip]:
                 row.get("label", ""),
                 row.get("source", "") or str(audio),
                 split,
+                fullband,
             )
         )
     if problems:

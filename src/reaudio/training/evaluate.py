@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from reaudio.engine.audio.audio_io import load_audio
 from reaudio.engine.pipeline import Engine, Request
 
 from .backbones import embed_at, load_backbone
+from .band_measures import top_band_levels
 from .data import read_corpus
 from .listening import listener_metrics, neighbour_label_scores
 from .metrics import (
@@ -80,6 +81,7 @@ class EvalConfig:
     threads: int | None = None
     progress: bool = True
     bundle_name: str = field(default="")
+    score_rate: int | None = None
 
 
 def train_label_classifier(embeddings: np.ndarray, labels: list[str], seed: int = 0, steps: int = 500):
@@ -111,6 +113,23 @@ def evenly_spaced(items: list, limit: int | None) -> list:
     return [items[round(i * len(items) / limit)] for i in range(limit)]
 
 
+def real_file(clip, sample_rate: int, mel_rate: int) -> Path:
+    """The file of ``clip`` to score at ``sample_rate`` against: its full-band copy when that is above
+    the models' mel rate and the corpus kept one, else its usual file — full-band output is judged
+    against what real clips hold up there, not against their 22.05-kHz copies."""
+    if clip.fullband is not None and sample_rate > mel_rate:
+        return clip.fullband
+    return clip.audio
+
+
+def _at(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target or not len(wave):
+        return wave
+    import soxr
+
+    return soxr.resample(wave, rate, target, quality="HQ").astype(np.float32)
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     start = time.perf_counter()
     clips = read_corpus(cfg.data)
@@ -126,8 +145,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         threads=cfg.threads,
         audio_root=Path(cfg.data).parent,
     )
-    sr = engine.sample_rate
-    real = [load_audio(c.audio, sr) for c in test]
+    # Scored at the bundle's rate, or at --score-rate (two bundles of different rates on one scale).
+    sr, mel_rate = cfg.score_rate or engine.sample_rate, engine.manifest.mel.sample_rate
+    real = [load_audio(real_file(c, sr, mel_rate), sr) for c in test]
     durations = [min(max(len(w) / sr, 0.5), engine.manifest.defaults.duration) for w in real]
     requests = [
         Request(
@@ -144,7 +164,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         )
         for i, (c, d) in enumerate(zip(test, durations))
     ]
-    results = _generate(engine, requests, cfg)
+    results = [
+        replace(r, waveform=_at(r.waveform, r.sample_rate, sr)) if r.ok else r for r in _generate(engine, requests, cfg)
+    ]
     log.info("scoring %d clips: embeddings, copy and real references, label classifier, CLAP", len(results))
     failed = [c.id for c, r in zip(test, results) if not r.ok]
     pairs = [(c, w[: len(r.waveform)], r.waveform) for c, w, r in zip(test, real, results) if r.ok]
@@ -154,13 +176,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     real_emb = _cached(
         ("real", backbone.name, sr, tuple((p[0].id, len(p[1])) for p in pairs)),
         lambda: embed_at(backbone, [p[1] for p in pairs], sr),
-        [p[0].audio for p in pairs],
+        [real_file(p[0], sr, mel_rate) for p in pairs],
     )
     gen_emb = embed_at(backbone, [p[2] for p in pairs], sr)
     metrics = {"clips": len(pairs), "failed": failed, "backbone": backbone.name, "fad": fad(real_emb, gen_emb)}
     metrics.update(listener_metrics([p[2] for p in pairs], [p[1] for p in pairs], gen_emb, real_emb, sr))
-    metrics.update(_references(cfg, engine, backbone, pairs, real_emb, clips, [c for c in split if c not in test]))
-    metrics.update(_top1_similarity(engine, backbone, pairs, gen_emb, clips))
+    metrics.update(_references(cfg, engine, backbone, pairs, real_emb, clips, [c for c in split if c not in test], sr))
+    metrics.update(_top1_similarity(engine, backbone, pairs, gen_emb, clips, sr))
+    if sr > mel_rate:
+        metrics["top_band"] = top_band_levels([p[2] for p in pairs], [p[1] for p in pairs], sr)
 
     counts: dict[str, int] = {}
     for c in train:
@@ -169,8 +193,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len({c.label for c in usable}) >= 2:
         train_emb = _cached(
             ("train", backbone.name, sr, tuple(c.id for c in usable)),
-            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in usable], sr),
-            [c.audio for c in usable],
+            lambda: embed_at(backbone, [load_audio(real_file(c, sr, mel_rate), sr) for c in usable], sr),
+            [real_file(c, sr, mel_rate) for c in usable],
         )
         proba, classes = train_label_classifier(train_emb, [c.label for c in usable], cfg.seed)
         metrics.update(
@@ -182,7 +206,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         log.warning("fewer than 2 labels with >= %d training clips: KL and IS skipped", cfg.min_label_clips)
 
     text_emb, _, _ = engine.embed_text([p[0].caption for p in pairs])
-    audio_emb, _ = engine.encode_audio([p[2] for p in pairs])
+    audio_emb, _ = engine.encode_audio([_at(p[2], sr, engine.sample_rate) for p in pairs])
     per_clip = np.sum(audio_emb * text_emb, axis=1)
     metrics["clap_score"] = clap_score(audio_emb, text_emb)
     buckets: dict[str, list[float]] = {}
@@ -206,6 +230,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "init": cfg.init,
         "strength": cfg.strength,
         "candidates": cfg.candidates,
+        "score_rate": sr,
     }
     write_report(cfg.out, metrics)
     log.info("scored %d clips in %.1f s", len(pairs), metrics["seconds"])
@@ -228,12 +253,12 @@ def _generate(engine: Engine, requests: list[Request], cfg: EvalConfig) -> list:
 
 
 def _references(
-    cfg: EvalConfig, engine: Engine, backbone, pairs: list, real_emb: np.ndarray, clips: list, others: list
+    cfg: EvalConfig, engine: Engine, backbone, pairs: list, real_emb: np.ndarray, clips: list, others: list, sr: int
 ) -> dict:
     """Neighbour label precision per retrieval mode, the copy-the-top-1-neighbour baseline and
-    the real-vs-real floor, on the same clips as the generated ones."""
+    the real-vs-real floor, on the same clips as the generated ones, at ``sr``."""
     out: dict = {}
-    sr = engine.sample_rate
+    mel_rate = engine.manifest.mel.sample_rate
     if engine.db is not None and len(engine.db):
         text_emb, _, _ = engine.embed_text([p[0].caption for p in pairs])
         labels = [p[0].label for p in pairs]
@@ -245,14 +270,14 @@ def _references(
             out["retrieval"][mode] = neighbour_label_scores(labels, found, 1) | neighbour_label_scores(labels, found, 3)
             if mode == (cfg.retrieval or engine.planner.default_retrieval):
                 top1 = rows[:, 0]
-        audio_of = {c.id: c.audio for c in clips}
+        audio_of = {c.id: real_file(c, sr, mel_rate) for c in clips}
         if top1 is not None and all(r >= 0 and engine.db.items[r]["id"] in audio_of for r in top1):
             copies = [load_audio(audio_of[engine.db.items[r]["id"]], sr)[: len(p[1])] for r, p in zip(top1, pairs)]
             copy_emb = embed_at(backbone, copies, sr)
             out["copy_top1"] = {"fad": fad(real_emb, copy_emb)} | listener_metrics(
                 copies, [p[1] for p in pairs], copy_emb, real_emb, sr
             )
-            decoded = _through_decoder(engine, copies)
+            decoded = _through_decoder(engine, copies, sr)
             if decoded is not None:
                 decoded_emb = embed_at(backbone, decoded, sr)
                 out["copy_decoded"] = {"fad": fad(real_emb, decoded_emb)} | listener_metrics(
@@ -264,8 +289,8 @@ def _references(
     if len(floor) >= 2:
         floor_emb = _cached(
             ("floor", backbone.name, sr, tuple(c.id for c in floor)),
-            lambda: embed_at(backbone, [load_audio(c.audio, sr) for c in floor], sr),
-            [c.audio for c in floor],
+            lambda: embed_at(backbone, [load_audio(real_file(c, sr, mel_rate), sr) for c in floor], sr),
+            [real_file(c, sr, mel_rate) for c in floor],
         )
         out["real_floor"] = {"fad": fad(real_emb, floor_emb), "clips": len(floor)}
     else:
@@ -273,31 +298,32 @@ def _references(
     return out
 
 
-def _through_decoder(engine: Engine, waveforms: list[np.ndarray]) -> list[np.ndarray] | None:
-    """Each clip encoded into the bundle's latent space and decoded back (VAE decoder and vocoder):
-    what copying the neighbour would score if it had to come out of this model's decoder, the
-    best a denoiser that found the neighbour's exact latent could do. None without a VAE encoder."""
+def _through_decoder(engine: Engine, waveforms: list[np.ndarray], sr: int) -> list[np.ndarray] | None:
+    """Each clip (at ``sr``) encoded into the bundle's latent space and decoded back (VAE decoder and
+    vocoder): what copying the neighbour would score if it had to come out of this model's decoder,
+    the best a denoiser that found the neighbour's exact latent could do. None without a VAE encoder."""
     if "vae_encoder" not in engine.runners:
         return None
     decoded = []
-    for wave in waveforms:
+    for clip in waveforms:
+        wave = _at(clip, sr, engine.sample_rate)
         frames = -(-len(wave) // engine.manifest.samples_per_frame)
         latent = engine.encode_latents([wave], frames)
-        decoded.append(engine.runners["decoder"].run({"latent": latent})[0][0, : len(wave)])
+        back = engine.runners["decoder"].run({"latent": latent})[0][0, : len(wave)]
+        decoded.append(_at(back, engine.sample_rate, sr)[: len(clip)])
     return decoded
 
 
-def _top1_similarity(engine: Engine, backbone, pairs: list, gen_emb: np.ndarray, clips: list) -> dict:
+def _top1_similarity(engine: Engine, backbone, pairs: list, gen_emb: np.ndarray, clips: list, sr: int) -> dict:
     """How close each generated clip is to the real top-1 neighbour of its prompt (cosine of the
     backbone's embeddings, averaged): 1.0 for copying it; a neighbour-seeded clip's start clip."""
     if engine.db is None or not len(engine.db):
         return {}
-    audio_of = {c.id: c.audio for c in clips}
+    audio_of = {c.id: real_file(c, sr, engine.manifest.mel.sample_rate) for c in clips}
     text_emb, _, _ = engine.embed_text([p[0].caption for p in pairs])
     rows = engine.db.search(text_emb, 1, mode=engine.planner.default_retrieval)[:, 0]
     if not all(r >= 0 and engine.db.items[r]["id"] in audio_of for r in rows):
         return {}
-    sr = engine.sample_rate
     top = embed_at(
         backbone, [load_audio(audio_of[engine.db.items[r]["id"]], sr)[: len(p[2])] for r, p in zip(rows, pairs)], sr
     )

@@ -20,7 +20,7 @@ class TrainJob:
     """One ``reaudio train`` run: what to train, from what, into which folder, and how.
 
     Attributes:
-        model: "clap", "vae", "vocoder" or "ldm".
+        model: "clap", "vae", "vocoder", "band-extension" or "ldm".
         out: the run folder (checkpoints, ``final/``); a rerun resumes.
         train: the optimisation settings (:class:`TrainConfig`).
         config: the family config, a name or a JSON file (ldm from a payload: the payload's).
@@ -28,7 +28,8 @@ class TrainJob:
         prediction: override the config's prediction type ("epsilon" or "v_prediction").
         vae, clap, database, vocoder, unet: checkpoint folders the run starts from or conditions on.
         frozen_decoder, frozen_encoder, adversarial_weight: VAE runs against a pack's frozen half.
-        decoded_by, train_stages: a vocoder fine-tuned on a VAE's (or pack's) decoded mels, its last stages.
+        decoded_by, train_stages: a vocoder fine-tuned on a VAE's (or pack's) decoded mels, its last stages;
+            a band extension that hears those mels on half its steps.
         payload: train the LDM from this file alone; payload_out: write that file instead of training,
             at ``payload_precision``.
         progress: show progress bars.
@@ -86,6 +87,10 @@ def train(job: TrainJob) -> dict:
         )
     elif job.model == "vocoder":
         task = VocoderTask(family, job.data, init=job.vocoder, decoded_by=job.decoded_by, train_stages=job.train_stages)
+    elif job.model == "band-extension":
+        from .band_extension_task import BandExtensionTask
+
+        task = BandExtensionTask(family, job.data, decoded_by=job.decoded_by)
     elif job.payload is not None:
         from .ldm_payload import PayloadLDMTask
 

@@ -253,24 +253,12 @@ class VocoderTask(Task):
             self.generator.requires_grad_(False)
             for name in tail_parameter_names(self.generator, self.train_stages):
                 self.generator.get_parameter(name).requires_grad_(True)
-        self.decoder = self._decoder_chain(self.decoded_by) if self.decoded_by is not None else None
+        self.decoder = (
+            decoded_mel_chain(self.family, self.decoded_by, self.device) if self.decoded_by is not None else None
+        )
         self._decoded: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
         self.discriminators = Discriminators(trainer.cfg.discriminator_width)
         self.before = self._test_distance(self.generator.to(self.device))
-
-    def _decoder_chain(self, source: str | Path) -> nn.Module:
-        vae = AutoencoderKL(self.family.vae)
-        for part in ("encoder", "decoder"):
-            result = vae.load_state_dict(vae_part_state(source, part), strict=False)
-            if result.unexpected_keys or any(k.startswith(VAE_PARTS[part]) for k in result.missing_keys):
-                raise ValueError(f"{source}: its VAE {part} does not fit the config's VAE (pass its family.json)")
-        chain = [_Reconstruct(vae)]
-        if (Path(source) / "pack.json").is_file():
-            from reaudio.export.default_pack import pack_calibration
-
-            calibration = pack_calibration(Path(source), self.family.mel.n_mels)
-            chain += [calibration] if calibration is not None else []
-        return nn.Sequential(*chain).to(self.device).eval().requires_grad_(False)
 
     @torch.no_grad()
     def _decoded_clip(self, index: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -325,6 +313,23 @@ class VocoderTask(Task):
     def evaluate(self, trainer) -> dict:
         after = self._test_distance(trainer.final_modules()["vocoder"].to(self.device))
         return {"test_mel_l1_before": self.before, "test_mel_l1_after": after}
+
+
+def decoded_mel_chain(family: FamilyConfig, source: str | Path, device) -> nn.Module:
+    """Log-mel → what the engine's vocoder hears: the mel through ``source``'s VAE encoder and
+    decoder (a VAE checkpoint folder or a default-model pack) and a pack's decoder calibration."""
+    vae = AutoencoderKL(family.vae)
+    for part in ("encoder", "decoder"):
+        result = vae.load_state_dict(vae_part_state(source, part), strict=False)
+        if result.unexpected_keys or any(k.startswith(VAE_PARTS[part]) for k in result.missing_keys):
+            raise ValueError(f"{source}: its VAE {part} does not fit the config's VAE (pass its family.json)")
+    chain = [_Reconstruct(vae)]
+    if (Path(source) / "pack.json").is_file():
+        from reaudio.export.default_pack import pack_calibration
+
+        calibration = pack_calibration(Path(source), family.mel.n_mels)
+        chain += [calibration] if calibration is not None else []
+    return nn.Sequential(*chain).to(device).eval().requires_grad_(False)
 
 
 class _Reconstruct(nn.Module):

@@ -3,7 +3,8 @@
     python -m reaudio.training.toy_bundle OUT_DIR [--fp16] [--empty]
 
 writes OUT_DIR/system (checkpoints), OUT_DIR/db (a retrieval database of
-synthetic sounds) and OUT_DIR/bundle; with --empty also OUT_DIR/bundle-empty (the
+synthetic sounds), OUT_DIR/bundle and OUT_DIR/bundle-fullband (the same models with an untrained
+band extension in the decoder: twice the mel's rate out); with --empty also OUT_DIR/bundle-empty (the
 same models, no database: what the runtime-only tests use where the others export
 one). Seeded: the same command gives the same weights.
 """
@@ -19,9 +20,11 @@ import numpy as np
 import torch
 
 from reaudio.export.bundle import export_bundle
+from reaudio.models.band_extension import BandExtension
 from reaudio.models.configs import load_config
 from reaudio.models.mel import LogMel
 from reaudio.models.system import build_system, load_system, save_system
+from reaudio.training.band_extension_task import band_extension_config
 from reaudio.training.database import AudioItem, build_database
 
 SOUNDS = {
@@ -73,7 +76,12 @@ def make(out: Path, fp16: bool = False, seed: int = 0, empty: bool = False) -> P
         out / "db", models["clap"], LogMel(cfg.mel), cfg.retrieval, synthetic_items(cfg), {"source": "synthetic"}
     )
     export_bundle(cfg, models, out / "bundle", fp16=fp16, database=out / "db", overwrite=True)
-    if empty:  # exporting changes the modules (weight norm folded): load them again
+    # Exporting changes the modules (weight norm folded): each further bundle loads them again.
+    _, fresh = load_system([out / "system"])
+    extension = BandExtension(band_extension_config(cfg)).eval()
+    fresh["band_extension"] = extension
+    export_bundle(cfg, fresh, out / "bundle-fullband", database=out / "db", overwrite=True)
+    if empty:
         _, fresh = load_system([out / "system"])
         export_bundle(cfg, fresh, out / "bundle-empty", overwrite=True)
     return out / "bundle"

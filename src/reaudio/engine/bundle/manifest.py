@@ -230,6 +230,9 @@ class BundleManifest:
     #: (0: plain guidance). Fixed at export (``reaudio export --guidance-rescale``); recorded here
     #: so a bundle says how it samples.
     guidance_rescale: float = 0.0
+    #: The decoder's output rate when it is not the mel's: a decoder with a band-extension stage
+    #: writes 44.1 kHz from the 22.05-kHz mel (a whole multiple of ``mel.sample_rate``). None: the mel's.
+    output_rate: int | None = None
 
     def __post_init__(self) -> None:
         if self.null_condition not in NULL_CONDITIONS:
@@ -237,11 +240,17 @@ class BundleManifest:
 
     @property
     def sample_rate(self) -> int:
-        return self.mel.sample_rate
+        """The rate of the audio the bundle writes, and of waveforms given to it (start clips)."""
+        return self.output_rate or self.mel.sample_rate
 
     @property
     def samples_per_frame(self) -> int:
-        """Audio samples per latent frame: the VAE's time downsampling × the mel hop."""
+        """Output samples per latent frame: the VAE's time downsampling × the mel hop × output rate / mel rate."""
+        return self.mel_samples_per_frame * self.sample_rate // self.mel.sample_rate
+
+    @property
+    def mel_samples_per_frame(self) -> int:
+        """Samples at the mel's rate per latent frame: what the encoders' front end reads."""
         return self.latent.downsample * self.mel.hop_length
 
     def to_dict(self) -> dict:
@@ -268,6 +277,10 @@ def _check_ranges(m: BundleManifest) -> None:
     problems = []
     if not 1000 <= m.mel.sample_rate <= 192_000:
         problems.append(f"mel.sample_rate={m.mel.sample_rate}; valid: 1000 to 192000")
+    elif m.output_rate is not None and (
+        m.output_rate % m.mel.sample_rate or not 1 <= m.output_rate // m.mel.sample_rate <= 4
+    ):
+        problems.append(f"output_rate={m.output_rate}; valid: 1 to 4 times mel.sample_rate ({m.mel.sample_rate})")
     for name in ("channels", "downsample", "freq"):
         if not 1 <= getattr(m.latent, name) <= 4096:
             problems.append(f"latent.{name}={getattr(m.latent, name)}; valid: 1 to 4096")

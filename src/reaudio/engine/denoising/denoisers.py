@@ -1,9 +1,11 @@
 """Denoiser strategies: how a batch's denoising loop runs on a backend, chosen once per engine.
 
-Every strategy is called the same way, ``denoiser(plan, latent, conditions) -> latent``, and
-runs clips longer than a window (and loops) with ``denoiser.windowed(plan, latent, conditions,
-windows, …)``. A strategy reads the runner from the engine's ``runners`` mapping at each call, so a
-runner swapped in there (timed, recorded) is the one that runs.
+Every strategy is called the same way, ``denoiser(plan, latent, conditions, known=None) -> latent``,
+and runs clips longer than a window (and loops) with ``denoiser.windowed(plan, latent, conditions,
+windows, …)``. ``known`` (inpainting, continuation: frames kept from a start clip, re-imposed after
+every step) runs the host loop on every backend: the kept frames change on the host each step. A
+strategy reads the runner from the engine's ``runners`` mapping at each call, so a runner swapped in
+there (timed, recorded) is the one that runs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .known_regions import KnownLatent
 from .loop import denoise_device, denoise_host
 from .sampler import SamplerPlan
 from .window_plans import WindowPlan
@@ -26,7 +29,13 @@ class Denoiser(Protocol):
     @property
     def runner(self): ...
 
-    def __call__(self, plan: SamplerPlan, latent: np.ndarray, conditions: dict[str, np.ndarray]) -> np.ndarray: ...
+    def __call__(
+        self,
+        plan: SamplerPlan,
+        latent: np.ndarray,
+        conditions: dict[str, np.ndarray],
+        known: KnownLatent | None = None,
+    ) -> np.ndarray: ...
 
     def windowed(
         self,
@@ -36,6 +45,7 @@ class Denoiser(Protocol):
         windows: WindowPlan,
         per_call: int = WINDOWS_PER_CALL,
         on_step: Callable[[int, int], None] | None = None,
+        known: KnownLatent | None = None,
     ) -> np.ndarray: ...
 
 
@@ -47,17 +57,17 @@ class _OnRunners:
     def runner(self):
         return self.runners["denoiser"]
 
-    def windowed(self, plan, latent, conditions, windows, per_call=WINDOWS_PER_CALL, on_step=None):
+    def windowed(self, plan, latent, conditions, windows, per_call=WINDOWS_PER_CALL, on_step=None, known=None):
         # Window by window on the host for every backend so far: one graph call per group of
         # windows is the unit of work (device-resident windowed loops are a strategy to add).
-        return denoise_windowed(self.runner, plan, latent, conditions, windows, per_call, on_step)
+        return denoise_windowed(self.runner, plan, latent, conditions, windows, per_call, on_step, known)
 
 
 class HostLoop(_OnRunners):
     """NumPy arrays in host memory between steps (CPU backends, where host memory is the device)."""
 
-    def __call__(self, plan, latent, conditions):
-        return denoise_host(self.runner, plan, latent, conditions)
+    def __call__(self, plan, latent, conditions, known=None):
+        return denoise_host(self.runner, plan, latent, conditions, known)
 
 
 class BoundLoop(_OnRunners):
@@ -67,14 +77,18 @@ class BoundLoop(_OnRunners):
         super().__init__(runners)
         self.device_id, self.device = device_id, device
 
-    def __call__(self, plan, latent, conditions):
+    def __call__(self, plan, latent, conditions, known=None):
+        if known is not None:
+            return denoise_host(self.runner, plan, latent, conditions, known)
         return denoise_device(self.runner, plan, latent, conditions, self.device_id, self.device)
 
 
 class PlanLoop(_OnRunners):
     """A native TensorRT plan's own device loop (:meth:`TrtRunner.denoise`)."""
 
-    def __call__(self, plan, latent, conditions):
+    def __call__(self, plan, latent, conditions, known=None):
+        if known is not None:
+            return denoise_host(self.runner, plan, latent, conditions, known)
         return self.runner.denoise(plan, latent, conditions)
 
 
@@ -92,9 +106,11 @@ class GraphLoop:
     def windowed(self, *args, **kwargs):
         return self.fallback.windowed(*args, **kwargs)
 
-    def __call__(self, plan, latent, conditions):
+    def __call__(self, plan, latent, conditions, known=None):
         from .cuda_graphs import CudaGraphsUnavailable
 
+        if known is not None:
+            return self.fallback(plan, latent, conditions, known)
         if self.graphs is not None:
             try:
                 return self.graphs(plan, latent, conditions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .known_regions import KnownLatent, levels_after_steps
 from .sampler import SamplerPlan
 
 
@@ -14,12 +15,22 @@ def step_feeds(plan: SamplerPlan, i: int, batch: int) -> dict[str, np.ndarray]:
     }
 
 
-def denoise_host(runner, plan: SamplerPlan, latent: np.ndarray, conditions: dict[str, np.ndarray]) -> np.ndarray:
-    """Loop with NumPy arrays (CPU backends: host memory is the device)."""
+def denoise_host(
+    runner,
+    plan: SamplerPlan,
+    latent: np.ndarray,
+    conditions: dict[str, np.ndarray],
+    known: KnownLatent | None = None,
+) -> np.ndarray:
+    """Loop with NumPy arrays (CPU backends: host memory is the device); with ``known``, only the
+    frames it does not keep are denoised (inpainting, continuation)."""
     prev_x0 = np.zeros_like(latent)
+    levels = levels_after_steps(plan) if known is not None else None
     for i in range(len(plan)):
         feeds = {"latent": latent, "prev_x0": prev_x0, **conditions, **step_feeds(plan, i, len(latent))}
         latent, prev_x0 = runner.run(feeds)
+        if known is not None:
+            latent = known.impose(latent, *levels[i])
     return latent
 
 

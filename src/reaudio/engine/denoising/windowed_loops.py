@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .known_regions import KnownLatent, levels_after_steps
 from .loop import step_feeds
 from .sampler import SamplerPlan
 from .window_plans import DecodePlan, WindowPlan
@@ -29,8 +30,10 @@ def denoise_windowed(
     windows: WindowPlan,
     per_call: int = WINDOWS_PER_CALL,
     on_step: Callable[[int, int], None] | None = None,
+    known: KnownLatent | None = None,
 ) -> np.ndarray:
-    """The host loop of :func:`~reaudio.engine.denoising.loop.denoise_host` over ``windows`` of the latent.
+    """The host loop of :func:`~reaudio.engine.denoising.loop.denoise_host` over ``windows`` of the latent
+    (with ``known``, its kept frames re-imposed after every step, as there).
 
     Each step every window is denoised with its clip's conditions, and both graph outputs
     (the next latent and the data prediction the second-order sampler reuses) are blended
@@ -44,6 +47,7 @@ def denoise_windowed(
     weights = windows.weights.astype(np.float32)[:, :, None]  # (windows, length, 1): broadcast over (C, length, F)
     chunks = _chunks(batch, len(windows), per_call)
     prev_x0 = np.zeros_like(latent)
+    levels = levels_after_steps(plan) if known is not None else None
     for i in range(len(plan)):
         next_latent, x0 = np.zeros_like(latent), np.zeros_like(latent)
         for chunk in chunks:
@@ -61,6 +65,8 @@ def denoise_windowed(
                 next_latent[b][:, f] += weights[w] * out_latent[j]
                 x0[b][:, f] += weights[w] * out_x0[j]
         latent, prev_x0 = next_latent, x0
+        if known is not None:
+            latent = known.impose(latent, *levels[i])
         if on_step is not None:
             on_step(i + 1, len(plan))
     return latent

@@ -136,7 +136,14 @@ def _validate(path, line, record, problems) -> PromptRow | None:
             continue
         if value is not None:
             values[setting.name] = value
-    start = settings.start_problem(record.get("init_audio"), record.get("init"), record.get("strength"), row=True)
+    start = settings.start_problem(
+        record.get("init_audio"),
+        record.get("init"),
+        record.get("strength"),
+        inpaint=record.get("inpaint"),
+        extend=record.get("extend"),
+        row=True,
+    )
     if start:
         problems.append(f"{where}: {start}")
     elif "init_audio" in values:
