@@ -41,7 +41,11 @@ def test_generate_without_bundle_assembles_and_uses_the_default_model(tmp_path, 
     entry = json.loads((tmp_path / "lib" / "library.jsonl").read_text().splitlines()[0])
     assert len(entry["neighbours"]) == manifest.retrieval.k  # the retrieval database is live
     audio, rate = sf.read(str(tmp_path / "lib" / entry["file"]))
-    assert rate == manifest.mel.sample_rate and len(audio) == rate  # 1.0 s
+    # The decoder ends with the band extension: 44.1 kHz from the 22.05-kHz mel, with a top band.
+    assert rate == manifest.sample_rate == 44100 == 2 * manifest.mel.sample_rate and len(audio) == rate  # 1.0 s
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / rate)
+    assert spectrum[(freqs >= 11000) & (freqs < 16000)].sum() > 1e-6 * spectrum[freqs < 8000].sum()
     assert np.all(np.isfinite(audio)) and np.sqrt(np.mean(audio**2)) > 1e-3  # finite, not silent
 
 

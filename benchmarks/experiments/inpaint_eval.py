@@ -62,8 +62,8 @@ def main() -> None:
     for i, (clip, row) in enumerate(zip(chosen, top1)):
         wave = waves[clip.id]
         start = (len(wave) / sr - args.gap) / 2
-        a, b = round(start * sr), round((start + args.gap) * sr)
         request = Request(clip.caption, init_audio=wave, inpaint=f"{start:.4f}:{start + args.gap:.4f}", seed=i)
+        ((a, b),) = engine.planner.resolve(request).edit.generated  # the samples the engine regenerates
         out = engine.generate([request])[0].waveform
         exact.append(
             bool(

@@ -121,3 +121,19 @@ def test_a_band_extended_decoder_has_fp16_and_int8_graphs(tiny_artifacts, tmp_pa
     peak = np.abs(out["fp32"]).max()
     assert np.isfinite(out["fp16"]).all() and np.abs(out["fp16"] - out["fp32"]).max() < 0.01 * peak
     assert np.isfinite(out["int8"]).all() and np.abs(out["int8"] - out["fp32"]).max() < 0.2 * peak
+
+
+def test_the_band_never_pushes_a_peak_past_the_limit():
+    from reaudio.models.band_extension import PEAK_LIMIT
+
+    model = BandExtension(CFG).eval()
+    _fixed_envelope(model, 1.0)  # a loud band
+    frames = 60
+    t = torch.arange(frames * CFG.mel_hop) / CFG.in_rate
+    wav = (0.97 * torch.sin(2 * torch.pi * 200 * t))[None] + 0.02 * _noise(frames)
+    with torch.no_grad():
+        out = model(wav, torch.zeros(1, frames, CFG.n_mels))
+        up = model.upsample(wav)
+    assert out.abs().max() <= max(PEAK_LIMIT, float(up.abs().max())) + 1e-6
+    quiet = out[up.abs() < 0.5] - up[up.abs() < 0.5]
+    assert quiet.abs().max() > 0.01  # away from the peaks the band is there in full

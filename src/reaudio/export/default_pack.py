@@ -174,7 +174,19 @@ def _run_record(checkpoint: str | Path) -> dict:
     if (run / "summary.json").is_file():
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
         record.update(
-            {k: summary[k] for k in ("steps", "test_mel_l1", "test_mel_l1_before", "test_mel_l1_after") if k in summary}
+            {
+                k: summary[k]
+                for k in (
+                    "steps",
+                    "test_mel_l1",
+                    "test_mel_l1_before",
+                    "test_mel_l1_after",
+                    "test_level_l1",
+                    "test_level_l1_decoded_mel",
+                    "test_level_l1_train_mean",
+                )
+                if k in summary
+            }
         )
     return record
 

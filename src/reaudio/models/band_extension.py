@@ -117,6 +117,9 @@ class BandExtensionConfig:
 
 #: The log level of an empty band: the log-mel's own floor.
 LEVEL_FLOOR = 1e-5
+#: The added band never takes a sample past this (the vocoder's output stays under full scale; a
+#: band on top of a peak would clip it): where it would, that sample's share of the band is scaled down.
+PEAK_LIMIT = 0.98
 
 
 def interpolation_filter(half_taps: int, factor: int = 2) -> np.ndarray:
@@ -275,5 +278,9 @@ class BandExtension(nn.Module):
         frames = F.conv_transpose1d(delta, self.synthesis, stride=cfg.hop)[:, 0]
         ones = torch.ones_like(delta[:, :1, :])
         norm = F.conv_transpose1d(ones, self.window_sq, stride=cfg.hop)[:, 0]
-        added = frames / norm.clamp_min(1e-3)
-        return up + added[:, pad : pad + up.shape[-1]]
+        added = (frames / norm.clamp_min(1e-3))[:, pad : pad + up.shape[-1]]
+        out = up + added
+        # Scale the band down at the few samples where it would push a peak past PEAK_LIMIT.
+        target = torch.sign(out) * PEAK_LIMIT
+        share = ((target - up) / torch.where(added.abs() > 1e-9, added, torch.full_like(added, 1e-9))).clamp(0.0, 1.0)
+        return up + added * torch.where(out.abs() > PEAK_LIMIT, share, torch.ones_like(share))

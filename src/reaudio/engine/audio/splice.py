@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 #: Length of the cross-fade at each edge of a generated range (seconds; at most 0.1 s).
-EDGE_FADE_SECONDS = 0.05
+EDGE_FADE_SECONDS = 0.1
 
 
 def keep_original(
