@@ -160,3 +160,14 @@ def test_keep_original_fades_on_the_kept_side_only():
     out = keep_original(decoded, original, ((40, 60),), fade=10)
     assert (out[:30] == 1).all() and (out[70:] == 1).all() and (out[40:60] == 0).all()
     assert np.all(np.diff(out[30:40]) < 0) and np.all(np.diff(out[60:70]) > 0)
+
+
+def test_the_generated_part_comes_out_at_the_start_clips_level(engine):
+    """The model hears the start clip at its training level; what it writes is brought back to the
+    clip's own: a start clip 20 dB quieter gives the same edit, 20 dB quieter, kept part and all."""
+    start = _start_clip(engine.sample_rate, 1.5, seed=7)
+    loud, quiet = (
+        engine.generate([Request("a burst of white noise", init_audio=w, inpaint="0.5:1.0", seed=2, steps=3)])[0]
+        for w in (start, 0.1 * start)
+    )
+    assert np.allclose(quiet.waveform, 0.1 * loud.waveform, rtol=1e-4, atol=1e-6)

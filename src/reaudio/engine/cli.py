@@ -130,7 +130,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--sampler", choices=("ddim", "dpmpp-2m"), help="sampler (default: the bundle's)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per batch size; medians reported (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
-    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime or OpenVINO (default: all cores)")
     p.add_argument("--device-id", type=int, default=0, help="GPU index")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (cuda)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': JSON on stdout only)")
@@ -201,13 +201,14 @@ def _add_generate(sub) -> None:
     )
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device-id", type=int, default=0, help="GPU index")
-    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime or OpenVINO (default: all cores)")
     p.add_argument(
         "--precision",
         default="auto",
         choices=PRECISIONS,
         help="auto: fp16 graphs on GPU backends when the bundle has them, else fp32; int8: the "
-        "quantised CPU graphs made by `reaudio quantize` (faster, slightly different sound)",
+        "quantised CPU graphs made by `reaudio quantize` (faster, slightly different sound); bf16: "
+        "--backend openvino's bf16 arithmetic on the fp32 graphs (CPUs with AMX or AVX-512 BF16)",
     )
     p.add_argument(
         "--name-template",

@@ -13,7 +13,7 @@ import numpy as np
 import soxr
 
 from .audio.frontend import log_mel
-from .audio.init_audio import encode_latents, fit_to, read_init_audio
+from .audio.init_audio import encode_latents, fit_to, read_init_audio, training_gain_db
 from .audio.postprocess import trim_tail
 from .audio.splice import EDGE_FADE_SECONDS, keep_original
 from .bundle.manifest import BundleManifest, read_bundle_manifest
@@ -37,6 +37,9 @@ class EditedBatch:
 
     known: KnownLatent
     originals: list[np.ndarray]
+    #: Per clip, what undoes the gain the start clip got on its way into the latent space (the
+    #: models' training level): the generated part comes out at the start clip's own level.
+    level_back: np.ndarray
 
 
 @dataclass
@@ -302,7 +305,11 @@ class Engine:
         keep = np.stack([self._keep(r)[None, :, None] for r in batch])
         noised = noised_start(plan, clean, noise)
         latent = noised if batch[0].strength < 1.0 else (keep * noised + (1 - keep) * noise).astype(np.float32)
-        return latent, EditedBatch(KnownLatent(clean, keep, noise), waves)
+        mel_samples = batch[0].frames * self.manifest.mel_samples_per_frame
+        rate = self.manifest.mel.sample_rate
+        gains = [training_gain_db(fit_to(self._at_mel_rate(w), mel_samples), rate) for w in waves]
+        back = np.array([10 ** (-g / 20) for g in gains], dtype=np.float32)
+        return latent, EditedBatch(KnownLatent(clean, keep, noise), waves, back)
 
     def _start_clip(self, r: Resolved) -> np.ndarray:
         """A start clip at the output rate, fitted to the clip (an edit's placed at its offset)."""
@@ -378,7 +385,9 @@ class Engine:
             if edited is not None:
                 fade = round(EDGE_FADE_SECONDS * self.sample_rate)
                 audio = [
-                    keep_original(audio[i, : r.samples], edited.originals[i], r.edit.generated, fade)
+                    keep_original(
+                        audio[i, : r.samples] * edited.level_back[i], edited.originals[i], r.edit.generated, fade
+                    )
                     for i, r in enumerate(batch)
                 ]
         except self._run_errors as exc:  # onnxruntime's allocation failures among them
@@ -457,7 +466,8 @@ class Engine:
         latent, edited = self._denoise(self.fp32_retry.denoiser, [r], single)
         wav = self._decode(self.fp32_retry.runners["decoder"], [r], latent)[0, : r.samples]
         if edited is not None:
-            wav = keep_original(wav, edited.originals[0], r.edit.generated, round(EDGE_FADE_SECONDS * self.sample_rate))
+            fade = round(EDGE_FADE_SECONDS * self.sample_rate)
+            wav = keep_original(wav * edited.level_back[0], edited.originals[0], r.edit.generated, fade)
         if np.isfinite(wav).all():
             log.warning("clip %s was non-finite in reduced precision; regenerated in fp32", r.request.id or r.index)
             return wav, None

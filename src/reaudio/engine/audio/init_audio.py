@@ -86,10 +86,14 @@ def fit_to(wave: np.ndarray, samples: int) -> np.ndarray:
     return np.pad(wave[:samples], (0, max(0, samples - len(wave))))
 
 
+def training_gain_db(wave: np.ndarray, sample_rate: int) -> float:
+    """The gain (dB) that brings ``wave`` to the loudness the models trained at (true peak at most -1 dBTP)."""
+    return loudness_gain_db(wave, sample_rate, INIT_LOUDNESS_LUFS, INIT_PEAK_DBTP)
+
+
 def training_level(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     """``wave`` at the loudness the models trained at (true peak at most -1 dBTP); silence as is."""
-    gain = loudness_gain_db(wave, sample_rate, INIT_LOUDNESS_LUFS, INIT_PEAK_DBTP)
-    return (wave * 10 ** (gain / 20)).astype(np.float32)
+    return (wave * 10 ** (training_gain_db(wave, sample_rate) / 20)).astype(np.float32)
 
 
 def start_mels(mel_cfg: MelConfig, waves: list[np.ndarray], frames: int, per_frame: int) -> np.ndarray:

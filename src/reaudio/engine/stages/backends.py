@@ -1,4 +1,4 @@
-"""Execution backends: onnxruntime (CPU, CUDA, TensorRT EP) and native TensorRT plans.
+"""Execution backends: onnxruntime (CPU, CUDA, TensorRT EP), OpenVINO (CPU) and native TensorRT plans.
 
 A backend turns a bundle's stage graphs into runners (:class:`~.runners.Runner`:
 ``run(feeds) -> outputs``, NumPy in and out); :func:`open_backend` is the one place
@@ -16,7 +16,7 @@ from ..bundle.manifest import BundleManifest, StageSpec
 from .runners import BackendUnavailable
 
 log = logging.getLogger(__name__)
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "trt-native")
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "trt-native", "openvino")
 
 
 def available_providers() -> list[str]:
@@ -76,6 +76,11 @@ def resolve_backend(name: str, bundle: Path) -> str:
             import tensorrt  # noqa: F401
         except ImportError as exc:
             raise BackendUnavailable("backend 'trt-native' needs the tensorrt and cuda-python packages") from exc
+    if name == "openvino":
+        import importlib.util
+
+        if importlib.util.find_spec("openvino") is None:
+            raise BackendUnavailable("backend 'openvino' needs the OpenVINO runtime: pip install 'reaudio[openvino]'")
     return name
 
 
@@ -124,16 +129,22 @@ class OrtRunner:
         return self.session.run(self.output_names, feeds)
 
 
-def ort_trt_cache(bundle: Path) -> Path:
-    """Where the TensorRT provider keeps its engines for ``bundle``: under the cache root, keyed by
-    the bundle's manifest, never inside the bundle (which may be read-only or shared)."""
+def backend_cache(bundle: Path, kind: str) -> Path:
+    """Where a backend keeps what it compiles for ``bundle`` (``kind``: "ort-trt" engines, "openvino"
+    blobs): under the cache root, keyed by the bundle's manifest, never inside the bundle (which may
+    be read-only or shared)."""
     import hashlib
 
     from ..bundle.default_model import cache_root
     from ..bundle.manifest import BUNDLE_MANIFEST
 
     digest = hashlib.sha256((Path(bundle) / BUNDLE_MANIFEST).read_bytes()).hexdigest()[:16]
-    return cache_root() / "ort-trt" / digest
+    return cache_root() / kind / digest
+
+
+def ort_trt_cache(bundle: Path) -> Path:
+    """Where the TensorRT provider keeps its engines for ``bundle``."""
+    return backend_cache(bundle, "ort-trt")
 
 
 def ort_providers(backend: str, device_id: int, bundle: Path) -> list:
@@ -159,12 +170,13 @@ def ort_providers(backend: str, device_id: int, bundle: Path) -> list:
     raise ValueError(f"no onnxruntime providers for backend {backend!r}")
 
 
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "int8", "bf16")
 
 
 def stage_file(spec: StageSpec, backend: str, precision: str) -> str:
     """The graph a stage runs: fp16 on GPU backends under "auto" (or when asked), the fused fp16
-    graph in their place on CUDA, int8 when asked; a stage without that variant runs its fp32 graph."""
+    graph in their place on CUDA, int8 when asked; a stage without that variant runs its fp32 graph
+    (bf16 too: OpenVINO runs the fp32 graph with bf16 arithmetic)."""
     if precision == "int8":
         return spec.int8_file or spec.file
     use_fp16 = precision == "fp16" or (precision == "auto" and backend in ("cuda", "tensorrt"))
@@ -177,10 +189,15 @@ def check_precision(bundle: Path, manifest: BundleManifest, backend: str, precis
     """Refuse a precision this bundle or backend cannot give, saying how to get it."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "bf16" and backend != "openvino":
+        raise BackendUnavailable(
+            f"precision 'bf16' runs on the openvino backend only (asked for {backend!r}); "
+            "pass --backend openvino (pip install 'reaudio[openvino]')"
+        )
     if precision == "int8":
-        if backend != "cpu":
+        if backend not in ("cpu", "openvino"):
             raise BackendUnavailable(
-                f"precision 'int8' runs on the CPU backend only (asked for {backend!r}); "
+                f"precision 'int8' runs on the CPU backends only, cpu and openvino (asked for {backend!r}); "
                 "pass --backend cpu, or use fp16 on a GPU"
             )
         if not any(s.int8_file for s in manifest.stages.values()):
@@ -206,6 +223,15 @@ def make_runners(
 
         return make_trt_runners(bundle, manifest, device_id)
     check_precision(bundle, manifest, backend, precision)
+    if backend == "openvino":
+        from .openvino_runner import OpenVinoRunner, openvino_core
+
+        core = openvino_core(backend_cache(bundle, "openvino"))
+        hint = "bf16" if precision == "bf16" else "fp32"
+        return {
+            name: OpenVinoRunner(core, bundle / stage_file(spec, backend, precision), spec, hint, threads)
+            for name, spec in manifest.stages.items()
+        }
     providers = ort_providers(backend, device_id, bundle)
     runners = {}
     for name, spec in manifest.stages.items():
