@@ -197,7 +197,7 @@ def check_precision(bundle: Path, manifest: BundleManifest, backend: str, precis
     if precision == "int8":
         if backend not in ("cpu", "openvino"):
             raise BackendUnavailable(
-                f"precision 'int8' runs on the CPU backends only, cpu and openvino (asked for {backend!r}); "
+                f"precision 'int8' runs on a CPU backend only, cpu or openvino (asked for {backend!r}); "
                 "pass --backend cpu, or use fp16 on a GPU"
             )
         if not any(s.int8_file for s in manifest.stages.values()):
