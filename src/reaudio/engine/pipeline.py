@@ -321,6 +321,12 @@ class Engine:
         placed[r.edit.offset : r.edit.offset + len(part)] = part
         return placed
 
+    def _spliced(self, edited: EditedBatch, i: int, r: Resolved, decoded: np.ndarray) -> np.ndarray:
+        """Clip ``i`` of an edited batch as written: the model's audio, at the start clip's level, in
+        the generated ranges; the start clip's own samples elsewhere."""
+        fade = round(EDGE_FADE_SECONDS * self.sample_rate)
+        return keep_original(decoded * edited.level_back[i], edited.originals[i], r.edit.generated, fade)
+
     def _keep(self, r: Resolved) -> np.ndarray:
         """(frames,) keep weights of an edited clip's latent."""
         per = self.manifest.samples_per_frame
@@ -383,13 +389,7 @@ class Engine:
             t1 = time.perf_counter()
             audio = self._decode(self.runners["decoder"], batch, latent)
             if edited is not None:
-                fade = round(EDGE_FADE_SECONDS * self.sample_rate)
-                audio = [
-                    keep_original(
-                        audio[i, : r.samples] * edited.level_back[i], edited.originals[i], r.edit.generated, fade
-                    )
-                    for i, r in enumerate(batch)
-                ]
+                audio = [self._spliced(edited, i, r, audio[i, : r.samples]) for i, r in enumerate(batch)]
         except self._run_errors as exc:  # onnxruntime's allocation failures among them
             # One batch that cannot run (too long for this machine's memory, say) fails only its clips.
             log.error(
@@ -466,8 +466,7 @@ class Engine:
         latent, edited = self._denoise(self.fp32_retry.denoiser, [r], single)
         wav = self._decode(self.fp32_retry.runners["decoder"], [r], latent)[0, : r.samples]
         if edited is not None:
-            fade = round(EDGE_FADE_SECONDS * self.sample_rate)
-            wav = keep_original(wav * edited.level_back[0], edited.originals[0], r.edit.generated, fade)
+            wav = self._spliced(edited, 0, r, wav)
         if np.isfinite(wav).all():
             log.warning("clip %s was non-finite in reduced precision; regenerated in fp32", r.request.id or r.index)
             return wav, None
