@@ -57,8 +57,8 @@ def test_without_an_assembler_the_default_model_says_what_to_install(monkeypatch
         default_model.resolve_bundle()
 
 
-def test_the_installed_project_registers_the_export_and_training_sides():
+def test_the_installed_project_registers_the_export_training_and_serving_sides():
     names = [name for name, _ in plugins.command_plugins()]
-    assert names == ["export", "training"]
+    assert names == ["export", "serve", "training"]
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert {"generate", "export", "default-model", "train", "eval", "data", "configs"} <= set(commands)
+    assert {"generate", "export", "default-model", "train", "eval", "data", "configs", "serve"} <= set(commands)

@@ -32,3 +32,13 @@ def test_initial_noise_is_seeded_pcg64():
     assert np.array_equal(a, initial_noise(7, (2, 3)))
     assert np.array_equal(a, np.random.Generator(np.random.PCG64(7)).standard_normal((2, 3), dtype=np.float32))
     assert not np.array_equal(a, initial_noise(8, (2, 3)))
+
+
+def test_the_most_steps_a_schedule_takes_run_and_one_more_is_refused():
+    from reaudio.engine.denoising.sampler import MAX_STEPS
+
+    schedule = NoiseScheduleConfig()
+    plan = make_plan(schedule, "ddim", MAX_STEPS)
+    assert plan.timesteps.max() < schedule.num_train_timesteps and len(plan) == MAX_STEPS
+    with pytest.raises(ValueError, match=f"must be in 1..{MAX_STEPS}"):
+        make_plan(schedule, "ddim", MAX_STEPS + 1)

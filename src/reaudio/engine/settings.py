@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .audio.postprocess import LOUDNESS_RANGE
-from .denoising.sampler import SAMPLERS
+from .denoising.sampler import MAX_STEPS, SAMPLERS
 from .retrieval.database import MODES as RETRIEVAL_MODES
 
 #: How a request can start from real audio instead of noise, besides an ``init_audio`` file.
@@ -149,7 +149,7 @@ SETTINGS: tuple[Setting, ...] = (
         "steps",
         int,
         "denoising steps (default: the bundle's)",
-        limits=(1, 1000),
+        limits=(1, MAX_STEPS),
         bundle_default=lambda m: m.defaults.steps,
     ),
     Setting(

@@ -20,7 +20,9 @@ from .schedule import NoiseScheduleConfig
 SAMPLERS = ("ddim", "dpmpp-2m")
 #: Columns of ``SamplerPlan.coefs``.
 COEF_NAMES = ("alpha_s", "sigma_s", "c_x", "c_x0", "c_prev")
-MAX_STEPS = 1000
+#: Leading spacing counts from 1, so 1000 steps of a 1000-step schedule would ask for timestep 1000
+#: (one past its end; diffusers' DDIM fails there too): 999 at most.
+MAX_STEPS = 999
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,9 @@ def _dpm_first_order(acp: np.ndarray, s: int, t: int) -> np.ndarray:
 def _full_plan(schedule: NoiseScheduleConfig, sampler: str, steps: int) -> SamplerPlan:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
-    if not 1 <= steps <= min(MAX_STEPS, schedule.num_train_timesteps):
-        raise ValueError(f"steps={steps} must be in 1..{min(MAX_STEPS, schedule.num_train_timesteps)}")
+    most = min(MAX_STEPS, schedule.num_train_timesteps - 1)
+    if not 1 <= steps <= most:
+        raise ValueError(f"steps={steps} must be in 1..{most}")
     acp = schedule.alphas_cumprod()
     ts = leading_timesteps(schedule, steps)
     ratio = schedule.num_train_timesteps // steps

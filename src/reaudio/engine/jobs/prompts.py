@@ -115,15 +115,21 @@ def _txt_records(path: Path, lines, problems) -> list[tuple[int, dict]]:
 
 
 def _validate(path, line, record, problems) -> PromptRow | None:
-    where = f"{path}:{line}"
-    before = len(problems)
+    row, found = check_record(record, line, Path(path).parent)
+    problems += [f"{path}:{line}: {message}" for _, message in found]
+    return row
+
+
+def check_record(record: dict, line: int, folder: Path | None) -> tuple[PromptRow | None, list[tuple[str, str]]]:
+    """One prompt row's record checked: the row, or None and every problem as (field, what is wrong).
+    ``init_audio`` is a file relative to ``folder`` (None: the record may not name one)."""
+    problems: list[tuple[str, str]] = []
     prompt = record.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        problems.append(f"{where}: missing or empty prompt")
-        return None
+        return None, [("prompt", "missing or empty prompt")]
     prompt = " ".join(prompt.split())
     if len(prompt) > MAX_PROMPT_CHARS:
-        problems.append(f"{where}: prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+        problems.append(("prompt", f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}"))
     values = {}
     for setting in settings.SETTINGS:
         raw = record.get(setting.name)
@@ -132,7 +138,7 @@ def _validate(path, line, record, problems) -> PromptRow | None:
         try:
             value = settings.parse_value(setting, raw)
         except settings.SettingError as exc:
-            problems.append(f"{where}: {exc}")
+            problems.append((setting.name, str(exc)))
             continue
         if value is not None:
             values[setting.name] = value
@@ -145,13 +151,16 @@ def _validate(path, line, record, problems) -> PromptRow | None:
         row=True,
     )
     if start:
-        problems.append(f"{where}: {start}")
+        problems.append(("init_audio", start))
     elif "init_audio" in values:
-        file = path.parent / values["init_audio"]
-        problem = audio_file_problem(file, settings.DURATION_RANGE)
-        if problem:
-            problems.append(f"{where}: init_audio {values['init_audio']!r} ({file}): {problem}")
-        values["init_audio"] = str(file)
+        if folder is None:
+            problems.append(("init_audio", "a file path is not accepted here; send the clip itself"))
+        else:
+            file = folder / values["init_audio"]
+            problem = audio_file_problem(file, settings.DURATION_RANGE)
+            if problem:
+                problems.append(("init_audio", f"init_audio {values['init_audio']!r} ({file}): {problem}"))
+            values["init_audio"] = str(file)
     raw_id = record.get("id")
     if raw_id is None or str(raw_id).strip() == "":
         row_id = text_id(prompt)  # numbered on repeats by read_prompt_file
@@ -159,20 +168,27 @@ def _validate(path, line, record, problems) -> PromptRow | None:
         row_id = str(raw_id).strip()
         if not ID_PATTERN.match(row_id):
             problems.append(
-                f"{where}: id {row_id!r} is not usable in file names; use letters, digits, '.', '_', '-' "
-                f"(at most 128, not starting with '.', '_' or '-')"
+                (
+                    "id",
+                    f"id {row_id!r} is not usable in file names; use letters, digits, '.', '_', '-' "
+                    f"(at most 128, not starting with '.', '_' or '-')",
+                )
             )
         elif is_reserved_name(row_id):
             problems.append(
-                f"{where}: id {row_id!r} is a reserved device name on Windows "
-                f"(CON, PRN, AUX, NUL, COM1-9, LPT1-9); libraries are copied there: choose another"
+                (
+                    "id",
+                    f"id {row_id!r} is a reserved device name on Windows "
+                    f"(CON, PRN, AUX, NUL, COM1-9, LPT1-9); libraries are copied there: choose another",
+                )
             )
-    if len(problems) > before:
-        return None
-    return PromptRow(
+    if problems:
+        return None, problems
+    row = PromptRow(
         prompt=prompt,
         id=row_id,
         line=line,
         id_from_text=raw_id is None or str(raw_id).strip() == "",
         **values,
     )
+    return row, []

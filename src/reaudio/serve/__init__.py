@@ -1,0 +1,1 @@
+"""``reaudio serve``: a local generation service for sound-design tools (HTTP, step-level batching)."""
