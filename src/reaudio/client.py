@@ -40,16 +40,23 @@ class Client:
         return self._json("GET", "/v1/health")
 
     def submit(
-        self, prompt: str, init_audio: str | Path | None = None, idempotency_key: str | None = None, **fields
+        self,
+        prompt: str,
+        init_audio: str | Path | None = None,
+        reference: list[str | Path] | None = None,
+        idempotency_key: str | None = None,
+        **fields,
     ) -> dict:
         """Ask for a clip; ``fields`` are a prompt row's (duration, seed, steps, variations, inpaint, …).
-        ``init_audio``: a local file, uploaded. A retry with the same ``idempotency_key`` (one is made
-        when not given) returns the same job."""
+        ``init_audio`` (a start clip) and ``reference`` (clips to sound like): local files, uploaded. A
+        retry with the same ``idempotency_key`` (one is made when not given) returns the same job."""
         record = {"prompt": prompt, **fields}
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        if init_audio is None:
+        files = [("init_audio", Path(init_audio))] if init_audio is not None else []
+        files += [("reference", Path(r)) for r in reference or ()]
+        if not files:
             return self._json("POST", "/v1/clips", json.dumps(record).encode(), "application/json", headers)
-        body, content_type = _multipart({"settings": json.dumps(record)}, {"init_audio": Path(init_audio)})
+        body, content_type = _multipart({"settings": json.dumps(record)}, files)
         return self._json("POST", "/v1/clips", body, content_type, headers)
 
     def status(self, job_id: str) -> dict:
@@ -128,12 +135,12 @@ class Client:
             return json.loads(answer.read())
 
 
-def _multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, str]:
+def _multipart(fields: dict[str, str], files: list[tuple[str, Path]]) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     parts = []
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, path in files.items():
+    for name, path in files:
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         head = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{path.name}"\r\n'

@@ -140,3 +140,30 @@ def test_ray_job_with_edits_matches_the_single_process_job(local_ray, tiny_bundl
     }
     assert on_ray == local
     assert {(i, x) for _, i, x in local.values()} == {("0.2:0.5", None), (None, 0.5), (None, -0.25), (None, None)}
+
+
+def test_ray_job_with_reference_clips_matches_the_single_process_job(local_ray, tiny_bundle, tmp_path):
+    """Rows whose own clips are their neighbours give the same bytes on Ray as in one process."""
+    from dataclasses import replace
+
+    import numpy as np
+    import soundfile as sf
+
+    rate = 8000
+    for i, hz in enumerate((330, 550)):
+        t = np.arange(int(0.7 * rate)) / rate
+        sf.write(tmp_path / f"ref{i}.wav", (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), rate)
+    rows = [
+        {"prompt": PROMPTS[0], "reference": ["ref0.wav", "ref1.wav"]},
+        {"prompt": PROMPTS[1], "reference": "ref1.wav", "reference_mode": "add", "reference_caption": "a tone"},
+        {"prompt": PROMPTS[2]},
+    ]
+    prompts = tmp_path / "refs.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = replace(_job(tiny_bundle, tmp_path, "ray"), prompts=prompts, duration=None)
+    assert run_job_on_ray(job, num_workers=2, progress=False).written == len(rows)
+    assert run_job(replace(job, out=tmp_path / "single"), progress=False).written == len(rows)
+    on_ray = {e["key"]: (e["sha256"], e["neighbours"]) for e in _entries(tmp_path / "ray")}
+    local = {e["key"]: (e["sha256"], e["neighbours"]) for e in _entries(tmp_path / "single")}
+    assert on_ray == local
+    assert sum(n["id"].startswith("reference:") for _, ns in local.values() for n in ns) == 3

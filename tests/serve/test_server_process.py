@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -64,6 +66,10 @@ def test_a_service_killed_mid_load_finishes_every_accepted_job_exactly_once(tiny
         assert sorted(keys) == sorted(f["clips"][0]["key"] for f in finals)  # each once, none lost
         audio = client.audio(jobs[5])
         assert audio[:4] == b"RIFF" and len(audio) > 1000
+        tone = tmp_path / "bell.wav"
+        sf.write(tone, (0.3 * np.sin(np.arange(6000) * 0.3)).astype(np.float32), 8000)
+        alike = client.wait(client.submit("a bell", reference=[tone], steps=3)["id"], timeout=60)  # an upload
+        assert alike["clips"][0]["neighbours"] == [{"id": "reference:bell.wav", "caption": "a bell"}]
         with pytest.raises(ServiceError) as refused:
             client.submit("x", steps=0)
         assert refused.value.status == 422 and refused.value.detail[0]["field"] == "steps"

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from reaudio.engine import settings  # noqa: E402
 from reaudio.engine.jobs.bulk import GenerateJob, run_job  # noqa: E402
 from reaudio.serve.app import create_app  # noqa: E402
-from reaudio.serve.clip_service import ClipService, ServiceConfig  # noqa: E402
+from reaudio.serve.clip_service import UPLOAD_FIELDS, ClipService, ServiceConfig  # noqa: E402
 
 
 def _config(tiny_artifacts, tmp_path, **kw) -> ServiceConfig:
@@ -138,6 +138,21 @@ def test_an_uploaded_start_clip_is_inpainted_and_kept_outside_the_range(client, 
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "init_audio"
 
 
+def test_reference_clips_are_uploaded_as_parts_and_become_the_neighbours(client, service):
+    rate = service.engine.sample_rate
+    files = [("reference", (f"ref{i}.wav", _wav(rate, 0.8 + 0.2 * i), "audio/wav")) for i in range(2)]
+    settings_json = json.dumps({"prompt": "a bell", "steps": 3, "reference_caption": "a small bell"})
+    answer = client.post("/v1/clips", data={"settings": settings_json}, files=files)
+    assert answer.status_code == 202, answer.json()
+    done = _wait(client, answer.json()["id"])
+    assert done["status"] == "done", done["error"]
+    entry = done["clips"][0]
+    assert [n["id"] for n in entry["neighbours"]] == ["reference:ref0.wav", "reference:ref1.wav"]
+    assert entry["settings"]["reference"] == ["ref0.wav", "ref1.wav"] and entry["settings"]["k"] == 0
+    refused = client.post("/v1/clips", json={"prompt": "a bell", "reference": ["/etc/hosts"]})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["field"] == "reference"
+
+
 def test_a_retried_post_with_its_idempotency_key_returns_the_same_job(client):
     body = {"prompt": "a door creaks", "steps": 3}
     first = client.post("/v1/clips", json=body, headers={"Idempotency-Key": "k-1"})
@@ -206,7 +221,7 @@ def test_metrics_and_the_published_schema(client):
     assert 'reaudio_jobs_ended_total{status="done"} 1.0' in text
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/clips"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    row_settings = {s.name for s in settings.SETTINGS if s.row} - {"init_audio"}
+    row_settings = {s.name for s in settings.SETTINGS if s.row} - set(UPLOAD_FIELDS)  # files come as parts
     assert row_settings | {"prompt", "id"} == set(body["properties"])
     assert body["properties"]["steps"]["minimum"] == settings.by_name()["steps"].limits[0]
     assert body["additionalProperties"] is False

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from .audio.audio_io import load_audio
 from .audio.frontend import log_mel
 from .audio.init_audio import encode_latents, fit_to, read_init_audio, training_gain_db
 from .audio.postprocess import trim_tail
@@ -23,11 +24,16 @@ from .denoising.sampler import SamplerPlan, initial_noise, make_plan, noised_sta
 from .denoising.window_plans import plan_decode
 from .denoising.windowed_loops import WINDOWS_PER_CALL, decode_windowed
 from .planning import Planner, Request, Resolved, text_embeddings
-from .retrieval.database import RetrievalDB
+from .retrieval.database import Neighbours, RetrievalDB
+from .retrieval.references import References, with_references
 from .stages.backends import make_runners, open_backend, run_errors, stage_file
 from .stages.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
+
+#: Seconds of a reference clip its CLAP features are made from (db add's limit: the encoder's cost
+#: grows with length).
+REFERENCE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,8 @@ class Engine:
         spec = self.manifest.retrieval
         if spec:
             gathered, neighbours = self.db.retrieve(film, [r.k for r in batch], [r.retrieval for r in batch])
+            if any(r.references for r in batch):
+                gathered = self._with_references(batch, gathered, neighbours)
             if "retrieved_text" in spec.contexts:
                 conditions["retrieved_text"] = gathered.caption_tokens
                 conditions["retrieved_text_mask"] = gathered.caption_mask
@@ -272,6 +280,31 @@ class Engine:
                 conditions["retrieved_audio"] = gathered.audio_tokens
                 conditions["retrieved_audio_mask"] = gathered.audio_mask
         return conditions, neighbours, time.perf_counter() - start
+
+    def _with_references(self, batch: list[Resolved], gathered: Neighbours, neighbours: list[list[dict]]) -> Neighbours:
+        """``gathered`` with each request's reference clips as neighbours (``neighbours`` gains their records)."""
+        clips = [
+            [self._reference_audio(ref, f"request {r.index} reference {n}") for n, ref in enumerate(r.references)]
+            for r in batch
+        ]
+        names = [
+            [Path(ref).name if isinstance(ref, (str, Path)) else f"clip {n}" for n, ref in enumerate(r.references)]
+            for r in batch
+        ]
+        return with_references(
+            gathered,
+            neighbours,
+            self.db.info,
+            [References(c, r.reference_caption, n) for c, r, n in zip(clips, batch, names)],
+            lambda waves: self.encode_audio(waves)[1],
+            lambda text, length: self.embed_text([text], length=length)[1:],
+        )
+
+    def _reference_audio(self, ref, where: str) -> np.ndarray:
+        """A reference clip at the output rate: its first ``REFERENCE_SECONDS`` stand for it, as in ``db add``."""
+        if isinstance(ref, (str, Path)):
+            return load_audio(ref, self.sample_rate, max_seconds=REFERENCE_SECONDS)
+        return read_init_audio(ref, self.sample_rate, where)[: round(REFERENCE_SECONDS * self.sample_rate)]
 
     def _uncond_film(self, batch: list[Resolved], film: np.ndarray) -> np.ndarray:
         if self.manifest.null_condition == "zeros":

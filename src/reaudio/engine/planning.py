@@ -88,6 +88,10 @@ class Resolved:
     init_source: np.ndarray | Path | str | None = None  # read when its batch runs, not before
     init_from: str = ""  # where init_source came from: "audio" or the neighbour's id
     edit: Edit | None = None
+    #: The request's own clips as neighbours (paths or samples), read when its batch runs.
+    references: tuple = ()
+    reference_caption: str = ""
+    reference_mode: str = ""
 
     def windows(self) -> WindowPlan:
         return plan_windows(self.frames, self.window, self.overlap, circular=self.loop)
@@ -170,6 +174,12 @@ class Planner:
             lo, hi = settings.by_name()[name].limits
             if not lo <= value <= hi:
                 raise ValueError(f"request {index}: {name}={value} out of range {lo}..{hi}")
+        references, mode, reference_seconds = self._resolve_references(request, index)
+        if references and mode == "replace":
+            k = 0  # the reference clips are the neighbours
+        if reference_seconds and request.init_audio is None and request.init is None:
+            # "More like these": as long as they are (their median, at most the training length).
+            natural_duration = float(np.clip(np.median(reference_seconds), 0.25, d.duration))
         strength, init_source, init_seconds, init_from = self._resolve_init(request, index, k, neighbour_init)
         if request.init_audio is not None and request.duration is None:
             natural_duration = init_seconds
@@ -225,6 +235,9 @@ class Planner:
             init_source,
             init_from,
             edit,
+            references,
+            (request.reference_caption or request.prompt) if references else "",
+            mode,
         )
 
     def _edit_seconds(self, request: Request, index: int, init_seconds: float) -> float | None:
@@ -302,6 +315,41 @@ class Planner:
             raise ValueError(f"{where}: init=neighbour: the database found no neighbour for this prompt")
         item_id, path = neighbour_init
         return strength, path, 0.0, item_id
+
+    def _resolve_references(self, request: Request, index: int) -> tuple[tuple, str, list[float]]:
+        """A request's reference clips (checked, not read), their mode and their seconds."""
+        where = f"request {index}"
+        refs = request.reference
+        problem = settings.reference_problem(refs, request.reference_caption, request.reference_mode)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+        if refs is None or (isinstance(refs, (list, tuple)) and not len(refs)):
+            return (), "", []
+        if isinstance(refs, np.ndarray) and refs.dtype.kind in "UO":  # file names through a table (Ray rows)
+            refs = refs.tolist()
+        refs = tuple(refs) if isinstance(refs, (list, tuple)) else (refs,)
+        if len(refs) > settings.MAX_REFERENCES:
+            raise ValueError(f"{where}: {len(refs)} reference clips; at most {settings.MAX_REFERENCES}")
+        mode = request.reference_mode or settings.REFERENCE_MODES[0]
+        if mode not in settings.REFERENCE_MODES:
+            raise ValueError(f"{where}: reference_mode={mode!r}; valid: {', '.join(settings.REFERENCE_MODES)}")
+        spec = self.manifest.retrieval
+        if spec is None or not spec.contexts:
+            raise ValueError(
+                f"{where}: reference clips stand in for retrieved neighbours, and {self.bundle}'s model "
+                "retrieves none; use a retrieval-augmented bundle (the default model is one)"
+            )
+        if "audio_encoder" not in self.manifest.stages:
+            raise ValueError(f"{where}: {self.bundle} has no CLAP audio encoder to hear reference clips with")
+        seconds = []
+        for n, ref in enumerate(refs):
+            try:
+                seconds.append(
+                    check_init_audio(ref, self.manifest.sample_rate, f"{where} reference {n}", settings.DURATION_RANGE)
+                )
+            except ValueError as exc:
+                raise ValueError(str(exc).replace("init_audio", "reference", 1)) from None
+        return refs, mode, seconds
 
     def _window_frames(self, request: Request, index: int) -> tuple[int, int]:
         """The request's denoising window and overlap in latent frames."""

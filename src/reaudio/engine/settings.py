@@ -39,6 +39,10 @@ INIT_KINDS = ("neighbour",)
 DURATION_RANGE = (0.1, 600.0)
 #: Longest prompt or negative prompt, in characters.
 MAX_TEXT_CHARS = 1000
+#: How reference clips join a request's context: as its only neighbours, or beside the database's.
+REFERENCE_MODES = ("replace", "add")
+#: Reference clips one request may give.
+MAX_REFERENCES = 8
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Setting:
         metavar: the flag's placeholder.
         parse: for a ``str`` setting with a syntax of its own: text → its canonical text, raising
             :class:`SettingError` (what the value must look like); rows, flags and requests use it.
+        many: a list of values (files): a flag takes several, a row a JSON list or text separated by ';'.
     """
 
     name: str
@@ -84,6 +89,7 @@ class Setting:
     group: str = ""
     metavar: str | None = None
     parse: Callable[[str], str] | None = None
+    many: bool = False
 
     @property
     def option(self) -> str:
@@ -128,6 +134,7 @@ _LONG = "long clips and loops"
 _START = "starting from real audio (bundles with a vae_encoder stage)"
 _EDIT = "editing a clip (init_audio; bundles with a vae_encoder stage)"
 _RANK = "candidates ranked by CLAP"
+_REF = "your own clips as neighbours (bundles with retrieval and an audio encoder)"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -251,6 +258,31 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="SECONDS",
     ),
     Setting(
+        "reference",
+        Path,
+        "more like these: your own clips stand in for the retrieved neighbours, heard through the bundle's "
+        "CLAP audio encoder (a row: a JSON list, or files separated by ';'; relative to the prompt file)",
+        many=True,
+        resume=False,  # recorded by file names and contents under "reference", "reference_sha256"
+        group=_REF,
+        metavar="FILE",
+    ),
+    Setting(
+        "reference_caption",
+        str,
+        "the text that goes with the reference clips in the context (default: the prompt)",
+        group=_REF,
+        metavar="TEXT",
+    ),
+    Setting(
+        "reference_mode",
+        str,
+        "replace: the reference clips are the only neighbours; add: they join the k database neighbours "
+        "(default replace)",
+        choices=REFERENCE_MODES,
+        group=_REF,
+    ),
+    Setting(
         "variations", int, "clips per prompt (default 1)", limits=(1, 1000), request=False, resume=False, job_default=1
     ),
     Setting(
@@ -319,6 +351,7 @@ def add_arguments(parser, names: Iterable[str] | None = None) -> None:
         where.add_argument(
             setting.option,
             type=_flag_type(setting),
+            nargs="+" if setting.many else None,
             choices=setting.choices,
             default=setting.job_default,
             metavar=setting.metavar,
@@ -419,6 +452,8 @@ def parse_value(setting: Setting, value) -> Any:
             return setting.parse(value)
         except SettingError as exc:
             raise SettingError(f"{name}: {exc}") from None
+    if setting.many:
+        return _parse_many(setting, value)
     if not isinstance(value, str):
         what = "a path to an audio file" if setting.kind is Path else "text"
         raise SettingError(f"{name}={value!r} must be {what}")
@@ -427,6 +462,26 @@ def parse_value(setting: Setting, value) -> Any:
     if len(value) > MAX_TEXT_CHARS:
         raise SettingError(f"{name} must be text of at most {MAX_TEXT_CHARS} characters")
     return " ".join(value.split()) or None
+
+
+def _parse_many(setting: Setting, value) -> list[str] | None:
+    """A list setting's row value: a JSON list of texts, or one text separated by ';'."""
+    items = value if isinstance(value, list) else str(value).split(";") if isinstance(value, str) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise SettingError(f"{setting.name}={value!r} must be a list of files (JSON) or files separated by ';'")
+    items = [item.strip() for item in items if item.strip()]
+    if len(items) > MAX_REFERENCES:
+        raise SettingError(f"{setting.name}: {len(items)} files; at most {MAX_REFERENCES}")
+    return items or None
+
+
+def reference_problem(reference, caption, mode, row: bool = False) -> str | None:
+    """What is wrong with reference settings together, or None: a caption or mode needs clips."""
+    if reference is None or (isinstance(reference, (list, tuple)) and not len(reference)):
+        for name, value in (("reference_caption", caption), ("reference_mode", mode)):
+            if value is not None:
+                return f"{name} needs reference clips" + (" on the same row" if row else " (reference)")
+    return None
 
 
 def check_value(setting: Setting, value) -> None:

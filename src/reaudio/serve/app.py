@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from reaudio import __version__
 from reaudio.engine import settings
 from reaudio.engine.jobs.prompts import ID_PATTERN, MAX_PROMPT_CHARS
+from reaudio.engine.settings import MAX_REFERENCES
 
 from .clip_service import UPLOAD_FIELDS, ClipService, NotCancellable, QueueFull, RequestInvalid
 from .job_store import FINAL, ClipIdTaken, IdempotencyConflict
@@ -69,7 +70,13 @@ def _multipart_schema() -> dict:
         "required": ["settings"],
         "properties": {
             "settings": {"type": "string", "description": "the clip request as JSON (the application/json body)"},
-            **{name: {"type": "string", "format": "binary"} for name in UPLOAD_FIELDS},
+            "init_audio": {"type": "string", "format": "binary", "description": "a start clip"},
+            "reference": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "maxItems": MAX_REFERENCES,
+                "description": "reference clips: the request's neighbours (parts of one name)",
+            },
         },
     }
 
@@ -203,19 +210,19 @@ def create_app(service: ClipService, token: str | None = None) -> FastAPI:
     return app
 
 
-async def _read_clip_request(request: Request) -> tuple[dict, dict[str, tuple[str, bytes]]]:
+async def _read_clip_request(request: Request) -> tuple[dict, list[tuple[str, str, bytes]]]:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=len(UPLOAD_FIELDS), max_fields=1 + len(UPLOAD_FIELDS))
+            form = await request.form(max_files=1 + MAX_REFERENCES, max_fields=1 + len(UPLOAD_FIELDS))
         except Exception as exc:  # the multipart parser's own errors (too many parts, bad framing)
             raise RequestInvalid([("body", f"unreadable multipart body: {exc}")]) from None
-        uploads, record = {}, None
+        uploads, record = [], None
         for name, value in form.multi_items():
             if name == "settings" and isinstance(value, str):
                 record = _json_object(value.encode())
             elif hasattr(value, "read"):
-                uploads[name] = (value.filename or "clip", await value.read())
+                uploads.append((name, value.filename or "clip", await value.read()))
             else:
                 raise RequestInvalid([(name, "unknown part; send 'settings' (JSON) and the files")])
         if record is None:

@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 
 #: Where the service keeps its state inside the library folder.
 STATE_FOLDER = ".serve"
-#: Files a request may upload, by field.
-UPLOAD_FIELDS = ("init_audio",)
+#: Files a request may upload, by field (a start clip; reference clips, several).
+UPLOAD_FIELDS = ("init_audio", "reference")
+MANY_UPLOADS = ("reference",)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -180,12 +181,13 @@ class ClipService:
     # -- requests (any thread) --------------------------------------------------------------------
 
     def accept(
-        self, record: dict, uploads: dict[str, tuple[str, bytes]] | None = None, key: str | None = None
+        self, record: dict, uploads: list[tuple[str, str, bytes]] | None = None, key: str | None = None
     ) -> tuple[Job, bool]:
         """Check a request whole and store it; (job, True), or (the earlier job, False) for a repeated
-        ``key``. Raises :class:`RequestInvalid`, :class:`QueueFull`, ``IdempotencyConflict`` or
+        ``key``. ``uploads``: (field, file name, bytes) of each uploaded clip (several ``reference`` ones
+        may come). Raises :class:`RequestInvalid`, :class:`QueueFull`, ``IdempotencyConflict`` or
         ``ClipIdTaken``."""
-        uploads = uploads or {}
+        uploads = uploads or []
         if not isinstance(record, dict):
             raise RequestInvalid([("body", "must be a JSON object of a prompt row's fields")])
         record = dict(record)
@@ -195,9 +197,15 @@ class ClipService:
             _, more = check_record(known, 1, None) if known.get("prompt") else (None, [])
             raise RequestInvalid(problems + more)
         digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
-        for name, (file_name, data) in sorted(uploads.items()):
-            record[name] = self._store_upload(name, file_name, data)
-            digest.update(name.encode() + b"\0" + record[name].encode())
+        for name, file_name, data in uploads:
+            stored = self._store_upload(name, file_name, data)
+            if name in MANY_UPLOADS:
+                record[name] = [*record.get(name, []), stored]
+            elif name in record:
+                raise RequestInvalid([(name, "uploaded twice; send one file")])
+            else:
+                record[name] = stored
+            digest.update(name.encode() + b"\0" + stored.encode())
         if key is not None:
             earlier = self.store.get_by_key(key)
             if earlier is not None:  # a retried POST: its job, whatever the queue holds now
@@ -272,7 +280,7 @@ class ClipService:
 
     # -- checks ------------------------------------------------------------------------------------
 
-    def _unknown_fields(self, record: dict, uploads: dict) -> list[tuple[str, str]]:
+    def _unknown_fields(self, record: dict, uploads: list) -> list[tuple[str, str]]:
         allowed = set(settings.row_fields())
         problems = [
             (name, f"unknown field; valid: {', '.join(sorted(allowed - set(UPLOAD_FIELDS)))}")
@@ -287,7 +295,7 @@ class ClipService:
                         f"the service reads no path from a request: upload the clip as the multipart part {name!r}",
                     )
                 )
-        for name in uploads:
+        for name, _, _ in uploads:
             if name not in UPLOAD_FIELDS:
                 problems.append((name, f"unknown upload; valid: {', '.join(UPLOAD_FIELDS)}"))
         return problems

@@ -29,7 +29,7 @@ def is_loopback(host: str) -> bool:
 
 def service_defaults() -> list[str]:
     """The settings ``reaudio serve`` takes a default of: a row's, bar those that edit an uploaded clip."""
-    uploaded = {"init_audio", "inpaint", "extend"}
+    uploaded = {"init_audio", "inpaint", "extend", "reference"}
     return [s.name for s in settings.SETTINGS if s.flag and not s.finish and s.row and s.name not in uploaded]
 
 

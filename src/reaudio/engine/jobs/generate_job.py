@@ -273,6 +273,14 @@ def clip_settings(job: GenerateJob, row: PromptRow, defaults: dict) -> dict:
     out["init_sha256"] = start_clip_digest(audio) if audio else None
     if not (audio or init):
         out["strength"] = None
+    # Reference clips by name and content, as start clips are; their settings only with them.
+    references = [Path(r) for r in settings.merged(row, job, "reference") or ()]
+    out["reference"] = [r.name for r in references] or None
+    out["reference_sha256"] = [start_clip_digest(r) for r in references] or None
+    if not references:
+        out["reference_caption"] = out["reference_mode"] = None
+    else:
+        out["reference_mode"] = out["reference_mode"] or settings.REFERENCE_MODES[0]  # what it ran with
     return out
 
 

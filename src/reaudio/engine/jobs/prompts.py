@@ -161,6 +161,7 @@ def check_record(record: dict, line: int, folder: Path | None) -> tuple[PromptRo
             if problem:
                 problems.append(("init_audio", f"init_audio {values['init_audio']!r} ({file}): {problem}"))
             values["init_audio"] = str(file)
+    problems += _references(record, values, folder)
     raw_id = record.get("id")
     if raw_id is None or str(raw_id).strip() == "":
         row_id = text_id(prompt)  # numbered on repeats by read_prompt_file
@@ -192,3 +193,26 @@ def check_record(record: dict, line: int, folder: Path | None) -> tuple[PromptRo
         **values,
     )
     return row, []
+
+
+def _references(record: dict, values: dict, folder: Path | None) -> list[tuple[str, str]]:
+    """Check a row's reference clips (files relative to ``folder``) and their settings; ``values["reference"]``
+    becomes their paths."""
+    problem = settings.reference_problem(
+        values.get("reference"), record.get("reference_caption"), record.get("reference_mode"), row=True
+    )
+    if problem:
+        return [("reference", problem)]
+    if not values.get("reference"):
+        return []
+    if folder is None:
+        return [("reference", "file paths are not accepted here; send the clips themselves")]
+    problems, files = [], []
+    for name in values["reference"]:
+        file = folder / name
+        found = audio_file_problem(file, settings.DURATION_RANGE)
+        if found:
+            problems.append(("reference", f"reference {name!r} ({file}): {found}"))
+        files.append(str(file))
+    values["reference"] = tuple(files)  # rows are frozen and hashable
+    return problems
