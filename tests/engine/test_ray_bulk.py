@@ -142,8 +142,8 @@ def test_ray_job_with_edits_matches_the_single_process_job(local_ray, tiny_bundl
     assert {(i, x) for _, i, x in local.values()} == {("0.2:0.5", None), (None, 0.5), (None, -0.25), (None, None)}
 
 
-def test_ray_job_with_reference_clips_matches_the_single_process_job(local_ray, tiny_bundle, tmp_path):
-    """Rows whose own clips are their neighbours give the same bytes on Ray as in one process."""
+def test_ray_job_with_reference_clips_and_timelines_matches_the_single_process_job(local_ray, tiny_bundle, tmp_path):
+    """Rows whose own clips are their neighbours, and timeline rows, give the same bytes on Ray as in one process."""
     from dataclasses import replace
 
     import numpy as np
@@ -157,6 +157,11 @@ def test_ray_job_with_reference_clips_matches_the_single_process_job(local_ray, 
         {"prompt": PROMPTS[0], "reference": ["ref0.wav", "ref1.wav"]},
         {"prompt": PROMPTS[1], "reference": "ref1.wav", "reference_mode": "add", "reference_caption": "a tone"},
         {"prompt": PROMPTS[2]},
+        {
+            "prompt": PROMPTS[3],
+            "duration": 2.0,
+            "timeline": [{"at": 0, "prompt": PROMPTS[3]}, {"at": 1, "prompt": PROMPTS[4]}],
+        },
     ]
     prompts = tmp_path / "refs.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))

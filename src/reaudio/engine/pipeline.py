@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from .bundle.manifest import BundleManifest, read_bundle_manifest
 from .denoising.denoisers import Denoiser, Fp32Retry, choose_denoiser
 from .denoising.known_regions import KnownLatent, keep_mask
 from .denoising.sampler import SamplerPlan, initial_noise, make_plan, noised_start
-from .denoising.window_plans import plan_decode
+from .denoising.window_plans import plan_decode, segment_shares
 from .denoising.windowed_loops import WINDOWS_PER_CALL, decode_windowed
 from .planning import Planner, Request, Resolved, text_embeddings
 from .retrieval.database import Neighbours, RetrievalDB
@@ -260,8 +260,12 @@ class Engine:
                 yield from self._run_batch(batch, conditions, neighbours, prep_s)
 
     def _conditions(self, batch: list[Resolved]) -> tuple[dict[str, np.ndarray], list[list[dict]], float]:
+        """The graph's conditions of a batch (a row per clip; a row per clip and window when a clip has a
+        timeline), each clip's neighbours as records, and the seconds it took."""
+        if _per_window(batch):
+            return self._timeline_conditions(batch)
         start = time.perf_counter()
-        film = self.embed_each([r.request.prompt for r in batch])
+        film = self.embed_each([r.segments[0][1] if r.segments else r.request.prompt for r in batch])
         conditions = {
             "film": film,
             "uncond_film": self._uncond_film(batch, film),
@@ -279,6 +283,31 @@ class Engine:
             if "retrieved_audio" in spec.contexts:
                 conditions["retrieved_audio"] = gathered.audio_tokens
                 conditions["retrieved_audio_mask"] = gathered.audio_mask
+        return conditions, neighbours, time.perf_counter() - start
+
+    def _timeline_conditions(self, batch: list[Resolved]) -> tuple[dict[str, np.ndarray], list[list[dict]], float]:
+        """A row per (clip, window): each segment's conditions as a prompt of its own; a window's FiLM is
+        its segments' mixed by how much of the window's weight each covers, its neighbours those of the
+        segment it covers most (a clip without a timeline: its own row in every window)."""
+        start = time.perf_counter()
+        windows = batch[0].windows()  # a batch shares its windows (the planner's batch key)
+        parts, owners = [], []
+        for b, r in enumerate(batch):
+            for text in [t for _, t in r.segments] or [r.request.prompt]:
+                parts.append(replace(r, request=replace(r.request, prompt=text), segments=()))
+                owners.append(b)
+        flat, records, _ = self._conditions(parts)
+        rows, films, neighbours = [], [], []
+        for b, r in enumerate(batch):
+            mine = [i for i, owner in enumerate(owners) if owner == b]
+            starts = [first for first, _ in r.segments] or [0]
+            shares = segment_shares(windows, starts)
+            films += [shares[w] @ flat["film"][mine] for w in range(len(windows))]
+            rows += [mine[int(np.argmax(shares[w]))] for w in range(len(windows))]
+            many = len(mine) > 1
+            neighbours.append([{**n, "segment": s} if many else n for s, i in enumerate(mine) for n in records[i]])
+        conditions = {name: value[rows] for name, value in flat.items()}
+        conditions["film"] = np.stack(films).astype(flat["film"].dtype)
         return conditions, neighbours, time.perf_counter() - start
 
     def _with_references(self, batch: list[Resolved], gathered: Neighbours, neighbours: list[list[dict]]) -> Neighbours:
@@ -416,6 +445,7 @@ class Engine:
                 per_call=max(WINDOWS_PER_CALL, len(batch)),
                 on_step=on_step,
                 known=known,
+                per_window=_per_window(batch),
             ), edited
         return denoiser(plan, latent, conditions, known), edited
 
@@ -454,14 +484,19 @@ class Engine:
                 "denoise_s": (t1 - t0) / len(batch),
                 "decode_s": (t2 - t1) / len(batch),
             }
-            yield r.index, self._clip_result(r, audio[i][: r.samples], conditions, i, neighbours[i], timings)
+            yield (
+                r.index,
+                self._clip_result(r, audio[i][: r.samples], conditions, i, neighbours[i], timings, rows=len(batch)),
+            )
 
-    def _clip_result(self, r: Resolved, wav, conditions: dict, i: int, neighbours: list[dict], timings) -> Result:
+    def _clip_result(
+        self, r: Resolved, wav, conditions: dict, i: int, neighbours: list[dict], timings, rows: int = 1
+    ) -> Result:
         """The result of a decoded clip: retried in fp32 when it is not finite, its tail trimmed when
         its length came from its neighbours (``conditions[...][i]``: the clip's, for the retry)."""
         error = None
         if not np.isfinite(wav).all():
-            wav, error = self._retry_fp32(r, conditions, i)
+            wav, error = self._retry_fp32(r, conditions, i, rows)
         if error is None and r.natural:
             wav = trim_tail(wav, self.sample_rate)
         waveform = None if error else np.ascontiguousarray(wav, dtype=np.float32)
@@ -491,12 +526,14 @@ class Engine:
             return True
         return any(stage_file(s, self.backend, self.precision) != s.file for s in self.manifest.stages.values())
 
-    def _retry_fp32(self, r: Resolved, conditions: dict, i: int) -> tuple[np.ndarray | None, str | None]:
-        """One retry of a non-finite clip with the fp32 graphs on CPU; else a reported failure."""
+    def _retry_fp32(self, r: Resolved, conditions: dict, i: int, rows: int) -> tuple[np.ndarray | None, str | None]:
+        """One retry of a non-finite clip with the fp32 graphs on CPU; else a reported failure (``rows``:
+        the clips of the batch ``conditions`` belong to)."""
         if self.fp32_retry is None:
             log.warning("clip %s came out non-finite; not written", r.request.id or r.index)
             return None, "non-finite audio (NaN/inf) from the model"
-        single = {k: v[i : i + 1] for k, v in conditions.items()}
+        per = len(conditions["guidance"]) // rows  # a timeline's batch has a row per clip and window
+        single = {k: v[i * per : (i + 1) * per] for k, v in conditions.items()}
         latent, edited = self._denoise(self.fp32_retry.denoiser, [r], single)
         wav = self._decode(self.fp32_retry.runners["decoder"], [r], latent)[0, : r.samples]
         if edited is not None:
@@ -505,3 +542,8 @@ class Engine:
             log.warning("clip %s was non-finite in reduced precision; regenerated in fp32", r.request.id or r.index)
             return wav, None
         return None, "non-finite audio (NaN/inf), also after an fp32 retry"
+
+
+def _per_window(batch: list[Resolved]) -> bool:
+    """Whether a batch's conditions change from window to window (some clip has a timeline)."""
+    return any(len(r.segments) > 1 for r in batch)

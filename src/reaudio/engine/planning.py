@@ -92,6 +92,8 @@ class Resolved:
     references: tuple = ()
     reference_caption: str = ""
     reference_mode: str = ""
+    #: A timeline's segments: (first latent frame, prompt); each window is conditioned by the ones it covers.
+    segments: tuple = ()
 
     def windows(self) -> WindowPlan:
         return plan_windows(self.frames, self.window, self.overlap, circular=self.loop)
@@ -183,6 +185,8 @@ class Planner:
         strength, init_source, init_seconds, init_from = self._resolve_init(request, index, k, neighbour_init)
         if request.init_audio is not None and request.duration is None:
             natural_duration = init_seconds
+        if request.timeline is not None:
+            natural_duration = None  # a timeline's times are the clip's: the bundle's length unless given
         edit_seconds = self._edit_seconds(request, index, init_seconds)
         if edit_seconds is not None:
             natural_duration = edit_seconds
@@ -214,6 +218,13 @@ class Planner:
         window, overlap = self._window_frames(request, index)
         if request.initial_latent is not None and request.window is None and not request.loop:
             window = max(window, frames)
+        segments = self._segments(request, index, samples)
+        if len(segments) > 1 and request.window is None:
+            # Windows no longer than the shortest segment, so each prompt has windows of its own.
+            starts = [start for start, _ in segments] + [frames]
+            shortest = min(b - a for a, b in zip(starts, starts[1:]))
+            window = max(2, min(window, shortest))
+            overlap = min(window // 2, round(window / 4)) if request.overlap is None else min(overlap, window // 2)
         if request.loop:  # the loop's period is the whole latent: round up to a whole latent frame
             samples = frames * self.manifest.samples_per_frame
         edit = self._edit(request, samples, init_seconds) if edit_seconds is not None else None
@@ -238,7 +249,28 @@ class Planner:
             references,
             (request.reference_caption or request.prompt) if references else "",
             mode,
+            segments,
         )
+
+    def _segments(self, request: Request, index: int, samples: int) -> tuple[tuple[int, str], ...]:
+        """A timeline's segments as (first latent frame, prompt); () without one."""
+        if request.timeline is None:
+            return ()
+        where = f"request {index}"
+        for name in ("loop", "inpaint", "extend", "reference", "initial_latent"):
+            value = getattr(request, name)
+            if value is not None and value is not False:
+                raise ValueError(f"{where}: timeline and {name} exclude each other")
+        seconds = samples / self.manifest.sample_rate
+        segments = settings.timeline_segments(settings.canonical_timeline(request.timeline))
+        late = [at for at, _ in segments if at >= seconds]
+        if late:
+            raise ValueError(
+                f"{where}: timeline {request.timeline!r} has a prompt at {late[0]:g} s, past the clip's "
+                f"{seconds:.2f} s; set a duration that covers it"
+            )
+        per_frame = self.manifest.samples_per_frame
+        return tuple((round(at * self.manifest.sample_rate / per_frame), text) for at, text in segments)
 
     def _edit_seconds(self, request: Request, index: int, init_seconds: float) -> float | None:
         """An edited clip's length (the start clip's, plus an extension), or None for no edit."""

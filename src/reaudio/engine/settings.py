@@ -43,6 +43,8 @@ MAX_TEXT_CHARS = 1000
 REFERENCE_MODES = ("replace", "add")
 #: Reference clips one request may give.
 MAX_REFERENCES = 8
+#: Prompts one timeline may hold.
+MAX_SEGMENTS = 8
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,47 @@ def canonical_ranges(value) -> str:
         except (TypeError, ValueError):
             raise SettingError(f"{value!r}: give [start, end] pairs in seconds, e.g. [[1.2, 2.0]]") from None
     return ",".join(f"{a:g}:{b:g}" for a, b in time_ranges(value))
+
+
+def timeline_segments(value) -> list[tuple[float, str]]:
+    """A timeline (text ``"0:a door creaks open;2:the door slams"``, or a JSON list of
+    ``{"at": seconds, "prompt": text}``) as [(seconds, prompt)]: the first at 0, then in order, each
+    prompt text without ';'; raises :class:`SettingError` saying what a timeline must look like."""
+    if isinstance(value, (list, tuple)):
+        parts = []
+        for item in value:
+            if not isinstance(item, dict) or set(item) != {"at", "prompt"}:
+                raise SettingError(f'{item!r}: each timeline entry is {{"at": seconds, "prompt": text}}')
+            parts.append((item["at"], item["prompt"]))
+    else:
+        parts = []
+        for piece in str(value).split(";"):
+            at, sep, text = piece.strip().partition(":")
+            if not sep:
+                raise SettingError(
+                    f"{piece.strip()!r} is not a timeline entry; write SECONDS:PROMPT, e.g. 0:rain;2:thunder"
+                )
+            parts.append((at, text))
+    segments = []
+    for at, text in parts:
+        try:
+            seconds = float(at)
+        except (TypeError, ValueError):
+            raise SettingError(f"timeline time {at!r} must be a number of seconds") from None
+        if not isinstance(text, str) or not text.strip() or ";" in text or len(text) > MAX_TEXT_CHARS:
+            raise SettingError(f"timeline prompt {text!r} must be text of 1 to {MAX_TEXT_CHARS} characters without ';'")
+        if segments and seconds <= segments[-1][0]:
+            raise SettingError(f"timeline time {seconds:g} s comes after {segments[-1][0]:g} s; give times in order")
+        segments.append((seconds, " ".join(text.split())))
+    if not segments or segments[0][0] != 0:
+        raise SettingError("a timeline starts at 0 (0:FIRST PROMPT;SECONDS:NEXT PROMPT…)")
+    if len(segments) > MAX_SEGMENTS:
+        raise SettingError(f"{len(segments)} timeline segments; at most {MAX_SEGMENTS}")
+    return segments
+
+
+def canonical_timeline(value) -> str:
+    return ";".join(f"{at:g}:{text}" for at, text in timeline_segments(value))
 
 
 _LONG = "long clips and loops"
@@ -256,6 +299,16 @@ SETTINGS: tuple[Setting, ...] = (
         limits=(-DURATION_RANGE[1], DURATION_RANGE[1]),
         group=_EDIT,
         metavar="SECONDS",
+    ),
+    Setting(
+        "timeline",
+        str,
+        "prompts over time: SECONDS:PROMPT;SECONDS:PROMPT (the first at 0), e.g. '0:a door creaks open;2:the door "
+        "slams'; each denoising window follows the prompt of the time it covers (a JSONL row: a list of "
+        '{"at": S, "prompt": TEXT})',
+        parse=canonical_timeline,
+        group=_LONG,
+        metavar="0:TEXT;S:TEXT",
     ),
     Setting(
         "reference",

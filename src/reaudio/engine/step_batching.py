@@ -258,7 +258,8 @@ class StepBatcher:
             "prev_x0": np.stack([part(lane, w, lane.prev_x0) for lane, w in chunk]),
         }
         for name in chunk[0][0].conditions:
-            feeds[name] = _stack_padded([lane.conditions[name][0] for lane, _ in chunk])
+            # A timeline's conditions have a row per window; others one row.
+            feeds[name] = _stack_padded([lane.conditions[name][_row(lane, w)] for lane, w in chunk])
         per_step = [step_feeds(lane.plan, lane.step, 1) for lane, _ in chunk]
         for name in ("timestep", "coefs"):
             feeds[name] = np.concatenate([s[name] for s in per_step])
@@ -301,6 +302,10 @@ def _settle(future: Future, result=None, exception: BaseException | None = None)
             future.set_result(result)
     except InvalidStateError:
         pass
+
+
+def _row(lane: _Lane, window: int | None) -> int:
+    return window if window is not None and len(lane.conditions["guidance"]) > 1 else 0
 
 
 def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:

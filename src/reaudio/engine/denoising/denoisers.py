@@ -46,6 +46,7 @@ class Denoiser(Protocol):
         per_call: int = WINDOWS_PER_CALL,
         on_step: Callable[[int, int], None] | None = None,
         known: KnownLatent | None = None,
+        per_window: bool = False,
     ) -> np.ndarray: ...
 
 
@@ -57,10 +58,12 @@ class _OnRunners:
     def runner(self):
         return self.runners["denoiser"]
 
-    def windowed(self, plan, latent, conditions, windows, per_call=WINDOWS_PER_CALL, on_step=None, known=None):
+    def windowed(
+        self, plan, latent, conditions, windows, per_call=WINDOWS_PER_CALL, on_step=None, known=None, per_window=False
+    ):
         # Window by window on the host for every backend so far: one graph call per group of
         # windows is the unit of work (device-resident windowed loops are a strategy to add).
-        return denoise_windowed(self.runner, plan, latent, conditions, windows, per_call, on_step, known)
+        return denoise_windowed(self.runner, plan, latent, conditions, windows, per_call, on_step, known, per_window)
 
 
 class HostLoop(_OnRunners):

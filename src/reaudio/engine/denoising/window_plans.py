@@ -150,3 +150,13 @@ def plan_decode(total: int, window: int, context: int, circular: bool = False) -
         )
         windows.append(DecodeWindow(np.arange(first, last), (keep_lo - first, keep_hi - first), keep_lo))
     return DecodePlan(total, windows, fade, circular)
+
+
+def segment_shares(windows: WindowPlan, starts: list[int]) -> np.ndarray:
+    """(windows, segments): how much of each window's weight falls in each segment of a clip whose
+    segments begin at latent frames ``starts`` (the first at 0); each row sums to one."""
+    segment_of = np.searchsorted(np.asarray(starts), np.arange(windows.total), side="right") - 1
+    shares = np.zeros((len(windows), len(starts)))
+    for w in range(len(windows)):
+        np.add.at(shares[w], segment_of[windows.indices[w]], windows.weights[w])
+    return shares / shares.sum(axis=1, keepdims=True)

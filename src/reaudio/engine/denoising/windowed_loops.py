@@ -31,6 +31,7 @@ def denoise_windowed(
     per_call: int = WINDOWS_PER_CALL,
     on_step: Callable[[int, int], None] | None = None,
     known: KnownLatent | None = None,
+    per_window: bool = False,
 ) -> np.ndarray:
     """The host loop of :func:`~reaudio.engine.denoising.loop.denoise_host` over ``windows`` of the latent
     (with ``known``, its kept frames re-imposed after every step, as there).
@@ -40,7 +41,8 @@ def denoise_windowed(
     with the window weights. Both are affine in the window's inputs with coefficients shared
     by all windows, so blending them is MultiDiffusion's least-squares average of the
     windows' proposals. ``per_call`` caps the windows in one graph call; ``on_step(done, steps)``
-    is called after each step (progress for clips that take minutes).
+    is called after each step (progress for clips that take minutes). ``per_window``: ``conditions``
+    has a row per (clip, window), clip-major (a timeline's windows follow their own prompts).
     """
     latent = np.asarray(latent, dtype=np.float32)
     batch = len(latent)
@@ -51,7 +53,7 @@ def denoise_windowed(
     for i in range(len(plan)):
         next_latent, x0 = np.zeros_like(latent), np.zeros_like(latent)
         for chunk in chunks:
-            rows = np.array([b for b, _ in chunk])
+            rows = np.array([b * len(windows) + w if per_window else b for b, w in chunk])
             frames = [windows.indices[w] for _, w in chunk]
             feeds = {
                 "latent": np.stack([latent[b][:, f] for (b, _), f in zip(chunk, frames)]),
