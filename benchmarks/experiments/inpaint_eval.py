@@ -16,38 +16,25 @@ seconds are regenerated with ``--inpaint`` and the clip's caption as the prompt 
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
+import edit_experiment
 import numpy as np
 
 from reaudio.engine.audio.audio_io import load_audio
 from reaudio.engine.audio.seams import MEASURES, compare
 from reaudio.engine.audio.splice import EDGE_FADE_SECONDS
-from reaudio.engine.pipeline import Engine, Request
+from reaudio.engine.pipeline import Request
 from reaudio.training.backbones import embed_at, load_backbone
-from reaudio.training.data import read_corpus
 from reaudio.training.evaluate import evenly_spaced, real_file
 from reaudio.training.metrics import fad
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("manifest", type=Path)
-    parser.add_argument("--bundle", type=Path, help="default: the embedded default model")
+    parser = edit_experiment.parser(__doc__)
     parser.add_argument("--clips", type=int, default=50)
     parser.add_argument("--gap", type=float, default=1.0)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-
-    if args.bundle is None:
-        from reaudio.engine.bundle.default_model import resolve_bundle
-
-        args.bundle = resolve_bundle()
-    engine = Engine.from_bundle(args.bundle, backend="cpu", audio_root=args.manifest.parent)
+    engine, clips = edit_experiment.open_engine(args)
     sr, mel_rate = engine.sample_rate, engine.manifest.mel.sample_rate
-    clips = read_corpus(args.manifest)
     test = [c for c in clips if c.split == "test"]
     waves = {c.id: load_audio(real_file(c, sr, mel_rate), sr) for c in test}
     long_enough = [c for c in test if len(waves[c.id]) >= (args.gap + 1.0) * sr]
@@ -57,9 +44,8 @@ def main() -> None:
 
     gaps, copies, real_gaps, floor_gaps, seams, seams_real, exact = [], [], [], [], [], [], []
     fade = round(EDGE_FADE_SECONDS * sr)
-    text_emb, _, _ = engine.embed_text([c.caption for c in chosen])
-    top1 = engine.db.search(text_emb, 1, mode=engine.planner.default_retrieval)[:, 0]
-    for i, (clip, row) in enumerate(zip(chosen, top1)):
+    top1 = edit_experiment.top1_ids(engine, [c.caption for c in chosen])
+    for i, (clip, neighbour_id) in enumerate(zip(chosen, top1)):
         wave = waves[clip.id]
         start = (len(wave) / sr - args.gap) / 2
         request = Request(clip.caption, init_audio=wave, inpaint=f"{start:.4f}:{start + args.gap:.4f}", seed=i)
@@ -72,7 +58,7 @@ def main() -> None:
         )
         gaps.append(out[a:b])
         real_gaps.append(wave[a:b])
-        neighbour = load_audio(real_file(audio_of[engine.db.items[row]["id"]], sr, mel_rate), sr)
+        neighbour = load_audio(real_file(audio_of[neighbour_id], sr, mel_rate), sr)
         copies.append(np.pad(neighbour, (0, max(0, b - len(neighbour))))[a:b])
         seams.append(compare(out, [a, b], sr, circular=False))
         seams_real.append(compare(wave, [a, b], sr, circular=False))
@@ -101,10 +87,7 @@ def main() -> None:
             m: float(np.median([s.percentile[m] for s in seams_real])) for m in MEASURES
         },
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    edit_experiment.report(report, args.out)
 
 
 if __name__ == "__main__":

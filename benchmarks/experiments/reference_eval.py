@@ -18,16 +18,12 @@ neighbour, and another real clip of the same caption where the test split has on
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
+import edit_experiment
 import numpy as np
 
 from reaudio.engine.audio.audio_io import load_audio
-from reaudio.engine.pipeline import Engine, Request
+from reaudio.engine.pipeline import Request
 from reaudio.training.backbones import embed_at, load_backbone
-from reaudio.training.data import read_corpus
 from reaudio.training.evaluate import evenly_spaced, real_file
 from reaudio.training.listening import paired_minus_unpaired
 
@@ -49,27 +45,18 @@ def _scores(results: np.ndarray, refs: np.ndarray, top1: np.ndarray) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("manifest", type=Path)
-    parser.add_argument("--bundle", type=Path, help="default: the embedded default model")
+    parser = edit_experiment.parser(__doc__)
     parser.add_argument("--clips", type=int, default=50)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    if args.bundle is None:
-        from reaudio.engine.bundle.default_model import resolve_bundle
-
-        args.bundle = resolve_bundle()
-    engine = Engine.from_bundle(args.bundle, backend="cpu", audio_root=args.manifest.parent)
+    engine, clips = edit_experiment.open_engine(args)
     sr, mel_rate = engine.sample_rate, engine.manifest.mel.sample_rate
-    clips = read_corpus(args.manifest)
     in_db = {item["id"] for item in engine.db.items}
     held_out = [c for c in clips if c.split == "test" and c.id not in in_db]
     chosen = evenly_spaced(held_out, args.clips)
     by_id = {c.id: c for c in clips}
     waves = [load_audio(real_file(c, sr, mel_rate), sr) for c in chosen]
-    text_emb, _, _ = engine.embed_text([c.caption for c in chosen])
-    top1_rows = engine.db.search(text_emb, 1, mode=engine.planner.default_retrieval)[:, 0]
-    top1 = [load_audio(real_file(by_id[engine.db.items[r]["id"]], sr, mel_rate), sr) for r in top1_rows]
+    top1_ids = edit_experiment.top1_ids(engine, [c.caption for c in chosen])
+    top1 = [load_audio(real_file(by_id[i], sr, mel_rate), sr) for i in top1_ids]
     with_ref, plain = [], []
     for i, (clip, wave) in enumerate(zip(chosen, waves)):
         seconds = float(np.clip(len(wave) / sr, 0.25, engine.manifest.defaults.duration))
@@ -104,10 +91,7 @@ def main() -> None:
             "cosine_to_own_reference": round(float(np.sum(_unit(twin_emb) * _unit(refs[idx]), axis=1).mean()), 4),
             "paired_minus_unpaired": round(paired_minus_unpaired(twin_emb, refs[idx]), 4),
         }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    edit_experiment.report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,11 @@ prompt joining the two ("X, then Y"), the two prompts' top-1 retrieved clips pla
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
+import edit_experiment
 import numpy as np
 
 from reaudio.engine.audio.audio_io import load_audio
 from reaudio.engine.pipeline import Engine, Request
-from reaudio.training.data import read_corpus
 from reaudio.training.evaluate import evenly_spaced
 
 
@@ -55,20 +51,12 @@ def _halves_score(engine: Engine, clips: list[np.ndarray], pairs: list[tuple[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("manifest", type=Path)
-    parser.add_argument("--bundle", type=Path, help="default: the embedded default model")
+    parser = edit_experiment.parser(__doc__)
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    if args.bundle is None:
-        from reaudio.engine.bundle.default_model import resolve_bundle
-
-        args.bundle = resolve_bundle()
-    engine = Engine.from_bundle(args.bundle, backend="cpu", audio_root=args.manifest.parent)
+    engine, clips = edit_experiment.open_engine(args)
     sr = engine.sample_rate
-    clips = read_corpus(args.manifest)
     by_id = {c.id: c for c in clips}
     seen, distinct = set(), []
     for clip in clips:
@@ -81,17 +69,13 @@ def main() -> None:
     half = round(args.seconds * sr / 2)
     at = args.seconds / 2
     timed, joined, copied, real = [], [], [], []
-    film_x = engine.embed_text([x for x, _ in captions])[0]
-    film_y = engine.embed_text([y for _, y in captions])[0]
-    mode = engine.planner.default_retrieval
-    top_x = engine.db.search(film_x, 1, mode=mode)[:, 0]
-    top_y = engine.db.search(film_y, 1, mode=mode)[:, 0]
+    top_x = edit_experiment.top1_ids(engine, [x for x, _ in captions])
+    top_y = edit_experiment.top1_ids(engine, [y for _, y in captions])
     for i, ((a, b), (x, y)) in enumerate(zip(pairs, captions)):
         common = dict(seed=i, duration=args.seconds)
         timed.append(engine.generate([Request(f"{x}, then {y}", timeline=f"0:{x};{at:g}:{y}", **common)])[0].waveform)
         joined.append(engine.generate([Request(f"{x}, then {y}", window=args.seconds / 2, **common)])[0].waveform)
-        items = engine.db.items
-        neighbour = [load_audio(by_id[items[r]["id"]].audio, sr) for r in (top_x[i], top_y[i])]
+        neighbour = [load_audio(by_id[n].audio, sr) for n in (top_x[i], top_y[i])]
         copied.append(np.concatenate([_fit(neighbour[0], half), _fit(neighbour[1], half)]))
         real.append(np.concatenate([_fit(load_audio(by_id[c.id].audio, sr), half) for c in (a, b)]))
         print(f"{i + 1}/{len(pairs)} {x!r} → {y!r}", flush=True)
@@ -104,10 +88,7 @@ def main() -> None:
         "copy_top1_of_each_prompt": _halves_score(engine, copied, captions, half),
         "real_clips_of_each_caption": _halves_score(engine, real, captions, half),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    edit_experiment.report(report, args.out)
 
 
 if __name__ == "__main__":
