@@ -219,6 +219,7 @@ def test_metrics_and_the_published_schema(client):
     for name in ("reaudio_queue_length", "reaudio_active_slots", "reaudio_steps_per_second", "reaudio_job_latency"):
         assert name in text
     assert 'reaudio_jobs_ended_total{status="done"} 1.0' in text
+    assert client.get("/docs").status_code == 404  # no page that loads scripts from outside
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/clips"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     row_settings = {s.name for s in settings.SETTINGS if s.row} - set(UPLOAD_FIELDS)  # files come as parts

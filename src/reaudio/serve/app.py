@@ -96,6 +96,9 @@ def create_app(service: ClipService, token: str | None = None) -> FastAPI:
         title="reaudio",
         version=__version__,
         description="Text-to-audio generation for sound-design tools: clip requests in, library files out.",
+        # FastAPI's documentation pages load their scripts from a CDN; the schema alone needs nothing outside.
+        docs_url=None,
+        redoc_url=None,
     )
     metrics = ServiceMetrics(service)
     multipart_limit = service.config.max_upload_bytes + MAX_JSON_BYTES

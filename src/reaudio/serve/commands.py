@@ -37,7 +37,7 @@ def register(sub, common, tables: dict) -> None:
     p = sub.add_parser(
         "serve",
         help="a local HTTP service for sound-design tools: clip requests in, library files out",
-        description="Serve the engine over HTTP (OpenAPI at /docs). Requests share denoising steps "
+        description="Serve the engine over HTTP (its OpenAPI schema at /openapi.json). Requests share denoising steps "
         "(step-level batching); accepted jobs are stored durably and finish exactly once, also "
         "across a restart.",
     )
@@ -135,7 +135,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             timer = threading.Timer(args.stop_after, lambda: setattr(server, "should_exit", True))
             timer.daemon = True  # a service stopped earlier does not wait for it
             timer.start()
-        print(f"reaudio serve: http://{args.host}:{args.port}/v1/health (API: /docs), clips in {config.library}")
+        print(
+            f"reaudio serve: http://{args.host}:{args.port}/v1/health (schema /openapi.json), clips in {config.library}"
+        )
         # uvicorn stops on SIGINT/SIGTERM and raises the signal again once stopped; with these
         # handlers that raise returns, so the service below stops cleanly too (exit status 0).
         for number in (signal.SIGINT, signal.SIGTERM):
