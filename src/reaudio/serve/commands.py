@@ -73,8 +73,8 @@ def register(sub, common, tables: dict) -> None:
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve generator replicas at least (default 1)")
     p.add_argument("--max-replicas", type=int, help="let Ray Serve autoscale generator replicas up to this many")
-    defaults = p.add_argument_group("defaults for every request (a request's own value wins)")
-    settings.add_arguments(defaults, service_defaults())
+    # Defaults for every request (a request's own value wins), in the settings' own --help groups.
+    settings.add_arguments(p, service_defaults())
     p.set_defaults(func=_cmd_serve)
 
 
