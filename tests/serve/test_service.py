@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from reaudio.engine import settings  # noqa: E402
 from reaudio.engine.jobs.bulk import GenerateJob, run_job  # noqa: E402
 from reaudio.serve.app import create_app  # noqa: E402
-from reaudio.serve.clip_service import UPLOAD_FIELDS, ClipService, ServiceConfig  # noqa: E402
+from reaudio.serve.clip_service import ClipService, ServiceConfig  # noqa: E402
+from reaudio.serve.intake import UPLOAD_FIELDS  # noqa: E402
 
 
 def _config(tiny_artifacts, tmp_path, **kw) -> ServiceConfig:

@@ -22,7 +22,8 @@ from reaudio.engine import settings
 from reaudio.engine.jobs.prompts import ID_PATTERN, MAX_PROMPT_CHARS
 from reaudio.engine.settings import MAX_REFERENCES
 
-from .clip_service import UPLOAD_FIELDS, ClipService, NotCancellable, QueueFull, RequestInvalid
+from .clip_service import ClipService, NotCancellable, QueueFull
+from .intake import UPLOAD_FIELDS, RequestInvalid
 from .job_store import FINAL, ClipIdTaken, IdempotencyConflict
 from .metrics import ServiceMetrics
 

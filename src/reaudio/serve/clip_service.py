@@ -8,25 +8,18 @@ A request that fails fails its job alone; nothing a request holds can stop the t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import queue
-import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reaudio.engine import settings
-from reaudio.engine.audio.init_audio import audio_file_problem
 from reaudio.engine.audio.postprocess import PostProcess
-from reaudio.engine.bundle.dataclass_io import atomic_path
 from reaudio.engine.bundle.default_model import resolve_bundle
 from reaudio.engine.bundle.manifest import BUNDLE_MANIFEST, sha256_file
-from reaudio.engine.denoising.sampler import start_step
-from reaudio.engine.jobs.candidates import Ranked, check_rankable, expand, rank
+from reaudio.engine.jobs.candidates import Ranked, expand, rank
 from reaudio.engine.jobs.generate_job import (
     GenerateJob,
     JobSummary,
@@ -37,20 +30,16 @@ from reaudio.engine.jobs.generate_job import (
     write_clip,
 )
 from reaudio.engine.jobs.library import Library
-from reaudio.engine.jobs.prompts import check_record
 from reaudio.engine.pipeline import Engine
 from reaudio.engine.step_batching import StepBatcher, Ticket
 
+from .intake import Intake, RequestInvalid
 from .job_store import FINAL, ClipIdTaken, IdempotencyConflict, Job, JobStore
 
 log = logging.getLogger(__name__)
 
 #: Where the service keeps its state inside the library folder.
 STATE_FOLDER = ".serve"
-#: Files a request may upload, by field (a start clip; reference clips, several).
-UPLOAD_FIELDS = ("init_audio", "reference")
-MANY_UPLOADS = ("reference",)
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -73,14 +62,6 @@ class ServiceConfig:
     postprocess: PostProcess = field(default_factory=PostProcess)
     audio_root: Path | None = None
     defaults: dict = field(default_factory=dict)
-
-
-class RequestInvalid(ValueError):
-    """A request the service refuses: every problem as (field, reason)."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{f}: {r}" for f, r in problems))
-        self.problems = problems
 
 
 class QueueFull(RuntimeError):
@@ -140,6 +121,7 @@ class ClipService:
             audio_root=config.audio_root,
             **config.defaults,
         )
+        self.intake = Intake(self.job, self.engine, self.bundle, self.uploads, config.max_upload_bytes)
         self.bundle_hash = sha256_file(self.bundle / BUNDLE_MANIFEST)
         self.made_by = Producer.of(self.engine)
         self.batcher = batcher or StepBatcher(self.engine, config.slots, config.batching, config.fill_wait_s)
@@ -187,37 +169,19 @@ class ClipService:
         ``key``. ``uploads``: (field, file name, bytes) of each uploaded clip (several ``reference`` ones
         may come). Raises :class:`RequestInvalid`, :class:`QueueFull`, ``IdempotencyConflict`` or
         ``ClipIdTaken``."""
-        uploads = uploads or []
-        if not isinstance(record, dict):
-            raise RequestInvalid([("body", "must be a JSON object of a prompt row's fields")])
-        record = dict(record)
-        problems = self._unknown_fields(record, uploads)
-        if problems:  # with what is wrong in the known fields too, so one answer lists everything
-            known = {k: v for k, v in record.items() if k in settings.row_fields() and k not in UPLOAD_FIELDS}
-            _, more = check_record(known, 1, None) if known.get("prompt") else (None, [])
-            raise RequestInvalid(problems + more)
-        digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
-        for name, file_name, data in uploads:
-            stored = self._store_upload(name, file_name, data)
-            if name in MANY_UPLOADS:
-                record[name] = [*record.get(name, []), stored]
-            elif name in record:
-                raise RequestInvalid([(name, "uploaded twice; send one file")])
-            else:
-                record[name] = stored
-            digest.update(name.encode() + b"\0" + stored.encode())
+        record, digest = self.intake.take(record, uploads or [])
         if key is not None:
             earlier = self.store.get_by_key(key)
             if earlier is not None:  # a retried POST: its job, whatever the queue holds now
-                if earlier.body_sha256 != digest.hexdigest():
+                if earlier.body_sha256 != digest:
                     raise IdempotencyConflict(
                         f"Idempotency-Key {key!r} was used with another request (job {earlier.id})"
                     )
                 return earlier, False
-        _, clips, steps = self._check(record)
+        _, clips, steps = self.intake.plan(record)
         if self.store.count("queued", "running") >= self.config.queue_max:
             raise QueueFull(self._retry_after())
-        return self.store.add(record, record.get("id"), steps, len(clips), digest.hexdigest(), key)
+        return self.store.add(record, record.get("id"), steps, len(clips), digest, key)
 
     def status(self, job_id: str) -> dict | None:
         job = self.store.get(job_id)
@@ -280,64 +244,6 @@ class ClipService:
 
     # -- checks ------------------------------------------------------------------------------------
 
-    def _unknown_fields(self, record: dict, uploads: list) -> list[tuple[str, str]]:
-        allowed = set(settings.row_fields())
-        problems = [
-            (name, f"unknown field; valid: {', '.join(sorted(allowed - set(UPLOAD_FIELDS)))}")
-            for name in record
-            if name not in allowed
-        ]
-        for name in UPLOAD_FIELDS:
-            if name in record:
-                problems.append(
-                    (
-                        name,
-                        f"the service reads no path from a request: upload the clip as the multipart part {name!r}",
-                    )
-                )
-        for name, _, _ in uploads:
-            if name not in UPLOAD_FIELDS:
-                problems.append((name, f"unknown upload; valid: {', '.join(UPLOAD_FIELDS)}"))
-        return problems
-
-    def _store_upload(self, name: str, file_name: str, data: bytes) -> str:
-        """An uploaded clip kept under the state folder, named by its content; its name relative to it."""
-        if len(data) > self.config.max_upload_bytes:
-            raise RequestInvalid([(name, f"{len(data)} bytes; at most {self.config.max_upload_bytes}")])
-        stem = _SAFE_NAME.sub("-", Path(file_name or "clip.wav").name).strip(".-") or "clip.wav"
-        relative = f"{hashlib.sha256(data).hexdigest()[:16]}/{stem[:100]}"
-        path = self.uploads / relative
-        if not path.is_file():
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data)
-        problem = audio_file_problem(path, settings.DURATION_RANGE)
-        if problem:
-            raise RequestInvalid([(name, f"uploaded {file_name!r}: {problem}")])
-        return relative
-
-    def _row(self, record: dict, clip_id: str | None = None):
-        row, problems = check_record({**record, **({"id": clip_id} if clip_id else {})}, 1, self.uploads)
-        if problems:
-            raise RequestInvalid(problems)
-        return row
-
-    def _check(self, record: dict):
-        """The row, its clips and their denoising steps; every problem as :class:`RequestInvalid`."""
-        row = self._row(record)
-        try:
-            clips = plan_clips(self.job, [row])
-            requests = [request_for(self.job, c) for c in clips]
-            counts = [candidates_for(self.job, c.row) for c in clips]
-            check_rankable(self.engine.manifest, max(counts), self.bundle)
-            resolved = self.engine.planner.resolve_all(requests[:1])[0]
-        except ValueError as exc:
-            text = re.sub(r"^(request \d+|--\S+ \S+|\S+:\d+): ", "", str(exc))
-            named = re.match(r"--?(\w[\w-]*)|(\w+)[=: ]", str(exc).removeprefix("request 0: "))
-            field_name = next((g for g in (named.groups() if named else ()) if g), "body").replace("-", "_")
-            raise RequestInvalid([(field_name if field_name in settings.row_fields() else "body", text)]) from None
-        per_clip = resolved.steps - start_step(resolved.steps, resolved.strength)
-        return row, clips, per_clip * sum(counts)
-
     def _retry_after(self) -> int:
         """Seconds until a queue slot is likely free: the recent mean job time, at least 1."""
         recent = [seconds for status, seconds in self.ended if status == "done"][-20:]
@@ -378,7 +284,7 @@ class ClipService:
                 self._end(job, "failed", [], str(exc)[:500])
 
     def _begin(self, job: Job) -> None:
-        row = self._row(job.record, job.clip_id)
+        row = self.intake.row(job.record, job.clip_id)
         clips = plan_clips(self.job, [row])
         todo = [c for c in clips if not self.library.is_finished(c.key)]  # a restarted job keeps its clips
         if not todo:
@@ -430,7 +336,7 @@ class ClipService:
             ranked = rank(self.engine, request, got) if len(got) > 1 else Ranked(request, got, [None])
             write_clip(self.job, self.library, clip, ranked, self.bundle_hash, self.made_by, summary)
         errors += summary.failed
-        clips = plan_clips(self.job, [self._row(job.record, job.clip_id)])
+        clips = plan_clips(self.job, [self.intake.row(job.record, job.clip_id)])
         entries = [self.library.entries[c.key] for c in clips if self.library.is_finished(c.key)]
         if errors:
             self._end(job, "failed", entries, "; ".join(errors)[:1000])
