@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -102,8 +102,7 @@ class StepBatcher:
         self._queue: deque[Ticket] = deque()
         self._lanes: list[_Lane] = []
         self._wake = threading.Condition()
-        #: Denoiser rows run so far (each a lane's step, or one window of it): the steps/s counter.
-        self.rows_run = 0
+        #: Lane steps run so far: the steps/s counter.
         self.steps_run = 0
 
     # -- any thread ---------------------------------------------------------------------
@@ -228,7 +227,6 @@ class StepBatcher:
             for first in range(0, len(rows), per_call):
                 chunk = rows[first : first + per_call]
                 out_latent, out_x0 = runner.run(self._feeds(chunk))
-                self.rows_run += len(chunk)
                 for j, (lane, window) in enumerate(chunk):
                     if window is None:
                         outputs[id(lane)] = (out_latent[j : j + 1], out_x0[j : j + 1])
@@ -320,4 +318,4 @@ def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-__all__ = ["MODES", "StepBatcher", "Ticket", "CancelledError"]
+__all__ = ["MODES", "StepBatcher", "Ticket"]

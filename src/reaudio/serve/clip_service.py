@@ -78,6 +78,7 @@ class NotCancellable(RuntimeError):
 class _Running:
     job: Job
     clips: list  # the job's clips still to make (generate_job.Clip)
+    keys: list[str]  # every clip of the job, made before or now: its entries, in order
     requests: list
     counts: list[int]
     tickets: list[Ticket]
@@ -292,7 +293,7 @@ class ClipService:
             return
         requests = [request_for(self.job, c) for c in todo]
         counts = [candidates_for(self.job, c.row) for c in todo]
-        running = _Running(job, todo, requests, counts, [])
+        running = _Running(job, todo, [c.key for c in clips], requests, counts, [])
         self._running[job.id] = running
         for request in expand(requests, counts):
             ticket = self.batcher.submit(request)
@@ -336,8 +337,7 @@ class ClipService:
             ranked = rank(self.engine, request, got) if len(got) > 1 else Ranked(request, got, [None])
             write_clip(self.job, self.library, clip, ranked, self.bundle_hash, self.made_by, summary)
         errors += summary.failed
-        clips = plan_clips(self.job, [self.intake.row(job.record, job.clip_id)])
-        entries = [self.library.entries[c.key] for c in clips if self.library.is_finished(c.key)]
+        entries = [self.library.entries[k] for k in running.keys if self.library.is_finished(k)]
         if errors:
             self._end(job, "failed", entries, "; ".join(errors)[:1000])
         else:
