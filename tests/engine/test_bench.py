@@ -113,3 +113,39 @@ def test_cli_int8_without_int8_graphs_is_a_clear_error(tiny_artifacts, capsys):
     code = main(["bench", "--bundle", str(tiny_artifacts / "bundle"), "--backend", "cpu", "--precision", "int8"])
     assert code == 2
     assert "reaudio quantize" in capsys.readouterr().err
+
+
+def test_compare_takes_turns_and_measures_each_config_against_the_first(tiny_artifacts):
+    import importlib.util
+
+    from reaudio.engine.jobs.bench import compare_engines, format_comparison
+
+    bundle = tiny_artifacts / "bundle"
+    engines = {"cpu:fp32": Engine.from_bundle(bundle, backend="cpu", threads=1, precision="fp32")}
+    engines["cpu:fp32 again"] = Engine.from_bundle(bundle, backend="cpu", threads=1, precision="fp32")
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    if has_openvino:
+        engines["openvino:bf16"] = Engine.from_bundle(bundle, backend="openvino", threads=1, precision="bf16")
+    report = compare_engines(engines, FAST)
+    assert [row["batch"] for row in report["results"]] == [1, 2]
+    for row in report["results"]:
+        first, again = row["configs"]["cpu:fp32"], row["configs"]["cpu:fp32 again"]
+        assert first["speedup"] == 1.0 and first["snr_db_vs_first"] == float("inf")
+        assert again["snr_db_vs_first"] == float("inf") and again["log_mel_l1_vs_first"] == 0.0
+        assert again["speedup"] == pytest.approx(first["run_s"]["p50"] / again["run_s"]["p50"])
+        assert len(again["run_s"]["runs"]) == FAST.repeats and again["stages"]["denoiser"]["calls"] == FAST.steps * 2
+        if has_openvino:
+            bf16 = row["configs"]["openvino:bf16"]
+            assert 10 < bf16["snr_db_vs_first"] < 200 and 0 < bf16["log_mel_l1_vs_first"] < 0.5
+    assert report["configs"]["cpu:fp32"]["stage_precision"]["denoiser"] == "fp32"
+    table = format_comparison(report)
+    assert "cpu:fp32 again" in table and "speed-up" in table
+    json.dumps(report)
+
+
+def test_cli_compare_refuses_an_unknown_configuration(tiny_artifacts, capsys):
+    from reaudio.engine.cli import main
+
+    code = main(["bench", "--bundle", str(tiny_artifacts / "bundle"), "--compare", "cpu:fp32", "openvino:fp8"])
+    assert code == 2
+    assert "--compare 'openvino:fp8': give BACKEND:PRECISION" in capsys.readouterr().err

@@ -21,7 +21,7 @@ FAST = Calibration(prompts=("rain on a roof", "a dog barks", "a door slams", "bi
 @pytest.fixture(scope="module")
 def int8_bundle(tiny_artifacts, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "bundle"
-    quantize_bundle(tiny_artifacts / "bundle", out, FAST)
+    quantize_bundle(tiny_artifacts / "bundle", out, FAST, target_snr_db=None)
     return out
 
 
@@ -76,7 +76,7 @@ def test_the_vocoder_is_quantised_only_when_asked(tiny_artifacts, int8_bundle, t
 
     assert vocoder_readers(int8_bundle) == set()
     out = tmp_path / "with-vocoder"
-    quantize_bundle(tiny_artifacts / "bundle", out, FAST, vocoder=True)
+    quantize_bundle(tiny_artifacts / "bundle", out, FAST, vocoder=True, target_snr_db=None)
     readers = vocoder_readers(out)
     assert readers and {n.split("/")[2] for n in readers} >= {"conv_pre", "conv_post"}
     assert json.loads((out / REPORT).read_text())["vocoder"] is True
@@ -124,11 +124,11 @@ def test_in_place_quantisation_rewrites_the_manifest_last(tiny_bundle, monkeypat
 
     monkeypatch.setattr(int8, "compare_graphs", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        quantize_bundle(tiny_bundle, calibration=FAST)
+        quantize_bundle(tiny_bundle, calibration=FAST, target_snr_db=None)
     assert (tiny_bundle / "manifest.json").read_bytes() == before
     assert read_bundle_manifest(tiny_bundle).stages["denoiser"].int8_file is None  # still loads, verified
     monkeypatch.undo()
-    manifest = quantize_bundle(tiny_bundle, calibration=FAST)
+    manifest = quantize_bundle(tiny_bundle, calibration=FAST, target_snr_db=None)
     assert manifest.stages["decoder"].int8_file and not (tiny_bundle / ".int8-partial").exists()
     assert Engine.from_bundle(tiny_bundle, backend="cpu", precision="int8").precision == "int8"
 

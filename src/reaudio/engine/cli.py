@@ -83,7 +83,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import json
 
     from .bundle.default_model import resolve_bundle
     from .jobs.bench import BenchSettings, format_table, run_bench
@@ -97,26 +96,53 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         sampler=args.sampler,
     )
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    bundle = resolve_bundle(args.bundle)
+    if args.compare:
+        return _bench_compare(bundle, args, settings, say)
     engine = Engine.from_bundle(
-        resolve_bundle(args.bundle),
+        bundle,
         backend=args.backend,
         device_id=args.device_id,
         threads=args.threads,
         precision=args.precision,
         cuda_graphs=args.cuda_graphs,
     )
-    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    report = run_bench(engine, settings, progress=say)
-    if args.json == "-":
+    return _print_report(run_bench(engine, settings, progress=say), format_table, args.json)
+
+
+def _print_report(report: dict, as_table, json_to: str | None) -> int:
+    """A bench report as a table, or JSON on stdout (``-``), or both a table and a JSON file."""
+    import json
+
+    if json_to == "-":
         print(json.dumps(report, indent=2))
         return 0
-    print(format_table(report))
-    if args.json:
+    print(as_table(report))
+    if json_to:
         from .bundle.dataclass_io import write_json_atomic
 
-        write_json_atomic(args.json, report)
-        print(f"report: {args.json}")
+        write_json_atomic(json_to, report)
+        print(f"report: {json_to}")
     return 0
+
+
+def _bench_compare(bundle: Path, args: argparse.Namespace, settings, say) -> int:
+    from .jobs.bench import compare_engines, format_comparison
+    from .pipeline import Engine
+
+    engines = {}
+    for config in args.compare:
+        backend, _, precision = config.partition(":")
+        if backend not in BACKENDS or (precision or "auto") not in PRECISIONS:
+            raise ValueError(
+                f"--compare {config!r}: give BACKEND:PRECISION, backends {', '.join(BACKENDS)}, "
+                f"precisions {', '.join(PRECISIONS)} (e.g. cpu:fp32 openvino:bf16 auto:auto)"
+            )
+        engines[config] = Engine.from_bundle(
+            bundle, backend=backend, threads=args.threads, precision=precision or "auto"
+        )
+    return _print_report(compare_engines(engines, settings, progress=say), format_comparison, args.json)
 
 
 def _add_bench(sub) -> None:
@@ -133,8 +159,45 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime or OpenVINO (default: all cores)")
     p.add_argument("--device-id", type=int, default=0, help="GPU index")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the denoising loop as CUDA graphs (cuda)")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="BACKEND:PRECISION",
+        help="time several configurations side by side, runs taking turns, e.g. cpu:fp32 cpu:int8 "
+        "openvino:fp32 openvino:bf16 auto:auto (speed-up and audio distance against the first)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': JSON on stdout only)")
     p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .bundle.default_model import resolve_bundle
+    from .jobs.tuning import TuneSettings, tune_locked
+
+    bundle = resolve_bundle(args.bundle)
+    tuned = TuneSettings(backends=tuple(args.backends), repeats=args.repeats, threads=args.threads)
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    report = tune_locked(bundle, tuned, progress=say)
+    for backend, stages in report["choice"].items():
+        chosen = ", ".join(f"{stage} {precision}" for stage, precision in stages.items())
+        print(f"{backend}: {chosen} — {report['batch_estimate_s'][backend]:.2f} s for {report['batch_estimate_of']}")
+    print(f"fastest here: {report['fastest_backend']} (what --backend auto now picks on this CPU model)")
+    return 0
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="measure each stage's precisions on the CPU backends; --precision auto then runs the fastest "
+        "that keeps the sound, and --backend auto the faster backend",
+    )
+    p.add_argument("bundle", type=Path, nargs="?", help="bundle folder (default: the embedded default model)")
+    p.add_argument(
+        "--backends", nargs="+", default=["cpu", "openvino"], choices=("cpu", "openvino"), help="default: both"
+    )
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per stage and precision (default 5)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.set_defaults(func=_cmd_tune)
 
 
 def _cmd_audition(args: argparse.Namespace) -> int:
@@ -206,7 +269,8 @@ def _add_generate(sub) -> None:
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="auto: fp16 graphs on GPU backends when the bundle has them, else fp32; int8: the "
+        help="auto: fp16 graphs on GPU backends when the bundle has them; on the CPU each stage's "
+        "precision as `reaudio tune` chose it for this backend (fp32 in an untuned bundle); int8: the "
         "quantised CPU graphs made by `reaudio quantize` (faster, slightly different sound); bf16: "
         "--backend openvino's bf16 arithmetic on the fp32 graphs (CPUs with AMX or AVX-512 BF16)",
     )
@@ -281,6 +345,7 @@ def add_engine_commands(sub, common) -> argparse._SubParsersAction:
     """Add ``generate`` and ``db add/remove/list``; returns the ``db`` action table for more actions."""
     _add_generate(sub)
     _add_bench(sub)
+    _add_tune(sub)
     au = sub.add_parser("audition", help="write LIBRARY/index.html: hear, filter, sort and mark a library's clips")
     au.add_argument("library", type=Path, help="a `reaudio generate --out` folder")
     au.add_argument("--title", help="page title (default: the folder's name and clip count)")

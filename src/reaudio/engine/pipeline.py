@@ -26,7 +26,7 @@ from .denoising.windowed_loops import WINDOWS_PER_CALL, decode_windowed
 from .planning import Planner, Request, Resolved, text_embeddings
 from .retrieval.database import Neighbours, RetrievalDB
 from .retrieval.references import References, with_references
-from .stages.backends import make_runners, open_backend, run_errors, stage_file
+from .stages.backends import make_runners, open_backend, run_errors, stage_file, stage_precisions
 from .stages.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,13 @@ class Engine:
         precision: str = "auto",
     ) -> None:
         self.bundle = bundle
-        #: What the runners compute in: "auto" (fp16 graphs on GPU backends), "fp32", "fp16" or "int8".
+        #: The precision asked for: "auto" (fp16 graphs on GPU backends, the tuned choice on the CPU),
+        #: "fp32", "fp16", "int8" or "bf16"; ``stage_precision`` is what each stage runs.
         self.precision = precision
         self.manifest = manifest
         self.backend = backend
+        #: What each stage computes in ("auto" resolved per stage; a tuned bundle's choice on the CPU).
+        self.stage_precision = stage_precisions(manifest, backend, precision)
         self.device_id = device_id
         self.runners = runners
         self._run_errors = run_errors()
@@ -524,7 +527,11 @@ class Engine:
         """True when some stage runs a graph other than its fp32 one."""
         if self.backend == "trt-native":
             return True
-        return any(stage_file(s, self.backend, self.precision) != s.file for s in self.manifest.stages.values())
+        precisions = self.stage_precision
+        return any(
+            precisions[name] == "bf16" or stage_file(spec, self.backend, precisions[name]) != spec.file
+            for name, spec in self.manifest.stages.items()
+        )
 
     def _retry_fp32(self, r: Resolved, conditions: dict, i: int, rows: int) -> tuple[np.ndarray | None, str | None]:
         """One retry of a non-finite clip with the fp32 graphs on CPU; else a reported failure (``rows``:

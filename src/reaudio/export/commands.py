@@ -12,6 +12,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .int8 import DENOISER_TARGET_SNR_DB
+
 
 def need_torch(extra: str = "train") -> None:
     """Exit with the install command when torch is missing (these modules import without it)."""
@@ -94,6 +96,11 @@ def _need_quantisation() -> None:
         raise SystemExit("this command needs onnx: pip install 'reaudio[export]' (no torch needed)") from exc
 
 
+def _target_snr(value: float) -> float | None:
+    """--target-snr 0 quantises every convolution (no sensitivity pass)."""
+    return None if value <= 0 else value
+
+
 def _quantize(bundle: Path, out: Path | None, args: argparse.Namespace) -> int:
     _need_quantisation()
     from reaudio.engine.bundle.default_model import resolve_bundle
@@ -113,6 +120,7 @@ def _quantize(bundle: Path, out: Path | None, args: argparse.Namespace) -> int:
         overwrite=getattr(args, "overwrite", False),
         progress=print,
         vocoder=getattr(args, "vocoder", False),
+        target_snr_db=_target_snr(getattr(args, "target_snr", DENOISER_TARGET_SNR_DB)),
     )
     where = out or bundle
     quantised = [name for name, spec in manifest.stages.items() if spec.int8_file]
@@ -433,6 +441,15 @@ def register(sub, common, tables: dict) -> None:
         action="store_true",
         help="the vocoder's convolutions in int8 too: about 2x faster decoding; what it costs in sound "
         "depends on the vocoder (measure with reaudio eval --precision int8)",
+    )
+    p.add_argument(
+        "--target-snr",
+        type=float,
+        default=DENOISER_TARGET_SNR_DB,
+        metavar="DB",
+        help="keep the denoiser's most sensitive convolutions fp32 until its x0 prediction is this close to "
+        f"fp32 (SNR in dB; default {DENOISER_TARGET_SNR_DB:g}, measured to keep the default model's FAD); "
+        "0: every convolution in int8",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=_cmd_quantize)

@@ -11,8 +11,10 @@ steps); MatMul/Gemm (quantising them too cost ~3 dB of the denoiser's data-predi
 and ran slower than Conv alone: 2.91 s vs 2.49 s per batch-4 step, fp32 3.65 s); and, unless
 asked for (``vocoder=True``, ``reaudio quantize --vocoder``), the vocoder: it halves the decoder's
 time but moves the sound (the default model's universal HiFi-GAN: CLAP score 0.154 vs 0.201,
-envelope correlation 0.247 vs 0.317, FAD 251 vs 254 on 100 test captions; docs/speed.md). The
-fp32 graphs stay in the bundle as the reference; ``--precision int8`` picks the new ones.
+envelope correlation 0.247 vs 0.317, FAD 251 vs 254 on 100 test captions; docs/speed.md). Of the
+UNet's convolutions, the few whose rounding costs the most stay fp32 too: a per-layer sensitivity
+pass (:mod:`.int8_sensitivity`) keeps the denoiser's x0 prediction at ``DENOISER_TARGET_SNR_DB``.
+The fp32 graphs stay in the bundle as the reference; ``--precision int8`` picks the new ones.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ INT8_SCOPES: dict[str, tuple[str, ...]] = {"denoiser": ("/unet/",), "decoder": (
 VOCODER_SCOPE = "/vocoder/"
 QUANTISED_OPS = ("Conv",)
 REPORT = "int8_report.json"
+#: The output the sensitivity pass keeps close to fp32, per stage it runs on.
+SENSITIVITY_OUTPUTS = {"denoiser": "x0"}
+#: The denoiser's x0 SNR (dB, against fp32 over the scored inputs) the pass keeps by default: on the
+#: default model every convolution in int8 gives 13.8 dB, the 24 most sensitive of 73 kept fp32
+#: 30.0 dB, and that scores fp32's FAD (docs/speed.md, 2026-12-07).
+DENOISER_TARGET_SNR_DB = 30.0
+#: Calibration inputs the pass scores each trial on.
+SCORED_FEEDS = 6
 
 #: Calibration prompts: varied sources, textures and envelopes, so every layer sees typical ranges.
 CALIBRATION_PROMPTS = (
@@ -154,20 +164,32 @@ class _Feeds:
         return next(self._it, None)
 
 
-def quantize_graph(src: Path, dst: Path, feeds: list[dict], scopes: tuple[str, ...]) -> Path:
-    """Write the static int8 (QDQ) copy of ``src`` calibrated on ``feeds``."""
+def quantize_graph(
+    src: Path,
+    dst: Path,
+    feeds: list[dict] | None,
+    scopes: tuple[str, ...],
+    nodes: list[str] | None = None,
+    ranges: Path | None = None,
+) -> Path:
+    """Write the static int8 (QDQ) copy of ``src`` calibrated on ``feeds``: the convolutions under
+    ``scopes``, or only ``nodes`` when given. ``ranges``: onnxruntime's calibration cache; when it
+    exists the ranges are read from it (``feeds`` may be None), else calibrated and stored there."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     _quiet_preprocessing_hint()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    graph = onnx.load(str(src), load_external_data=False).graph
-    nodes = [n.name for n in graph.node if n.name.startswith(scopes)]
+    if nodes is None:
+        graph = onnx.load(str(src), load_external_data=False).graph
+        nodes = conv_nodes(graph, scopes)
+    if not nodes:  # onnxruntime reads an empty list as "every node"
+        raise ValueError(f"{src}: no nodes to quantise")
     quantize_static(
         str(src),
         str(dst),
-        _Feeds(feeds),
+        _Feeds(feeds) if feeds is not None else None,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(QUANTISED_OPS),
         per_channel=True,
@@ -176,15 +198,21 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], scopes: tuple[str, .
         reduce_range=False,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        nodes_to_quantize=nodes,
+        nodes_to_quantize=list(nodes),
         use_external_data_format=src.with_name(src.name + ".data").exists(),
         calibrate_method=CalibrationMethod.MinMax,
         # MinMax calibration keeps only per-tensor minima and maxima, so memory stays small. (Not
         # CalibMaxIntermediateOutputs: onnxruntime 1.32 discards the batches it flushes.)
         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        calibration_cache_path=str(ranges) if ranges is not None else None,
     )
     _unquantise_outside(dst, scopes)
     return dst
+
+
+def conv_nodes(graph, scopes: tuple[str, ...]) -> list[str]:
+    """The quantisable nodes (``QUANTISED_OPS``) of ``graph`` under ``scopes``, in graph order."""
+    return [n.name for n in graph.node if n.op_type in QUANTISED_OPS and n.name.startswith(scopes)]
 
 
 def _unquantise_outside(path: Path, scopes: tuple[str, ...]) -> None:
@@ -192,7 +220,10 @@ def _unquantise_outside(path: Path, scopes: tuple[str, ...]) -> None:
 
     onnxruntime's QDQ pass hands every reader of a quantised tensor the dequantised copy, so the
     guidance and sampler update would read the UNet's prediction rounded to 8 bits (and the
-    vocoder the VAE's mel); outside the scopes nothing is quantised.
+    vocoder the VAE's mel); outside the scopes nothing is quantised. Inside, readers keep the
+    dequantised copy even when they are fp32 (a convolution the sensitivity pass kept, an Add):
+    a quantised convolution whose output fed an fp32 reader too could not be fused into one int8
+    kernel, and ran slower than fp32 (the default model's denoiser: 413 against 249 ms a step).
     """
     import onnx
 
@@ -274,10 +305,13 @@ def quantize_bundle(
     overwrite: bool = False,
     progress: Callable[[str], None] = log.info,
     vocoder: bool = False,
+    target_snr_db: float | None = DENOISER_TARGET_SNR_DB,
 ) -> BundleManifest:
     """Add int8 denoiser and decoder graphs to ``bundle`` (or to a copy at ``out``); ``vocoder``:
     the vocoder's convolutions too (about twice as fast a decoder; what it costs in sound depends
-    on the vocoder: measure it with ``reaudio eval``).
+    on the vocoder: measure it with ``reaudio eval``). ``target_snr_db``: the denoiser's convolutions
+    that int8 may take are those that keep its x0 prediction at this SNR against fp32 (the
+    per-layer sensitivity pass); None quantises every one.
 
     In place, the new files are written under temporary names and the manifest is
     rewritten last, under a lock: a crash leaves the bundle as it was.
@@ -293,7 +327,7 @@ def quantize_bundle(
             raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
         with atomic_dir(out) as tmp:
             shutil.copytree(bundle, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "plans"))
-            manifest = _add_int8(tmp, calibration, progress, vocoder)
+            manifest = _add_int8(tmp, calibration, progress, vocoder, target_snr_db)
         return manifest
     lock = FileLock(bundle / ".quantize.lock", timeout=0)
     try:
@@ -303,24 +337,80 @@ def quantize_bundle(
             f"{bundle}: another process is quantising this bundle ({lock.lock_file} is held); wait for it to finish"
         ) from None
     try:
-        return _add_int8(bundle, calibration, progress, vocoder)
+        return _add_int8(bundle, calibration, progress, vocoder, target_snr_db)
     finally:
         lock.release()
 
 
-def _add_int8(bundle: Path, calibration: Calibration, progress: Callable[[str], None], vocoder: bool) -> BundleManifest:
+def _quantize_sensitive(
+    src: Path,
+    dst: Path,
+    recorded: list[dict],
+    scopes: tuple[str, ...],
+    stage: str,
+    target_snr_db: float,
+    calibration: Calibration,
+    progress: Callable[[str], None],
+    report: dict,
+) -> Path | None:
+    """The stage's int8 graph with its most sensitive convolutions kept fp32 (see
+    :mod:`.int8_sensitivity`); None when only fp32 everywhere reaches the target."""
+    import onnx
+
+    from .int8_sensitivity import sensitivity_pass
+
+    candidates = conv_nodes(onnx.load(str(src), load_external_data=False).graph, scopes)
+
+    def quantize(out: Path, nodes: list[str], ranges: Path) -> Path:
+        return quantize_graph(src, out, recorded, scopes, nodes=nodes, ranges=ranges)
+
+    found = sensitivity_pass(
+        src,
+        dst,
+        spread(recorded, SCORED_FEEDS),
+        candidates,
+        quantize,
+        SENSITIVITY_OUTPUTS[stage],
+        target_snr_db,
+        calibration.threads,
+        progress,
+    )
+    report[f"{stage}_sensitivity"] = found.to_dict()
+    progress(
+        f"{stage}: {len(candidates) - len(found.kept_fp32)} of {len(candidates)} convolutions in int8, "
+        f"{SENSITIVITY_OUTPUTS[stage]} SNR {found.snr_db:.1f} dB (every one in int8: {found.all_int8_snr_db:.1f} dB)"
+    )
+    return dst if len(found.kept_fp32) < len(candidates) else None
+
+
+def _add_int8(
+    bundle: Path, calibration: Calibration, progress: Callable[[str], None], vocoder: bool, target_snr_db: float | None
+) -> BundleManifest:
     manifest = read_bundle_manifest(bundle)
     feeds = record_feeds(bundle, calibration, progress)
     staging = bundle / ".int8-partial"
     shutil.rmtree(staging, ignore_errors=True)
-    report = {"calibration": {"prompts": len(calibration.prompts), "steps": calibration.steps}, "vocoder": vocoder}
+    report = {
+        "calibration": {"prompts": len(calibration.prompts), "steps": calibration.steps},
+        "vocoder": vocoder,
+        "target_snr_db": target_snr_db,
+    }
     stages = {}
     for stage, recorded in feeds.items():
         spec = manifest.stages[stage]
         rel = Path(spec.file).with_name("model.int8.onnx").as_posix()
         progress(f"quantising {stage} ({len(recorded)} calibration inputs)")
         scopes = INT8_SCOPES[stage] + ((VOCODER_SCOPE,) if vocoder and stage == "decoder" else ())
-        written = quantize_graph(bundle / spec.file, staging / rel, recorded, scopes)
+        if stage in SENSITIVITY_OUTPUTS and target_snr_db is not None:
+            written = _quantize_sensitive(
+                bundle / spec.file, staging / rel, recorded, scopes, stage, target_snr_db, calibration, progress, report
+            )
+            if written is None:
+                progress(f"{stage}: only fp32 everywhere keeps {target_snr_db:g} dB; no int8 graph for it")
+                stages[stage] = replace(spec, int8_file=None)
+                continue
+        else:
+            written = quantize_graph(bundle / spec.file, staging / rel, recorded, scopes)
         report[stage] = compare_graphs(
             bundle / spec.file, written, spread(recorded, 4), calibration.threads, manifest.mel
         )

@@ -23,6 +23,10 @@ BUNDLE_MANIFEST = "manifest.json"
 UNHASHED_PREFIXES = ("plans/",)
 DTYPES = ("float32", "float16", "int64", "bool")
 NULL_CONDITIONS = ("zeros", "empty_prompt")
+#: The precisions a stage may be tuned to, per CPU backend (bf16 is OpenVINO's arithmetic on the fp32 graph).
+TUNABLE_PRECISIONS = {"cpu": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
+#: ``reaudio tune``'s measurements, beside the manifest: what each precision cost and which backend won.
+TUNING_REPORT = "precision_report.json"
 
 
 class BundleError(ValueError):
@@ -233,10 +237,23 @@ class BundleManifest:
     #: The decoder's output rate when it is not the mel's: a decoder with a band-extension stage
     #: writes 44.1 kHz from the 22.05-kHz mel (a whole multiple of ``mel.sample_rate``). None: the mel's.
     output_rate: int | None = None
+    #: Per CPU backend ("cpu", "openvino"), the precision each stage runs at under ``--precision
+    #: auto``: the fastest that kept the sound when ``reaudio tune`` measured it (its numbers in
+    #: ``precision_report.json``). A stage not named runs fp32.
+    tuned_precision: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.null_condition not in NULL_CONDITIONS:
             raise ValueError(f"null_condition={self.null_condition!r}; valid: {', '.join(NULL_CONDITIONS)}")
+        for backend, stages in self.tuned_precision.items():
+            valid = TUNABLE_PRECISIONS.get(backend)
+            if valid is None:
+                raise ValueError(f"tuned_precision: backend {backend!r}; valid: {', '.join(TUNABLE_PRECISIONS)}")
+            for stage, precision in stages.items():
+                if precision not in valid:
+                    raise ValueError(
+                        f"tuned_precision.{backend}.{stage}: {precision!r}; valid on {backend}: {', '.join(valid)}"
+                    )
 
     @property
     def sample_rate(self) -> int:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from ..pipeline import Engine, Request
+from ..stages.backends import cpu_model
 
 PROMPTS = (
     "footsteps on gravel",
@@ -183,21 +184,107 @@ def measure_batch(engine: Engine, settings: BenchSettings, batch: int) -> BatchF
         _check(engine.generate(requests, batch_size=batch))
     figures = BatchFigures(batch, [])
     window = _reset_peak_rss()
-    per_run: dict[str, list[float]] = defaultdict(list)
     for _ in range(settings.repeats):
-        with timed_stages(engine) as calls:
-            start = time.perf_counter()
-            _check(engine.generate(requests, batch_size=batch))
-            figures.runs_s.append(time.perf_counter() - start)
-        # Per run, except the denoiser: each of its calls is one step.
-        for name in ("text_encoder", "retrieval", "decoder"):
-            per_run[name].append(sum(calls.get(name, [])))
-        per_run["denoiser"] += calls.get("denoiser", [])
-    figures.stages = {name: per_run[name] for name in STAGES if per_run.get(name)}
-    if engine.db is None:
-        figures.stages.pop("retrieval", None)
+        _timed_run(engine, requests, batch, figures)
+    _keep_stages(engine, figures)
     figures.peak_rss_mb = round(_peak_rss_mb(window), 1)
     return figures
+
+
+def _timed_run(engine: Engine, requests: list[Request], batch: int, figures: BatchFigures) -> list:
+    with timed_stages(engine) as calls:
+        start = time.perf_counter()
+        results = engine.generate(requests, batch_size=batch)
+        figures.runs_s.append(time.perf_counter() - start)
+    _check(results)
+    # Per run, except the denoiser: each of its calls is one step.
+    for name in ("text_encoder", "retrieval", "decoder"):
+        figures.stages.setdefault(name, []).append(sum(calls.get(name, [])))
+    figures.stages.setdefault("denoiser", []).extend(calls.get("denoiser", []))
+    return results
+
+
+def _keep_stages(engine: Engine, figures: BatchFigures) -> None:
+    figures.stages = {name: figures.stages[name] for name in STAGES if figures.stages.get(name)}
+    if engine.db is None:
+        figures.stages.pop("retrieval", None)
+
+
+def compare_engines(
+    engines: dict[str, Engine], settings: BenchSettings, progress: Callable[[str], None] | None = None
+) -> dict:
+    """Several engines (backend and precision configurations) side by side: per batch size each is
+    warmed up, then their timed runs take turns (so load on the machine falls on all alike); medians,
+    speed-up over the first, and each one's audio against the first's (SNR, log-mel distance)."""
+    from ..audio.frontend import log_mel
+
+    first = next(iter(engines))
+    rows = []
+    for batch in settings.batch_sizes:
+        if progress:
+            progress(f"batch {batch}: {len(engines)} configurations, {settings.repeats} turns each")
+        requests = settings.requests(batch)
+        audio, figures = {}, {label: BatchFigures(batch, []) for label in engines}
+        for engine in engines.values():
+            for _ in range(settings.warmup):
+                _check(engine.generate(requests, batch_size=batch))
+        for _ in range(settings.repeats):
+            for label, engine in engines.items():
+                audio[label] = [r.waveform for r in _timed_run(engine, requests, batch, figures[label])]
+        row = {"batch": batch, "configs": {}}
+        mel = engines[first].manifest.mel
+        for label, engine in engines.items():
+            _keep_stages(engine, figures[label])
+            summary = figures[label].summary(settings.duration)
+            ref, got = np.concatenate(audio[first]), np.concatenate(audio[label])
+            error = float(np.sum((ref.astype(np.float64) - got) ** 2))
+            summary["speedup"] = float(np.median(figures[first].runs_s)) / summary["run_s"]["p50"]
+            summary["snr_db_vs_first"] = float("inf") if error == 0 else 10 * float(np.log10(np.sum(ref**2.0) / error))
+            summary["log_mel_l1_vs_first"] = float(
+                np.mean(
+                    [np.mean(np.abs(log_mel(a, mel) - log_mel(b, mel))) for a, b in zip(audio[first], audio[label])]
+                )
+            )
+            row["configs"][label] = summary
+        rows.append(row)
+    return {
+        "bundle": {"path": engines[first].bundle.name, "name": engines[first].manifest.name},
+        "configs": {
+            label: {"backend": e.backend, "precision": e.precision, "stage_precision": e.stage_precision}
+            for label, e in engines.items()
+        },
+        "settings": {"duration": settings.duration, "steps": settings.steps, "repeats": settings.repeats},
+        "machine": machine_info(engines[first]),
+        "results": rows,
+    }
+
+
+def format_comparison(report: dict) -> str:
+    """The comparison as a terminal table: one line per configuration and batch size."""
+    m, s = report["machine"], report["settings"]
+    lines = [
+        f"{report['bundle']['name']}: {s['duration']:g}-s clips, {s['steps']} steps, median of {s['repeats']} "
+        f"interleaved runs; {m['cpu']}; {m['date']}",
+        "",
+        f"{'batch':>5}  {'configuration':<22} {'run s':>8} {'clips/s':>8} {'speed-up':>9} "
+        f"{'step ms':>8} {'decoder ms':>11} {'SNR dB':>7} {'log-mel':>8}",
+    ]
+    for row in report["results"]:
+        for label, c in row["configs"].items():
+            stages = c["stages"]
+            step = stages.get("denoiser", {}).get("p50", float("nan")) * 1000
+            decoder = stages.get("decoder", {}).get("p50", float("nan")) * 1000
+            lines.append(
+                f"{row['batch']:>5}  {label:<22} {c['run_s']['p50']:>8.2f} {c['clips_per_s']:>8.3f} "
+                f"{c['speedup']:>8.2f}× {step:>8.1f} {decoder:>11.1f} {c['snr_db_vs_first']:>7.1f} "
+                f"{c['log_mel_l1_vs_first']:>8.3f}"
+            )
+    lines.append("")
+    lines.append("speed-up, SNR and log-mel distance against the first configuration")
+    for label, c in report["configs"].items():
+        per = ", ".join(f"{k} {v}" for k, v in c["stage_precision"].items() if k in STAGES)
+        lines.append(f"  {label}: {c['backend']}, {per}")
+    return "\n".join(lines)
 
 
 def _check(results) -> None:
@@ -220,6 +307,7 @@ def run_bench(engine: Engine, settings: BenchSettings, progress: Callable[[str],
         "bundle": {"path": engine.bundle.name, "name": engine.manifest.name, "family": engine.manifest.family},
         "backend": engine.backend,
         "precision": engine.precision,
+        "stage_precision": engine.stage_precision,
         "settings": {
             "duration": settings.duration,
             "steps": settings.steps,
@@ -239,7 +327,7 @@ def machine_info(engine: Engine | None = None) -> dict:
 
     info = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
@@ -256,17 +344,6 @@ def machine_info(engine: Engine | None = None) -> dict:
     if gpu:
         info["gpu"] = gpu
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _gpu() -> list[dict] | None:
@@ -290,6 +367,14 @@ def _gpu() -> list[dict] | None:
     return gpus
 
 
+def _stage_precision(report: dict) -> str:
+    """ "denoiser bf16, decoder bf16, ..." (stages the bench times first), or one word when all agree."""
+    per = report.get("stage_precision") or {}
+    if len(set(per.values())) <= 1:
+        return next(iter(per.values()), report["precision"])
+    return ", ".join(f"{k} {v}" for k, v in sorted(per.items(), key=lambda kv: kv[0] not in STAGES))
+
+
 def format_table(report: dict) -> str:
     """The report as a terminal table: one block per batch size, milliseconds per stage."""
     m = report["machine"]
@@ -297,7 +382,7 @@ def format_table(report: dict) -> str:
     s = report["settings"]
     lines = [
         f"{report['bundle']['name']} ({report['bundle']['family']}) on {report['backend']}, "
-        f"precision {report['precision']}; {s['duration']:g}-s clips, {s['steps']} steps, "
+        f"precision {report['precision']} ({_stage_precision(report)}); {s['duration']:g}-s clips, {s['steps']} steps, "
         f"median of {s['repeats']} after {s['warmup']} warm-up",
         f"machine: {m['cpu']}, {m.get('threads', m['logical_cores'])} thread(s); GPU: {gpu}; "
         f"onnxruntime {m['onnxruntime']}; {m['date']}",

@@ -67,7 +67,9 @@ GenerateJob.__doc__ = f"""Everything ``reaudio generate`` does. A prompt row's o
 {settings.describe("job")}
         audio_format: "wav" or "flac"; subtype: "PCM_16", "PCM_24" or "FLOAT" (wav only).
         backend, device_id, threads: where to run.
-        precision: "auto", "fp32", "fp16" or "int8" (the CPU's quantised graphs, see ``reaudio quantize``).
+        precision: "auto" (fp16 on GPUs; on the CPU the bundle's ``reaudio tune`` choice per stage, else
+            fp32), "fp32", "fp16", "int8" (the CPU's quantised graphs, see ``reaudio quantize``) or "bf16"
+            (OpenVINO).
         name_template: file name without extension; fields {{id}} {{slug}} {{seed}} {{variation}}.
         postprocess: optional trimming, resampling, loudness target (LUFS) and true-peak ceiling;
             a row's ``loudness_lufs`` replaces the target for that row.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.manifest import BundleManifest, StageSpec
+from ..bundle.manifest import TUNABLE_PRECISIONS, TUNING_REPORT, BundleManifest, StageSpec
 from .runners import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def resolve_backend(name: str, bundle: Path) -> str:
         elif "CUDAExecutionProvider" in providers:
             choice = "cuda"
         else:
-            choice = "cpu"
+            choice = "openvino" if _openvino_measured_faster(bundle) else "cpu"
         log.info("backend auto → %s (onnxruntime providers: %s)", choice, ", ".join(providers))
         return choice
     if name == "cuda" and "CUDAExecutionProvider" not in providers:
@@ -82,6 +82,44 @@ def resolve_backend(name: str, bundle: Path) -> str:
         if importlib.util.find_spec("openvino") is None:
             raise BackendUnavailable("backend 'openvino' needs the OpenVINO runtime: pip install 'reaudio[openvino]'")
     return name
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (the platform's word elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _openvino_measured_faster(bundle: Path) -> bool:
+    """True when OpenVINO is installed and ``reaudio tune``, run on a CPU of this model, found it
+    faster than onnxruntime for ``bundle``: the choice rests on a measurement, never on a guess."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    path = Path(bundle) / TUNING_REPORT
+    if not path.is_file():
+        log.info("OpenVINO is installed; `reaudio tune` measures whether it is faster here for %s", bundle)
+        return False
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        tuned_on, fastest = report["machine"]["cpu"], report["fastest_backend"]
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s: unreadable; run `reaudio tune` again", path)
+        return False
+    if tuned_on != cpu_model():
+        log.info("%s was tuned on a %s, not this %s: run `reaudio tune` here", bundle, tuned_on, cpu_model())
+        return False
+    return fastest == "openvino"
 
 
 def has_native_plans(bundle: Path) -> bool:
@@ -185,6 +223,16 @@ def stage_file(spec: StageSpec, backend: str, precision: str) -> str:
     return spec.fp16_file if use_fp16 and spec.fp16_file else spec.file
 
 
+def stage_precisions(manifest: BundleManifest, backend: str, precision: str) -> dict[str, str]:
+    """Each stage's precision: ``precision`` for every stage, except "auto" on a CPU backend, which
+    takes the per-stage choice ``reaudio tune`` recorded in the bundle for that backend (fp32 for
+    a stage it did not name, and for every stage of an untuned bundle)."""
+    if precision == "auto" and backend in TUNABLE_PRECISIONS:
+        tuned = manifest.tuned_precision.get(backend, {})
+        return {name: tuned.get(name, "fp32") for name in manifest.stages}
+    return dict.fromkeys(manifest.stages, precision)
+
+
 def check_precision(bundle: Path, manifest: BundleManifest, backend: str, precision: str) -> None:
     """Refuse a precision this bundle or backend cannot give, saying how to get it."""
     if precision not in PRECISIONS:
@@ -223,19 +271,25 @@ def make_runners(
 
         return make_trt_runners(bundle, manifest, device_id)
     check_precision(bundle, manifest, backend, precision)
+    per_stage = stage_precisions(manifest, backend, precision)
     if backend == "openvino":
         from .openvino_runner import OpenVinoRunner, openvino_core
 
         core = openvino_core(backend_cache(bundle, "openvino"))
-        hint = "bf16" if precision == "bf16" else "fp32"
         return {
-            name: OpenVinoRunner(core, bundle / stage_file(spec, backend, precision), spec, hint, threads)
+            name: OpenVinoRunner(
+                core,
+                bundle / stage_file(spec, backend, per_stage[name]),
+                spec,
+                "bf16" if per_stage[name] == "bf16" else "fp32",
+                threads,
+            )
             for name, spec in manifest.stages.items()
         }
     providers = ort_providers(backend, device_id, bundle)
     runners = {}
     for name, spec in manifest.stages.items():
-        file = stage_file(spec, backend, precision)
+        file = stage_file(spec, backend, per_stage[name])
         runners[name] = OrtRunner(bundle / file, spec, providers, threads)
         log.debug("stage %s: %s on %s", name, file, backend)
     return runners
