@@ -181,6 +181,8 @@ def test_cli_quantize_then_generate_int8(tiny_bundle, tmp_path, capsys):
                 "2",
                 "--threads",
                 "1",
+                "--target-snr",  # the sensitivity pass has its own tests (test_int8_sensitivity.py)
+                "0",
             ]
         )
         == 0

@@ -70,3 +70,20 @@ def test_stage_snr_pools_the_inputs():
     # The quiet input's own SNR is 0 dB, but pooled it barely counts: signal 100, error 1e-4.
     assert stage_snr_db(reference, [[loud], [2 * quiet]], 0) == pytest.approx(60.0)
     assert stage_snr_db(reference, reference, 0) == float("inf")
+
+
+def test_quantize_command_runs_the_pass_by_default(monkeypatch, tiny_bundle):
+    """`reaudio quantize` passes its --target-snr (default: the measured 30 dB; 0: no pass) through."""
+    import reaudio.export.int8 as int8
+    from reaudio.engine.cli import main
+
+    seen = []
+    monkeypatch.setattr(int8, "quantize_bundle", lambda *a, **k: seen.append(k["target_snr_db"]) or _Manifest())
+    assert main(["quantize", str(tiny_bundle)]) == 0
+    assert main(["quantize", str(tiny_bundle), "--target-snr", "0"]) == 0
+    assert main(["quantize", str(tiny_bundle), "--target-snr", "35"]) == 0
+    assert seen == [int8.DENOISER_TARGET_SNR_DB, None, 35.0] and int8.DENOISER_TARGET_SNR_DB == 30.0
+
+
+class _Manifest:
+    stages: dict = {}
