@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("onnx")
 
+from reaudio.engine.jobs.tuning import stage_snr_db
 from reaudio.engine.pipeline import Engine, Request
 from reaudio.export.int8 import REPORT, Calibration, quantize_bundle
-from reaudio.export.int8_sensitivity import stage_snr_db
 
 FAST = Calibration(prompts=("rain on a roof", "a dog barks", "a door slams", "birdsong"), steps=3, max_feeds=6)
 

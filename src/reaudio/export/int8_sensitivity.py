@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from reaudio.engine.jobs.tuning import stage_snr_db
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,6 @@ class Sensitivity:
             "layers": len(self.layer_snr_db),
             "layer_snr_db": {k: round(v, 2) for k, v in self.layer_snr_db.items()},
         }
-
-
-def stage_snr_db(reference: list[list[np.ndarray]], other: list[list[np.ndarray]], output: int) -> float:
-    """SNR (dB) of output ``output`` over all inputs together: error energy against signal energy
-    summed over the inputs, so one near-silent input does not decide it."""
-    signal = sum(float(np.sum(np.square(r[output], dtype=np.float64))) for r in reference)
-    error = sum(float(np.sum(np.square(r[output].astype(np.float64) - o[output]))) for r, o in zip(reference, other))
-    return float("inf") if error == 0 else 10 * float(np.log10(signal / error))
 
 
 class _GraphScorer:

@@ -124,11 +124,17 @@ def record_inputs(bundle: Path, settings: TuneSettings) -> tuple[dict[str, list[
     return kept, calls
 
 
+def stage_snr_db(reference: list[list[np.ndarray]], other: list[list[np.ndarray]], output: int) -> float:
+    """SNR (dB) of output ``output`` over all inputs together: error energy against signal energy
+    summed over the inputs, so one near-silent input does not decide it."""
+    signal = sum(float(np.sum(np.square(r[output], dtype=np.float64))) for r in reference)
+    error = sum(float(np.sum(np.square(r[output].astype(np.float64) - o[output]))) for r, o in zip(reference, other))
+    return float("inf") if error == 0 else 10 * float(np.log10(signal / error))
+
+
 def _measure(bar: QualityBar, output: int, reference: list[list], got: list[list], mel) -> float:
     if bar.metric == "snr_db":
-        signal = sum(float(np.sum(np.square(r[output], dtype=np.float64))) for r in reference)
-        error = sum(float(np.sum(np.square(r[output].astype(np.float64) - g[output]))) for r, g in zip(reference, got))
-        return float("inf") if error == 0 else 10 * float(np.log10(signal / error))
+        return stage_snr_db(reference, got, output)
     from ..audio.frontend import log_mel
 
     diffs = [
