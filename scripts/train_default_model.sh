@@ -23,7 +23,8 @@
 # band above 8 kHz rebuilt from the octave under it at levels learned from full-band clips) trains
 # BWE_STEPS on the corpus's full-band copies, hearing the final VAE's round trip on half its steps.
 # The export fits the decoder's log-mel calibration (per-band level and sharpening,
-# docs/default_model.md) on training clips and ends the decoder with the band extension.
+# docs/default_model.md) on training clips, brings the vocoder's audio back to the mel it was given
+# (mel matching: no training) and ends the decoder with the band extension.
 set -euo pipefail
 CORPUS=${1:?corpus folder (reaudio data build-sfx --out CORPUS)}
 RUNS=${2:?folder for the training runs}
@@ -108,7 +109,8 @@ reaudio train band-extension --config "$CONFIG" --data "$CORPUS/manifest.jsonl" 
     --steps "$BWE_STEPS" --batch-size 32 --lr 1e-3 --lr-decay cosine --final-lr-fraction 0.05 --warmup-steps 300 \
     --loudness-db "$LOUDNESS" --decoded-by "$VAE_FINAL" --device "$DEVICE" --checkpoint-every 2000
 
-stamp "export (with the decoder's log-mel calibration fitted on training clips, and the band extension)"
+stamp "export (with the decoder's log-mel calibration fitted on training clips, mel matching and the band extension)"
 [ -d "$RUNS/bundle" ] || reaudio export "$LDM_FINAL" --out "$RUNS/bundle" --database "$RUNS/db" \
-    --calibrate-decoder "$CORPUS/manifest.jsonl" --band-extension "$RUNS/band-extension/final/band_extension"
+    --calibrate-decoder "$CORPUS/manifest.jsonl" --mel-matching \
+    --band-extension "$RUNS/band-extension/final/band_extension"
 stamp "done: $RUNS/bundle"

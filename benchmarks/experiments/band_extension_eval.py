@@ -1,7 +1,7 @@
 """What the band extension does to real clips: the vocoder round trip with and without it.
 
     python benchmarks/experiments/band_extension_eval.py MANIFEST --band-extension CKPT_OR_PACK
-        [--bundle BUNDLE] [--limit 100] [--out F]
+        [--bundle BUNDLE] [--mel-matching] [--limit 100] [--out F]
 
 On ``--limit`` test clips of MANIFEST (evenly spread; the same selection as ``reaudio eval``), each
 brought to the engine's start-clip level, and as many other test clips as the reference set:
@@ -13,6 +13,9 @@ brought to the engine's start-clip level, and as many other test clips as the re
   sets: the other clips at full band (44.1 kHz) and, for continuity with earlier tables, at 22.05 kHz.
 - The 11-16 kHz level relative to 0-8 kHz (median, over clips whose source has that band) of the
   real clips and of each resynthesis, and the log-spectral distance to the real clip in 8-16 kHz.
+
+With ``--mel-matching``, also the vocoder's audio brought back to its log-mel
+(``reaudio.models.mel_matching``, default settings), alone and then through the band extension.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--band-extension", type=Path, required=True, help="checkpoint folder or pack")
     parser.add_argument("--config", type=Path, default=Path("src/reaudio/models/default_pack/family.json"))
     parser.add_argument("--bundle", type=Path, help="also the bundle's own encode → decode round trip")
+    parser.add_argument("--mel-matching", action="store_true", help="also rows with the vocoder's audio mel-matched")
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -82,6 +86,12 @@ def main() -> None:
     extend = band_extension(args.band_extension)
 
     rows: dict[str, list[np.ndarray]] = {"real": [], "real_22k": [], "vocoder": [], "vocoder_band_extended": []}
+    matching = None
+    if args.mel_matching:
+        from reaudio.models.mel_matching import MelMatching
+
+        matching = MelMatching(mel_cfg).eval()
+        rows |= {"vocoder_mel_matched": [], "vocoder_mel_matched_band_extended": []}
     with torch.no_grad():
         for clip in test:
             low, full = pair(clip, mel_cfg.sample_rate)
@@ -91,8 +101,13 @@ def main() -> None:
             rows["real_22k"].append(low)
             rows["vocoder"].append(voc[0, : len(low)].numpy())
             rows["vocoder_band_extended"].append(extend(voc, mel)[0, : 2 * len(low)].numpy())
+            if matching is not None:
+                matched = matching(voc, mel)
+                rows["vocoder_mel_matched"].append(matched[0, : len(low)].numpy())
+                rows["vocoder_mel_matched_band_extended"].append(extend(matched, mel)[0, : 2 * len(low)].numpy())
     rates = {"real": FULL, "real_22k": mel_cfg.sample_rate, "vocoder": mel_cfg.sample_rate}
     rates["vocoder_band_extended"] = extend.cfg.out_rate
+    rates["vocoder_mel_matched"], rates["vocoder_mel_matched_band_extended"] = mel_cfg.sample_rate, extend.cfg.out_rate
     if args.bundle:
         from reaudio.engine.pipeline import Engine
 

@@ -123,8 +123,8 @@ def export_bundle(
     ``models`` holds vae, vocoder, unet and either our ``clap`` or an imported Hugging
     Face ``text_encoder`` (then ``tokenizer_json`` is required and no audio encoder
     is exported). ``optimize="gpu"`` adds the denoiser's fused fp16 graph for CUDA (needs ``fp16``).
-    Optional entries: ``mel_calibration`` and ``band_extension`` (into the decoder graph; the second
-    sets the manifest's ``output_rate``) and ``guidance_rescale`` (a
+    Optional entries: ``mel_calibration``, ``mel_matching`` and ``band_extension`` (into the decoder
+    graph; the last sets the manifest's ``output_rate``) and ``guidance_rescale`` (a
     :class:`~reaudio.models.guidance_rescale.GuidanceRescale`, into the denoiser graph and the manifest).
     """
     if optimize not in OPTIMIZE_TARGETS:

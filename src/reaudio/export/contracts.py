@@ -198,7 +198,7 @@ def stages_for(models: dict[str, nn.Module]) -> tuple[str, ...]:
 
 def stage_module(stage: str, cfg: FamilyConfig, models: dict[str, nn.Module]) -> nn.Module:
     """The torch module computing ``stage`` from the loaded ``models`` (vae, vocoder, unet, clap; optionally
-    the decoder's mel_calibration and band_extension, and the denoiser's guidance_rescale)."""
+    the decoder's mel_calibration, mel_matching and band_extension, and the denoiser's guidance_rescale)."""
     if stage == "text_encoder":
         if "clap" in models:
             return TextEncoderGraph(models["clap"])
@@ -212,6 +212,7 @@ def stage_module(stage: str, cfg: FamilyConfig, models: dict[str, nn.Module]) ->
             cfg.mel.n_mels,
             models.get("mel_calibration"),
             models.get("band_extension"),
+            models.get("mel_matching"),
         )
     if stage == "audio_encoder":
         return AudioEncoderGraph(models["clap"], cfg.retrieval.audio_tokens)

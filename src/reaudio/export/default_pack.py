@@ -25,8 +25,9 @@ was trained here, small:
 
 pack.json may also hold ``decoder_calibration``: the per-band correction of the decoder's log-mel
 (``reaudio.models.mel_calibration``) that the assembled decoder graph applies before the vocoder,
-and ``guidance_rescale``: the factor by which the assembled denoiser graph rescales guided
-predictions (``reaudio.models.guidance_rescale``).
+``mel_matching``: the settings of the stage that brings the vocoder's audio back to the mel it was
+given (``reaudio.models.mel_matching``; no weights), and ``guidance_rescale``: the factor by which the
+assembled denoiser graph rescales guided predictions (``reaudio.models.guidance_rescale``).
 
 :func:`assemble` rebuilds the torch models (wheel parts included), recomputes
 caption token features, and writes a regular bundle with ``export_bundle``.
@@ -60,6 +61,7 @@ from reaudio.models.configs import FamilyConfig, load_config
 from reaudio.models.guidance_rescale import GuidanceRescale
 from reaudio.models.hifigan import HiFiGANGenerator
 from reaudio.models.mel_calibration import MelCalibration, MelCalibrationLayer
+from reaudio.models.mel_matching import MelMatching, MelMatchingConfig
 from reaudio.models.pretrained import UNIVERSAL_HIFIGAN, universal_hifigan
 from reaudio.models.retrieval_features import RetrievalFeatureEncoder
 from reaudio.models.unet import UNet
@@ -484,7 +486,38 @@ def load_pack_models(pack: Path) -> tuple[FamilyConfig, dict[str, nn.Module]]:
     band_extension = pack_band_extension(pack)
     if band_extension is not None:
         models["band_extension"] = band_extension
+    matching = pack_mel_matching(pack, cfg)
+    if matching is not None:
+        models["mel_matching"] = matching
     return cfg, models
+
+
+def pack_mel_matching(pack: Path, cfg: FamilyConfig) -> MelMatching | None:
+    """The decoder's mel matching that ``pack``'s pack.json sets, if any."""
+    meta = pack / "pack.json"
+    settings = json.loads(meta.read_text(encoding="utf-8")).get("mel_matching")
+    if settings is None:
+        return None
+    try:
+        return MelMatching(cfg.mel, MelMatchingConfig.from_dict(settings))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{meta}: mel_matching: {exc}") from None
+
+
+def set_mel_matching(pack: str | Path, settings: MelMatchingConfig | None, measured: str | None = None) -> dict:
+    """Record in ``pack``'s pack.json that its assembled decoder matches the vocoder's audio to its mel
+    with ``settings`` (None takes the stage out); ``measured`` says where the choice was scored."""
+    pack = Path(pack)
+    meta = verify_pack(pack)
+    MelMatching(load_config(pack / "family.json").mel, settings)  # refuses a mel it cannot match, with its message
+    meta.pop("mel_matching", None)
+    provenance = {k: v for k, v in meta.get("provenance", {}).items() if k != "mel_matching"}
+    if settings is not None:
+        meta["mel_matching"] = settings.to_dict()
+        provenance["mel_matching"] = settings.to_dict() | ({"measured": measured} if measured else {})
+    meta["provenance"] = provenance
+    write_json_atomic(pack / "pack.json", meta)
+    return meta
 
 
 def pack_guidance_rescale(pack: Path) -> GuidanceRescale | None:

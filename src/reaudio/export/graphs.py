@@ -100,8 +100,8 @@ class VAEEncoderGraph(nn.Module):
 
 class DecoderGraph(nn.Module):
     """Scaled latent (B, C, T, F) → waveform (B, T · r · hop · factor): VAE decoder, the decoder's
-    mel calibration when it has one, the vocoder, then the band extension when it has one (which
-    writes ``factor`` times the mel's rate)."""
+    mel calibration when it has one, the vocoder, its mel matching when it has one, then the band
+    extension when it has one (which writes ``factor`` times the mel's rate)."""
 
     def __init__(
         self,
@@ -110,6 +110,7 @@ class DecoderGraph(nn.Module):
         n_mels: int,
         calibration: nn.Module | None = None,
         band_extension: nn.Module | None = None,
+        mel_matching: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.vae = vae
@@ -118,12 +119,15 @@ class DecoderGraph(nn.Module):
         self.scaling_factor = vae.cfg.scaling_factor
         self.calibration = calibration
         self.band_extension = band_extension
+        self.mel_matching = mel_matching
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         mel = self.vae.decode(latent / self.scaling_factor)[..., : self.n_mels]
         if self.calibration is not None:
             mel = self.calibration(mel)
         wav = self.vocoder(mel)
+        if self.mel_matching is not None:
+            wav = self.mel_matching(wav, mel)
         if self.band_extension is not None:
             wav = self.band_extension(wav, mel)
         return wav
