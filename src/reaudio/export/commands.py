@@ -301,7 +301,7 @@ def _cmd_default_model(args: argparse.Namespace) -> int:
 
 
 def _mel_matching_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    from reaudio.models.mel_matching import MelMatchingConfig
+    from reaudio.models.mel_matching_config import MelMatchingConfig
 
     default = MelMatchingConfig()
     for field, kind, what in (
@@ -320,7 +320,7 @@ def _mel_matching_flags(parser: argparse.ArgumentParser, prefix: str = "") -> No
 
 
 def _mel_matching_settings(args):
-    from reaudio.models.mel_matching import MelMatchingConfig
+    from reaudio.models.mel_matching_config import MelMatchingConfig
 
     return MelMatchingConfig(args.mm_iterations, args.mm_relaxation, args.mm_max_gain_db)
 

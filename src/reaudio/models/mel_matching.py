@@ -23,7 +23,6 @@ graph, between the vocoder and the band extension.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from reaudio.engine.audio.frontend import MelConfig, analysis_window, mel_filterbank
+
+from .mel_matching_config import MelMatchingConfig
+
+__all__ = ["PEAK_LIMIT", "MelMatching", "MelMatchingConfig", "bin_spreading", "limit_peaks"]
 
 #: The transforms work on spectra scaled by this (the synthesis undoes it), so a full-scale signal's
 #: squared magnitudes stay far inside fp16's range (a GPU bundle's fp16 decoder graph runs the stage).
@@ -61,44 +64,6 @@ def limit_peaks(wav: torch.Tensor, limit: float = PEAK_LIMIT) -> torch.Tensor:
     weight = F.conv_transpose1d(torch.ones_like(gain), kernel, stride=block, padding=block // 2)
     gain = (spread / weight)[:, 0, : wav.shape[-1]]
     return (wav * gain).clamp(-limit, limit)  # the clamp only catches rounding
-
-
-@dataclass(frozen=True)
-class MelMatchingConfig:
-    """How hard the stage pulls the audio to its mel.
-
-    Attributes:
-        iterations: gain-and-resynthesis passes (0: the stage passes audio through).
-        relaxation: exponent on each pass's gains (1: plain; 1.5 measured best on the default model).
-        max_gain_db: no band moves more than this per pass, up or down (silence in the output where
-            the mel asks for sound cannot be scaled up into noise without bound).
-    """
-
-    iterations: int = 8
-    relaxation: float = 1.5
-    max_gain_db: float = 40.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.iterations, int) or not 0 <= self.iterations <= 64:
-            raise ValueError(f"mel matching: iterations={self.iterations!r} must be an integer in 0..64")
-        if not 0.5 <= self.relaxation <= 2.0:
-            raise ValueError(f"mel matching: relaxation={self.relaxation!r} must be in 0.5..2")
-        if not 0.0 < self.max_gain_db <= 80.0:
-            raise ValueError(f"mel matching: max_gain_db={self.max_gain_db!r} must be in (0, 80]")
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MelMatchingConfig:
-        if not isinstance(data, dict):
-            raise ValueError(f"mel matching: expected an object of settings, got {data!r}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(
-                f"mel matching: unknown keys {sorted(unknown)}; valid: {', '.join(cls.__dataclass_fields__)}"
-            )
-        return cls(**data)
 
 
 def bin_spreading(filterbank: np.ndarray) -> np.ndarray:
