@@ -31,6 +31,7 @@ from torch import nn
 
 from reaudio.engine.audio.frontend import MelConfig, analysis_window, mel_filterbank
 
+from .band_extension import PEAK_LIMIT  # one ceiling for the decoder's last stages
 from .mel_matching_config import MelMatchingConfig
 
 __all__ = ["PEAK_LIMIT", "MelMatching", "MelMatchingConfig", "bin_spreading", "limit_peaks"]
@@ -38,8 +39,6 @@ __all__ = ["PEAK_LIMIT", "MelMatching", "MelMatchingConfig", "bin_spreading", "l
 #: The transforms work on spectra scaled by this (the synthesis undoes it), so a full-scale signal's
 #: squared magnitudes stay far inside fp16's range (a GPU bundle's fp16 decoder graph runs the stage).
 SPECTRUM_SCALE = 1.0 / 16.0
-#: No sample of the result passes this (the band extension keeps the same ceiling for its band).
-PEAK_LIMIT = 0.98
 #: The limiter works on blocks of this many samples (the mel's hop at 22.05 kHz, 11.6 ms): its gain
 #: is set per block and interpolated between block centres.
 LIMITER_BLOCK = 256
