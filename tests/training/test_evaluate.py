@@ -126,6 +126,27 @@ def test_ablation_table_over_k(tiny_artifacts, eval_manifest, tmp_path):
     assert "| audio+text k=1 |" in table and "| default |" in table
 
 
+def test_ablation_table_over_retrieval_types(tiny_artifacts, eval_manifest, tmp_path):
+    out = tmp_path / "types"
+    args = ["-q", "eval", "--bundle", str(tiny_artifacts / "bundle"), "--data", str(eval_manifest)]
+    args += ["--out", str(out), "--steps", "3", "--limit", "3", "--k", "2", "--backend", "cpu"]
+    kinds = ("none", "captions", "audio", "both")
+    args += ["--backbone", "tests.training.fake_backbone:make", "--retrieval-types", *kinds]
+    assert cli(args) == 0
+    table = (out / "ablation.md").read_text()
+    rows = ["none (k=0)", "neighbours' captions only", "neighbours' audio only", "captions and audio"]
+    assert all(f"| {row} |" in table for row in rows)
+    runs = {kind: json.loads((out / kind / "results.json").read_text()) for kind in kinds}
+    assert runs["none"]["settings"]["k"] == 0 and runs["both"]["settings"]["k"] == 2
+    assert [runs[kind]["settings"]["neighbour_context"] for kind in ("captions", "audio", "both")] == [
+        "captions",
+        "audio",
+        "both",
+    ]
+    # the same clips and seeds: what the neighbours bring reached the engine and changed the sound
+    assert len({runs[kind]["fad"] for kind in runs}) == 4
+
+
 def test_eval_scores_the_sampler_it_is_given(tiny_artifacts, eval_manifest, tmp_path):
     results = {}
     for sampler in ("ddim", "dpmpp-2m"):

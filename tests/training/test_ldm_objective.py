@@ -10,7 +10,7 @@ import torch  # noqa: E402
 from reaudio.engine.denoising.schedule import NoiseScheduleConfig  # noqa: E402
 from reaudio.training.diffusion import Diffusion  # noqa: E402
 from reaudio.training.loudness import loudness_db, normalise_loudness  # noqa: E402
-from reaudio.training.tasks import condition_keep_masks  # noqa: E402
+from reaudio.training.tasks import condition_keep_masks, each_context_keeps  # noqa: E402
 from reaudio.training.trainer import TrainConfig  # noqa: E402
 
 SR = 22050
@@ -45,6 +45,25 @@ def test_film_and_contexts_drop_independently_and_together():
     assert (~film & ctx).float().mean().item() == pytest.approx(0.9 * 0.2 * 0.7, abs=0.005)  # neighbours only
     film, ctx = condition_keep_masks(1000, TrainConfig(cfg_dropout=0.1), "cpu")
     assert torch.equal(film, ctx)  # the old behaviour: all conditions dropped together
+
+
+def test_each_retrieved_context_can_drop_alone():
+    torch.manual_seed(0)
+    cfg = TrainConfig(cfg_dropout=0.1, context_dropout=0.1, single_context_dropout=0.2)
+    _, ctx = condition_keep_masks(200_000, cfg, "cpu")
+    keeps = each_context_keeps(ctx, ["retrieved_text", "retrieved_audio"], cfg, "cpu")
+    text, audio = keeps["retrieved_text"], keeps["retrieved_audio"]
+    assert not (text & ~ctx).any() and not (audio & ~ctx).any()  # a context dropped with all stays dropped
+    kept = 0.9 * 0.9
+    assert (text & ~audio).float().mean().item() == pytest.approx(kept * 0.8 * 0.2, abs=0.005)  # captions only
+    assert (~text & audio).float().mean().item() == pytest.approx(kept * 0.2 * 0.8, abs=0.005)  # audio only
+    assert (text & audio).float().mean().item() == pytest.approx(kept * 0.64, abs=0.005)
+    state = torch.get_rng_state()
+    together = each_context_keeps(ctx, ["retrieved_text", "retrieved_audio"], TrainConfig(), "cpu")
+    assert all(torch.equal(mask, ctx) for mask in together.values())
+    assert torch.equal(state, torch.get_rng_state())  # off: no draws, so older runs keep their noise
+    with pytest.raises(ValueError, match="single_context_dropout 1.5 is not a probability"):
+        TrainConfig(single_context_dropout=1.5)
 
 
 def test_min_snr_weights():

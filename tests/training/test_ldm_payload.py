@@ -139,3 +139,15 @@ def test_a_payload_run_warns_only_when_asked_for_another_loudness(payloads, tmp_
     assert "the payload's level is what trains" not in caplog.text
     assert _ldm(*payload, "--loudness-db", "-20", "--out", str(tmp_path / "other"), steps=1) == 0
     assert "--loudness-db -20: the payload's clips were encoded at their own levels" in caplog.text
+
+
+def test_single_context_dropout_reaches_the_steps_and_is_recorded(payloads, tmp_path):
+    payload = str(payloads / "fp32.npz")
+    assert _ldm("--payload", payload, "--out", str(tmp_path / "together")) == 0
+    assert _ldm("--payload", payload, "--out", str(tmp_path / "alone"), "--single-context-dropout", "0.9") == 0
+    config = json.loads((tmp_path / "alone" / "config.json").read_text())
+    assert config["train"]["single_context_dropout"] == 0.9
+    # the same seed and batches: only which context each item kept differs, and so do the losses
+    assert _losses(tmp_path / "alone") != _losses(tmp_path / "together")
+    bad = ["-q", "train", "ldm", "--payload", payload, "--out", str(tmp_path / "bad"), "--single-context-dropout", "2"]
+    assert cli(bad) == 2

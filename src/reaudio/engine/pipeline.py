@@ -26,6 +26,7 @@ from .denoising.windowed_loops import WINDOWS_PER_CALL, decode_windowed
 from .planning import Planner, Request, Resolved, text_embeddings
 from .retrieval.database import Neighbours, RetrievalDB
 from .retrieval.references import References, with_references
+from .settings import NEIGHBOUR_CONTEXTS
 from .stages.backends import make_runners, open_backend, run_errors, stage_file, stage_precisions
 from .stages.text_tokenizer import TextTokenizer
 
@@ -286,6 +287,7 @@ class Engine:
             if "retrieved_audio" in spec.contexts:
                 conditions["retrieved_audio"] = gathered.audio_tokens
                 conditions["retrieved_audio_mask"] = gathered.audio_mask
+            _mask_unchosen_contexts(conditions, batch, spec.contexts)
         return conditions, neighbours, time.perf_counter() - start
 
     def _timeline_conditions(self, batch: list[Resolved]) -> tuple[dict[str, np.ndarray], list[list[dict]], float]:
@@ -554,3 +556,14 @@ class Engine:
 def _per_window(batch: list[Resolved]) -> bool:
     """Whether a batch's conditions change from window to window (some clip has a timeline)."""
     return any(len(r.segments) > 1 for r in batch)
+
+
+def _mask_unchosen_contexts(conditions: dict[str, np.ndarray], batch: list[Resolved], contexts) -> None:
+    """Mask out, row by row, the contexts a clip left out (``neighbour_context``): as the training run
+    that dropped one context alone showed the model."""
+    for name in contexts:
+        rows = [b for b, r in enumerate(batch) if name not in NEIGHBOUR_CONTEXTS[r.neighbour_context]]
+        if rows:
+            mask = conditions[f"{name}_mask"].copy()  # the database's arrays may be shared
+            mask[rows] = 0
+            conditions[f"{name}_mask"] = mask

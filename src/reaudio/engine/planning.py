@@ -94,6 +94,8 @@ class Resolved:
     reference_mode: str = ""
     #: A timeline's segments: (first latent frame, prompt); each window is conditioned by the ones it covers.
     segments: tuple = ()
+    #: What the neighbours bring: "both" (captions and audio), "captions" or "audio" (the other masked out).
+    neighbour_context: str = "both"
 
     def windows(self) -> WindowPlan:
         return plan_windows(self.frames, self.window, self.overlap, circular=self.loop)
@@ -250,7 +252,26 @@ class Planner:
             (request.reference_caption or request.prompt) if references else "",
             mode,
             segments,
+            self._neighbour_context(request, index, k, references),
         )
+
+    def _neighbour_context(self, request: Request, index: int, k: int, references: tuple) -> str:
+        """A request's ``neighbour_context``, checked against what the bundle's neighbours feed."""
+        choice = request.neighbour_context or "both"
+        if choice == "both":
+            return choice
+        if not k and not references:
+            raise ValueError(
+                f"request {index}: neighbour_context={choice} needs neighbours (k >= 1 or reference clips)"
+            )
+        every = tuple(self.manifest.retrieval.contexts) if self.manifest.retrieval else ()
+        kept = [name for name in every if name in settings.NEIGHBOUR_CONTEXTS[choice]]
+        if not kept or len(kept) == len(every):
+            raise ValueError(
+                f"request {index}: neighbour_context={choice}; this bundle's neighbours condition clips through "
+                f"{', '.join(every) or 'nothing'}, so {choice} cannot be kept alone"
+            )
+        return choice
 
     def _segments(self, request: Request, index: int, samples: int) -> tuple[tuple[int, str], ...]:
         """A timeline's segments as (first latent frame, prompt); () without one."""

@@ -45,6 +45,12 @@ REFERENCE_MODES = ("replace", "add")
 MAX_REFERENCES = 8
 #: Prompts one timeline may hold.
 MAX_SEGMENTS = 8
+#: Which parts of the retrieved neighbours condition a clip, and the bundle contexts each choice keeps.
+NEIGHBOUR_CONTEXTS = {
+    "both": ("retrieved_text", "retrieved_audio"),
+    "captions": ("retrieved_text",),
+    "audio": ("retrieved_audio",),
+}
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,13 @@ SETTINGS: tuple[Setting, ...] = (
         "match prompts to the database's captions, audio or both (default: the bundle's)",
         choices=RETRIEVAL_MODES,
         row=False,
+    ),
+    Setting(
+        "neighbour_context",
+        str,
+        "what the neighbours bring to a clip: both their captions and their audio, or captions or audio "
+        "alone (default both; alone needs a bundle trained with --single-context-dropout to sound right)",
+        choices=tuple(NEIGHBOUR_CONTEXTS),
     ),
     Setting(
         "negative_prompt",

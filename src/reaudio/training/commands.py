@@ -18,6 +18,14 @@ from reaudio.export.commands import describe_sharpening, need_torch
 from .lr_schedule import LR_DECAYS
 from .sfx_sources import HELDOUT_PACKAGES, PACKAGES, refuse_reserved
 
+#: The paper's retrieval-type rows (`eval --retrieval-types`), by the value that selects each.
+RETRIEVAL_TYPE_ROWS = {
+    "none": "none (k=0)",
+    "captions": "neighbours' captions only",
+    "audio": "neighbours' audio only",
+    "both": "captions and audio",
+}
+
 
 def _cmd_configs(args: argparse.Namespace) -> int:
     need_torch()
@@ -62,6 +70,7 @@ def _train_job(args: argparse.Namespace):
         cfg_dropout=args.cfg_dropout,
         film_dropout=args.film_dropout,
         context_dropout=args.context_dropout,
+        single_context_dropout=args.single_context_dropout,
         min_snr_gamma=args.min_snr_gamma,
         loudness_db=args.loudness_db,
         kl_weight=args.kl_weight,
@@ -134,6 +143,12 @@ def _add_train(sub) -> None:
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="ldm: drop all conditions together")
     p.add_argument("--film-dropout", type=float, default=0.0, help="ldm: drop only the FiLM prompt embedding")
     p.add_argument("--context-dropout", type=float, default=0.0, help="ldm: drop only the retrieved contexts")
+    p.add_argument(
+        "--single-context-dropout",
+        type=float,
+        default=0.0,
+        help="ldm: drop one retrieved context (captions or audio) while the other stays, each on its own draw",
+    )
     p.add_argument(
         "--min-snr-gamma",
         type=float,
@@ -240,7 +255,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)  # the scoring side (aisfx, CLAP, label classifier)
 
-    def config(k, bundle=None, sub=None):
+    def config(k, bundle=None, sub=None, neighbour_context=None):
         out = args.out / sub if sub else (args.out if k is None else args.out / f"k{k}")
         return EvalConfig(
             bundle=bundle or args.bundle,
@@ -257,6 +272,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             backend=args.backend,
             precision=args.precision,
             retrieval=args.retrieval,
+            neighbour_context=neighbour_context or args.neighbour_context,
             init=args.init,
             strength=args.strength,
             candidates=args.candidates,
@@ -281,6 +297,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("--ks needs --bundle")
         rows = [("no retrieval (k=0)" if k == 0 else f"k={k}", config(k)) for k in args.ks]
         print(ablation(rows, args.out))
+    elif args.retrieval_types:
+        if args.bundle is None:
+            raise ValueError("--retrieval-types needs --bundle")
+        rows = [
+            (RETRIEVAL_TYPE_ROWS[kind], config(0, sub="none"))
+            if kind == "none"
+            else (RETRIEVAL_TYPE_ROWS[kind], config(args.k, sub=kind, neighbour_context=kind))
+            for kind in args.retrieval_types
+        ]
+        print(ablation(rows, args.out))
     else:
         if args.bundle is None:
             raise ValueError("eval needs --bundle (or --compare rows)")
@@ -298,10 +324,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, long_tail.png")
     p.add_argument("--split", default="test", help="split of the clip list to score: test, or heldout (zero-shot)")
     # The clip settings an evaluation varies, as `generate` declares them.
-    settings.add_arguments(
-        p, ("retrieval", "k", "steps", "guidance", "sampler", "init", "strength", "candidates", "seed")
-    )
+    varied = ("retrieval", "neighbour_context", "k", "steps", "guidance", "sampler", "init", "strength")
+    settings.add_arguments(p, (*varied, "candidates", "seed"))
     p.add_argument("--ks", type=int, nargs="+", help="ablation: evaluate at each k and write ablation.md")
+    p.add_argument(
+        "--retrieval-types",
+        nargs="+",
+        choices=tuple(RETRIEVAL_TYPE_ROWS),
+        help="ablation: evaluate each retrieval type (none: k = 0; captions, audio: the neighbours' captions or "
+        "audio alone; both) at --k and write ablation.md",
+    )
     p.add_argument(
         "--compare",
         nargs="+",

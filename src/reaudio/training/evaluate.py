@@ -51,6 +51,7 @@ class EvalConfig:
         backbone: "aisfx", "clap" or "package.module:factory".
         min_label_clips: labels with fewer training clips are left out of the classifier.
         retrieval: neighbour search mode for generation (None: the bundle's).
+        neighbour_context: what the neighbours bring: "both", "captions" or "audio" (None: both).
         init, strength: start each clip from its top neighbour's audio ("neighbour") at this
             strength (see ``Request``); the manifest's folder is the items' audio root.
         candidates: best-of-N by CLAP score (1: plain generation).
@@ -75,6 +76,7 @@ class EvalConfig:
     backend: str = "auto"
     precision: str = "auto"
     retrieval: str | None = None
+    neighbour_context: str | None = None
     init: str | None = None
     strength: float | None = None
     candidates: int = 1
@@ -159,6 +161,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             sampler=cfg.sampler,
             k=cfg.k,
             retrieval=cfg.retrieval,
+            neighbour_context=cfg.neighbour_context,
             init=cfg.init,
             strength=cfg.strength,
         )
@@ -227,6 +230,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "seed": cfg.seed,
         "split": cfg.split,
         "retrieval": cfg.retrieval or engine.planner.default_retrieval,
+        "neighbour_context": cfg.neighbour_context or "both",
         "init": cfg.init,
         "strength": cfg.strength,
         "candidates": cfg.candidates,

@@ -373,6 +373,19 @@ def condition_keep_masks(batch: int, cfg, device) -> tuple[torch.Tensor, torch.T
     return keep_film, keep_contexts
 
 
+def each_context_keeps(keep_contexts: torch.Tensor, names, cfg, device) -> dict[str, torch.Tensor]:
+    """Each retrieved context's own keep mask: with probability ``single_context_dropout`` a context
+    goes while the others stay, so "neighbours' captions only" and "neighbours' audio only" are
+    conditions the model has seen (the paper's retrieval-type ablation). At 0 no random numbers are
+    drawn, so runs without it keep their old noise."""
+    if cfg.single_context_dropout <= 0:
+        return {name: keep_contexts for name in names}
+    return {
+        name: keep_contexts & (torch.rand(len(keep_contexts), device=device) >= cfg.single_context_dropout)
+        for name in names
+    }
+
+
 class LDMTask(Task):
     """The retrieval-conditioned UNet on frozen VAE latents, CLAP text FiLM and retrieved contexts."""
 
@@ -500,7 +513,7 @@ class LDMTask(Task):
         exclude = [by_source.get(c.source, set()) | ({row_of[c.id]} if c.id in row_of else set()) for c in clips]
         return film, db.search(film.cpu().numpy(), k, exclude=exclude)
 
-    def _contexts(self, rows: np.ndarray, keep: torch.Tensor) -> dict:
+    def _contexts(self, rows: np.ndarray, keep: dict[str, torch.Tensor]) -> dict:
         if rows.shape[1] == 0:
             return {}
         found = self._neighbour_tokens(rows)
@@ -509,7 +522,7 @@ class LDMTask(Task):
             tokens, mask = found[ctx.name]
             out[ctx.name] = (
                 torch.from_numpy(tokens).to(self.device),
-                torch.from_numpy(mask).to(self.device) & keep[:, None],
+                torch.from_numpy(mask).to(self.device) & keep[ctx.name][:, None],
             )
         return out
 
@@ -532,7 +545,9 @@ class LDMTask(Task):
         zt = self.diffusion.q_sample(z0, t, noise)
         keep_film, keep_contexts = condition_keep_masks(b, trainer.cfg, self.device)
         film = self.film[torch.from_numpy(idx).to(self.device)] * keep_film[:, None]
-        contexts = self._contexts(self.neighbours[idx], keep_contexts)
+        names = [ctx.name for ctx in self.family.unet.contexts]
+        keeps = each_context_keeps(keep_contexts, names, trainer.cfg, self.device)
+        contexts = self._contexts(self.neighbours[idx], keeps)
         # bf16 autocast on GPU; the loss is taken in fp32.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             out = trainer.ddp["unet"](zt, t, film, contexts)

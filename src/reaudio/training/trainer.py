@@ -53,6 +53,8 @@ class TrainConfig:
         film_dropout, context_dropout: probabilities of dropping only the FiLM embedding, or
             only the retrieved contexts, independently (LDM), so "neighbours only" and
             "prompt, no neighbours" (k = 0) are conditions the model has seen.
+        single_context_dropout: probability of dropping one retrieved context (captions or audio)
+            while the others stay, each context on its own draw (LDM; 0: they go together).
         min_snr_gamma: min-SNR-γ loss weighting (Hang et al., 2023), weight min(SNR, γ)/SNR
             per sample for ε-prediction (LDM; 0: the plain ε objective).
         loudness_db: normalise training clips to this integrated loudness, LUFS (VAE, LDM,
@@ -83,6 +85,7 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     film_dropout: float = 0.0
     context_dropout: float = 0.0
+    single_context_dropout: float = 0.0
     min_snr_gamma: float = 0.0
     loudness_db: float | None = None
     kl_weight: float = 1e-6
@@ -95,6 +98,9 @@ class TrainConfig:
             raise ValueError(f"lr_decay {self.lr_decay!r} is not one of {', '.join(LR_DECAYS)}")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ValueError(f"final_lr_fraction {self.final_lr_fraction} is outside 0…1")
+        for name in ("cfg_dropout", "film_dropout", "context_dropout", "single_context_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} {getattr(self, name):g} is not a probability (0…1)")
         if self.time_limit_minutes < 0:
             raise ValueError(f"time limit {self.time_limit_minutes:g} minutes is negative (--time-limit 0: no limit)")
 
