@@ -85,3 +85,36 @@ def test_generation_is_deterministic_and_bf16_stays_close(tiny_artifacts):
 def test_bf16_is_refused_off_openvino(tiny_artifacts):
     with pytest.raises(BackendUnavailable, match="precision 'bf16' runs on the openvino backend only"):
         Engine.from_bundle(tiny_artifacts / "bundle", backend="cpu", precision="bf16")
+
+
+def test_a_bf16_decoder_keeps_its_signal_processing_after_the_vocoder_in_f32(tiny_artifacts):
+    from reaudio.engine.bundle.manifest import read_bundle_manifest
+    from reaudio.engine.stages.openvino_runner import OpenVinoRunner, openvino_core, split_precise_tail
+
+    bundle = tiny_artifacts / "bundle-fullband"  # its decoder ends in a band extension
+    manifest = read_bundle_manifest(bundle)
+    core = openvino_core(None)
+    path = bundle / manifest.stages["decoder"].file
+    head, tail = split_precise_tail(core.read_model(str(path)))
+    head_names = [op.get_friendly_name() for op in head.get_ordered_ops()]
+    tail_names = [op.get_friendly_name() for op in tail.get_ordered_ops()]
+    assert any(n.startswith("/vocoder/") for n in head_names) and not any(n.startswith("/vocoder/") for n in tail_names)
+    assert any(n.startswith("/band_extension/") for n in tail_names)
+    assert not any(n.startswith("/band_extension/") for n in head_names)
+    assert split_precise_tail(core.read_model(str(bundle / manifest.stages["denoiser"].file))) is None
+
+    latent = np.random.default_rng(0).standard_normal((2, 4, 12, 8)).astype(np.float32)
+    whole = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    first = core.compile_model(head, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    second = core.compile_model(tail, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    middle = first({"latent": latent})
+    chained = second([middle[o] for o in first.outputs])[0]
+    expected = whole({"latent": latent})[0]
+    assert chained.shape == expected.shape
+    assert np.abs(chained - expected).max() <= 1e-6 * np.abs(expected).max()  # the cut loses nothing
+
+    spec = manifest.stages["decoder"]
+    bf16 = OpenVinoRunner(core, path, spec, "bf16", threads=1)
+    assert bf16.tail is not None and OpenVinoRunner(core, path, spec, "fp32", threads=1).tail is None
+    (out,) = bf16.run({"latent": latent})
+    assert out.shape == expected.shape and np.isfinite(out).all()

@@ -52,7 +52,8 @@ class QualityBar:
 #: The bars rest on FAD of the default model on its 100 test captions at 44.1 kHz (2-vCPU AMD EPYC,
 #: 2026-12-07, docs/speed.md): fp32 165.1; OpenVINO bf16 in every stage 163.7 (text embedding at
 #: 44.5 dB, x0 at 32.1 dB, decoder log-mel 0.114 as this pass measures them); int8 after the
-#: sensitivity pass 163.3 (x0 30.7 dB); every UNet convolution in int8 207.4 (x0 13.8 dB).
+#: sensitivity pass 163.3 (x0 30.7 dB); every UNet convolution in int8 207.4 (x0 13.8 dB). Since mel
+#: matching (fp32 155.8) OpenVINO bf16 runs the decoder's tail after the vocoder in f32: log-mel 0.102, FAD 154.7.
 QUALITY_BARS = {
     "text_encoder": QualityBar("text_embedding", "snr_db", 40.0, "bf16 (44.5 dB) scored fp32's FAD"),
     "denoiser": QualityBar("x0", "snr_db", 30.0, "bf16 (32.1 dB), pass-kept int8 (30.7 dB): fp32's FAD"),
