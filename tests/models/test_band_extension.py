@@ -3,14 +3,13 @@ passes unchanged, the copy lands at the envelope's levels, and the graph exports
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from reaudio.models.band_extension import BandExtension, BandExtensionConfig, BandLevels  # noqa: E402
+from tests.models.wav_mel_export import onnx_session  # noqa: E402
 
 CFG = BandExtensionConfig()
 
@@ -70,23 +69,11 @@ def test_a_config_whose_copies_would_lose_phase_coherence_is_refused():
 
 
 def test_onnx_export_matches_torch():
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = BandExtension(CFG).eval()
     frames = 40
-    wav, mel = _noise(frames), torch.randn(1, frames, CFG.n_mels)
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        model,
-        (wav, mel),
-        buffer,
-        input_names=["wav", "mel"],
-        output_names=["out"],
-        dynamic_axes={"wav": {0: "b", 1: "s"}, "mel": {0: "b", 1: "t"}, "out": {0: "b", 1: "s2"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    session = onnx_session(model, _noise(frames), torch.randn(1, frames, CFG.n_mels))
     for frames in (33, 90):  # other lengths than the traced one
         wav, mel = _noise(frames, seed=frames), torch.randn(2, frames, CFG.n_mels)
         wav = wav.expand(2, -1).contiguous()

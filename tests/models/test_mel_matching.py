@@ -3,8 +3,6 @@ no sample passes the peak limit, bad settings are refused, and the stage exports
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 
@@ -18,6 +16,7 @@ from reaudio.models.mel_matching import (  # noqa: E402
     bin_spreading,
     limit_peaks,
 )
+from tests.models.wav_mel_export import onnx_session  # noqa: E402
 
 MEL = MelConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=80, fmax=8000.0)
 
@@ -123,21 +122,11 @@ def test_a_mel_it_cannot_match_is_refused():
 
 
 def test_onnx_export_matches_torch():
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     model = MelMatching(MEL).eval()
     frames = 30
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        model,
-        (torch.from_numpy(_white(frames))[None], torch.from_numpy(log_mel(_tone_bursts(frames), MEL))[None]),
-        buffer,
-        input_names=["wav", "mel"],
-        output_names=["out"],
-        dynamic_axes={"wav": {0: "b", 1: "s"}, "mel": {0: "b", 1: "t"}, "out": {0: "b", 1: "s"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    wav, mel = torch.from_numpy(_white(frames))[None], torch.from_numpy(log_mel(_tone_bursts(frames), MEL))[None]
+    session = onnx_session(model, wav, mel)
     for frames in (23, 75):  # other lengths than the traced one
         wav = np.stack([_white(frames, seed=frames), _white(frames, seed=frames + 1, level=0.5)])
         mel = np.stack([log_mel(_tone_bursts(frames), MEL), log_mel(_white(frames, seed=9), MEL)])
