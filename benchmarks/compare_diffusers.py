@@ -1,12 +1,14 @@
 """Side-by-side throughput: diffusers' AudioLDMPipeline vs the reaudio engine, same weights.
 
     python benchmarks/compare_diffusers.py [--size audioldm-s] [--threads 2] [--batches 1 4]
-        [--engines fp32 int8 openvino-fp32 openvino-bf16 tuned] [--diffusers fp32 bf16-autocast compile]
+        [--engines fp32 int8 openvino-fp32 openvino-bf16 openvino-int8-bf16 tuned]
+        [--diffusers fp32 bf16-autocast compile]
 
 Builds a random-initialised diffusers AudioLDM pipeline (AudioLDM-S sizes by
 default; nothing is downloaded) and imports it into a bundle. Engine columns:
 onnxruntime ``fp32`` and ``int8`` (``reaudio quantize``'s calibration; ``int8-vocoder``:
-a copy quantised with ``--vocoder``), OpenVINO ``openvino-fp32`` and ``openvino-bf16``,
+a copy quantised with ``--vocoder``), OpenVINO ``openvino-fp32``, ``openvino-bf16`` and
+``openvino-int8-bf16`` (the int8 graphs, bf16 wherever they are not int8),
 and ``tuned``: the per-stage precisions ``reaudio tune`` chose for this bundle on this
 machine, on the backend it found faster. diffusers columns: ``fp32``,
 ``bf16-autocast`` (``torch.autocast("cpu", dtype=torch.bfloat16)``, which uses AMX or
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINE_COLUMNS = ("fp32", "int8", "int8-vocoder", "openvino-fp32", "openvino-bf16", "tuned")
+ENGINE_COLUMNS = ("fp32", "int8", "int8-vocoder", "openvino-fp32", "openvino-bf16", "openvino-int8-bf16", "tuned")
 DIFFUSERS_COLUMNS = ("fp32", "bf16-autocast", "compile")
 
 
@@ -44,7 +46,7 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         nargs="+",
-        default=["fp32", "int8", "openvino-fp32", "openvino-bf16", "tuned"],
+        default=["fp32", "int8", "openvino-fp32", "openvino-bf16", "openvino-int8-bf16", "tuned"],
         choices=ENGINE_COLUMNS,
     )
     parser.add_argument(
@@ -79,7 +81,7 @@ def main() -> None:
         print(f"importing into {bundle} …", flush=True)
         import_audioldm(pipeline_dir, bundle, overwrite=True)
 
-    wants_int8 = {"int8", "tuned"} & set(args.engines)
+    wants_int8 = {"int8", "openvino-int8-bf16", "tuned"} & set(args.engines)
     if wants_int8 and read_bundle_manifest(bundle).stages["denoiser"].int8_file is None:
         print(f"quantising {bundle} (calibration on the bundle's own generations) …", flush=True)
         calibration = Calibration(prompts=CALIBRATION_PROMPTS[:16], threads=args.threads)  # a speed test: 16 suffice
@@ -99,6 +101,7 @@ def main() -> None:
         "int8-vocoder": (with_vocoder, "cpu", "int8"),
         "openvino-fp32": (bundle, "openvino", "fp32"),
         "openvino-bf16": (bundle, "openvino", "bf16"),
+        "openvino-int8-bf16": (bundle, "openvino", "int8-bf16"),
         "tuned": (bundle, "auto", "auto"),
     }
     engines = {

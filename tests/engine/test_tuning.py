@@ -79,8 +79,8 @@ def test_openvino_runs_each_stage_at_its_tuned_precision(tuned, monkeypatch):
     monkeypatch.setattr(openvino_runner, "OpenVinoRunner", Spy)
     engine = Engine.from_bundle(bundle, backend="openvino", threads=1)
     for stage, precision in chosen.items():
-        assert hints[stage][1] == ("bf16" if precision == "bf16" else "fp32")
-        assert hints[stage][0] == ("model.int8.onnx" if precision == "int8" else "model.onnx")
+        assert hints[stage][1] == precision
+        assert hints[stage][0] == ("model.int8.onnx" if precision in ("int8", "int8-bf16") else "model.onnx")
     request = Request("a kettle whistles", seed=2, steps=3, duration=1.0)
     a, b = engine.generate([request])[0].waveform, engine.generate([request])[0].waveform
     assert (a == b).all()  # deterministic per backend, tuned precisions too

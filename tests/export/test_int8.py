@@ -114,6 +114,58 @@ def test_int8_needs_int8_graphs_and_the_cpu(tiny_bundle, int8_bundle):
         Engine.from_bundle(int8_bundle, backend="cpu", precision="int4")
 
 
+def test_openvino_int8_bf16_runs_the_int8_graphs_with_bf16_around_them(int8_bundle, tiny_bundle, monkeypatch):
+    """The mixed precision: each stage's int8 graph where it has one, OpenVINO's bf16 arithmetic for
+    every layer the graph keeps in float (int8 alone keeps them in f32)."""
+    ov = pytest.importorskip("openvino")
+    monkeypatch.setenv("REAUDIO_CACHE", str(int8_bundle.parent / "cache"))
+    from reaudio.engine.stages import openvino_runner
+
+    built = {}
+    real = openvino_runner.OpenVinoRunner
+
+    class Spy(real):
+        def __init__(self, core, path, spec, precision, threads):
+            super().__init__(core, path, spec, precision, threads)
+            built[(path.parent.name, precision)] = (path.name, self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    monkeypatch.setattr(openvino_runner, "OpenVinoRunner", Spy)
+    engines = {p: Engine.from_bundle(int8_bundle, backend="openvino", threads=1, precision=p) for p in ("bf16", "int8")}
+    mixed = Engine.from_bundle(int8_bundle, backend="openvino", threads=1, precision="int8-bf16")
+    assert set(mixed.stage_precision.values()) == {"int8-bf16"}
+    for stage in ("denoiser", "decoder"):
+        graph, hint = built[(stage, "int8-bf16")]
+        assert graph == "model.int8.onnx" and built[(stage, "int8")][0] == "model.int8.onnx"
+        assert hint == built[(stage, "bf16")][1]  # bf16 wherever the CPU has it
+        assert built[(stage, "int8")][1] == ov.Type.f32
+    assert built[("text_encoder", "int8-bf16")][0] == "model.onnx"  # no int8 graph: the fp32 one, in bf16
+
+    request = Request("a kettle whistles", seed=3, steps=4, duration=2.0)
+    a, b = mixed.generate([request])[0].waveform, mixed.generate([request])[0].waveform
+    assert np.array_equal(a, b)  # deterministic
+    reference = engines["int8"].generate([request])[0].waveform
+    assert a.shape == reference.shape and np.isfinite(a).all()
+    from reaudio.engine.audio.frontend import log_mel
+
+    # bf16 keeps ~3 significant digits around the int8 layers: the log-mel moves, the sound stays.
+    assert np.abs(log_mel(a, mixed.manifest.mel) - log_mel(reference, mixed.manifest.mel)).mean() < 0.5
+
+    with pytest.raises(BackendUnavailable, match="precision 'int8-bf16' runs on the openvino backend only"):
+        Engine.from_bundle(int8_bundle, backend="cpu", precision="int8-bf16")
+    with pytest.raises(BackendUnavailable, match="reaudio quantize"):
+        Engine.from_bundle(tiny_bundle, backend="openvino", precision="int8-bf16")
+
+
+def test_tune_measures_int8_bf16_only_on_openvino_and_only_with_int8_graphs(int8_bundle, tiny_bundle):
+    from reaudio.engine.jobs.tuning import candidates
+
+    manifest = read_bundle_manifest(int8_bundle)
+    assert candidates(manifest, "denoiser", "openvino") == ["fp32", "bf16", "int8", "int8-bf16"]
+    assert candidates(manifest, "denoiser", "cpu") == ["fp32", "int8"]
+    assert candidates(manifest, "text_encoder", "openvino") == ["fp32", "bf16"]  # no int8 graph
+    assert candidates(read_bundle_manifest(tiny_bundle), "denoiser", "openvino") == ["fp32", "bf16"]
+
+
 def test_in_place_quantisation_rewrites_the_manifest_last(tiny_bundle, monkeypatch):
     import reaudio.export.int8 as int8
 

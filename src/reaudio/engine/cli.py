@@ -272,7 +272,8 @@ def _add_generate(sub) -> None:
         help="auto: fp16 graphs on GPU backends when the bundle has them; on the CPU each stage's "
         "precision as `reaudio tune` chose it for this backend (fp32 in an untuned bundle); int8: the "
         "quantised CPU graphs made by `reaudio quantize` (faster, slightly different sound); bf16: "
-        "--backend openvino's bf16 arithmetic on the fp32 graphs (CPUs with AMX or AVX-512 BF16)",
+        "--backend openvino's bf16 arithmetic on the fp32 graphs (CPUs with AMX or AVX-512 BF16); "
+        "int8-bf16: OpenVINO on the int8 graphs, bf16 wherever they are not int8",
     )
     p.add_argument(
         "--name-template",

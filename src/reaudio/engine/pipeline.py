@@ -27,7 +27,7 @@ from .planning import Planner, Request, Resolved, text_embeddings
 from .retrieval.database import Neighbours, RetrievalDB
 from .retrieval.references import References, with_references
 from .settings import NEIGHBOUR_CONTEXTS
-from .stages.backends import make_runners, open_backend, run_errors, stage_file, stage_precisions
+from .stages.backends import OPENVINO_PRECISIONS, make_runners, open_backend, run_errors, stage_file, stage_precisions
 from .stages.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Engine:
     ) -> None:
         self.bundle = bundle
         #: The precision asked for: "auto" (fp16 graphs on GPU backends, the tuned choice on the CPU),
-        #: "fp32", "fp16", "int8" or "bf16"; ``stage_precision`` is what each stage runs.
+        #: "fp32", "fp16", "int8", "bf16" or "int8-bf16"; ``stage_precision`` is what each stage runs.
         self.precision = precision
         self.manifest = manifest
         self.backend = backend
@@ -531,7 +531,7 @@ class Engine:
             return True
         precisions = self.stage_precision
         return any(
-            precisions[name] == "bf16" or stage_file(spec, self.backend, precisions[name]) != spec.file
+            precisions[name] in OPENVINO_PRECISIONS or stage_file(spec, self.backend, precisions[name]) != spec.file
             for name, spec in self.manifest.stages.items()
         )
 

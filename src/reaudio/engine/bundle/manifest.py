@@ -24,7 +24,7 @@ UNHASHED_PREFIXES = ("plans/",)
 DTYPES = ("float32", "float16", "int64", "bool")
 NULL_CONDITIONS = ("zeros", "empty_prompt")
 #: The precisions a stage may be tuned to, per CPU backend (bf16 is OpenVINO's arithmetic on the fp32 graph).
-TUNABLE_PRECISIONS = {"cpu": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
+TUNABLE_PRECISIONS = {"cpu": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8", "int8-bf16")}
 #: ``reaudio tune``'s measurements, beside the manifest: what each precision cost and which backend won.
 TUNING_REPORT = "precision_report.json"
 

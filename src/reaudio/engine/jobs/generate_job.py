@@ -68,8 +68,8 @@ GenerateJob.__doc__ = f"""Everything ``reaudio generate`` does. A prompt row's o
         audio_format: "wav" or "flac"; subtype: "PCM_16", "PCM_24" or "FLOAT" (wav only).
         backend, device_id, threads: where to run.
         precision: "auto" (fp16 on GPUs; on the CPU the bundle's ``reaudio tune`` choice per stage, else
-            fp32), "fp32", "fp16", "int8" (the CPU's quantised graphs, see ``reaudio quantize``) or "bf16"
-            (OpenVINO).
+            fp32), "fp32", "fp16", "int8" (the CPU's quantised graphs, see ``reaudio quantize``), "bf16"
+            (OpenVINO) or "int8-bf16" (OpenVINO: the int8 graphs, bf16 wherever they are not int8).
         name_template: file name without extension; fields {{id}} {{slug}} {{seed}} {{variation}}.
         postprocess: optional trimming, resampling, loudness target (LUFS) and true-peak ceiling;
             a row's ``loudness_lufs`` replaces the target for that row.

@@ -89,10 +89,11 @@ class TuneSettings:
 
 def candidates(manifest: BundleManifest, stage: str, backend: str) -> list[str]:
     """The precisions worth measuring for ``stage`` on ``backend``: fp32, bf16 on OpenVINO, int8
-    where the bundle has the stage's int8 graph."""
+    where the bundle has the stage's int8 graph (on OpenVINO also int8-bf16: the rest in bf16)."""
     spec = manifest.stages[stage]
-    out = ["fp32"] + (["bf16"] if backend == "openvino" else [])
-    return out + (["int8"] if spec.int8_file else [])
+    openvino = backend == "openvino"
+    out = ["fp32"] + (["bf16"] if openvino else [])
+    return out + ((["int8", "int8-bf16"] if openvino else ["int8"]) if spec.int8_file else [])
 
 
 def record_inputs(bundle: Path, settings: TuneSettings) -> tuple[dict[str, list[dict]], dict[str, int]]:
@@ -156,7 +157,7 @@ def _runner(bundle: Path, manifest: BundleManifest, stage: str, backend: str, pr
     from ..stages.openvino_runner import OpenVinoRunner, openvino_core
 
     core = openvino_core(backend_cache(bundle, "openvino"))
-    return OpenVinoRunner(core, path, spec, "bf16" if precision == "bf16" else "fp32", threads)
+    return OpenVinoRunner(core, path, spec, precision, threads)
 
 
 def _median_call(runner, feeds: dict, repeats: int) -> float:

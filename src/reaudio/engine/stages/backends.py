@@ -208,14 +208,19 @@ def ort_providers(backend: str, device_id: int, bundle: Path) -> list:
     raise ValueError(f"no onnxruntime providers for backend {backend!r}")
 
 
-PRECISIONS = ("auto", "fp32", "fp16", "int8", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "int8", "bf16", "int8-bf16")
+#: Precisions that run a stage's int8 graph: "int8-bf16" is that graph on OpenVINO with bf16
+#: arithmetic wherever it is not int8 (the layers the sensitivity pass kept, attention, the vocoder).
+INT8_PRECISIONS = ("int8", "int8-bf16")
+#: Precisions only the OpenVINO backend runs (onnxruntime has no bf16 arithmetic on the CPU).
+OPENVINO_PRECISIONS = ("bf16", "int8-bf16")
 
 
 def stage_file(spec: StageSpec, backend: str, precision: str) -> str:
     """The graph a stage runs: fp16 on GPU backends under "auto" (or when asked), the fused fp16
-    graph in their place on CUDA, int8 when asked; a stage without that variant runs its fp32 graph
-    (bf16 too: OpenVINO runs the fp32 graph with bf16 arithmetic)."""
-    if precision == "int8":
+    graph in their place on CUDA, int8 when asked (int8-bf16 too); a stage without that variant runs
+    its fp32 graph (bf16 too: OpenVINO runs the fp32 graph with bf16 arithmetic)."""
+    if precision in INT8_PRECISIONS:
         return spec.int8_file or spec.file
     use_fp16 = precision == "fp16" or (precision == "auto" and backend in ("cuda", "tensorrt"))
     if use_fp16 and backend == "cuda" and spec.fused_file:
@@ -237,15 +242,15 @@ def check_precision(bundle: Path, manifest: BundleManifest, backend: str, precis
     """Refuse a precision this bundle or backend cannot give, saying how to get it."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; valid: {', '.join(PRECISIONS)}")
-    if precision == "bf16" and backend != "openvino":
+    if precision in OPENVINO_PRECISIONS and backend != "openvino":
         raise BackendUnavailable(
-            f"precision 'bf16' runs on the openvino backend only (asked for {backend!r}); "
+            f"precision {precision!r} runs on the openvino backend only (asked for {backend!r}); "
             "pass --backend openvino (pip install 'reaudio[openvino]')"
         )
-    if precision == "int8":
+    if precision in INT8_PRECISIONS:
         if backend not in ("cpu", "openvino"):
             raise BackendUnavailable(
-                f"precision 'int8' runs on a CPU backend only, cpu or openvino (asked for {backend!r}); "
+                f"precision {precision!r} runs on a CPU backend only, cpu or openvino (asked for {backend!r}); "
                 "pass --backend cpu, or use fp16 on a GPU"
             )
         if not any(s.int8_file for s in manifest.stages.values()):
@@ -281,7 +286,7 @@ def make_runners(
                 core,
                 bundle / stage_file(spec, backend, per_stage[name]),
                 spec,
-                "bf16" if per_stage[name] == "bf16" else "fp32",
+                per_stage[name],
                 threads,
             )
             for name, spec in manifest.stages.items()

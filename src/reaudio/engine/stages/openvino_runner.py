@@ -22,8 +22,9 @@ import numpy as np
 from ..bundle.manifest import StageSpec
 from .runners import BackendUnavailable
 
-#: OpenVINO's inference-precision hint per engine precision.
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+#: OpenVINO's inference-precision hint per engine precision: the graph's own int8 layers run in int8
+#: under either hint; the hint is the arithmetic of everything else.
+PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "int8-bf16": "bf16"}
 #: Node-name prefixes (the exporter's module names) of the decoder's signal processing after the
 #: vocoder, and of the stages that feed it.
 PRECISE_TAIL = ("/mel_matching/", "/band_extension/")
@@ -85,12 +86,15 @@ class OpenVinoRunner:
     thread-safe); outputs are copied out of the request's buffers, which the next call reuses."""
 
     def __init__(self, core, path: Path, spec: StageSpec, precision: str, threads: int | None) -> None:
+        """``precision``: the engine's name for what runs ("fp32", "bf16", "int8" or "int8-bf16");
+        ``path`` is already the graph it names (the int8 one for the int8 precisions)."""
         self.spec = spec
         config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         decoder = any(o.name == "waveform" for o in spec.outputs)
-        parts = split_precise_tail(core.read_model(str(path))) if precision == "bf16" and decoder else None
+        in_bf16 = config["INFERENCE_PRECISION_HINT"] == "bf16"
+        parts = split_precise_tail(core.read_model(str(path))) if in_bf16 and decoder else None
         #: the f32 part after the vocoder, when the graph was cut (a bf16 decoder with such a tail)
         self.tail = None
         if parts is None:
