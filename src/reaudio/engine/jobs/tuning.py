@@ -92,8 +92,10 @@ def candidates(manifest: BundleManifest, stage: str, backend: str) -> list[str]:
     where the bundle has the stage's int8 graph (on OpenVINO also int8-bf16: the rest in bf16)."""
     spec = manifest.stages[stage]
     openvino = backend == "openvino"
-    out = ["fp32"] + (["bf16"] if openvino else [])
-    return out + ((["int8", "int8-bf16"] if openvino else ["int8"]) if spec.int8_file else [])
+    out = ["fp32", "bf16"] if openvino else ["fp32"]
+    if spec.int8_file:
+        out += ["int8", "int8-bf16"] if openvino else ["int8"]
+    return out
 
 
 def record_inputs(bundle: Path, settings: TuneSettings) -> tuple[dict[str, list[dict]], dict[str, int]]:
