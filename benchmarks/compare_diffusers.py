@@ -65,13 +65,14 @@ def main() -> None:
     from diffusers import AudioLDMPipeline
 
     from reaudio.engine.bundle.manifest import TUNING_REPORT, read_bundle_manifest
-    from reaudio.engine.jobs.bench import PROMPTS, machine_info, timed_stages
+    from reaudio.engine.jobs.bench import PROMPTS, describe_cpu, machine_info, timed_stages
     from reaudio.engine.jobs.tuning import TuneSettings, tune_locked
     from reaudio.engine.pipeline import Engine, Request
     from reaudio.export.import_audioldm import import_audioldm
     from reaudio.export.int8 import CALIBRATION_PROMPTS, Calibration, quantize_bundle, snr_db
     from reaudio.training.toy_audioldm import make
 
+    print(f"machine: {describe_cpu(machine_info())}", flush=True)
     work = args.work / args.size
     pipeline_dir, bundle = work / "pipeline", work / "bundle"
     if not (pipeline_dir / "model_index.json").is_file():

@@ -14,6 +14,7 @@ from reaudio.engine.jobs.bench import (
     timed_stages,
 )
 from reaudio.engine.pipeline import Engine
+from reaudio.engine.stages.backends import SPEED_FLAGS
 
 FAST = BenchSettings(batch_sizes=(1, 2), duration=1.0, steps=3, repeats=2, warmup=1)
 
@@ -40,6 +41,8 @@ def test_report_has_every_stage_and_consistent_figures(engine):
         assert row["peak_rss_mb"] > 10
     machine = report["machine"]
     assert machine["threads"] == 1 and machine["onnxruntime"] and machine["cpu"]
+    # The flags that decide a CPU's best precision are recorded with every timing, known ones only.
+    assert isinstance(machine["cpu_flags"], list) and set(machine["cpu_flags"]) <= set(SPEED_FLAGS)
     assert report["backend"] == "cpu" and report["precision"] == "auto"
     json.dumps(report)  # JSON-ready as it is
 

@@ -132,7 +132,9 @@ def test_openvino_int8_bf16_runs_the_int8_graphs_with_bf16_around_them(int8_bund
     monkeypatch.setattr(openvino_runner, "OpenVinoRunner", Spy)
     engines = {p: Engine.from_bundle(int8_bundle, backend="openvino", threads=1, precision=p) for p in ("bf16", "int8")}
     mixed = Engine.from_bundle(int8_bundle, backend="openvino", threads=1, precision="int8-bf16")
-    assert set(mixed.stage_precision.values()) == {"int8-bf16"}
+    assert mixed.stage_precision["denoiser"] == mixed.stage_precision["decoder"] == "int8-bf16"
+    assert mixed.stage_precision["text_encoder"] == "bf16"  # reported as what it runs: no int8 graph
+    assert engines["int8"].stage_precision["text_encoder"] == "fp32"
     for stage in ("denoiser", "decoder"):
         graph, hint = built[(stage, "int8-bf16")]
         assert graph == "model.int8.onnx" and built[(stage, "int8")][0] == "model.int8.onnx"

@@ -257,6 +257,9 @@ def test_a_band_extended_bundle_is_scored_against_full_band_copies(tiny_artifact
     )
     for metrics in (full, plain):
         assert metrics["settings"]["score_rate"] == 16000 and metrics["clips"] == 4
+        assert metrics["settings"]["backend"] == "cpu" and set(metrics["settings"]["stage_precision"].values()) == {
+            "fp32"
+        }
         assert "top_band" in metrics and np.isfinite(metrics["fad"])
         assert np.isfinite(metrics["copy_decoded"]["fad"]) and np.isfinite(metrics["real_floor"]["fad"])
     # Same real clips, same references: the floor is the same number for both bundles.

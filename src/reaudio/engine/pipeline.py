@@ -27,7 +27,15 @@ from .planning import Planner, Request, Resolved, text_embeddings
 from .retrieval.database import Neighbours, RetrievalDB
 from .retrieval.references import References, with_references
 from .settings import NEIGHBOUR_CONTEXTS
-from .stages.backends import OPENVINO_PRECISIONS, make_runners, open_backend, run_errors, stage_file, stage_precisions
+from .stages.backends import (
+    OPENVINO_PRECISIONS,
+    make_runners,
+    open_backend,
+    run_errors,
+    runs_as,
+    stage_file,
+    stage_precisions,
+)
 from .stages.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -101,8 +109,10 @@ class Engine:
         self.precision = precision
         self.manifest = manifest
         self.backend = backend
-        #: What each stage computes in ("auto" resolved per stage; a tuned bundle's choice on the CPU).
-        self.stage_precision = stage_precisions(manifest, backend, precision)
+        #: What each stage computes in ("auto" resolved per stage, a tuned bundle's choice on the CPU;
+        #: a stage without the asked-for graph named by the fp32 one it runs instead).
+        asked = stage_precisions(manifest, backend, precision)
+        self.stage_precision = {name: runs_as(spec, backend, asked[name]) for name, spec in manifest.stages.items()}
         self.device_id = device_id
         self.runners = runners
         self._run_errors = run_errors()

@@ -235,6 +235,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         "strength": cfg.strength,
         "candidates": cfg.candidates,
         "score_rate": sr,
+        # What made the clips: a score compares precisions only when it says which one it scored.
+        "backend": engine.backend,
+        "stage_precision": dict(engine.stage_precision),
     }
     write_report(cfg.out, metrics)
     log.info("scored %d clips in %.1f s", len(pairs), metrics["seconds"])

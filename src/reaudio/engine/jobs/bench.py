@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from ..pipeline import Engine, Request
-from ..stages.backends import cpu_model
+from ..stages.backends import cpu_flags, cpu_model
 
 PROMPTS = (
     "footsteps on gravel",
@@ -264,7 +264,7 @@ def format_comparison(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     lines = [
         f"{report['bundle']['name']}: {s['duration']:g}-s clips, {s['steps']} steps, median of {s['repeats']} "
-        f"interleaved runs; {m['cpu']}; {m['date']}",
+        f"interleaved runs; {describe_cpu(m)}; {m['date']}",
         "",
         f"{'batch':>5}  {'configuration':<22} {'run s':>8} {'clips/s':>8} {'speed-up':>9} "
         f"{'step ms':>8} {'decoder ms':>11} {'SNR dB':>7} {'log-mel':>8}",
@@ -328,6 +328,7 @@ def machine_info(engine: Engine | None = None) -> dict:
     info = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "logical_cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
@@ -344,6 +345,15 @@ def machine_info(engine: Engine | None = None) -> dict:
     if gpu:
         info["gpu"] = gpu
     return info
+
+
+def describe_cpu(machine: dict) -> str:
+    """The CPU's model with the flags that decide its best precision, e.g. 'AMD EPYC (avx512_bf16, no AMX)'."""
+    flags = machine.get("cpu_flags")
+    if flags is None:  # a report from before the flags were recorded
+        return machine["cpu"]
+    amx = [] if any(f.startswith("amx") for f in flags) else ["no AMX"]
+    return f"{machine['cpu']} ({', '.join(flags + amx) or 'no listed flags'})"
 
 
 def _gpu() -> list[dict] | None:
@@ -384,7 +394,7 @@ def format_table(report: dict) -> str:
         f"{report['bundle']['name']} ({report['bundle']['family']}) on {report['backend']}, "
         f"precision {report['precision']} ({_stage_precision(report)}); {s['duration']:g}-s clips, {s['steps']} steps, "
         f"median of {s['repeats']} after {s['warmup']} warm-up",
-        f"machine: {m['cpu']}, {m.get('threads', m['logical_cores'])} thread(s); GPU: {gpu}; "
+        f"machine: {describe_cpu(m)}, {m.get('threads', m['logical_cores'])} thread(s); GPU: {gpu}; "
         f"onnxruntime {m['onnxruntime']}; {m['date']}",
         "",
         f"{'batch':>5}  {'stage':<15} {'p50 ms':>10} {'p95 ms':>10}",

@@ -98,6 +98,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: The instruction sets that decide which precision pays on a CPU: bf16 and int8 matrix units (AMX),
+#: their vector forms (AVX-512 BF16 / VNNI) and the baseline they replace.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`SPEED_FLAGS` this CPU reports (/proc/cpuinfo; empty where it is not readable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in SPEED_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def _openvino_measured_faster(bundle: Path) -> bool:
     """True when OpenVINO is installed and ``reaudio tune``, run on a CPU of this model, found it
     faster than onnxruntime for ``bundle``: the choice rests on a measurement, never on a guess."""
@@ -236,6 +254,21 @@ def stage_precisions(manifest: BundleManifest, backend: str, precision: str) -> 
         tuned = manifest.tuned_precision.get(backend, {})
         return {name: tuned.get(name, "fp32") for name in manifest.stages}
     return dict.fromkeys(manifest.stages, precision)
+
+
+def runs_as(spec: StageSpec, backend: str, precision: str) -> str:
+    """What a stage computes in once its graph is picked (``precision`` as :func:`stage_precisions`
+    resolved it): a stage without the asked-for variant runs its fp32 graph, so int8 becomes fp32,
+    int8-bf16 bf16 (OpenVINO's arithmetic still applies) and fp16 fp32; a GPU's "auto" is fp16 where
+    the stage has fp16 graphs."""
+    if backend not in ("cpu", "openvino", "cuda", "tensorrt"):
+        return precision  # trt-native builds its own plans from the graphs
+    graph = stage_file(spec, backend, precision)
+    if precision in INT8_PRECISIONS and graph != spec.int8_file:
+        return "bf16" if precision == "int8-bf16" else "fp32"
+    if precision in ("auto", "fp16"):
+        return "fp32" if graph == spec.file else "fp16"
+    return precision
 
 
 def check_precision(bundle: Path, manifest: BundleManifest, backend: str, precision: str) -> None:
