@@ -35,14 +35,7 @@ from pathlib import Path
 
 from reaudio.engine.bundle.manifest import read_bundle_manifest
 from reaudio.engine.jobs.bench import describe_cpu, machine_info
-from reaudio.engine.stages.backends import (
-    BACKENDS,
-    INT8_PRECISIONS,
-    PRECISIONS,
-    resolve_backend,
-    runs_as,
-    stage_precisions,
-)
+from reaudio.engine.stages.backends import BACKENDS, INT8_PRECISIONS, PRECISIONS, resolve_backend, stages_run_as
 
 DEFAULT_CONFIGS = ("cpu:fp32", "cpu:int8", "openvino:fp32", "openvino:bf16", "openvino:int8-bf16", "auto:auto")
 
@@ -90,13 +83,11 @@ def check_runnable(bundle: Path, configs: list[Config]) -> None:
         raise SystemExit("cannot run:\n  " + "\n  ".join(problems))
 
 
-def stages_run_as(bundle: Path, config: Config) -> str:
+def describe_stages(bundle: Path, config: Config) -> str:
     """The backend ``auto`` resolves to here and what each stage computes in, e.g. 'openvino: bf16'
     or 'cpu: denoiser int8, decoder int8, others fp32'."""
-    manifest = read_bundle_manifest(bundle)
     backend = resolve_backend(config.backend, bundle)
-    asked = stage_precisions(manifest, backend, config.precision)
-    per = {name: runs_as(spec, backend, asked[name]) for name, spec in manifest.stages.items()}
+    per = stages_run_as(read_bundle_manifest(bundle), backend, config.precision)
     common = max(set(per.values()), key=list(per.values()).count)
     odd = [f"{name} {p}" for name, p in per.items() if p != common]
     return f"{backend}: " + (", ".join(odd) + f", others {common}" if odd else common)
@@ -273,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rounds": args.rounds,
         "threads": args.threads,
         "configs": [c.name for c in configs],
-        "runs_as": {c.name: stages_run_as(args.bundle, c) for c in configs},
+        "runs_as": {c.name: describe_stages(args.bundle, c) for c in configs},
         "machine": machine,
         "speed": speed,
         "sound": sound,

@@ -32,9 +32,8 @@ from .stages.backends import (
     make_runners,
     open_backend,
     run_errors,
-    runs_as,
     stage_file,
-    stage_precisions,
+    stages_run_as,
 )
 from .stages.text_tokenizer import TextTokenizer
 
@@ -111,8 +110,7 @@ class Engine:
         self.backend = backend
         #: What each stage computes in ("auto" resolved per stage, a tuned bundle's choice on the CPU;
         #: a stage without the asked-for graph named by the fp32 one it runs instead).
-        asked = stage_precisions(manifest, backend, precision)
-        self.stage_precision = {name: runs_as(spec, backend, asked[name]) for name, spec in manifest.stages.items()}
+        self.stage_precision = stages_run_as(manifest, backend, precision)
         self.device_id = device_id
         self.runners = runners
         self._run_errors = run_errors()

@@ -271,6 +271,12 @@ def runs_as(spec: StageSpec, backend: str, precision: str) -> str:
     return precision
 
 
+def stages_run_as(manifest: BundleManifest, backend: str, precision: str) -> dict[str, str]:
+    """:func:`runs_as` for every stage of ``manifest``: what ``precision`` on ``backend`` computes each in."""
+    asked = stage_precisions(manifest, backend, precision)
+    return {name: runs_as(spec, backend, asked[name]) for name, spec in manifest.stages.items()}
+
+
 def check_precision(bundle: Path, manifest: BundleManifest, backend: str, precision: str) -> None:
     """Refuse a precision this bundle or backend cannot give, saying how to get it."""
     if precision not in PRECISIONS:
